@@ -1,0 +1,46 @@
+"""olss_jax: Optimal Linear Subspace Search (Duan et al., CIKM 2023) in pure JAX.
+
+The four verbs: `collect_trajectory` (the teacher), `search_path` (Algorithms 1-3),
+`fit_weights` (Eq. 12 by least squares) and `sample` (the n-step sampler).
+"""
+from olss_jax._src.quiet import silence_flax_deprecations as _silence
+
+_silence()
+
+# --- core (schedule, teacher, sampler, DDIM) ---
+from olss_jax._src.schedule import Schedule, make_schedule
+from olss_jax._src.trajectory import Trajectory, collect_trajectory
+from olss_jax._src.sampler import sample
+from olss_jax._src.ddim import (
+    ddim_schedule,
+    ddim_timesteps,
+    linear_alphas_cumprod,
+    scaled_linear_alphas_cumprod,
+)
+# --- analytic models ---
+from olss_jax._src.analytic import (
+    GaussianMixture,
+    gaussian,
+    make_gaussian_mixture,
+    mixture_denoiser,
+    sample_data,
+)
+
+__all__ = [
+    "GaussianMixture",
+    "Schedule",
+    "Trajectory",
+    "collect_trajectory",
+    "ddim_schedule",
+    "ddim_timesteps",
+    "gaussian",
+    "linear_alphas_cumprod",
+    "make_gaussian_mixture",
+    "make_schedule",
+    "mixture_denoiser",
+    "sample",
+    "sample_data",
+    "scaled_linear_alphas_cumprod",
+]
+
+__version__ = "0.1.0"
