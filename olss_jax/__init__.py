@@ -26,7 +26,26 @@ from olss_jax._src.analytic import (
     sample_data,
 )
 
+# --- classical baselines as schedules (paper Section 3.1, Eq. 8-9) ---
+from olss_jax._src.baselines.registry import BASELINES, baseline_schedule, ddim_baseline_schedule
+from olss_jax._src.baselines.euler import euler_schedule
+from olss_jax._src.baselines.pndm import pndm_schedule
+from olss_jax._src.baselines.deis import deis_schedule
+from olss_jax._src.baselines.dpm_solver import dpm_solver_pp_schedule, dpm_solver_schedule
+from olss_jax._src.baselines.unipc import unipc_schedule
+from olss_jax._src.baselines.ipndm import ipndm_schedule
+
 __all__ = [
+    "BASELINES",
+    "baseline_schedule",
+    "ddim_baseline_schedule",
+    "euler_schedule",
+    "pndm_schedule",
+    "deis_schedule",
+    "dpm_solver_pp_schedule",
+    "dpm_solver_schedule",
+    "unipc_schedule",
+    "ipndm_schedule",
     "GaussianMixture",
     "Schedule",
     "Trajectory",
