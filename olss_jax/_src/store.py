@@ -1,0 +1,428 @@
+"""Resumable teacher collection into a directory of checksummed chunk files (paper Sec. 3.3).
+
+The teacher (``collect_trajectory``) is the expensive part of OLSS: 1000 model calls per
+starting noise. `collect_to_directory` splits the starting noises into chunks, collects each
+chunk and saves it atomically as its own file, so an interrupted run (Ctrl-C, a crash, a lost
+machine) resumes where it stopped: finished chunks are verified by checksum and skipped,
+never recomputed. `load_store` concatenates the chunks along the batch axis.
+
+Directory layout::
+
+  manifest.json        config of the collection + the finished chunks and their SHA-256
+  chunk-00000.olss     one `save_trajectory` file per chunk (metadata: chunk index, config)
+  ...
+  .lock                held (flock) by the collecting process; one collector at a time
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+import warnings
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
+
+import numpy as np
+
+from olss_jax._src import atomic
+from olss_jax._src import container
+from olss_jax._src import ddim
+from olss_jax._src import io as io_lib
+from olss_jax._src import trajectory as trajectory_lib
+from olss_jax._src import validation
+
+try:
+  import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks; single collector assumed.
+  fcntl = None
+
+MANIFEST = "manifest.json"
+STORE_FORMAT = "olss_jax.store"
+STORE_VERSION = 1
+_LOCK = ".lock"
+
+
+def chunk_file_name(chunk_index: int) -> str:
+  """The file name of chunk ``chunk_index``: ``chunk-00000.olss``."""
+  return f"chunk-{chunk_index:05d}.olss"
+
+
+class StoreProgress(NamedTuple):
+  """What `collect_to_directory` passes to its ``callback``.
+
+  Attributes:
+    chunk_index: the chunk concerned.
+    num_chunks: the total number of chunks.
+    steps_done: teacher steps done in this chunk (== num_teacher_steps when finished).
+    num_teacher_steps: K.
+    status: ``"skipped"`` (already finished and verified), ``"step"`` (teacher progress within
+      the chunk, after every ``steps_per_chunk`` steps or once at the end) or ``"done"`` (the
+      chunk file is written and recorded).
+  """
+
+  chunk_index: int
+  num_chunks: int
+  steps_done: int
+  num_teacher_steps: int
+  status: str
+
+
+class CollectInfo(NamedTuple):
+  """What `collect_to_directory` did.
+
+  Attributes:
+    directory: the store.
+    num_chunks: the total number of chunks.
+    collected: indices of the chunks computed by this call.
+    skipped: indices of the chunks found finished (verified, not recomputed).
+    recovered: indices whose file was corrupt, moved aside (``*.corrupt-<time>``) and
+      recomputed.
+  """
+
+  directory: str
+  num_chunks: int
+  collected: tuple[int, ...]
+  skipped: tuple[int, ...]
+  recovered: tuple[int, ...]
+
+
+def _read_manifest(directory: str) -> dict | None:
+  path = os.path.join(directory, MANIFEST)
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except FileNotFoundError:
+    return None
+  try:
+    manifest = json.loads(raw.decode("utf-8"))
+  except (UnicodeDecodeError, ValueError) as e:
+    raise ValueError(f"{path!r}: corrupted manifest (not UTF-8 JSON): {e}") from None
+  if (not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT
+      or not isinstance(manifest.get("config"), dict)
+      or not isinstance(manifest.get("chunks"), dict)):
+    raise ValueError(f"{path!r}: not an olss_jax store manifest")
+  if manifest.get("version") != STORE_VERSION:
+    raise ValueError(f"{path!r}: unsupported store version {manifest.get('version')!r} (this "
+                     f"olss_jax reads {STORE_VERSION})")
+  config, data = manifest["config"], manifest.get("data")
+  ok = (all(type(config.get(k)) is int and config[k] >= 1  # pylint: disable=unidiomatic-typecheck
+            for k in ("num_chunks", "num_teacher_steps"))
+        and (data is None or (isinstance(data, dict) and data.get("dtype") in container.DTYPES
+                              and isinstance(data.get("sample_shape"), list)
+                              and all(type(d) is int and d >= 0 for d in data["sample_shape"])))
+        and all(isinstance(r, dict) and isinstance(r.get("sha256"), str)
+                and type(r.get("batch_size")) is int and r["batch_size"] >= 1
+                for r in manifest["chunks"].values()))
+  if not ok:
+    raise ValueError(f"{path!r}: corrupted manifest (malformed config, data or chunk records)")
+  try:
+    [int(k) for k in manifest["chunks"]]
+  except ValueError:
+    raise ValueError(f"{path!r}: corrupted manifest (chunk keys are not indices)") from None
+  return manifest
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+  """The manifest of a store: {"config", "data", "chunks": {str(index): {...}}, ...}.
+
+  Cheap (one small JSON file); use it for progress reports. Raises ValueError if the
+  directory holds no valid manifest.
+  """
+  directory = os.fspath(directory)
+  manifest = _read_manifest(directory)
+  if manifest is None:
+    raise ValueError(f"directory: {directory!r} holds no {MANIFEST}; not an olss_jax store")
+  return manifest
+
+
+def _write_manifest(directory: str, manifest: dict) -> None:
+  data = json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8")
+  atomic.atomic_write_bytes(os.path.join(directory, MANIFEST), data)
+
+
+@contextlib.contextmanager
+def _locked(directory: str) -> Iterator[None]:
+  if fcntl is None:  # pragma: no cover
+    yield
+    return
+  fd = os.open(os.path.join(directory, _LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise RuntimeError(f"directory: another process is collecting into {directory!r} "
+                         "(its .lock is held); wait for it or use another directory") from None
+    yield
+  finally:
+    os.close(fd)  # releases the lock
+
+
+def _config_mismatch(found: dict, wanted: dict) -> list[str]:
+  keys = sorted(set(found) | set(wanted))
+  return [f"{k}: directory has {found.get(k)!r}, this call asks for {wanted.get(k)!r}"
+          for k in keys if found.get(k) != wanted.get(k)]
+
+
+def _check_chunk(directory: str, index: int, manifest: dict, config: dict, noises,
+                 timesteps: np.ndarray, alphas: np.ndarray, verify: bool) -> str:
+  """Verifies a finished chunk file; returns its digest. ValueError if it is corrupt."""
+  path = os.path.join(directory, chunk_file_name(index))
+  record = manifest["chunks"].get(str(index))
+  if not verify and record is not None:
+    meta = io_lib.read_metadata(path)  # header checksum only
+    expected_size = os.path.getsize(path)
+    if record.get("size") != expected_size:
+      raise ValueError(f"{path!r}: size {expected_size} differs from the manifest's "
+                       f"{record.get('size')}")
+    traj_meta = meta
+    digest = record["sha256"]
+    stored_noise = None
+  else:
+    traj, traj_meta, digest = io_lib._load_trajectory(path)  # pylint: disable=protected-access
+    if record is not None and record.get("sha256") != digest:
+      raise ValueError(f"{path!r}: checksum {digest} differs from the manifest's "
+                       f"{record.get('sha256')}")
+    if not (np.array_equal(traj.timesteps, timesteps) and np.array_equal(traj.alphas, alphas)):
+      raise _Mismatch(f"{path!r}: its teacher timesteps or alphas differ from this call's")
+    stored_noise = traj.x_T
+  if traj_meta.get("store_config") != config or traj_meta.get("chunk_index") != index:
+    raise _Mismatch(f"{path!r}: was collected for another configuration or chunk index "
+                    f"({traj_meta.get('chunk_index')!r}); refusing to mix data")
+  if stored_noise is not None:
+    wanted = np.asarray(noises)
+    if stored_noise.shape != wanted.shape or stored_noise.dtype != wanted.dtype or not (
+        np.array_equal(stored_noise, wanted)):
+      raise _Mismatch(f"{path!r}: noises_for_chunk({index}) returned other starting noises "
+                      f"(shape {wanted.shape}, {wanted.dtype}) than the finished chunk holds "
+                      f"(shape {stored_noise.shape}, {stored_noise.dtype}); did the seed "
+                      "change? Use a new directory")
+  return digest
+
+
+class _Mismatch(ValueError):
+  """A valid chunk that belongs to another collection: never overwritten."""
+
+
+def _check_noises(x_T, index: int, data: dict | None):
+  if not hasattr(x_T, "shape") or not hasattr(x_T, "dtype"):
+    raise TypeError(f"noises_for_chunk({index}): expected an array (B, ...), got "
+                    f"{type(x_T).__name__}")
+  shape = tuple(x_T.shape)
+  if len(shape) < 1 or shape[0] < 1:
+    raise ValueError(f"noises_for_chunk({index}): expected shape (B, ...) with B >= 1, got "
+                     f"{shape}")
+  name = container.dtype_name(x_T.dtype)
+  if name not in ("float16", "bfloat16", "float32", "float64"):
+    raise TypeError(f"noises_for_chunk({index}): expected a float dtype, got {x_T.dtype}")
+  if data is not None and (list(shape[1:]) != data["sample_shape"] or name != data["dtype"]):
+    raise ValueError(f"noises_for_chunk({index}): sample shape {shape[1:]} and dtype {name} "
+                     f"differ from the store's {tuple(data['sample_shape'])} and "
+                     f"{data['dtype']}")
+  return {"sample_shape": list(shape[1:]), "dtype": name}
+
+
+def collect_to_directory(directory: str | os.PathLike,
+                         denoise_fn_for_chunk: Callable[[int], trajectory_lib.DenoiseFn],
+                         noises_for_chunk: Callable[[int], Any], alphas_cumprod, *,
+                         num_chunks: int, num_teacher_steps: int = 1000, steps_offset: int = 0,
+                         final_alpha_cumprod: float = 1.0, steps_per_chunk: int | None = None,
+                         config: Mapping[str, Any] | None = None,
+                         chunk_metadata: Callable[[int], Mapping[str, Any]] | None = None,
+                         callback: Callable[[StoreProgress], None] | None = None,
+                         verify: bool = True) -> CollectInfo:
+  """Collects the teacher (paper Sec. 3.3) chunk by chunk into ``directory``, resumably.
+
+  Chunk i runs ``collect_trajectory(denoise_fn_for_chunk(i), noises_for_chunk(i), ...)`` and
+  is saved atomically as ``chunk-0000i.olss``; the manifest records it afterwards. Running
+  the same call again after an interruption skips every finished chunk (verified by SHA-256,
+  and its stored noises compared with ``noises_for_chunk(i)``) and never calls
+  ``denoise_fn_for_chunk`` for it. A chunk file written just before a crash but not yet in
+  the manifest is verified and adopted. A corrupt chunk file is moved aside
+  (``*.corrupt-<unix time>``, with a warning) and recomputed.
+
+  Args:
+    directory: the store (created if missing).
+    denoise_fn_for_chunk: ``chunk_index -> denoise_fn``. The model may differ per chunk, e.g.
+      Stable Diffusion with each chunk's prompt embeddings; it is only called for chunks that
+      are computed.
+    noises_for_chunk: ``chunk_index -> x_T (B_i, ...)``, deterministic in the index (e.g.
+      ``jax.random.normal(jax.random.fold_in(key, i), ...)``). B_i may vary; the sample shape
+      and dtype must not.
+    alphas_cumprod: (T,) the model's training alpha_bar.
+    num_chunks: how many chunks make the collection.
+    num_teacher_steps: K, as in `collect_trajectory` (also steps_offset,
+      final_alpha_cumprod and steps_per_chunk).
+    config: a JSON-serialisable description of everything else that defines the data (model
+      name, guidance scale, prompt file hash, seed, ...). Recorded; a later call with another
+      config raises instead of mixing data.
+    chunk_metadata: ``chunk_index -> dict`` stored in the chunk file (e.g. its prompts); see
+      `read_metadata`.
+    callback: progress hook called with a `StoreProgress` (skipped / step / done events).
+    verify: re-hash finished chunks on resume (reads them fully). False trusts the manifest's
+      record and the file size, checking only the header checksum.
+
+  Returns:
+    A `CollectInfo` (which chunks were collected, skipped, recovered).
+
+  Raises:
+    ValueError: a config, shape or noise mismatch with the existing directory, a corrupt
+      manifest, or non-finite model outputs (naming the chunk, step and sample).
+    RuntimeError: another process holds the directory's lock.
+  """
+  if not callable(denoise_fn_for_chunk) or not callable(noises_for_chunk):
+    raise TypeError("denoise_fn_for_chunk and noises_for_chunk: expected callables of the "
+                    f"chunk index, got {type(denoise_fn_for_chunk).__name__} and "
+                    f"{type(noises_for_chunk).__name__}")
+  num_chunks = validation._as_int(num_chunks, "num_chunks")  # pylint: disable=protected-access
+  if num_chunks < 1:
+    raise ValueError(f"num_chunks: expected >= 1, got {num_chunks}")
+  alphas_np = ddim.check_alphas_cumprod(alphas_cumprod)
+  timesteps = ddim.ddim_timesteps(num_teacher_steps, alphas_np.shape[0],
+                                  steps_offset=steps_offset)
+  state_alphas = ddim.state_alphas(alphas_np, timesteps, final_alpha_cumprod)
+  store_config = container.encode_metadata({
+      "teacher": "ddim-eta0",
+      "num_chunks": num_chunks,
+      "num_teacher_steps": int(num_teacher_steps),
+      "steps_offset": int(steps_offset),
+      "final_alpha_cumprod": float(final_alpha_cumprod),
+      "num_train_timesteps": int(alphas_np.shape[0]),
+      "alphas_cumprod_sha256": hashlib.sha256(alphas_np.astype("<f8").tobytes()).hexdigest(),
+      "user": container.encode_metadata(config, "config"),
+  }, "config")
+  directory = os.fspath(directory)
+  os.makedirs(directory, exist_ok=True)
+  collected, skipped, recovered = [], [], []
+  with _locked(directory):
+    atomic.remove_temp_files(directory)
+    manifest = _read_manifest(directory)
+    if manifest is None:
+      strays = [n for n in os.listdir(directory) if n.startswith("chunk-") and n.endswith(".olss")]
+      if strays:
+        raise ValueError(f"directory: {directory!r} holds chunk files ({strays[0]}, ...) but no "
+                         f"{MANIFEST}; refusing to mix data, use an empty directory")
+      manifest = {"format": STORE_FORMAT, "version": STORE_VERSION, "config": store_config,
+                  "data": None, "chunks": {}}
+      _write_manifest(directory, manifest)
+    else:
+      problems = _config_mismatch(manifest["config"], store_config)
+      if problems:
+        raise ValueError(f"directory: {directory!r} was collected with another configuration; "
+                         "refusing to mix data (use a new directory):\n  " + "\n  ".join(problems))
+    for index in range(num_chunks):
+      path = os.path.join(directory, chunk_file_name(index))
+      x_T = noises_for_chunk(index)
+      data = _check_noises(x_T, index, manifest["data"])
+      if os.path.exists(path):
+        try:
+          digest = _check_chunk(directory, index, manifest, store_config, x_T, timesteps,
+                                state_alphas, verify)
+        except _Mismatch:
+          raise
+        except ValueError as e:
+          aside = f"{path}.corrupt-{int(time.time())}"
+          os.replace(path, aside)
+          warnings.warn(f"chunk {index}: {e}; moved to {aside!r} and recomputing", stacklevel=2)
+          manifest["chunks"].pop(str(index), None)
+          recovered.append(index)
+        else:
+          if str(index) not in manifest["chunks"]:
+            manifest["chunks"][str(index)] = {"file": chunk_file_name(index), "sha256": digest,
+                                              "batch_size": int(x_T.shape[0]),
+                                              "size": os.path.getsize(path)}
+            manifest["data"] = manifest["data"] or data
+            _write_manifest(directory, manifest)
+          skipped.append(index)
+          if callback is not None:
+            callback(StoreProgress(index, num_chunks, int(num_teacher_steps),
+                                   int(num_teacher_steps), "skipped"))
+          continue
+      denoise_fn = denoise_fn_for_chunk(index)
+      step_hook = None
+      if callback is not None:
+        step_hook = lambda done, total, i=index: callback(  # noqa: E731
+            StoreProgress(i, num_chunks, int(done), int(total), "step"))
+      traj = trajectory_lib.collect_trajectory(
+          denoise_fn, x_T, alphas_np, num_teacher_steps, steps_offset=steps_offset,
+          final_alpha_cumprod=final_alpha_cumprod, steps_per_chunk=steps_per_chunk,
+          callback=step_hook)
+      meta = container.encode_metadata(chunk_metadata(index) if chunk_metadata else None,
+                                       f"chunk_metadata({index})")
+      meta.update({"store_config": store_config, "chunk_index": index})
+      try:
+        validation.check_trajectory(traj)
+      except ValueError as e:
+        raise ValueError(f"chunk {index}: {e}; nothing was saved for this chunk") from None
+      digest = io_lib.save_trajectory(path, traj, metadata=meta)
+      manifest["chunks"][str(index)] = {"file": chunk_file_name(index), "sha256": digest,
+                                        "batch_size": int(x_T.shape[0]),
+                                        "size": os.path.getsize(path)}
+      manifest["data"] = manifest["data"] or data
+      _write_manifest(directory, manifest)
+      if index not in recovered:
+        collected.append(index)
+      if callback is not None:
+        callback(StoreProgress(index, num_chunks, int(num_teacher_steps),
+                               int(num_teacher_steps), "done"))
+  return CollectInfo(directory, num_chunks, tuple(collected), tuple(skipped), tuple(recovered))
+
+
+def load_store(directory: str | os.PathLike, *,
+               allow_partial: bool = False) -> trajectory_lib.Trajectory:
+  """Loads a store as one `Trajectory`, chunks concatenated along the batch axis in order.
+
+  Every chunk is fully verified (SHA-256 against its trailer and the manifest). Memory: the
+  result plus one chunk (each chunk is read into a buffer and copied into its slice).
+
+  Args:
+    directory: a store written by `collect_to_directory`.
+    allow_partial: load only the finished chunks instead of raising when some are missing.
+
+  Returns:
+    The `Trajectory`: x_T (sum B_i, ...), model_outputs (K, sum B_i, ...), host numpy.
+
+  Raises:
+    ValueError: no manifest, missing chunks (unless allow_partial), or a chunk that is
+      corrupt or inconsistent with the manifest.
+  """
+  directory = os.fspath(directory)
+  manifest = read_manifest(directory)
+  num_chunks = manifest["config"].get("num_chunks")
+  finished = sorted(int(k) for k in manifest["chunks"])
+  missing = [i for i in range(num_chunks) if i not in finished]
+  if missing and not allow_partial:
+    raise ValueError(f"directory: {directory!r} is missing chunks {missing[:10]}"
+                     f"{' ...' if len(missing) > 10 else ''} of {num_chunks}; resume "
+                     "collect_to_directory, or pass allow_partial=True")
+  if not finished:
+    raise ValueError(f"directory: {directory!r} holds no finished chunks")
+  data = manifest["data"]
+  sizes = [int(manifest["chunks"][str(i)]["batch_size"]) for i in finished]
+  total = sum(sizes)
+  dtype = container.DTYPES[data["dtype"]]
+  sample_shape = tuple(data["sample_shape"])
+  k = int(manifest["config"]["num_teacher_steps"])
+  x_T = np.empty((total,) + sample_shape, dtype)
+  outputs = np.empty((k, total) + sample_shape, dtype)
+  timesteps = alphas = None
+  start = 0
+  for index, size in zip(finished, sizes):
+    path = os.path.join(directory, chunk_file_name(index))
+    traj, meta, digest = io_lib._load_trajectory(path)  # pylint: disable=protected-access
+    record = manifest["chunks"][str(index)]
+    if digest != record.get("sha256") or meta.get("chunk_index") != index:
+      raise ValueError(f"{path!r}: does not match the manifest's record of chunk {index}")
+    if traj.x_T.shape != (size,) + sample_shape or traj.x_T.dtype != dtype:
+      raise ValueError(f"{path!r}: x_T {traj.x_T.shape} {traj.x_T.dtype} differs from the "
+                       f"manifest's ({size}, *{sample_shape}) {dtype}")
+    if timesteps is None:
+      timesteps, alphas = traj.timesteps, traj.alphas
+    elif not (np.array_equal(timesteps, traj.timesteps) and np.array_equal(alphas, traj.alphas)):
+      raise ValueError(f"{path!r}: teacher timesteps or alphas differ from chunk {finished[0]}")
+    x_T[start:start + size] = traj.x_T
+    outputs[:, start:start + size] = traj.model_outputs
+    start += size
+    del traj
+  return trajectory_lib.Trajectory(timesteps=timesteps, x_T=x_T, model_outputs=outputs,
+                                   alphas=alphas)

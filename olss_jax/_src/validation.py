@@ -1,0 +1,316 @@
+"""Shared input validators, called on concrete (host) values before anything is traced.
+
+Conventions (house style): bad input raises `TypeError` (wrong kind of object or dtype) or
+`ValueError` (wrong shape or value), and the message names the argument, what was expected
+and what came. Suspicious but possible input (a schedule fitted for another model or
+guidance scale) warns with `ScheduleMismatchWarning`. Value checks are skipped for traced
+arrays (inside `jax.jit`), where only shapes are known.
+"""
+from __future__ import annotations
+
+import operator
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import trajectory as trajectory_lib
+
+# Metadata keys a `Schedule` may carry that `check_schedule_compatible` understands.
+META_SAMPLE_SHAPE = "sample_shape"          # list[int]: x_T.shape[1:] it was fitted for
+META_MODEL_NAME = "model_name"              # str: the model it was fitted for
+META_GUIDANCE_SCALE = "guidance_scale"      # float: classifier-free guidance it was fitted at
+META_NUM_TRAIN_TIMESTEPS = "num_train_timesteps"  # int: T of the model's noise schedule
+
+_BLOCK_BYTES = 64 * 2**20
+
+
+class ScheduleMismatchWarning(UserWarning):
+  """A schedule is used with another model or guidance scale than it was fitted for."""
+
+
+def _is_traced(x) -> bool:
+  return isinstance(x, jax.core.Tracer)
+
+
+def _as_int(value, name: str) -> int:
+  if isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name}: expected an int, got bool {value!r}")
+  try:
+    return operator.index(value)
+  except TypeError:
+    raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r:.50}") from None
+
+
+def check_num_steps(num_steps, num_teacher_steps, *, name: str = "num_steps") -> int:
+  """Checks a step count n: an int with ``1 <= n <= num_teacher_steps`` (paper Alg. 1's n).
+
+  Returns:
+    n as a Python int.
+  """
+  k = _as_int(num_teacher_steps, "num_teacher_steps")
+  n = _as_int(num_steps, name)
+  if not 1 <= n <= k:
+    raise ValueError(f"{name}: expected 1 <= {name} <= {k} (the number of teacher steps), "
+                     f"got {n}")
+  return n
+
+
+def _to_numpy(value, name: str) -> np.ndarray:
+  if _is_traced(value):
+    raise TypeError(f"{name}: expected concrete values, got a traced array; validate outside "
+                    "jax.jit")
+  try:
+    arr = np.asarray(value)
+  except (ValueError, TypeError, OverflowError) as e:
+    raise TypeError(f"{name}: expected an array, got {type(value).__name__} that numpy cannot "
+                    f"convert ({e})") from None
+  return arr
+
+
+def _check_int_dtype(arr, name: str) -> None:
+  dtype = np.dtype(arr.dtype)
+  if dtype == np.bool_ or not np.issubdtype(dtype, np.integer):
+    raise TypeError(f"{name}: expected an integer dtype, got {dtype}")
+
+
+def _check_float_dtype(arr, name: str) -> None:
+  if not jnp.issubdtype(arr.dtype, jnp.floating):
+    raise TypeError(f"{name}: expected a float dtype, got {arr.dtype}")
+
+
+def check_path(path, num_teacher_steps, *, name: str = "path") -> np.ndarray:
+  """Checks an OLSS path (paper Alg. 1's t(1) > ... > t(n) as teacher-step indices).
+
+  Args:
+    path: (n,) integer indices into the teacher's timesteps.
+    num_teacher_steps: K.
+    name: the argument name used in messages.
+
+  Returns:
+    (n,) int32 host copy: strictly increasing, ``path[0] == 0``, every entry < K, n <= K.
+  """
+  k = _as_int(num_teacher_steps, "num_teacher_steps")
+  if k < 1:
+    raise ValueError(f"num_teacher_steps: expected >= 1, got {k}")
+  arr = _to_numpy(path, name)
+  _check_int_dtype(arr, name)
+  if arr.ndim != 1 or arr.shape[0] < 1:
+    raise ValueError(f"{name}: expected shape (n,) with n >= 1, got {arr.shape}")
+  if arr.shape[0] > k:
+    raise ValueError(f"{name}: expected at most {k} entries (teacher steps), got {arr.shape[0]}")
+  if arr[0] != 0:
+    raise ValueError(f"{name}: expected {name}[0] == 0 (the path starts at x_T), got {arr[0]}")
+  if arr.shape[0] > 1:
+    bad = np.flatnonzero(arr[1:] <= arr[:-1])
+    if bad.size:
+      i = int(bad[0])
+      raise ValueError(f"{name}: expected strictly increasing indices, got {name}[{i}] = "
+                       f"{arr[i]} then {name}[{i + 1}] = {arr[i + 1]}")
+  if arr[-1] >= k:
+    raise ValueError(f"{name}: expected indices in [0, {k}), got {arr[-1]}")
+  return arr.astype(np.int32)
+
+
+def find_nonfinite(array) -> tuple[int, ...] | None:
+  """Index of the first non-finite element of ``array`` in C order, or None.
+
+  For model outputs (K, B, ...) the first two entries are the step and the sample where a
+  NaN or infinity first appears. Integer arrays and traced arrays give None. Host arrays are
+  scanned in blocks along axis 0 (no full-size boolean temporary).
+  """
+  if _is_traced(array):
+    return None
+  if isinstance(array, jax.Array):
+    if not jnp.issubdtype(array.dtype, jnp.inexact):
+      return None
+    bad = ~jnp.isfinite(array)
+    if not bool(jnp.any(bad)):
+      return None
+    flat = int(jnp.argmax(bad.reshape(-1)))
+    return tuple(int(i) for i in np.unravel_index(flat, array.shape))
+  arr = np.asarray(array)
+  if not np.issubdtype(arr.dtype, np.inexact) and arr.dtype.name != "bfloat16":
+    return None
+  if arr.ndim == 0:
+    return None if np.isfinite(arr) else ()
+  row_bytes = max(1, arr[0:1].nbytes)
+  step = max(1, _BLOCK_BYTES // row_bytes)
+  for start in range(0, arr.shape[0], step):
+    block = arr[start:start + step]
+    finite = np.isfinite(block)
+    if not finite.all():
+      flat = int(np.argmin(finite.reshape(-1)))
+      idx = np.unravel_index(flat, block.shape)
+      return (start + int(idx[0]),) + tuple(int(i) for i in idx[1:])
+  return None
+
+
+def check_finite(array, name: str, *, axis_names: tuple[str, ...] = ()) -> None:
+  """Raises ValueError if ``array`` holds a NaN or infinity, saying where it first appears.
+
+  Args:
+    array: any shape.
+    name: the argument name used in the message.
+    axis_names: names of the leading axes, e.g. ``("step", "sample")`` for (K, B, ...) model
+      outputs, so the message reads "first at step 12, sample 3".
+  """
+  idx = find_nonfinite(array)
+  if idx is None:
+    return
+  value = np.asarray(array[idx] if idx else array)
+  where = ", ".join(f"{axis} {i}" for axis, i in zip(axis_names, idx))
+  where = f"first at {where} " if where else "first "
+  raise ValueError(f"{name}: non-finite value ({float(value)}) {where}(index {idx})")
+
+
+def check_alphas(alphas, num_teacher_steps: int, *, name: str = "traj.alphas") -> None:
+  """Checks a trajectory's state alphas: (K + 1,), finite, in (0, 1], non-decreasing."""
+  if np.shape(alphas) != (num_teacher_steps + 1,):
+    raise ValueError(f"{name}: expected shape ({num_teacher_steps + 1},) (one per teacher "
+                     f"state), got {np.shape(alphas)}")
+  if _is_traced(alphas):
+    return
+  arr = _to_numpy(alphas, name)
+  _check_float_dtype(arr, name)
+  arr = arr.astype(np.float64)
+  if not np.all(np.isfinite(arr)) or np.any(arr <= 0) or np.any(arr > 1):
+    raise ValueError(f"{name}: expected every entry finite and in (0, 1], got range "
+                     f"[{np.nanmin(arr) if np.any(~np.isnan(arr)) else np.nan}, "
+                     f"{np.nanmax(arr) if np.any(~np.isnan(arr)) else np.nan}]")
+  if np.any(np.diff(arr) < 0):
+    raise ValueError(f"{name}: expected non-decreasing alpha_bar along the teacher states "
+                     "(noise decreases)")
+
+
+def check_trajectory(traj, *, name: str = "traj", check_finite_values: bool = True) -> None:
+  """Checks a `Trajectory` (paper Sec. 3.3's recorded teacher) before fitting or saving.
+
+  Shapes: timesteps (K,) integer strictly decreasing and >= 0; x_T (B, ...) float with B >= 1;
+  model_outputs (K, B, ...) float; alphas (K + 1,) in (0, 1], non-decreasing. With
+  ``check_finite_values`` x_T and model_outputs must be finite (the message names the first
+  step and sample with a NaN or infinity).
+  """
+  if not isinstance(traj, trajectory_lib.Trajectory):
+    raise TypeError(f"{name}: expected an olss_jax Trajectory, got {type(traj).__name__}")
+  ts_shape = np.shape(traj.timesteps)
+  if len(ts_shape) != 1 or ts_shape[0] < 1:
+    raise ValueError(f"{name}.timesteps: expected shape (K,) with K >= 1, got {ts_shape}")
+  k = ts_shape[0]
+  _check_int_dtype(jnp.asarray(traj.timesteps) if _is_traced(traj.timesteps)
+                   else _to_numpy(traj.timesteps, f"{name}.timesteps"), f"{name}.timesteps")
+  x_shape = np.shape(traj.x_T)
+  if len(x_shape) < 1 or x_shape[0] < 1:
+    raise ValueError(f"{name}.x_T: expected shape (B, ...) with B >= 1, got {x_shape}")
+  _check_float_dtype(traj.x_T if hasattr(traj.x_T, "dtype") else np.asarray(traj.x_T),
+                     f"{name}.x_T")
+  out_shape = np.shape(traj.model_outputs)
+  if out_shape != (k,) + tuple(x_shape):
+    raise ValueError(f"{name}.model_outputs: expected shape {(k,) + tuple(x_shape)} "
+                     f"(K, *x_T.shape), got {out_shape}")
+  outputs = traj.model_outputs
+  _check_float_dtype(outputs if hasattr(outputs, "dtype") else np.asarray(outputs),
+                     f"{name}.model_outputs")
+  check_alphas(traj.alphas, k, name=f"{name}.alphas")
+  if not _is_traced(traj.timesteps):
+    ts = np.asarray(traj.timesteps)
+    if np.any(ts < 0):
+      raise ValueError(f"{name}.timesteps: expected non-negative training timesteps, got "
+                       f"minimum {ts.min()}")
+    if k > 1 and np.any(np.diff(ts) >= 0):
+      raise ValueError(f"{name}.timesteps: expected strictly decreasing timesteps")
+  if check_finite_values:
+    check_finite(traj.x_T, f"{name}.x_T", axis_names=("sample",))
+    check_finite(outputs, f"{name}.model_outputs", axis_names=("step", "sample"))
+
+
+def check_schedule(schedule, *, name: str = "schedule",
+                   num_train_timesteps: int | None = None) -> None:
+  """Checks a `Schedule` (paper Eq. 12's weights): shapes, dtypes, structure, finiteness.
+
+  timesteps (n,) integer, n >= 1, each in [0, num_train_timesteps) (>= 0 if not given);
+  weights (n, n + 1) float, finite, zero above the diagonal (row i uses x_T, e_0..e_i only).
+  """
+  if not isinstance(schedule, schedule_lib.Schedule):
+    raise TypeError(f"{name}: expected an olss_jax Schedule, got {type(schedule).__name__}")
+  ts_shape, w_shape = np.shape(schedule.timesteps), np.shape(schedule.weights)
+  if len(ts_shape) != 1 or ts_shape[0] < 1:
+    raise ValueError(f"{name}.timesteps: expected shape (n,) with n >= 1, got {ts_shape}")
+  n = ts_shape[0]
+  if w_shape != (n, n + 1):
+    raise ValueError(f"{name}.weights: expected shape ({n}, {n + 1}) for {n} timesteps, got "
+                     f"{w_shape}")
+  if _is_traced(schedule.timesteps) or _is_traced(schedule.weights):
+    return
+  ts = _to_numpy(schedule.timesteps, f"{name}.timesteps")
+  weights = _to_numpy(schedule.weights, f"{name}.weights")
+  _check_int_dtype(ts, f"{name}.timesteps")
+  _check_float_dtype(weights, f"{name}.weights")
+  if np.any(ts < 0):
+    raise ValueError(f"{name}.timesteps: expected non-negative training timesteps, got "
+                     f"minimum {ts.min()}")
+  if num_train_timesteps is not None:
+    t_max = _as_int(num_train_timesteps, "num_train_timesteps")
+    if np.any(ts >= t_max):
+      raise ValueError(f"{name}.timesteps: expected values < {t_max} (the model's training "
+                       f"timesteps), got maximum {ts.max()}")
+  idx = find_nonfinite(weights)
+  if idx is not None:
+    raise ValueError(f"{name}.weights: non-finite value at row {idx[0]}, column {idx[1]}")
+  upper = weights[~schedule_lib.lower_triangular_mask(n)]
+  if np.any(upper != 0):
+    raise ValueError(f"{name}.weights: expected zeros above the diagonal (row i may use only "
+                     "x_T and e_0..e_i), got nonzero entries")
+
+
+def check_schedule_compatible(schedule, x_T, *, num_steps: int | None = None,
+                              model_name: str | None = None, guidance_scale: float | None = None,
+                              num_train_timesteps: int | None = None) -> None:
+  """Checks that ``schedule`` can drive a sampler from ``x_T`` and was fitted for this use.
+
+  Errors (`ValueError`) for the impossible: a malformed schedule, x_T without a batch axis,
+  a sample shape other than ``schedule.metadata["sample_shape"]``, a step count other than
+  ``num_steps``, timesteps beyond ``num_train_timesteps``. Warnings
+  (`ScheduleMismatchWarning`) for the suspicious: ``model_name`` or ``guidance_scale``
+  differing from what the metadata records (schedules are specific to the model and guidance
+  they were fitted on). A metadata key that is absent is not checked.
+
+  Args:
+    schedule: the `Schedule`.
+    x_T: (B, ...) the starting noises it will be used with.
+    num_steps: the expected n, if the caller has one.
+    model_name: the model about to be sampled.
+    guidance_scale: the classifier-free guidance scale about to be used.
+    num_train_timesteps: T of the model's noise schedule.
+  """
+  check_schedule(schedule, num_train_timesteps=num_train_timesteps)
+  x_shape = tuple(np.shape(x_T))
+  if len(x_shape) < 1 or x_shape[0] < 1:
+    raise ValueError(f"x_T: expected shape (B, ...) with B >= 1, got {x_shape}")
+  _check_float_dtype(x_T if hasattr(x_T, "dtype") else np.asarray(x_T), "x_T")
+  if num_steps is not None and _as_int(num_steps, "num_steps") != schedule.num_steps:
+    raise ValueError(f"schedule: has {schedule.num_steps} steps, expected num_steps = "
+                     f"{num_steps}")
+  meta = schedule.metadata
+  fitted_shape = meta.get(META_SAMPLE_SHAPE)
+  if fitted_shape is not None and tuple(fitted_shape) != x_shape[1:]:
+    raise ValueError(f"x_T: sample shape {x_shape[1:]} differs from the shape "
+                     f"{tuple(fitted_shape)} the schedule was fitted for")
+  fitted_t = meta.get(META_NUM_TRAIN_TIMESTEPS)
+  if (num_train_timesteps is not None and fitted_t is not None
+      and int(fitted_t) != int(num_train_timesteps)):
+    raise ValueError(f"num_train_timesteps: {num_train_timesteps} differs from the "
+                     f"{fitted_t} the schedule was fitted for")
+  fitted_model = meta.get(META_MODEL_NAME)
+  if model_name is not None and fitted_model is not None and fitted_model != model_name:
+    warnings.warn(f"schedule was fitted for model {fitted_model!r}, used with {model_name!r}; "
+                  "OLSS weights are model-specific, refit for best results",
+                  ScheduleMismatchWarning, stacklevel=2)
+  fitted_g = meta.get(META_GUIDANCE_SCALE)
+  if guidance_scale is not None and fitted_g is not None and not np.isclose(
+      float(fitted_g), float(guidance_scale), rtol=1e-6, atol=0.0):
+    warnings.warn(f"schedule was fitted at guidance_scale={fitted_g}, used at "
+                  f"{guidance_scale}; OLSS weights depend on the guidance scale, refit for "
+                  "best results", ScheduleMismatchWarning, stacklevel=2)
