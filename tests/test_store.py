@@ -1,0 +1,256 @@
+"""Resumable chunked collection: kill it, resume it, get exactly the uninterrupted result."""
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import olss_jax as oj
+from olss_jax._src import atomic
+from olss_jax._src import store
+
+PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "olss_jax")
+
+# One definition of the collection, shared by the test process and the child it kills.
+# Chunks have 3 or 4 noises (sizes may differ); the noises depend only on the chunk index.
+SETUP = textwrap.dedent("""
+    import jax
+    from olss_jax._src import analytic, ddim, store
+
+    ALPHAS = ddim.scaled_linear_alphas_cumprod()
+    DENOISE = analytic.mixture_denoiser(
+        analytic.make_gaussian_mixture(jax.random.PRNGKey(0), 4, (8,)), ALPHAS)
+    KEY = jax.random.PRNGKey(42)
+    NUM_CHUNKS, K = 6, 40
+
+    def noises(i):
+      return jax.random.normal(jax.random.fold_in(KEY, i), (3 + i % 2, 8))
+
+    def collect(directory, calls, callback=None, **kw):
+      def denoise_for(i):
+        calls.append(i)
+        return DENOISE
+      kw.setdefault("config", {"model_name": "mixture-4", "seed": 42})
+      return store.collect_to_directory(directory, denoise_for, noises, ALPHAS,
+                                        num_chunks=NUM_CHUNKS, num_teacher_steps=K,
+                                        steps_per_chunk=10, callback=callback, **kw)
+""")
+
+# The child skips olss_jax/__init__ (which imports diffusers: slow) by registering a bare
+# package, then collects and SIGKILLs itself halfway through chunk 3.
+CHILD = SETUP + textwrap.dedent("""
+    import os, signal, sys
+
+    def on_progress(p):
+      if p.status == "done":
+        print("done", p.chunk_index, flush=True)
+      if p.chunk_index == 3 and p.status == "step" and p.steps_done == 20:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    calls = []
+    collect(sys.argv[1], calls, on_progress)
+""")
+BOOT = ("import sys, types; pkg = types.ModuleType('olss_jax'); pkg.__path__ = [sys.argv.pop(1)];"
+        " sys.modules['olss_jax'] = pkg; exec(open(sys.argv.pop(1)).read())")
+
+ENV = {}
+exec(SETUP, ENV)  # pylint: disable=exec-used
+
+
+def _assert_same_trajectory(a, b):
+  for field in ("timesteps", "x_T", "model_outputs", "alphas"):
+    x, y = np.asarray(getattr(a, field)), np.asarray(getattr(b, field))
+    assert x.dtype == y.dtype and x.shape == y.shape, field
+    np.testing.assert_array_equal(x, y, err_msg=field)
+
+
+def _fingerprints(directory, chunks):
+  out = {}
+  for i in chunks:
+    st = os.stat(os.path.join(directory, store.chunk_file_name(i)))
+    out[i] = (st.st_ino, st.st_mtime_ns, st.st_size)
+  return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("reference")
+  calls = []
+  info = ENV["collect"](directory, calls)
+  assert calls == list(range(6)) and info.collected == tuple(range(6))
+  return store.load_store(directory)
+
+
+def test_reference_matches_one_collect_trajectory_per_chunk(reference):
+  # Ground truth independent of the store: collect_trajectory on each chunk's noises.
+  start = 0
+  for i in range(ENV["NUM_CHUNKS"]):
+    x_T = ENV["noises"](i)
+    traj = oj.collect_trajectory(ENV["DENOISE"], x_T, ENV["ALPHAS"], ENV["K"], steps_per_chunk=10)
+    b = x_T.shape[0]
+    np.testing.assert_array_equal(reference.x_T[start:start + b], np.asarray(x_T))
+    np.testing.assert_array_equal(reference.model_outputs[:, start:start + b],
+                                  np.asarray(traj.model_outputs))
+    start += b
+  assert reference.x_T.shape == (start, 8) and reference.model_outputs.shape == (40, start, 8)
+  np.testing.assert_array_equal(reference.timesteps, oj.ddim_timesteps(40))
+
+
+def test_killed_collection_resumes_without_recomputing(tmp_path, reference):
+  directory = tmp_path / "store"
+  child_src = tmp_path / "child.py"
+  child_src.write_text(CHILD)
+  proc = subprocess.run([sys.executable, "-c", BOOT, PKG, str(child_src), str(directory)],
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+  assert proc.stdout.split("\n")[:-1] == ["done 0", "done 1", "done 2"]
+  manifest = store.read_manifest(directory)
+  assert sorted(manifest["chunks"]) == ["0", "1", "2"]
+  before = _fingerprints(directory, range(3))
+
+  calls, events = [], []
+  info = ENV["collect"](directory, calls, events.append)
+  assert calls == [3, 4, 5]  # the model was never called for finished chunks
+  assert info.skipped == (0, 1, 2) and info.collected == (3, 4, 5) and info.recovered == ()
+  assert _fingerprints(directory, range(3)) == before  # same inode, mtime, size: untouched
+  assert [e.chunk_index for e in events if e.status == "skipped"] == [0, 1, 2]
+  assert [e.chunk_index for e in events if e.status == "done"] == [3, 4, 5]
+  _assert_same_trajectory(store.load_store(directory), reference)
+  assert not [n for n in os.listdir(directory) if atomic.is_temp_name(n)]
+
+
+def test_keyboard_interrupt_then_resume(tmp_path, reference):
+  def interrupt(p):
+    if p.chunk_index == 2 and p.status == "step" and p.steps_done == 30:
+      raise KeyboardInterrupt
+
+  calls = []
+  with pytest.raises(KeyboardInterrupt):
+    ENV["collect"](tmp_path, calls, interrupt)
+  assert calls == [0, 1, 2]
+  assert sorted(store.read_manifest(tmp_path)["chunks"]) == ["0", "1"]
+  assert not os.path.exists(tmp_path / store.chunk_file_name(2))
+  calls = []
+  info = ENV["collect"](tmp_path, calls)  # the lock was released
+  assert calls == [2, 3, 4, 5] and info.skipped == (0, 1)
+  _assert_same_trajectory(store.load_store(tmp_path), reference)
+
+
+def test_chunk_written_but_not_recorded_is_adopted(tmp_path, reference):
+  ENV["collect"](tmp_path, [])
+  manifest = store.read_manifest(tmp_path)
+  del manifest["chunks"]["4"]  # as if killed between the chunk's rename and the manifest's
+  (tmp_path / store.MANIFEST).write_text(json.dumps(manifest))
+  calls = []
+  info = ENV["collect"](tmp_path, calls)
+  assert calls == [] and info.skipped == tuple(range(6))
+  assert "4" in store.read_manifest(tmp_path)["chunks"]
+  _assert_same_trajectory(store.load_store(tmp_path), reference)
+
+
+def test_corrupted_chunk_is_moved_aside_and_recomputed(tmp_path, reference):
+  ENV["collect"](tmp_path, [])
+  path = tmp_path / store.chunk_file_name(1)
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 1
+  path.write_bytes(bytes(data))
+  with pytest.raises(ValueError, match="checksum"):
+    store.load_store(tmp_path)
+  calls = []
+  with pytest.warns(UserWarning, match="chunk 1: .*checksum"):
+    info = ENV["collect"](tmp_path, calls)
+  assert calls == [1] and info.recovered == (1,) and info.collected == ()
+  assert len([n for n in os.listdir(tmp_path) if ".corrupt-" in n]) == 1
+  _assert_same_trajectory(store.load_store(tmp_path), reference)
+
+
+def test_config_mismatch_raises_and_touches_nothing(tmp_path):
+  ENV["collect"](tmp_path, [])
+  before = _fingerprints(tmp_path, range(6))
+  manifest_before = (tmp_path / store.MANIFEST).read_bytes()
+  alphas, noises, denoise = ENV["ALPHAS"], ENV["noises"], ENV["DENOISE"]
+  cases = [
+      (dict(config={"model_name": "other", "seed": 42}), "model_name"),
+      (dict(alphas_cumprod=oj.linear_alphas_cumprod()), "alphas_cumprod_sha256"),
+      (dict(num_teacher_steps=50), "num_teacher_steps"),
+      (dict(num_chunks=7), "num_chunks"),
+      (dict(final_alpha_cumprod=float(alphas[0])), "final_alpha_cumprod"),
+      (dict(noises_for_chunk=lambda i: noises(i) + 1.0), "seed change"),
+      (dict(noises_for_chunk=lambda i: jnp.zeros((3, 9))), "sample shape"),
+  ]
+  for change, match in cases:
+    kw = dict(alphas_cumprod=alphas, noises_for_chunk=noises, num_chunks=6, num_teacher_steps=40,
+              config={"model_name": "mixture-4", "seed": 42})
+    kw.update(change)
+    calls = []
+
+    def denoise_for(i, calls=calls):
+      calls.append(i)
+      return denoise
+
+    with pytest.raises(ValueError, match=match):
+      store.collect_to_directory(tmp_path, denoise_for, kw.pop("noises_for_chunk"),
+                                 kw.pop("alphas_cumprod"), steps_per_chunk=10, **kw)
+    assert calls == []
+  assert _fingerprints(tmp_path, range(6)) == before
+  assert (tmp_path / store.MANIFEST).read_bytes() == manifest_before
+
+
+def test_non_finite_model_output_names_chunk_step_and_sample(tmp_path):
+  def nan_at_500(x, t):
+    return jnp.where((t == 500) & (jnp.arange(x.shape[0]) == 1)[:, None], jnp.nan, 0.1 * x)
+
+  with pytest.raises(ValueError, match=r"chunk 0: .*first at step 19, sample 1"):
+    store.collect_to_directory(tmp_path, lambda i: nan_at_500, ENV["noises"], ENV["ALPHAS"],
+                               num_chunks=2, num_teacher_steps=40)
+  assert store.read_manifest(tmp_path)["chunks"] == {}
+  assert not os.path.exists(tmp_path / store.chunk_file_name(0))
+
+
+def test_partial_and_missing_stores(tmp_path):
+  with pytest.raises(ValueError, match="no manifest.json"):
+    store.load_store(tmp_path)
+
+  def stop_at_chunk_3(p):
+    if p.chunk_index == 3:
+      raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):
+    ENV["collect"](tmp_path, [], stop_at_chunk_3)
+  with pytest.raises(ValueError, match=r"missing chunks \[3, 4, 5\]"):
+    store.load_store(tmp_path)
+  partial = store.load_store(tmp_path, allow_partial=True)
+  assert partial.x_T.shape == (3 + 4 + 3, 8)
+  (tmp_path / store.MANIFEST).write_text("{not json")
+  with pytest.raises(ValueError, match="corrupted manifest"):
+    store.load_store(tmp_path)
+
+
+def test_stray_files_locks_and_foreign_directories(tmp_path):
+  ENV["collect"](tmp_path, [])
+  stray = tmp_path / (atomic.temp_name(store.chunk_file_name(0)))
+  stray.write_bytes(b"half a chunk")
+  calls = []
+  ENV["collect"](tmp_path, calls)
+  assert calls == [] and not stray.exists()  # removed under the lock, never loaded
+  fd = os.open(tmp_path / ".lock", os.O_RDWR)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with pytest.raises(RuntimeError, match="another process"):
+      ENV["collect"](tmp_path, [])
+  finally:
+    os.close(fd)
+  foreign = tmp_path / "foreign"
+  foreign.mkdir()
+  (foreign / store.chunk_file_name(0)).write_bytes(b"x")
+  with pytest.raises(ValueError, match="no manifest.json"):
+    ENV["collect"](foreign, [])
+  with pytest.raises(TypeError, match="callables"):
+    store.collect_to_directory(tmp_path, ENV["DENOISE"], None, ENV["ALPHAS"], num_chunks=1)
