@@ -11,6 +11,8 @@ _silence()
 from olss_jax._src.schedule import Schedule, make_schedule
 from olss_jax._src.trajectory import Trajectory, collect_trajectory
 from olss_jax._src.sampler import sample
+from olss_jax._src.fit import fit_weights
+from olss_jax._src.search import SearchInfo, path_errors, search_path, uniform_path
 from olss_jax._src.ddim import (
     ddim_schedule,
     ddim_timesteps,
@@ -36,6 +38,11 @@ from olss_jax._src.baselines.unipc import unipc_schedule
 from olss_jax._src.baselines.ipndm import ipndm_schedule
 
 __all__ = [
+    "SearchInfo",
+    "fit_weights",
+    "path_errors",
+    "search_path",
+    "uniform_path",
     "BASELINES",
     "baseline_schedule",
     "ddim_baseline_schedule",

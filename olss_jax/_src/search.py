@@ -1,0 +1,250 @@
+"""Choosing the n steps: the paper's path optimisation (Section 3.4, Eq. 13-14, Algorithms 1-3)."""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from olss_jax._src import fit
+from olss_jax._src import lstsq
+from olss_jax._src import trajectory as trajectory_lib
+
+
+class SearchInfo(NamedTuple):
+  """Diagnostics of `search_path`.
+
+  Attributes:
+    path: (n,) int32 the returned path.
+    step_errors: (n,) float64 d(t(1..i+1)) of each step of the returned path (per-element MSE).
+    max_error: float, max(step_errors), the objective of Eq. 13.
+    bound: float, the smallest feasible error bound D found by the bisection (Algorithm 3).
+    uniform_max_error: float, the objective on the uniform path (OLSS-P).
+    chose_uniform: True when the uniform path was better and was returned instead.
+    num_walks: int, how many greedy walks (Algorithm 2) were run.
+  """
+
+  path: np.ndarray
+  step_errors: np.ndarray
+  max_error: float
+  bound: float
+  uniform_max_error: float
+  chose_uniform: bool
+  num_walks: int
+
+
+def check_num_steps(num_steps, num_teacher_steps: int) -> int:
+  """Validates n: an int with 1 <= n <= K."""
+  if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+    raise TypeError(f"num_steps: expected an int, got {type(num_steps).__name__}")
+  if not 1 <= num_steps <= num_teacher_steps:
+    raise ValueError(f"num_steps: expected 1 <= num_steps <= {num_teacher_steps} (the teacher "
+                     f"steps), got {num_steps}")
+  return int(num_steps)
+
+
+def uniform_path(traj: trajectory_lib.Trajectory, num_steps: int) -> np.ndarray:
+  """OLSS-P's path: n equally spaced teacher steps, ``floor(i * K / n)`` for i < n.
+
+  With K = 1000 and n = 5 this calls the model at timesteps 999, 799, 599, 399, 199.
+
+  Returns:
+    (n,) int32 indices into ``traj.timesteps`` (``path[0] == 0``).
+  """
+  k = traj.num_teacher_steps if isinstance(traj, trajectory_lib.Trajectory) else int(traj)
+  n = check_num_steps(num_steps, k)
+  return ((np.arange(n, dtype=np.int64) * k) // n).astype(np.int32)
+
+
+class ProjectionErrors:
+  """Every candidate step error d(.) for a growing path, in the compressed R-space.
+
+  With A = [x_T, e_0, ..., e_{K-1}] (all images and elements as rows) and its triangular
+  factor R, every teacher state is ``A c_m`` (DDIM coefficients, paper Eq. 9), and the
+  projection error of any state on any set of columns of A equals that of ``R c_m`` on the
+  same columns of R. A path's basis is orthonormalised one column at a time (classical
+  Gram-Schmidt, twice), and each candidate's error is one projection of a (K + 1)-vector:
+  a greedy walk costs O(n log K) such projections, whatever the image size.
+  """
+
+  def __init__(self, traj: trajectory_lib.Trajectory):
+    k = traj.num_teacher_steps
+    step = fit.images_per_block(traj)
+
+    def blocks():
+      with jax.enable_x64(True):
+        for start in range(0, traj.batch_size, step):
+          stop = min(start + step, traj.batch_size)
+          yield _basis_rows(jnp.asarray(traj.x_T[start:stop]),
+                            jnp.asarray(traj.model_outputs[:, start:stop]))
+
+    self.r = lstsq.streamed_r_factor(blocks(), k + 1)          # (K+1, K+1)
+    self.targets = self.r @ traj.state_coefficients().T        # column m: state m
+    self.num_elements = traj.batch_size * int(np.prod(traj.sample_shape))
+    self.num_teacher_steps = k
+
+  def start(self) -> np.ndarray:
+    """The orthonormal basis of span{x_T} in R-space: (K + 1, 1) (or (K + 1, 0) if x_T = 0)."""
+    return self.add(np.zeros((self.r.shape[0], 0)), 0)
+
+  def add(self, q: np.ndarray, column: int) -> np.ndarray:
+    """Adds column ``column`` of A (0: x_T, j + 1: e_j) to the orthonormal basis ``q``.
+
+    Classical Gram-Schmidt applied twice; a column already in the span (repeated or zero
+    outputs) leaves the basis unchanged.
+    """
+    v = self.r[:, column].copy()
+    norm0 = np.linalg.norm(v)
+    for _ in range(2):
+      v -= q @ (q.T @ v)
+    norm = np.linalg.norm(v)
+    if norm <= 1e-13 * max(norm0, 1e-300):
+      return q
+    return np.concatenate([q, (v / norm)[:, None]], axis=1)
+
+  def error(self, q: np.ndarray, target: int) -> float:
+    """Per-element MSE of projecting teacher state ``target`` on span(q)."""
+    v = self.targets[:, target].copy()
+    for _ in range(2):
+      v -= q @ (q.T @ v)
+    return float(v @ v) / self.num_elements
+
+  def path_errors(self, path: np.ndarray) -> np.ndarray:
+    """(n,) step errors of a given path (same quantity as `fit.solve_path`'s errors)."""
+    targets = fit.path_targets(path, self.num_teacher_steps)
+    q = self.start()
+    out = []
+    for i, p in enumerate(path):
+      q = self.add(q, int(p) + 1)
+      out.append(self.error(q, int(targets[i])))
+    return np.asarray(out)
+
+  def walk(self, bound: float, num_steps: int):
+    """Algorithm 2 with Algorithm 1 inside: the greedy path under an error bound.
+
+    From the current step, binary search (Algorithm 1, assuming the error grows with the jump)
+    for the farthest teacher state whose projection error is <= ``bound``, but no farther
+    than leaves one teacher step for each remaining model call, so that a feasible walk has
+    exactly n calls. Feasible when the n-th jump reaches the final state K.
+
+    Returns:
+      (path (n,) int32, step_errors (n,)) or None when infeasible.
+    """
+    k = self.num_teacher_steps
+    q = self.add(self.start(), 1)
+    path, errs_out = [0], []
+    for i in range(1, num_steps + 1):
+      current, cap = path[-1], k - (num_steps - i)
+      lo, hi, err_lo = current, cap, None
+      while lo < hi:  # Algorithm 1 in index space (index = K - t)
+        mid = (lo + hi + 1) // 2
+        err = self.error(q, mid)
+        if err > bound:
+          hi = mid - 1
+        else:
+          lo, err_lo = mid, err
+      if lo == current:
+        return None
+      errs_out.append(err_lo if err_lo is not None else self.error(q, lo))
+      if i == num_steps:
+        return (np.asarray(path, np.int32), np.asarray(errs_out)) if lo == k else None
+      path.append(lo)
+      q = self.add(q, lo + 1)
+    return None  # pragma: no cover
+
+
+def search_path(traj: trajectory_lib.Trajectory, num_steps: int, *,
+                num_bisection_steps: int = 30, prefer_uniform_if_better: bool = True,
+                return_info: bool = False):
+  """Path optimisation (paper Eq. 13-14, Algorithms 1-3): min over paths of the max step error.
+
+  Bisection (Algorithm 3) on the error bound D; for each D a greedy walk (Algorithm 2) jumps
+  to the farthest step whose projection error is within D (Algorithm 1). Step errors are the
+  per-element mean squared error of projecting the teacher state on span{x_T, e_{t(1)}, ...,
+  e_{t(i)}} (the paper's Eq. 12 basis in both search and fit). Differences from the
+  reference code, all deliberate: the bracket starts at the error of an always-feasible walk
+  rather than the fixed [0, 10], so the 30 halvings are relative to the data's scale; a jump
+  never goes so far that fewer teacher steps than remaining model calls are left; among all
+  feasible walks the one with the smallest actual maximum error is returned; and when the
+  uniform path (OLSS-P) has a smaller maximum error than the greedy result, the uniform path
+  is returned (the greedy walk assumes the error grows with the jump length, which real
+  models can violate).
+
+  Args:
+    traj: the teacher `Trajectory`.
+    num_steps: n, the number of model calls (1 <= n <= K).
+    num_bisection_steps: halvings of the bound bracket (the reference code's 30).
+    prefer_uniform_if_better: return the uniform path when it beats the search.
+    return_info: also return a `SearchInfo`.
+
+  Returns:
+    (n,) int32 path into ``traj.timesteps`` (``path[0] == 0``), and the info if asked.
+  """
+  if not isinstance(traj, trajectory_lib.Trajectory):
+    raise TypeError(f"traj: expected a Trajectory, got {type(traj).__name__}")
+  k = traj.num_teacher_steps
+  n = check_num_steps(num_steps, k)
+  if num_bisection_steps < 0:
+    raise ValueError(f"num_bisection_steps: expected >= 0, got {num_bisection_steps}")
+  proj = ProjectionErrors(traj)
+  walks = 0
+
+  def walk(bound):
+    nonlocal walks
+    walks += 1
+    return proj.walk(bound, n)
+
+  best = walk(math.inf)  # always feasible: every jump reaches its cap
+  hi = float(np.max(best[1]))
+  found = walk(hi)
+  for _ in range(64):
+    if found is not None:
+      break
+    hi *= 2.0
+    found = walk(hi)
+  lo = 0.0
+  if found is None:
+    hi = math.inf
+  else:
+    best = min(best, found, key=lambda w: float(np.max(w[1])))
+    for _ in range(num_bisection_steps):
+      mid = 0.5 * (lo + hi)
+      found = walk(mid)
+      if found is None:
+        lo = mid
+      else:
+        hi = mid
+        best = min(best, found, key=lambda w: float(np.max(w[1])))
+  path, errors = best
+  uniform = uniform_path(traj, n)
+  uniform_errors = proj.path_errors(uniform)
+  chose_uniform = bool(prefer_uniform_if_better and np.max(uniform_errors) < np.max(errors))
+  if chose_uniform:
+    path, errors = uniform, uniform_errors
+  if not return_info:
+    return path
+  return path, SearchInfo(path=path, step_errors=errors, max_error=float(np.max(errors)),
+                          bound=float(hi), uniform_max_error=float(np.max(uniform_errors)),
+                          chose_uniform=chose_uniform, num_walks=walks)
+
+
+def path_errors(traj: trajectory_lib.Trajectory, path) -> np.ndarray:
+  """Per-step least-squares errors of a path (the paper's d(t(1), ..., t(i+1)), Eq. 13).
+
+  Returns:
+    (n,) float64 mean squared error per element of each step's Eq. 12 fit.
+  """
+  if not isinstance(traj, trajectory_lib.Trajectory):
+    raise TypeError(f"traj: expected a Trajectory, got {type(traj).__name__}")
+  return fit.solve_path(traj, path)[1]
+
+
+@jax.jit
+def _basis_rows(x_T, outputs):
+  """Rows [x_T, e_0, ..., e_{K-1}] for a block of images, float64: (b * D, K + 1)."""
+  b = x_T.shape[0]
+  x = x_T.reshape(b, -1).astype(jnp.float64).reshape(-1)
+  e = outputs.reshape(outputs.shape[0], -1).astype(jnp.float64)
+  return jnp.concatenate([x[None], e], axis=0).T
