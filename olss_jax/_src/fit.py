@@ -10,30 +10,10 @@ import numpy as np
 from olss_jax._src import lstsq
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src import trajectory as trajectory_lib
+from olss_jax._src import validation
 
 # Images per block are chosen so one float64 block of all K outputs stays near this size.
 _BLOCK_BYTES = 1 << 28
-
-
-def check_path(path, num_teacher_steps: int, *, name: str = "path") -> np.ndarray:
-  """Validates a path: (n,) integers, path[0] == 0, strictly increasing, below K.
-
-  Returns:
-    (n,) int32 numpy copy.
-  """
-  arr = np.asarray(path)
-  if arr.ndim != 1 or arr.shape[0] < 1:
-    raise ValueError(f"{name}: expected shape (n,) with n >= 1, got {arr.shape}")
-  if not np.issubdtype(arr.dtype, np.integer):
-    raise TypeError(f"{name}: expected integer indices into the teacher steps, got {arr.dtype}")
-  if arr[0] != 0:
-    raise ValueError(f"{name}: must start at teacher step 0 (x_T), got {arr[0]}")
-  if np.any(np.diff(arr) <= 0):
-    raise ValueError(f"{name}: must be strictly increasing, got {arr.tolist()}")
-  if arr[-1] >= num_teacher_steps:
-    raise ValueError(f"{name}: indices must be < the {num_teacher_steps} teacher steps, "
-                     f"got {arr[-1]}")
-  return arr.astype(np.int32)
 
 
 def path_targets(path: np.ndarray, num_teacher_steps: int) -> np.ndarray:
@@ -90,7 +70,7 @@ def solve_path(traj: trajectory_lib.Trajectory, path) -> tuple[np.ndarray, np.nd
     rank_deficient: True if any row's basis was numerically rank deficient (minimum-norm
       solution used for it).
   """
-  path = check_path(path, traj.num_teacher_steps)
+  path = validation.check_path(path, traj.num_teacher_steps)
   n = path.shape[0]
   r = _path_factor(traj, path)
   targets = [(n + 1 + i, i + 2) for i in range(n)]
@@ -121,9 +101,8 @@ def fit_weights(traj: trajectory_lib.Trajectory, path) -> schedule_lib.Schedule:
     A `Schedule` with timesteps ``traj.timesteps[path]``, (n, n + 1) weights, and metadata
     ``method="olss"``, ``path``, ``step_errors``, ``teacher_steps``, ``num_fit_images``.
   """
-  if not isinstance(traj, trajectory_lib.Trajectory):
-    raise TypeError(f"traj: expected a Trajectory, got {type(traj).__name__}")
-  path = check_path(path, traj.num_teacher_steps)
+  validation.check_trajectory(traj)
+  path = validation.check_path(path, traj.num_teacher_steps)
   weights, errors, deficient = solve_path(traj, path)
   if not np.all(np.isfinite(weights)):
     raise ValueError("traj: the least-squares fit produced non-finite weights; the trajectory "

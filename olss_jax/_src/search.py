@@ -11,6 +11,7 @@ import numpy as np
 from olss_jax._src import fit
 from olss_jax._src import lstsq
 from olss_jax._src import trajectory as trajectory_lib
+from olss_jax._src import validation
 
 
 class SearchInfo(NamedTuple):
@@ -35,16 +36,6 @@ class SearchInfo(NamedTuple):
   num_walks: int
 
 
-def check_num_steps(num_steps, num_teacher_steps: int) -> int:
-  """Validates n: an int with 1 <= n <= K."""
-  if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-    raise TypeError(f"num_steps: expected an int, got {type(num_steps).__name__}")
-  if not 1 <= num_steps <= num_teacher_steps:
-    raise ValueError(f"num_steps: expected 1 <= num_steps <= {num_teacher_steps} (the teacher "
-                     f"steps), got {num_steps}")
-  return int(num_steps)
-
-
 def uniform_path(traj: trajectory_lib.Trajectory, num_steps: int) -> np.ndarray:
   """OLSS-P's path: n equally spaced teacher steps, ``floor(i * K / n)`` for i < n.
 
@@ -54,7 +45,7 @@ def uniform_path(traj: trajectory_lib.Trajectory, num_steps: int) -> np.ndarray:
     (n,) int32 indices into ``traj.timesteps`` (``path[0] == 0``).
   """
   k = traj.num_teacher_steps if isinstance(traj, trajectory_lib.Trajectory) else int(traj)
-  n = check_num_steps(num_steps, k)
+  n = validation.check_num_steps(num_steps, k)
   return ((np.arange(n, dtype=np.int64) * k) // n).astype(np.int32)
 
 
@@ -182,10 +173,9 @@ def search_path(traj: trajectory_lib.Trajectory, num_steps: int, *,
   Returns:
     (n,) int32 path into ``traj.timesteps`` (``path[0] == 0``), and the info if asked.
   """
-  if not isinstance(traj, trajectory_lib.Trajectory):
-    raise TypeError(f"traj: expected a Trajectory, got {type(traj).__name__}")
+  validation.check_trajectory(traj)
   k = traj.num_teacher_steps
-  n = check_num_steps(num_steps, k)
+  n = validation.check_num_steps(num_steps, k)
   if num_bisection_steps < 0:
     raise ValueError(f"num_bisection_steps: expected >= 0, got {num_bisection_steps}")
   proj = ProjectionErrors(traj)
@@ -236,8 +226,7 @@ def path_errors(traj: trajectory_lib.Trajectory, path) -> np.ndarray:
   Returns:
     (n,) float64 mean squared error per element of each step's Eq. 12 fit.
   """
-  if not isinstance(traj, trajectory_lib.Trajectory):
-    raise TypeError(f"traj: expected a Trajectory, got {type(traj).__name__}")
+  validation.check_trajectory(traj)
   return fit.solve_path(traj, path)[1]
 
 
