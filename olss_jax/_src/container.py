@@ -83,7 +83,7 @@ def encode_metadata(metadata: Mapping[str, Any] | None, name: str = "metadata") 
     raise TypeError(f"{name}: expected a dict, got {type(metadata).__name__}")
   try:
     text = json.dumps(dict(metadata), allow_nan=False, default=_json_default)
-  except (TypeError, ValueError) as e:
+  except (TypeError, ValueError, RecursionError) as e:
     raise TypeError(f"{name}: expected JSON-serialisable values (str keys, numbers, strings, "
                     f"lists, dicts; no NaN), got an error: {e}") from None
   return json.loads(text)

@@ -1,0 +1,535 @@
+"""Property tests: loaders and validators raise only their documented exception types.
+
+Loaders (`load_schedule`, `load_trajectory`, `read_metadata`) may raise only `ValueError` on
+any bytes; validators only `TypeError` / `ValueError` (plus `ScheduleMismatchWarning`
+warnings), and they accept exactly the inputs an independent oracle calls valid.
+Each test runs 500 generated cases.
+"""
+import hashlib
+import io
+import json
+import operator
+import struct
+import warnings
+
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+import olss_jax as oj
+from olss_jax._src import container
+from olss_jax._src import io as oio
+from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import validation
+
+CASES = settings(max_examples=500, deadline=None, derandomize=True,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+ALPHAS = oj.scaled_linear_alphas_cumprod()
+VALIDATOR_ERRORS = (TypeError, ValueError)
+
+
+def _schedule(n, seed):
+  rng = np.random.default_rng(seed)
+  weights = rng.standard_normal((n, n + 1))
+  weights[~schedule_lib.lower_triangular_mask(n)] = 0.0
+  return oj.make_schedule(np.sort(rng.choice(1000, n, replace=False))[::-1], weights,
+                          {"method": "olss", "n": n})
+
+
+def _trajectory(k, b, seed, dtype=np.float32):
+  rng = np.random.default_rng(seed)
+  timesteps = oj.ddim_timesteps(k)
+  return oj.Trajectory(timesteps=timesteps, x_T=rng.standard_normal((b, 3)).astype(dtype),
+                       model_outputs=rng.standard_normal((k, b, 3)).astype(dtype),
+                       alphas=np.concatenate([ALPHAS[timesteps], [1.0]]))
+
+
+def _bytes(save, obj):
+  buf = io.BytesIO()
+  save(buf, obj)
+  return buf.getvalue()
+
+
+VALID_FILES = ([("schedule", _bytes(oio.save_schedule, _schedule(n, n))) for n in (1, 2, 4)]
+               + [("trajectory", _bytes(oio.save_trajectory, _trajectory(k, b, k)))
+                  for k, b in ((1, 1), (3, 2))])
+LOADERS = {"schedule": oio.load_schedule, "trajectory": oio.load_trajectory}
+
+
+def _load_outcome(load, data):
+  """Runs a loader on bytes; returns the result or the ValueError. Anything else fails."""
+  try:
+    return load(io.BytesIO(data))
+  except ValueError as e:
+    assert str(e), "an error without a message"
+    return e
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+@CASES
+@given(data=st.one_of(st.binary(max_size=300),
+                      st.binary(max_size=300).map(lambda b: container.MAGIC + b),
+                      st.binary(max_size=300).map(
+                          lambda b: container.MAGIC + struct.pack("<IQ", 1, len(b)) + b)),
+       which=st.sampled_from(["schedule", "trajectory", "metadata"]))
+def test_random_bytes_are_value_errors(data, which):
+  load = LOADERS.get(which, oio.read_metadata)
+  assert isinstance(_load_outcome(load, data), ValueError)
+
+
+@CASES
+@given(file=st.sampled_from(VALID_FILES), kind=st.sampled_from(["cut", "flip", "insert", "tail"]),
+       where=st.floats(0, 1), bit=st.integers(0, 7), extra=st.binary(min_size=1, max_size=8))
+def test_truncations_bit_flips_and_insertions_of_valid_files_are_value_errors(
+    file, kind, where, bit, extra):
+  name, data = file
+  pos = min(int(where * len(data)), len(data) - 1)
+  if kind == "cut":
+    mutated = data[:pos]
+  elif kind == "flip":
+    mutated = data[:pos] + bytes([data[pos] ^ (1 << bit)]) + data[pos + 1:]
+  elif kind == "insert":
+    mutated = data[:pos] + extra + data[pos:]
+  else:
+    mutated = data + extra
+  assert mutated != data
+  outcome = _load_outcome(LOADERS[name], mutated)
+  assert isinstance(outcome, ValueError), f"{kind} at {pos} was not detected"
+  assert _load_outcome(LOADERS[name], data) is not None  # the original still loads
+
+
+DTYPE_NAMES = sorted(container.DTYPES)
+shapes = st.lists(st.integers(0, 4), max_size=3)
+
+
+@st.composite
+def random_arrays(draw, names):
+  arrays = []
+  for name in draw(st.permutations(names)) if draw(st.integers(0, 4)) == 0 else names:
+    if draw(st.integers(0, 9)) == 0:
+      continue  # a missing array
+    dtype = container.DTYPES[draw(st.sampled_from(DTYPE_NAMES))]
+    shape = tuple(draw(shapes))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    pool = [0.0, 0.0, 1.0, -2.0, 999.0, 0.5] + ([np.nan, np.inf] if draw(st.booleans()) else [])
+    arr = rng.choice(pool, size=shape)
+    if draw(st.booleans()) and len(shape) == 2:
+      rows, cols = np.indices(shape)
+      arr = np.where(cols <= rows + 1, arr, 0.0)
+    if draw(st.booleans()) and len(shape) == 1:
+      arr = np.sort(arr)[::-1] if draw(st.booleans()) else np.sort(arr)
+    with np.errstate(invalid="ignore", over="ignore"):
+      arr = (np.nan_to_num(arr, nan=0, posinf=5, neginf=-5) if dtype.kind == "i"
+             else arr).astype(dtype)
+    arrays.append((name, arr))
+  return arrays
+
+
+def _schedule_oracle(arrays):
+  names = [n for n, _ in arrays]
+  if names != ["timesteps", "weights"]:
+    return False
+  ts, w = arrays[0][1], arrays[1][1]
+  if ts.dtype != np.int32 or w.dtype != np.float64 or ts.ndim != 1 or ts.shape[0] < 1:
+    return False
+  n = ts.shape[0]
+  return (w.shape == (n, n + 1) and bool(np.all(ts >= 0)) and bool(np.all(np.isfinite(w)))
+          and all(w[i, j] == 0 for i in range(n) for j in range(i + 2, n + 1)))
+
+
+@st.composite
+def schedule_arrays(draw):
+  """Valid schedule arrays with one random defect (or none), else fully random arrays."""
+  if draw(st.integers(0, 3)) == 0:
+    return draw(random_arrays(["timesteps", "weights"]))
+  sched = draw(valid_schedules())
+  ts, w = np.asarray(sched.timesteps), np.asarray(sched.weights)
+  defect = draw(st.sampled_from(["none", "order", "missing", "extra", "ts_int64", "w_float32",
+                                 "w_shape", "w_upper", "w_nan", "ts_negative"]))
+  if defect == "w_upper" and w.shape[0] > 1:
+    w = w.copy()
+    w[0, -1] = 1.0
+  elif defect == "w_nan":
+    w = np.where(w == w.max(), np.nan, w)
+  elif defect == "ts_negative":
+    ts = ts - 1000
+  elif defect == "ts_int64":
+    ts = ts.astype(np.int64)
+  elif defect == "w_float32":
+    w = w.astype(np.float32)
+  elif defect == "w_shape":
+    w = w[:, :-1]
+  arrays = [("timesteps", ts), ("weights", w)]
+  if defect == "order":
+    arrays = arrays[::-1]
+  elif defect == "missing":
+    arrays = arrays[:1]
+  elif defect == "extra":
+    arrays.append(("alphas", np.ones(3)))
+  return arrays
+
+
+@CASES
+@given(arrays=schedule_arrays(),
+       meta=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3))
+def test_well_formed_containers_with_random_shapes_and_dtypes_match_the_oracle(arrays, meta):
+  buf = io.BytesIO()
+  container.write_container(buf, oio.SCHEDULE_KIND, arrays, meta)
+  outcome = _load_outcome(oio.load_schedule, buf.getvalue())
+  valid = _schedule_oracle(arrays)
+  event(f"valid: {valid}")
+  assert isinstance(outcome, ValueError) != valid, (arrays, outcome)
+  if valid:
+    np.testing.assert_array_equal(outcome.weights, arrays[1][1])
+    assert outcome.metadata == meta
+
+
+@CASES
+@given(arrays=random_arrays(["timesteps", "x_T", "model_outputs", "alphas"]))
+def test_random_trajectory_containers_load_valid_or_raise_value_error(arrays):
+  buf = io.BytesIO()
+  container.write_container(buf, oio.TRAJECTORY_KIND, arrays)
+  outcome = _load_outcome(oio.load_trajectory, buf.getvalue())
+  event(f"loaded: {not isinstance(outcome, ValueError)}")
+  if not isinstance(outcome, ValueError):
+    validation.check_trajectory(outcome)  # whatever loads is a valid trajectory
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=3),
+    max_leaves=4)
+entries = st.fixed_dictionaries(
+    {"name": st.sampled_from(["timesteps", "weights"]) | json_values,
+     "dtype": st.sampled_from(DTYPE_NAMES) | json_values,
+     "shape": st.lists(st.integers(-1, 3) | st.sampled_from([2**40, 2**61, 2**63]), max_size=20)
+              | json_values})
+
+
+@CASES
+@given(header=st.fixed_dictionaries(
+    {"format": st.just("olss_jax") | json_values,
+     "kind": st.just(oio.SCHEDULE_KIND) | json_values,
+     "arrays": st.lists(entries, max_size=3) | json_values,
+     "metadata": st.dictionaries(st.text(max_size=4), json_values, max_size=2) | json_values}),
+    payload=st.binary(max_size=64))
+def test_checksummed_but_malformed_headers_are_value_errors(header, payload):
+  # A crafted file with correct checksums: only the header's content is wrong.
+  raw = json.dumps(header).encode()
+  head = struct.pack("<8sIQ", container.MAGIC, container.VERSION, len(raw)) + raw
+  head += hashlib.sha256(head).digest()
+  data = head + payload
+  data += hashlib.sha256(data).digest()
+  outcome = _load_outcome(oio.load_schedule, data)
+  meta = _load_outcome(oio.read_metadata, data)
+  event(f"header accepted: {not isinstance(meta, ValueError)}")
+  if not isinstance(outcome, ValueError):
+    validation.check_schedule(outcome)
+    assert not isinstance(meta, ValueError)
+
+
+@CASES
+@given(n=st.integers(1, 6), seed=st.integers(0, 2**32 - 1),
+       meta=st.dictionaries(st.text(max_size=8), json_values, max_size=4))
+def test_save_load_round_trip_is_exact(n, seed, meta):
+  sched = _schedule(n, seed).replace(metadata=meta)
+  loaded = oio.load_schedule(io.BytesIO(_bytes(oio.save_schedule, sched)))
+  np.testing.assert_array_equal(loaded.weights.view(np.uint64), sched.weights.view(np.uint64))
+  np.testing.assert_array_equal(loaded.timesteps, sched.timesteps)
+  assert loaded.metadata == json.loads(json.dumps(meta))
+
+
+# ------------------------------------------------------------------------- validators
+
+int_like = st.one_of(st.integers(-3, 12), st.integers(-3, 12).map(np.int16),
+                     st.integers(0, 12).map(np.uint8))
+weird = st.one_of(st.none(), st.booleans(), st.floats(-3, 12), st.text(max_size=3),
+                  st.just(np.float32(2.0)), st.just(jnp.int32(3)), st.just([[0, 1], [2]]),
+                  st.just({"a": 1}), st.just(2**80))
+INT_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint32, np.uint64]
+OTHER_DTYPES = [np.float32, np.float64, np.bool_, np.complex64]
+
+
+def _index_or_none(v):
+  if isinstance(v, (bool, np.bool_)):
+    return None
+  try:
+    return operator.index(v)
+  except TypeError:
+    return None
+
+
+@CASES
+@given(num_steps=int_like | weird, k=int_like | weird)
+def test_check_num_steps_matches_oracle(num_steps, k):
+  n_i, k_i = _index_or_none(num_steps), _index_or_none(k)
+  event(f"valid: {n_i is not None and k_i is not None and 1 <= n_i <= k_i}")
+  try:
+    got = validation.check_num_steps(num_steps, k)
+  except TypeError:
+    assert n_i is None or k_i is None
+  except ValueError as e:
+    assert n_i is not None and k_i is not None and not 1 <= n_i <= k_i, e
+  else:
+    assert got == n_i and 1 <= n_i <= k_i and type(got) is int  # pylint: disable=unidiomatic-typecheck
+
+
+@st.composite
+def paths(draw):
+  """A valid path for a random K with one random defect (or none), or a weird object."""
+  k = draw(st.integers(1, 12))
+  style = draw(st.sampled_from(["none", "none", "none", "list", "dtype", "dup", "unsorted",
+                                "start", "range", "negative", "2d", "empty", "weird", "k"]))
+  if style == "weird":
+    return draw(weird), k
+  values = [0] + sorted(draw(st.sets(st.integers(1, k - 1), max_size=k - 1))) if k > 1 else [0]
+  if style == "dup":
+    values = values + values[-1:]
+  elif style == "unsorted" and len(values) > 2:
+    values[1], values[2] = values[2], values[1]
+  elif style == "start":
+    values = values[1:] or [1]
+  elif style == "range":
+    values = values + [k + draw(st.integers(0, 3))]
+  elif style == "negative":
+    values = [-1] + values
+  elif style == "empty":
+    values = []
+  elif style == "k":
+    k = draw(int_like | weird)
+  if style == "list":
+    return values, k
+  dtype = draw(st.sampled_from(INT_DTYPES * 3 + OTHER_DTYPES)) if style == "dtype" else np.int32
+  with np.errstate(all="ignore"):
+    arr = np.asarray(values).astype(dtype)
+  return (arr.reshape(1, -1) if style == "2d" else arr), k
+
+
+def _path_oracle(path, k):
+  k_i = _index_or_none(k)
+  if k_i is None or k_i < 1 or not isinstance(path, (list, np.ndarray)):
+    return None
+  arr = np.asarray(path) if isinstance(path, np.ndarray) or all(
+      isinstance(v, int) for v in path) else None
+  if arr is None or arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+    return None
+  vals = arr.tolist()
+  if arr.ndim != 1 or not 1 <= len(vals) <= k_i or vals[0] != 0 or vals[-1] >= k_i:
+    return None
+  if any(b <= a for a, b in zip(vals, vals[1:])):
+    return None
+  return vals
+
+
+@CASES
+@given(path_and_k=paths())
+def test_check_path_matches_oracle(path_and_k):
+  path, k = path_and_k
+  expected = _path_oracle(path, k)
+  event(f"valid: {expected is not None}")
+  try:
+    got = validation.check_path(path, k)
+  except VALIDATOR_ERRORS as e:
+    assert expected is None, (path, k, e)
+    assert "path" in str(e) or "num_teacher_steps" in str(e)
+  else:
+    assert expected is not None and got.dtype == np.int32 and got.tolist() == expected
+
+
+@st.composite
+def valid_schedules(draw):
+  n = draw(st.integers(1, 4))
+  rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+  ts = np.sort(rng.choice(1000, n, replace=False))[::-1].astype(np.int32)
+  w = np.where(schedule_lib.lower_triangular_mask(n), rng.standard_normal((n, n + 1)), 0.0)
+  return schedule_lib.Schedule(ts, w)
+
+
+@st.composite
+def schedules(draw):
+  """A valid schedule with one random defect (or none), as numpy or jax arrays."""
+  sched = draw(valid_schedules())
+  ts, w = np.asarray(sched.timesteps), np.asarray(sched.weights)
+  defect = draw(st.sampled_from(["none", "none", "none", "ts_2d", "ts_empty", "w_shape",
+                                 "ts_float", "ts_bool", "w_int", "ts_negative", "ts_big", "w_nan",
+                                 "w_inf", "w_upper", "w_float32", "ts_uint16"]))
+  with np.errstate(all="ignore"):
+    if defect == "ts_2d":
+      ts = ts[:, None]
+    elif defect == "ts_empty":
+      ts, w = ts[:0], w[:0, :1]
+    elif defect == "w_shape":
+      w = w[:, :-1] if draw(st.booleans()) else np.concatenate([w, w[:1]])
+    elif defect == "ts_float":
+      ts = ts.astype(np.float32)
+    elif defect == "ts_bool":
+      ts = ts > 500
+    elif defect == "w_int":
+      w = w.astype(np.int32)
+    elif defect == "ts_negative":
+      ts = ts - 999
+    elif defect == "ts_big":
+      ts = ts + 600
+    elif defect in ("w_nan", "w_inf"):
+      w = np.where(w == w[-1, 0], np.nan if defect == "w_nan" else -np.inf, w)
+    elif defect == "w_upper" and w.shape[0] > 1:
+      w = w.copy()
+      w[0, 2] = 0.25
+    elif defect == "w_float32":
+      w = w.astype(np.float32)
+    elif defect == "ts_uint16":
+      ts = ts.astype(np.uint16)
+  if draw(st.booleans()):
+    return schedule_lib.Schedule(jnp.asarray(ts), jnp.asarray(w))
+  return schedule_lib.Schedule(ts, w)
+
+
+def _schedule_valid(s, t_max):
+  ts, w = np.asarray(s.timesteps), np.asarray(s.weights)
+  if ts.ndim != 1 or ts.shape[0] < 1 or w.shape != (ts.shape[0], ts.shape[0] + 1):
+    return False
+  if ts.dtype == np.bool_ or not np.issubdtype(ts.dtype, np.integer):
+    return False
+  if not np.issubdtype(w.dtype, np.floating) or not np.all(np.isfinite(w)):
+    return False
+  n = ts.shape[0]
+  return (bool(np.all(ts >= 0)) and (t_max is None or bool(np.all(ts < t_max)))
+          and all(w[i, j] == 0 for i in range(n) for j in range(i + 2, n + 1)))
+
+
+@CASES
+@given(sched=schedules(), t_max=st.none() | st.sampled_from([1000, 500]))
+def test_check_schedule_matches_oracle(sched, t_max):
+  event(f"valid: {_schedule_valid(sched, t_max)}")
+  try:
+    validation.check_schedule(sched, num_train_timesteps=t_max)
+  except VALIDATOR_ERRORS as e:
+    assert not _schedule_valid(sched, t_max), e
+    assert "schedule" in str(e)
+  else:
+    assert _schedule_valid(sched, t_max)
+
+
+@st.composite
+def trajectories(draw):
+  """A valid trajectory with one random defect (or none)."""
+  k, b = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+  dtype = draw(st.sampled_from([np.float32, np.float64, np.float16, ml_dtypes.bfloat16]))
+  ts = oj.ddim_timesteps(k)
+  alphas = np.concatenate([ALPHAS[ts], [1.0]])
+  x_T = np.ones((b, 2), dtype)
+  outputs = np.full((k, b, 2), 0.5, dtype)
+  defect = draw(st.sampled_from(["none", "none", "none", "b0", "out_shape", "out_dtype",
+                                 "x_int", "ts_up", "ts_negative", "ts_float", "al_len", "al_big",
+                                 "al_zero", "al_down", "out_nan", "x_inf", "ts_2d"]))
+  with np.errstate(all="ignore"):
+    if defect == "b0":
+      x_T, outputs = x_T[:0], outputs[:, :0]
+    elif defect == "out_shape":
+      outputs = outputs[:, :, :1] if draw(st.booleans()) else np.concatenate([outputs] * 2)
+    elif defect == "out_dtype":
+      outputs = outputs.astype(draw(st.sampled_from([np.float32, np.int32])))
+    elif defect == "x_int":
+      x_T = x_T.astype(np.int32)
+    elif defect == "ts_up":
+      ts = ts[::-1].copy()
+    elif defect == "ts_negative":
+      ts = ts - 1000
+    elif defect == "ts_float":
+      ts = ts.astype(np.float32)
+    elif defect == "ts_2d":
+      ts = ts[None]
+    elif defect == "al_len":
+      alphas = alphas[1:]
+    elif defect == "al_big":
+      alphas = alphas + 0.5
+    elif defect == "al_zero":
+      alphas = alphas * 0.0
+    elif defect == "al_down":
+      alphas = alphas[::-1].copy()
+    elif defect == "out_nan":
+      outputs = outputs.copy()
+      outputs[draw(st.integers(0, k - 1)), draw(st.integers(0, b - 1)), 1] = np.nan
+    elif defect == "x_inf":
+      x_T = x_T.copy()
+      x_T[-1, 0] = np.inf
+  return oj.Trajectory(timesteps=ts, x_T=x_T, model_outputs=outputs, alphas=alphas)
+
+
+def _trajectory_valid(t):
+  ts, x_T, out, al = (np.asarray(t.timesteps), t.x_T, t.model_outputs, np.asarray(t.alphas))
+  k = ts.shape[0] if ts.ndim == 1 else -1
+  floats = ("float16", "bfloat16", "float32", "float64")
+  return (k >= 1 and x_T.shape[0] >= 1 and np.issubdtype(ts.dtype, np.integer)
+          and x_T.dtype.name in floats and out.dtype.name in floats
+          and out.shape == (k,) + x_T.shape and al.shape == (k + 1,)
+          and np.all((al > 0) & (al <= 1)) and np.all(np.diff(al) >= 0)
+          and np.all(ts >= 0) and np.all(np.diff(ts) < 0)
+          and np.all(np.isfinite(out.astype(np.float64)))
+          and np.all(np.isfinite(x_T.astype(np.float64))))
+
+
+@CASES
+@given(traj=trajectories())
+def test_check_trajectory_matches_oracle(traj):
+  event(f"valid: {bool(_trajectory_valid(traj))}")
+  try:
+    validation.check_trajectory(traj)
+  except VALIDATOR_ERRORS as e:
+    assert not _trajectory_valid(traj), e
+    assert "traj" in str(e)
+  else:
+    assert _trajectory_valid(traj)
+
+
+@CASES
+@given(shape=st.lists(st.integers(1, 4), min_size=1, max_size=3), seed=st.integers(0, 2**16),
+       n_bad=st.integers(0, 3), use_jax=st.integers(0, 4),
+       dtype=st.sampled_from([np.float32, np.float64, np.float16]))
+def test_find_nonfinite_finds_the_first_bad_element(shape, seed, n_bad, use_jax, dtype):
+  use_jax = use_jax == 0 and dtype != np.float64  # x64 is off by default
+  if use_jax:  # few distinct shapes: each new shape compiles the device-side scan
+    shape = [(3,), (2, 3), (2, 2, 2)][seed % 3]
+  rng = np.random.default_rng(seed)
+  arr = rng.standard_normal(shape).astype(dtype)
+  for _ in range(n_bad):
+    arr[tuple(rng.integers(0, s) for s in shape)] = rng.choice([np.nan, np.inf, -np.inf])
+  bad = np.argwhere(~np.isfinite(arr))
+  expected = tuple(int(i) for i in bad[0]) if len(bad) else None
+  assert validation.find_nonfinite(jnp.asarray(arr) if use_jax else arr) == expected
+
+
+@CASES
+@given(fitted_shape=st.none() | st.lists(st.integers(1, 3), max_size=2),
+       x_shape=st.lists(st.integers(0, 3), max_size=3),
+       fitted_model=st.none() | st.sampled_from(["sd14", "sd15"]),
+       model=st.none() | st.sampled_from(["sd14", "sd15"]),
+       fitted_g=st.none() | st.sampled_from([1.0, 7.5]), g=st.none() | st.sampled_from([1.0, 7.5]),
+       num_steps=st.none() | st.integers(1, 4))
+def test_check_schedule_compatible_errors_and_warnings(fitted_shape, x_shape, fitted_model, model,
+                                                       fitted_g, g, num_steps):
+  meta = {k: v for k, v in [("sample_shape", fitted_shape), ("model_name", fitted_model),
+                            ("guidance_scale", fitted_g)] if v is not None}
+  sched = _schedule(3, 0).replace(metadata=meta)
+  x_T = np.zeros(x_shape, np.float32)
+  impossible = (len(x_shape) < 1 or x_shape[0] < 1 or (num_steps not in (None, 3))
+                or (fitted_shape is not None and list(fitted_shape) != x_shape[1:]))
+  suspicious = ((model and fitted_model and model != fitted_model)
+                or (g and fitted_g and g != fitted_g))
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    try:
+      validation.check_schedule_compatible(sched, x_T, num_steps=num_steps, model_name=model,
+                                           guidance_scale=g)
+    except ValueError:
+      assert impossible
+      return
+  assert not impossible
+  kinds = {w.category for w in caught}
+  assert kinds == ({validation.ScheduleMismatchWarning} if suspicious else set())
