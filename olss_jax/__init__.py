@@ -19,6 +19,30 @@ from olss_jax._src.ddim import (
     linear_alphas_cumprod,
     scaled_linear_alphas_cumprod,
 )
+# --- files, validation, resumable collection (reliability) ---
+from olss_jax._src.io import (
+    load_schedule,
+    load_trajectory,
+    read_metadata,
+    save_schedule,
+    save_trajectory,
+)
+from olss_jax._src.store import (
+    CollectInfo,
+    StoreProgress,
+    collect_to_directory,
+    load_store,
+    read_manifest,
+)
+from olss_jax._src.validation import (
+    check_finite,
+    check_num_steps,
+    check_path,
+    check_schedule,
+    check_schedule_compatible,
+    check_trajectory,
+    find_nonfinite,
+)
 # --- analytic models ---
 from olss_jax._src.analytic import (
     GaussianMixture,
@@ -38,6 +62,23 @@ from olss_jax._src.baselines.unipc import unipc_schedule
 from olss_jax._src.baselines.ipndm import ipndm_schedule
 
 __all__ = [
+    "load_schedule",
+    "load_trajectory",
+    "read_metadata",
+    "save_schedule",
+    "save_trajectory",
+    "CollectInfo",
+    "StoreProgress",
+    "collect_to_directory",
+    "load_store",
+    "read_manifest",
+    "check_finite",
+    "check_num_steps",
+    "check_path",
+    "check_schedule",
+    "check_schedule_compatible",
+    "check_trajectory",
+    "find_nonfinite",
     "SearchInfo",
     "fit_weights",
     "path_errors",
