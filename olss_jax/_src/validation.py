@@ -20,7 +20,7 @@ from olss_jax._src import trajectory as trajectory_lib
 
 # Metadata keys a `Schedule` may carry that `check_schedule_compatible` understands.
 META_SAMPLE_SHAPE = "sample_shape"          # list[int]: x_T.shape[1:] it was fitted for
-META_MODEL_NAME = "model_name"              # str: the model it was fitted for
+META_MODEL_NAME = "model_name"              # str: the model it was fitted for ("model" also read)
 META_GUIDANCE_SCALE = "guidance_scale"      # float: classifier-free guidance it was fitted at
 META_NUM_TRAIN_TIMESTEPS = "num_train_timesteps"  # int: T of the model's noise schedule
 
@@ -274,7 +274,8 @@ def check_schedule_compatible(schedule, x_T, *, num_steps: int | None = None,
   a sample shape other than ``schedule.metadata["sample_shape"]``, a step count other than
   ``num_steps``, timesteps beyond ``num_train_timesteps``. Warnings
   (`ScheduleMismatchWarning`) for the suspicious: ``model_name`` or ``guidance_scale``
-  differing from what the metadata records (schedules are specific to the model and guidance
+  differing from what the metadata records (keys ``"model_name"`` or ``"model"``,
+  ``"guidance_scale"``) (schedules are specific to the model and guidance
   they were fitted on). A metadata key that is absent is not checked.
 
   Args:
@@ -303,7 +304,7 @@ def check_schedule_compatible(schedule, x_T, *, num_steps: int | None = None,
       and int(fitted_t) != int(num_train_timesteps)):
     raise ValueError(f"num_train_timesteps: {num_train_timesteps} differs from the "
                      f"{fitted_t} the schedule was fitted for")
-  fitted_model = meta.get(META_MODEL_NAME)
+  fitted_model = meta.get(META_MODEL_NAME, meta.get("model"))
   if model_name is not None and fitted_model is not None and fitted_model != model_name:
     warnings.warn(f"schedule was fitted for model {fitted_model!r}, used with {model_name!r}; "
                   "OLSS weights are model-specific, refit for best results",
