@@ -1,0 +1,249 @@
+"""Held-out comparison of schedules against the teacher (the paper's Table 1 / Figure 4 protocol).
+
+Every method is fitted (if it fits anything) on the teacher's fitting noises and evaluated on
+other noises, drawn from another seed and never used in any fit; every method sees the same
+evaluation noises and conditions. The reference is the teacher's final sample on the same noise.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from olss_jax._src import ddim
+from olss_jax._src import fit
+from olss_jax._src import sampler
+from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import search
+from olss_jax._src import trajectory as trajectory_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class ComparisonModel:
+  """A model under comparison.
+
+  Attributes:
+    name: shown in tables and recorded in schedules.
+    alphas_cumprod: (T,) training alpha_bar.
+    sample_shape: shape of one sample.
+    denoiser: ``conditions -> denoise_fn``; conditions is (B,) (e.g. class labels) or None.
+    draw_conditions: ``(seed, B) -> conditions`` for B noises (None: unconditional).
+    guidance_scale: recorded in metadata when the model uses classifier-free guidance.
+    metrics: optional ``(samples, teacher_samples, conditions) -> {name: value}`` extra metrics
+      (e.g. Frechet distance and class accuracy).
+  """
+
+  name: str
+  alphas_cumprod: np.ndarray
+  sample_shape: tuple[int, ...]
+  denoiser: Callable[[Any], trajectory_lib.DenoiseFn]
+  draw_conditions: Callable[[int, int], Any] = lambda seed, n: None
+  guidance_scale: float | None = None
+  metrics: Callable[..., Mapping[str, float]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FitContext:
+  """What a method may use to build its schedule: the fitting teacher and its model."""
+
+  traj: trajectory_lib.Trajectory
+  denoise_fn: trajectory_lib.DenoiseFn
+  model: ComparisonModel
+
+
+MethodFn = Callable[[FitContext, int], schedule_lib.Schedule]
+
+
+def _olss_paper(searched: bool) -> MethodFn:
+  def method(ctx: FitContext, n: int) -> schedule_lib.Schedule:
+    path = search.search_path(ctx.traj, n) if searched else search.uniform_path(ctx.traj, n)
+    return fit.fit_weights(ctx.traj, path)
+  return method
+
+
+def _baseline(name: str) -> MethodFn:
+  def method(ctx: FitContext, n: int) -> schedule_lib.Schedule:
+    from olss_jax._src.baselines import registry  # noqa: PLC0415
+    return registry.baseline_schedule(name, ctx.model.alphas_cumprod, n)
+  return method
+
+
+def default_methods(*, baselines: Sequence[str] | None = None) -> dict[str, MethodFn]:
+  """The methods of the comparison table: every baseline, OLSS-P and OLSS (paper's fit).
+
+  Args:
+    baselines: baseline names (keys of `olss_jax.BASELINES`); all of them by default.
+
+  Returns:
+    An ordered ``{name: (FitContext, n) -> Schedule}``.
+  """
+  from olss_jax._src.baselines import registry  # noqa: PLC0415
+  names = list(registry.BASELINES) if baselines is None else list(baselines)
+  methods: dict[str, MethodFn] = {name: _baseline(name) for name in names}
+  methods["olss-p"] = _olss_paper(searched=False)
+  methods["olss"] = _olss_paper(searched=True)
+  return methods
+
+
+@dataclasses.dataclass
+class Comparison:
+  """Results of `run_comparison`.
+
+  Attributes:
+    rows: one dict per (method, steps): ``method``, ``steps``, ``rmse``, ``rmse_lo``,
+      ``rmse_hi`` (95% interval of the mean per-sample RMSE), ``fit_seconds``,
+      ``sample_seconds``, ``fit_model_calls``, plus the model's extra metrics.
+    schedules: {(method, steps): Schedule}.
+    samples: {(method, steps): (N, ...) final samples} when kept, plus ("teacher", 0).
+    eval_conditions: the evaluation conditions (or None).
+    info: run facts (seeds, counts, timings).
+  """
+
+  rows: list[dict[str, Any]]
+  schedules: dict[tuple[str, int], schedule_lib.Schedule]
+  samples: dict[tuple[str, int], np.ndarray]
+  eval_conditions: Any
+  info: dict[str, Any]
+
+
+def per_sample_rmse(samples, reference) -> np.ndarray:
+  """(N,) root mean squared error of each sample against its reference (same noise)."""
+  diff = (np.asarray(samples, np.float64) - np.asarray(reference, np.float64))
+  return np.sqrt(np.mean(diff.reshape(diff.shape[0], -1) ** 2, axis=1))
+
+
+def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
+  """Mean and a 95% normal-approximation interval of the mean."""
+  values = np.asarray(values, np.float64)
+  mean = float(values.mean())
+  half = 1.96 * float(values.std(ddof=1)) / math.sqrt(values.shape[0]) if values.shape[0] > 1 else 0.0
+  return mean, mean - half, mean + half
+
+
+_sample_jit = jax.jit(sampler.sample)
+
+
+def run_comparison(model: ComparisonModel, *, steps: Sequence[int] = (5, 10, 20),
+                   num_fit: int = 32, num_eval: int = 256, num_teacher_steps: int = 1000,
+                   methods: Mapping[str, MethodFn] | None = None, fit_seed: int = 1,
+                   eval_seed: int = 2, keep_samples: bool = True,
+                   progress: Callable[[str], None] | None = None) -> Comparison:
+  """Fits every method on ``num_fit`` teacher runs and scores it on ``num_eval`` other noises.
+
+  Args:
+    model: the model and its conditioning.
+    steps: step counts n to evaluate.
+    num_fit: K fitting noises (the paper's 32).
+    num_eval: held-out noises (>= 2), from ``eval_seed`` (must differ from ``fit_seed``).
+    num_teacher_steps: teacher DDIM steps (the paper's 1000).
+    methods: ``{name: (FitContext, n) -> Schedule}``; `default_methods()` when None.
+    fit_seed: seed of the fitting noises and conditions.
+    eval_seed: seed of the evaluation noises and conditions.
+    keep_samples: keep final samples for grids and feature metrics.
+    progress: optional ``callback(message)``.
+
+  Returns:
+    A `Comparison`.
+  """
+  if fit_seed == eval_seed:
+    raise ValueError(f"eval_seed: must differ from fit_seed ({fit_seed}); evaluation noises are "
+                     "never the fitting noises")
+  if num_fit < 1 or num_eval < 2:
+    raise ValueError(f"num_fit/num_eval: expected >= 1 and >= 2, got {num_fit} and {num_eval}")
+  methods = default_methods() if methods is None else dict(methods)
+  say = progress or (lambda msg: None)
+  shape = tuple(model.sample_shape)
+  x_fit = jax.random.normal(jax.random.key(fit_seed), (num_fit,) + shape, jnp.float32)
+  x_eval = jax.random.normal(jax.random.key(eval_seed), (num_eval,) + shape, jnp.float32)
+  c_fit = model.draw_conditions(fit_seed, num_fit)
+  c_eval = model.draw_conditions(eval_seed, num_eval)
+  f_fit, f_eval = model.denoiser(c_fit), model.denoiser(c_eval)
+
+  t0 = time.perf_counter()
+  say(f"teacher: {num_teacher_steps} DDIM steps on {num_fit} fitting noises")
+  traj = trajectory_lib.collect_trajectory(f_fit, x_fit, model.alphas_cumprod, num_teacher_steps)
+  jax.block_until_ready(traj.model_outputs)
+  teacher_fit_s = time.perf_counter() - t0
+  say(f"teacher: {num_teacher_steps} DDIM steps on {num_eval} held-out noises")
+  t0 = time.perf_counter()
+  eval_traj = trajectory_lib.collect_trajectory(f_eval, x_eval, model.alphas_cumprod,
+                                                num_teacher_steps)
+  reference = np.asarray(eval_traj.states[-1])
+  del eval_traj
+  teacher_eval_s = time.perf_counter() - t0
+
+  ctx = FitContext(traj=traj, denoise_fn=f_fit, model=model)
+  rows, schedules, samples = [], {}, {}
+  if keep_samples:
+    samples[("teacher", 0)] = reference
+  for n in steps:
+    for name, method in methods.items():
+      say(f"{name}: {n} steps")
+      t0 = time.perf_counter()
+      sched = method(ctx, n)
+      fit_s = time.perf_counter() - t0
+      t0 = time.perf_counter()
+      out = np.asarray(jax.block_until_ready(_sample_jit(f_eval, sched, x_eval)))
+      sample_s = time.perf_counter() - t0
+      mean, lo, hi = mean_interval(per_sample_rmse(out, reference))
+      row = {"method": name, "steps": int(n), "rmse": mean, "rmse_lo": lo, "rmse_hi": hi,
+             "fit_seconds": fit_s, "sample_seconds": sample_s,
+             "fit_model_calls": int(sched.metadata.get("fit_model_calls", 0))}
+      if model.metrics is not None:
+        row.update(model.metrics(out, reference, c_eval))
+      rows.append(row)
+      schedules[(name, int(n))] = sched
+      if keep_samples:
+        samples[(name, int(n))] = out
+  info = {"model": model.name, "num_fit": num_fit, "num_eval": num_eval,
+          "num_teacher_steps": num_teacher_steps, "fit_seed": fit_seed, "eval_seed": eval_seed,
+          "teacher_fit_seconds": teacher_fit_s, "teacher_eval_seconds": teacher_eval_s}
+  if model.metrics is not None:
+    info["teacher_metrics"] = dict(model.metrics(reference, reference, c_eval))
+  return Comparison(rows=rows, schedules=schedules, samples=samples, eval_conditions=c_eval,
+                    info=info)
+
+
+def format_markdown(comparison: Comparison, *, metric: str = "rmse") -> str:
+  """A markdown table: one row per method, one column per step count (lowest in bold).
+
+  For ``metric="rmse"`` each cell is ``mean [lo, hi]``; any other metric key of the rows
+  (e.g. ``"fd_teacher"``) shows its value.
+  """
+  steps = sorted({r["steps"] for r in comparison.rows})
+  methods = list(dict.fromkeys(r["method"] for r in comparison.rows))
+  cell = {(r["method"], r["steps"]): r for r in comparison.rows}
+  best = {n: min((cell[(m, n)][metric] for m in methods if (m, n) in cell), default=None)
+          for n in steps}
+  lines = ["| method | " + " | ".join(f"{n} steps" for n in steps) + " |",
+           "|---|" + "---|" * len(steps)]
+  for m in methods:
+    parts = []
+    for n in steps:
+      r = cell.get((m, n))
+      if r is None:
+        parts.append("")
+        continue
+      text = f"{r[metric]:.4g}"
+      if metric == "rmse":
+        text += f" [{r['rmse_lo']:.3g}, {r['rmse_hi']:.3g}]"
+      parts.append(f"**{text}**" if r[metric] == best[n] else text)
+    lines.append(f"| {m} | " + " | ".join(parts) + " |")
+  return "\n".join(lines)
+
+
+def analytic_comparison_model(*, seed: int = 0, num_components: int = 8, dim: int = 16,
+                              std: float = 0.1) -> ComparisonModel:
+  """The analytic default: a sharp isotropic Gaussian mixture with exact noise prediction."""
+  from olss_jax._src import analytic  # noqa: PLC0415
+  alphas = ddim.scaled_linear_alphas_cumprod()
+  mixture = analytic.make_gaussian_mixture(jax.random.key(seed), num_components, (dim,), std=std)
+  denoise_fn = analytic.mixture_denoiser(mixture, alphas)
+  return ComparisonModel(name=f"gaussian-mixture-{num_components}x{dim}d-std{std}",
+                         alphas_cumprod=alphas, sample_shape=(dim,),
+                         denoiser=lambda conditions: denoise_fn)
