@@ -12,6 +12,7 @@ import operator
 import struct
 import warnings
 
+import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -533,3 +534,25 @@ def test_check_schedule_compatible_errors_and_warnings(fitted_shape, x_shape, fi
   assert not impossible
   kinds = {w.category for w in caught}
   assert kinds == ({validation.ScheduleMismatchWarning} if suspicious else set())
+
+
+# ------------------------------------------------------------- wired into the sampler
+
+
+def test_sample_checks_concrete_schedules_and_still_jits():
+  denoise = oj.mixture_denoiser(oj.make_gaussian_mixture(jax.random.PRNGKey(0), 2, (3,)), ALPHAS)
+  x_T = jnp.ones((2, 3))
+  good = _schedule(3, 1)
+  bad = schedule_lib.Schedule(good.timesteps, np.where(good.weights == good.weights[1, 1],
+                                                       np.nan, good.weights))
+  upper = schedule_lib.Schedule(good.timesteps, good.weights + 1.0)
+  for sched, match in ((bad, "non-finite"), (upper, "above the diagonal")):
+    try:
+      oj.sample(denoise, sched, x_T)
+    except ValueError as e:
+      assert match in str(e)
+    else:
+      raise AssertionError(f"sample accepted a schedule with {match} weights")
+  eager = oj.sample(denoise, good, x_T)
+  jitted = jax.jit(oj.sample)(denoise, good, x_T)  # traced leaves: shape checks only
+  np.testing.assert_allclose(np.asarray(eager), np.asarray(jitted), rtol=1e-5, atol=1e-6)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src import trajectory as trajectory_lib
+from olss_jax._src import validation
 
 
 def sample(denoise_fn: trajectory_lib.DenoiseFn, schedule: schedule_lib.Schedule,
@@ -30,6 +31,9 @@ def sample(denoise_fn: trajectory_lib.DenoiseFn, schedule: schedule_lib.Schedule
   Returns:
     (B, ...) the final sample, in x_T's dtype (and the states, if asked).
   """
+  if isinstance(schedule, schedule_lib.Schedule):
+    # Concrete schedules: lower-triangular, finite, integer timesteps; traced: shapes only.
+    validation.check_schedule(schedule)
   timesteps = jnp.asarray(schedule.timesteps)
   weights = jnp.asarray(schedule.weights)
   n = timesteps.shape[0]
