@@ -269,6 +269,19 @@ def collect_to_directory(directory: str | os.PathLike,
     ValueError: a config, shape or noise mismatch with the existing directory, a corrupt
       manifest, or non-finite model outputs (naming the chunk, step and sample).
     RuntimeError: another process holds the directory's lock.
+
+  Example (Stable Diffusion, one chunk of prompts per file; names are illustrative)::
+
+    key = jax.random.PRNGKey(0)
+    prompts = [all_prompts[i:i + 4] for i in range(0, len(all_prompts), 4)]
+    info = oj.collect_to_directory(
+        "teacher/", lambda i: make_guided_denoiser(prompts[i]),
+        lambda i: jax.random.normal(jax.random.fold_in(key, i), (len(prompts[i]), 4, 64, 64)),
+        alphas_cumprod, num_chunks=len(prompts), steps_offset=1, steps_per_chunk=50,
+        config={"model_name": name, "guidance_scale": 7.5, "seed": 0},
+        chunk_metadata=lambda i: {"prompts": prompts[i]},
+        callback=lambda p: print(p.chunk_index, p.steps_done, p.status))
+    traj = oj.load_store("teacher/")   # after an interruption: run the same call again
   """
   if not callable(denoise_fn_for_chunk) or not callable(noises_for_chunk):
     raise TypeError("denoise_fn_for_chunk and noises_for_chunk: expected callables of the "
