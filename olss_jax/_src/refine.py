@@ -1,0 +1,212 @@
+"""End-to-end refinement: schedule weights trained through the n-step sampler with optax.
+
+Least squares (paper Eq. 12, teacher-forced or closed-loop) fits each step on its own. The
+quantity that matters is the final sample, which depends on every weight through the model
+calls in between. `refine` minimises the final-sample error against the teacher on the
+fitting noises by differentiating through `sampler.sample` (model calls included), starting
+from a fitted schedule, keeping the lower-triangular structure and stopping on an internal
+hold-out split of the fitting noises.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from olss_jax._src import closed_loop
+from olss_jax._src import sampler
+from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import trajectory as trajectory_lib
+from olss_jax._src import validation
+
+
+class RefineInfo(NamedTuple):
+  """Diagnostics of `refine` (host values).
+
+  Attributes:
+    train_losses: (iters + 1,) fitting-split loss at each iterate (0: the initial weights).
+    holdout_losses: (iters + 1,) hold-out loss at each iterate (empty without a hold-out).
+    best_iteration: int, the iterate returned (0: the initial weights).
+    initial_loss: float, loss of the initial weights on all fitting noises.
+    final_loss: float, loss of the returned weights on all fitting noises.
+  """
+
+  train_losses: np.ndarray
+  holdout_losses: np.ndarray
+  best_iteration: int
+  initial_loss: float
+  final_loss: float
+
+
+def final_sample_loss(weights: jax.Array, timesteps: jax.Array, denoise_fn, x_T: jax.Array,
+                      target: jax.Array, *, checkpoint: bool = True) -> jax.Array:
+  """Mean squared error of the n-step sample against the teacher's final state.
+
+  Args:
+    weights: (n, n + 1) schedule weights (paper Eq. 12 form).
+    timesteps: (n,) int32.
+    denoise_fn: ``(x_t (B, ...), t) -> e (B, ...)``.
+    x_T: (B, ...) starting noises.
+    target: (B, ...) the teacher's final states for those noises.
+    checkpoint: wrap the model call in `jax.checkpoint`, so reverse mode keeps only the
+      model's inputs per step and recomputes its activations.
+
+  Returns:
+    Scalar mean over samples and elements.
+  """
+  model = jax.checkpoint(lambda x, t: denoise_fn(x, t)) if checkpoint else denoise_fn
+  sched = schedule_lib.Schedule(timesteps, weights)
+  x = sampler.sample(model, sched, x_T)
+  return jnp.mean((x.astype(jnp.float32) - target.astype(jnp.float32)) ** 2)
+
+
+def _split(num_samples: int, holdout) -> tuple[np.ndarray, np.ndarray]:
+  """Deterministic interleaved split: every k-th fitting noise goes to the hold-out."""
+  if isinstance(holdout, bool) or not isinstance(holdout, (int, float, np.integer, np.floating)):
+    raise TypeError(f"holdout: expected a fraction in [0, 1) or a count, got {holdout!r}")
+  count = int(round(holdout * num_samples)) if isinstance(holdout, float) else int(holdout)
+  if holdout < 0 or (isinstance(holdout, float) and holdout >= 1) or count >= num_samples:
+    raise ValueError(f"holdout: must leave at least one fitting noise for training "
+                     f"({num_samples} available), got {holdout!r}")
+  if count == 0:
+    return np.arange(num_samples), np.arange(0)
+  hold = np.unique(np.linspace(0, num_samples - 1, count).round().astype(int))
+  train = np.setdiff1d(np.arange(num_samples), hold)
+  return train, hold
+
+
+def refine(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedule_lib.Schedule, *,
+           optimizer: optax.GradientTransformation | None = None, num_iters: int = 200,
+           holdout=0.25, patience: int | None = 50, jit: bool = True,
+           return_info: bool = False):
+  """Refines a schedule's weights end to end through the sampler (beyond the paper).
+
+  Minimises ``mean((sample(denoise_fn, W, x_T) - x_teacher_final)^2)`` over the fitting
+  noises of ``traj`` with optax, differentiating through the n model calls of
+  `sampler.sample` (each wrapped in `jax.checkpoint`: memory is one model input per step,
+  activations are recomputed in the backward pass). Only the entries allowed by the
+  lower-triangular structure (row i: x_T and e_0..e_i) are parameters, so the structure is
+  kept exactly. The fitting noises are split (deterministically, interleaved) into a training
+  part and a hold-out; the iterate with the smallest hold-out loss is returned, training stops
+  after ``patience`` iterations without hold-out improvement, and the initial weights are
+  returned unchanged unless the chosen iterate also lowers the loss on all fitting noises.
+  Every fitting noise is from ``traj``: evaluation noises are never touched.
+
+  Args:
+    denoise_fn: the model ``(x_t (B, ...), t) -> e (B, ...)`` the teacher ran.
+    traj: the teacher `Trajectory` (B fitting noises).
+    schedule: the starting `Schedule` (timesteps must be the model's; weights (n, n + 1)).
+    optimizer: an optax transformation; default ``optax.adam(1e-3)``.
+    num_iters: optimisation steps (>= 0).
+    holdout: fraction in [0, 1) or count of fitting noises held out for early stopping (0:
+      select by the training loss).
+    patience: stop after this many iterations without hold-out improvement (None: never).
+    jit: jit the optimisation step (one compile per call); False runs it eagerly.
+    return_info: also return a `RefineInfo`.
+
+  Returns:
+    A `Schedule` with the same timesteps, refined weights and metadata ``fit="refined"``,
+    ``refined_from`` (the starting fit), ``refine_iters``, ``refine_best_iter`` and the loss
+    curves; and the `RefineInfo` if asked.
+  """
+  validation.check_trajectory(traj)
+  if not isinstance(schedule, schedule_lib.Schedule):
+    raise TypeError(f"schedule: expected a Schedule, got {type(schedule).__name__}")
+  if isinstance(num_iters, bool) or not isinstance(num_iters, (int, np.integer)) or num_iters < 0:
+    raise ValueError(f"num_iters: expected an int >= 0, got {num_iters!r}")
+  if patience is not None and (not isinstance(patience, (int, np.integer)) or patience < 1):
+    raise ValueError(f"patience: expected an int >= 1 or None, got {patience!r}")
+  if optimizer is None:
+    optimizer = optax.adam(1e-3)
+  elif not isinstance(optimizer, optax.GradientTransformation):
+    raise TypeError(f"optimizer: expected an optax.GradientTransformation, got "
+                    f"{type(optimizer).__name__}")
+  denoise_fn = trajectory_lib.as_denoise_pytree(denoise_fn)
+  n = schedule.num_steps
+  init_weights = np.asarray(schedule.weights, np.float64)
+  if init_weights.shape != (n, n + 1):
+    raise ValueError(f"schedule: expected weights ({n}, {n + 1}), got {init_weights.shape}")
+  rows, cols = np.nonzero(schedule_lib.lower_triangular_mask(n))
+  train_idx, hold_idx = _split(traj.batch_size, holdout)
+
+  x_T = jnp.asarray(traj.x_T)
+  target = jnp.asarray(closed_loop.teacher_states(traj, [traj.num_teacher_steps])[0]
+                       .reshape(x_T.shape), x_T.dtype)
+  timesteps = jnp.asarray(schedule.timesteps, jnp.int32)
+  dtype = x_T.dtype
+  rows_j, cols_j = jnp.asarray(rows), jnp.asarray(cols)
+
+  def to_weights(params):
+    return jnp.zeros((n, n + 1), dtype).at[rows_j, cols_j].set(params)
+
+  def loss_fn(params, model, x, y):
+    return final_sample_loss(to_weights(params), timesteps, model, x, y)
+
+  x_tr, y_tr = x_T[train_idx], target[train_idx]
+  x_ho, y_ho = x_T[hold_idx], target[hold_idx]
+  has_holdout = hold_idx.size > 0
+
+  def step(params, opt_state, model):
+    loss, grads = jax.value_and_grad(loss_fn)(params, model, x_tr, y_tr)
+    hold = loss_fn(params, model, x_ho, y_ho) if has_holdout else loss
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, hold
+
+  def evaluate(params, model):
+    return loss_fn(params, model, x_T, target)
+
+  if jit:
+    step = jax.jit(step)
+    evaluate = jax.jit(evaluate)
+
+  params0 = jnp.asarray(init_weights[rows, cols], dtype)
+  params, opt_state = params0, optimizer.init(params0)
+  train_losses, hold_losses = [], []
+  best_params, best_score, best_iter, since = params0, np.inf, 0, 0
+  for it in range(num_iters + 1):
+    if it < num_iters:
+      new_params, new_state, loss, hold = step(params, opt_state, denoise_fn)
+    else:  # the last iterate: evaluate only
+      loss = loss_fn(params, denoise_fn, x_tr, y_tr)
+      hold = loss_fn(params, denoise_fn, x_ho, y_ho) if has_holdout else loss
+    loss, hold = float(loss), float(hold)
+    train_losses.append(loss)
+    hold_losses.append(hold)
+    if np.isfinite(hold) and hold < best_score:
+      best_params, best_score, best_iter, since = params, hold, it, 0
+    else:
+      since += 1
+    if it == num_iters or (patience is not None and since >= patience):
+      break
+    if not bool(jnp.all(jnp.isfinite(new_params))):
+      break
+    params, opt_state = new_params, new_state
+
+  initial_loss = float(evaluate(params0, denoise_fn))
+  final_loss = float(evaluate(best_params, denoise_fn))
+  if best_iter == 0 or not final_loss < initial_loss:
+    weights, best_iter, final_loss = init_weights, 0, initial_loss
+  else:
+    weights = np.zeros((n, n + 1))
+    weights[rows, cols] = np.asarray(best_params, np.float64)
+  meta = schedule.metadata
+  meta.update({
+      "fit": "refined",
+      "refined_from": schedule.metadata.get("fit", schedule.metadata.get("method", "unknown")),
+      "refine_iters": len(train_losses) - 1,
+      "refine_best_iter": int(best_iter),
+      "refine_holdout": int(hold_idx.size),
+      "refine_initial_loss": initial_loss,
+      "refine_final_loss": final_loss,
+      "refine_train_losses": train_losses,
+      "refine_holdout_losses": hold_losses if has_holdout else [],
+  })
+  out = schedule_lib.make_schedule(np.asarray(schedule.timesteps), weights, meta)
+  if not return_info:
+    return out
+  info = RefineInfo(np.asarray(train_losses), np.asarray(hold_losses if has_holdout else []),
+                    int(best_iter), initial_loss, final_loss)
+  return out, info
