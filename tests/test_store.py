@@ -254,3 +254,15 @@ def test_stray_files_locks_and_foreign_directories(tmp_path):
     ENV["collect"](foreign, [])
   with pytest.raises(TypeError, match="callables"):
     store.collect_to_directory(tmp_path, ENV["DENOISE"], None, ENV["ALPHAS"], num_chunks=1)
+
+
+def test_store_to_fit_to_file_to_sampler(tmp_path, reference):
+  # The whole pipeline through files: loaded teacher -> fit -> saved schedule -> sample.
+  schedule = oj.fit_weights(reference, oj.uniform_path(reference, 5))
+  oj.save_schedule(tmp_path / "olss5.olss", schedule)
+  loaded = oj.load_schedule(tmp_path / "olss5.olss")
+  assert loaded.metadata == schedule.metadata
+  x_T = jax.random.normal(jax.random.PRNGKey(7), (5, 8))  # held-out noises
+  for run in (oj.sample, jax.jit(oj.sample)):
+    np.testing.assert_array_equal(np.asarray(run(ENV["DENOISE"], loaded, x_T)),
+                                  np.asarray(run(ENV["DENOISE"], schedule, x_T)))
