@@ -120,7 +120,10 @@ def unipc_schedule(alphas_cumprod, num_steps: int, *, solver_order: int = 2,
   model was just evaluated at, using that very output; the next predictor starts from the
   corrected state, while the model's output stays the one computed at the uncorrected state.
   All of it is linear in x_T and the outputs, and there are exactly n model calls (the final
-  state is not corrected, as in diffusers).
+  state is not corrected, as in diffusers). One difference: with ``solver_type="bh1"`` and
+  ``final_sigmas_type="zero"`` diffusers 0.39 returns NaN (its last step multiplies
+  ``B(h) = h = -inf`` by a zero residual); here the empty residual is skipped, giving the
+  finite limit.
 
   Args:
     alphas_cumprod: (T,) training alpha_bar.
