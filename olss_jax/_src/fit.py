@@ -9,6 +9,7 @@ import numpy as np
 
 from olss_jax._src import lstsq
 from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import stats as stats_lib
 from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src import validation
 
@@ -71,6 +72,8 @@ def solve_path(traj: trajectory_lib.Trajectory, path) -> tuple[np.ndarray, np.nd
       solution used for it).
   """
   path = validation.check_path(path, traj.num_teacher_steps)
+  if isinstance(traj, stats_lib.TrajectoryStats):  # same solves, from the Gram (issue 6)
+    return stats_lib.solve_path(traj, path)
   n = path.shape[0]
   r = _path_factor(traj, path)
   targets = [(n + 1 + i, i + 2) for i in range(n)]
@@ -94,14 +97,16 @@ def fit_weights(traj: trajectory_lib.Trajectory, path) -> schedule_lib.Schedule:
   (repeated or zero outputs) gets the minimum-norm solution and a warning, never NaN.
 
   Args:
-    traj: the teacher `Trajectory` (B fitting noises, K steps).
+    traj: the teacher `Trajectory` (B fitting noises, K steps), or its `TrajectoryStats`
+      (`trajectory_stats`; same weights from the (K + 1)^2 Gram, without the images).
     path: (n,) int indices into ``traj.timesteps``, strictly increasing, ``path[0] == 0``.
 
   Returns:
     A `Schedule` with timesteps ``traj.timesteps[path]``, (n, n + 1) weights, and metadata
     ``method="olss"``, ``path``, ``step_errors``, ``teacher_steps``, ``num_fit_images``.
   """
-  validation.check_trajectory(traj)
+  if not isinstance(traj, stats_lib.TrajectoryStats):
+    validation.check_trajectory(traj)
   path = validation.check_path(path, traj.num_teacher_steps)
   weights, errors, deficient = solve_path(traj, path)
   if not np.all(np.isfinite(weights)):
