@@ -61,7 +61,41 @@ from olss_jax._src.baselines.dpm_solver import dpm_solver_pp_schedule, dpm_solve
 from olss_jax._src.baselines.unipc import unipc_schedule
 from olss_jax._src.baselines.ipndm import ipndm_schedule
 
+# --- the workbench: embedded models, figures, tiny SD pipeline (issue 5; CLI in olss_jax.cli) ---
+from olss_jax._src.embedded import embedded_model
+from olss_jax._src.figures import (
+    correlation_figure,
+    correlation_matrix,
+    error_vs_steps_figure,
+    generation_paths_figure,
+    image_grid_figure,
+    save_image_grid,
+    to_display_images,
+    weights_figure,
+)
+from olss_jax._src.workbench import paper_figures
+from olss_jax._src.tiny_pipeline import save_tiny_stable_diffusion
+
 __all__ = [
+    "DigitsClassifier",
+    "DigitsModel",
+    "frechet_distance",
+    "images_to_grid",
+    "images_to_uint8",
+    "load_digits_classifier",
+    "load_digits_dataset",
+    "load_digits_model",
+    "embedded_model",
+    "correlation_figure",
+    "correlation_matrix",
+    "error_vs_steps_figure",
+    "generation_paths_figure",
+    "image_grid_figure",
+    "save_image_grid",
+    "to_display_images",
+    "weights_figure",
+    "paper_figures",
+    "save_tiny_stable_diffusion",
     "load_schedule",
     "load_trajectory",
     "read_metadata",

@@ -1,0 +1,110 @@
+"""The paper's figures end to end on a model: one comparison run feeds every figure."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from olss_jax._src import compare
+from olss_jax._src import figures
+from olss_jax._src import progress
+from olss_jax._src import sampler
+
+FIGURE_NAMES = ("correlation", "paths", "errors", "weights", "grid")
+FIGURE_BASELINES = ("ddim", "dpm_solver_pp", "unipc", "deis")
+
+
+def paper_figures(model: compare.ComparisonModel, out_dir, *,
+                  which: Sequence[str] = FIGURE_NAMES, steps: Sequence[int] = (5, 10, 20),
+                  num_fit: int = 32, num_eval: int = 64, num_teacher_steps: int = 1000,
+                  baselines: Sequence[str] = FIGURE_BASELINES, fit_seed: int = 1,
+                  eval_seed: int = 2, quiet: bool = False) -> list[str]:
+  """Runs one held-out comparison and writes the paper's figures from it as PNGs.
+
+  ``correlation.png`` (Figure 2, the fitting teacher), ``errors.png`` (Figure 4, RMSE to the
+  teacher against steps), ``paths.png`` (Figure 5, PCA of the paths of OLSS, DDIM and
+  DPM-Solver++ at the smallest n against the teacher, on three fitting noises),
+  ``weights.png`` (OLSS's fitted weights beside DDIM's at the smallest n) and ``grid.png``
+  (Figure 6, teacher and schedulers at the smallest n on the same held-out noises).
+
+  Args:
+    model: a `ComparisonModel` (e.g. `olss_jax.embedded_model()`).
+    out_dir: directory for the PNGs (created).
+    which: the subset of `FIGURE_NAMES` to write.
+    steps: step counts n of the comparison (the errors figure); the others use min(steps).
+    num_fit: K fitting noises of the teacher.
+    num_eval: held-out noises (errors and grid).
+    num_teacher_steps: teacher DDIM steps (the paper's 1000).
+    baselines: classical schedulers compared (names of `olss_jax.BASELINES`).
+    fit_seed, eval_seed: seeds of the fitting and held-out noises.
+    quiet: no progress bar.
+
+  Returns:
+    The paths written, in the order of ``which``.
+  """
+  unknown = [w for w in which if w not in FIGURE_NAMES]
+  if unknown:
+    raise ValueError(f"which: unknown figures {unknown}; expected names from {FIGURE_NAMES}")
+  steps = sorted({int(n) for n in steps})
+  if not steps or steps[0] < 1:
+    raise ValueError(f"steps: expected positive step counts, got {steps}")
+  n0 = steps[0]
+  methods = compare.default_methods(baselines=list(baselines))
+  captured = {}
+
+  def capture(name, fn):
+    def method(ctx, n):
+      captured.setdefault("ctx", ctx)
+      return fn(ctx, n)
+    return method
+
+  methods = {name: capture(name, fn) for name, fn in methods.items()}
+  run_steps = steps if "errors" in which else [n0]
+  os.makedirs(os.fspath(out_dir), exist_ok=True)
+  with progress.progress_bar(2 + len(run_steps) * len(methods), "figures: comparison",
+                             enabled=not quiet, unit="task") as bar:
+    def say(message):
+      bar.set_postfix_str(message[:60], refresh=False)
+      bar.update(1)
+    result = compare.run_comparison(model, steps=run_steps, num_fit=num_fit, num_eval=num_eval,
+                                    num_teacher_steps=num_teacher_steps, methods=methods,
+                                    fit_seed=fit_seed, eval_seed=eval_seed, keep_samples=True,
+                                    progress=say)
+  ctx = captured["ctx"]
+  written = []
+  for name in which:
+    path = os.path.join(os.fspath(out_dir), f"{name}.png")
+    if name == "correlation":
+      figures.correlation_figure(ctx.traj, path=path)
+    elif name == "errors":
+      figures.error_vs_steps_figure(result, path=path)
+    elif name == "weights":
+      figures.weights_figure({f"OLSS ({n0} steps, fitted)": result.schedules[("olss", n0)],
+                              f"DDIM ({n0} steps)": result.schedules[("ddim", n0)]}
+                             if "ddim" in baselines else
+                             {f"OLSS ({n0} steps, fitted)": result.schedules[("olss", n0)]},
+                             path=path)
+    elif name == "paths":
+      shown = 3
+      x_T = np.asarray(ctx.traj.x_T)[:shown]
+      conditions = model.draw_conditions(fit_seed, num_fit)
+      conditions = None if conditions is None else np.asarray(conditions)[:shown]
+      denoise = model.denoiser(conditions)
+      histories = {}
+      for method in ("olss", "dpm_solver_pp", "ddim"):
+        if (method, n0) in result.schedules:
+          _, hist = jax.jit(sampler.sample, static_argnames="return_history")(
+              denoise, result.schedules[(method, n0)], x_T, return_history=True)
+          histories[method] = np.asarray(hist)
+      teacher = np.asarray(ctx.traj.states)[:, :shown]
+      figures.generation_paths_figure(histories, teacher, samples=range(shown), path=path)
+    elif name == "grid":
+      rows = {f"teacher ({num_teacher_steps})": result.samples[("teacher", 0)]}
+      for method in list(baselines) + ["olss-p", "olss"]:
+        if (method, n0) in result.samples:
+          rows[f"{method} ({n0})"] = result.samples[(method, n0)]
+      figures.image_grid_figure(rows, path=path)
+    written.append(path)
+  return written
