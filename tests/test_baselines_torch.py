@@ -24,6 +24,7 @@ diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.torch
 
 RTOL = 1e-5          # max |ours - diffusers| / max |diffusers|, final sample, float64 tensors
+RTOL_FLOAT64_LEVELS = 1e-10   # the same, with diffusers' float32 noise levels redone in float64
 STEP_COUNTS = (5, 10, 20)
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 MIXTURE_SEED, NOISE_SEED = 0, 1
@@ -80,7 +81,8 @@ def _run_torch(scheduler, model, x_T, num_inference_steps, *, init_scale=None, m
   return x.numpy(), calls
 
 
-def _check(scheduler, make_schedule, n, *, num_inference_steps=None, init_scale=None):
+def _check(scheduler, make_schedule, n, *, num_inference_steps=None, init_scale=None,
+           after_set_timesteps=None):
   """Max relative error of `sample` with our schedule vs diffusers' loop (same model calls)."""
   alphas = scheduler.alphas_cumprod.numpy().astype(np.float64)   # the scheduler's own float32
   schedule = make_schedule(alphas, n)
@@ -89,7 +91,8 @@ def _check(scheduler, make_schedule, n, *, num_inference_steps=None, init_scale=
     denoise_fn = _denoiser_float64(alphas)
     model = lambda x, t: np.asarray(denoise_fn(jnp.asarray(x), jnp.int32(t)))
     ref, calls = _run_torch(scheduler, model, x_T, n if num_inference_steps is None
-                            else num_inference_steps, init_scale=init_scale)
+                            else num_inference_steps, init_scale=init_scale,
+                            after_set_timesteps=after_set_timesteps)
     ours = np.asarray(_sample_jit(denoise_fn, schedule, jnp.asarray(x_T)))
   assert schedule.num_steps == n == len(calls)
   np.testing.assert_array_equal(np.asarray(schedule.timesteps), calls)
@@ -167,6 +170,27 @@ def test_matches_torch_scheduler(case, n):
     kwargs["num_inference_steps"] = extra["num_inference_steps"](n)
   err = _check(make_scheduler(n), make_schedule, n, **kwargs)
   assert err <= RTOL, f"{case} n={n}: max relative error {err:.2e}"
+
+
+def _float64_sigmas(scheduler):
+  """Recomputes ``scheduler.sigmas`` (stored as float32 by diffusers) in float64, same formula."""
+  alphas = scheduler.alphas_cumprod.numpy().astype(np.float64)
+  sigma = np.sqrt((1.0 - alphas) / alphas)
+  last = 0.0 if float(scheduler.sigmas[-1]) == 0.0 else sigma[0]
+  scheduler.sigmas = torch.from_numpy(np.append(sigma[scheduler.timesteps.numpy()], last))
+
+
+@pytest.mark.parametrize("n", (5, 20))
+@pytest.mark.parametrize("case", ["deis", "deis_3", "unipc", "unipc_3_bh1", "unipc_eps_sigma_min"])
+def test_matches_torch_scheduler_with_float64_levels(case, n):
+  """With diffusers' float32 sigmas redone in float64, DEIS and UniPC agree to float64 precision.
+
+  (These two have no Flax scheduler; DPM-Solver and Euler cast the sample to float32 inside
+  ``step`` and are checked to float64 precision against the Flax schedulers instead.)
+  """
+  make_scheduler, make_schedule, _ = CASES[case]
+  err = _check(make_scheduler(n), make_schedule, n, after_set_timesteps=_float64_sigmas)
+  assert err <= RTOL_FLOAT64_LEVELS, f"{case} n={n}: max relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("n", STEP_COUNTS)
