@@ -1,0 +1,276 @@
+"""Trains the shipped digits models: ``python -m olss_jax.train_digits [--only unet|classifier]``.
+
+Both runs are seeded and deterministic on a given machine (fixed split, fixed PRNG keys, no
+data-dependent host randomness). They write flax msgpack parameters plus a JSON with the
+config, the recipe and the final losses into ``--out-dir`` (default: the package's assets).
+
+Diffusion recipe (epsilon prediction, DDPM's simple loss, Ho et al. 2020): uniform timesteps
+in 0..999 of Stable Diffusion's scaled-linear schedule, labels dropped to the null class with
+p = 0.1 (classifier-free guidance, Ho & Salimans 2022), AdamW with warmup and cosine decay,
+gradient clipping at 1, and an exponential moving average of the weights (the shipped ones).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import serialization
+
+from olss_jax._src import ddim
+from olss_jax._src.digits import classifier as clf_lib
+from olss_jax._src.digits import data as data_lib
+from olss_jax._src.digits import model as model_lib
+
+UNET_RECIPE = {
+    "seed": 0,
+    "steps": 3000,
+    "batch_size": 128,
+    "learning_rate": 2e-3,
+    "warmup_steps": 100,
+    "end_learning_rate_factor": 0.05,
+    "weight_decay": 1e-4,
+    "grad_clip_norm": 1.0,
+    "ema_decay": 0.999,
+    "p_uncond": 0.1,
+    "train_split": "train",
+}
+CLASSIFIER_RECIPE = {
+    "seed": 0,
+    "epochs": 40,
+    "batch_size": 64,
+    "learning_rate": 1e-3,
+    "weight_decay": 1e-4,
+    "max_shift_pixels": 1,
+    "train_split": "train",
+}
+
+
+def _default_out_dir() -> pathlib.Path:
+  return pathlib.Path(__file__).resolve().parents[2] / "assets"
+
+
+def _save(out_dir: pathlib.Path, name: str, params, config: dict) -> pathlib.Path:
+  out_dir.mkdir(parents=True, exist_ok=True)
+  host = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
+  path = out_dir / name
+  path.write_bytes(serialization.msgpack_serialize(host))
+  path.with_suffix(".json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+  return path
+
+
+def _diffusion_loss(config_items, params, x0, labels, t, noise, sqrt_ab, sqrt_1m_ab):
+  shape = (-1, 1, 1, 1)
+  x_t = sqrt_ab[t].reshape(shape) * x0 + sqrt_1m_ab[t].reshape(shape) * noise
+  eps = model_lib.apply_unet(config_items, params, x_t, t, labels)
+  return jnp.mean((eps - noise) ** 2)
+
+
+def train_unet(*, out_dir=None, log=print, **overrides) -> dict:
+  """Trains the class-conditional UNet (recipe `UNET_RECIPE`, overridable) and saves it.
+
+  Returns:
+    The JSON config written next to the parameters.
+  """
+  recipe = dict(UNET_RECIPE, **overrides)
+  out_dir = pathlib.Path(out_dir) if out_dir is not None else _default_out_dir()
+  config_items = model_lib._freeze_config(model_lib.UNET_CONFIG)  # pylint: disable=protected-access
+  x_train, y_train = data_lib.load_digits_dataset(recipe["train_split"])
+  x_test, y_test = data_lib.load_digits_dataset("test")
+  alphas = ddim.scaled_linear_alphas_cumprod()
+  sqrt_ab = jnp.asarray(np.sqrt(alphas), jnp.float32)
+  sqrt_1m_ab = jnp.asarray(np.sqrt(1.0 - alphas), jnp.float32)
+  x_train_d, y_train_d = jnp.asarray(x_train), jnp.asarray(y_train)
+
+  key = jax.random.PRNGKey(recipe["seed"])
+  k_init, k_train, k_eval = jax.random.split(key, 3)
+  params = model_lib.init_params(k_init)
+  steps = int(recipe["steps"])
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, recipe["learning_rate"], recipe["warmup_steps"], steps,
+      recipe["learning_rate"] * recipe["end_learning_rate_factor"])
+  opt = optax.chain(optax.clip_by_global_norm(recipe["grad_clip_norm"]),
+                    optax.adamw(schedule, weight_decay=recipe["weight_decay"]))
+  opt_state = opt.init(params)
+  ema = params
+  batch, n = recipe["batch_size"], x_train.shape[0]
+
+  def one_step(carry, step_key):
+    params, opt_state, ema, step = carry
+    k_idx, k_t, k_noise, k_drop = jax.random.split(step_key, 4)
+    idx = jax.random.randint(k_idx, (batch,), 0, n)
+    x0, labels = x_train_d[idx], y_train_d[idx]
+    drop = jax.random.bernoulli(k_drop, recipe["p_uncond"], (batch,))
+    labels = jnp.where(drop, model_lib.NULL_CLASS, labels)
+    t = jax.random.randint(k_t, (batch,), 0, alphas.shape[0])
+    noise = jax.random.normal(k_noise, x0.shape)
+    loss, grads = jax.value_and_grad(
+        lambda p: _diffusion_loss(config_items, p, x0, labels, t, noise, sqrt_ab, sqrt_1m_ab))(params)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    decay = jnp.minimum(recipe["ema_decay"], (1.0 + step) / (10.0 + step))
+    ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+    return (params, opt_state, ema, step + 1), loss
+
+  # One jitted step per Python call: XLA:CPU runs convolution gradients inside lax.scan /
+  # while loops many times slower than as separate calls, so no scan over steps here.
+  train_step = jax.jit(one_step)
+
+  @jax.jit
+  def eval_loss(params, x0, labels, key):
+    k_t, k_noise = jax.random.split(key)
+    t = jax.random.randint(k_t, (x0.shape[0],), 0, alphas.shape[0])
+    noise = jax.random.normal(k_noise, x0.shape)
+    return _diffusion_loss(config_items, params, x0, labels, t, noise, sqrt_ab, sqrt_1m_ab)
+
+  def eval_all(p, x, y):
+    # 8 fixed passes of noise and timesteps over the split: a low-variance loss estimate.
+    keys = jax.random.split(k_eval, 8)
+    return float(np.mean([eval_loss(p, jnp.asarray(x), jnp.asarray(y), k) for k in keys]))
+
+  carry = (params, opt_state, ema, jnp.asarray(0.0, jnp.float32))
+  step_keys = jax.random.split(k_train, steps)
+  losses = []
+  start = time.time()
+  for s in range(steps):
+    carry, loss = train_step(carry, step_keys[s])
+    losses.append(loss)
+    if (s + 1) % 500 == 0 or s + 1 == steps:
+      recent = np.asarray(jnp.stack(losses[-500:]))
+      log(f"unet step {s + 1}/{steps}  loss(last 500) {recent.mean():.4f}  "
+          f"{time.time() - start:.0f}s", flush=True)
+  wall = time.time() - start
+  params, _, ema, _ = carry
+  losses = np.asarray(jnp.stack(losses))
+  result = {
+      "model": "class-conditional diffusers FlaxUNet2DConditionModel on sklearn digits",
+      "unet": {k: list(v) if isinstance(v, tuple) else v for k, v in model_lib.UNET_CONFIG.items()},
+      "num_classes": model_lib.NUM_CLASSES,
+      "null_class": model_lib.NULL_CLASS,
+      "label_tokens": model_lib.NUM_TOKENS,
+      "pixel_unshuffle": model_lib.PATCH,
+      "sample_shape": list(model_lib.SAMPLE_SHAPE),
+      "value_range": [-1.0, 1.0],
+      "prediction_type": "epsilon",
+      "noise_schedule": {"beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                         "beta_end": 0.012, "num_train_timesteps": 1000},
+      "recipe": recipe,
+      "num_params": int(sum(np.size(a) for a in jax.tree_util.tree_leaves(ema))),
+      "final_train_loss_last500_steps": float(losses[-500:].mean()),
+      "ema_loss_train_split": eval_all(ema, x_train, y_train),
+      "ema_loss_test_split": eval_all(ema, x_test, y_test),
+      "train_wall_seconds": round(wall, 1),
+      "jax_version": jax.__version__,
+  }
+  path = _save(out_dir, model_lib.UNET_FILE, ema, result)
+  log(f"wrote {path} ({path.stat().st_size} bytes); EMA loss train "
+      f"{result['ema_loss_train_split']:.4f} test {result['ema_loss_test_split']:.4f}", flush=True)
+  return result
+
+
+def _random_shift(key, images, max_shift):
+  """Shifts each (1, 8, 8) image by up to max_shift pixels, filling with background (-1)."""
+  n = images.shape[0]
+  shifts = jax.random.randint(key, (n, 2), -max_shift, max_shift + 1)
+  padded = jnp.pad(images, ((0, 0), (0, 0), (max_shift, max_shift), (max_shift, max_shift)),
+                   constant_values=-1.0)
+
+  def one(img, s):
+    return jax.lax.dynamic_slice(img, (0, max_shift + s[0], max_shift + s[1]), images.shape[1:])
+
+  return jax.vmap(one)(padded, shifts)
+
+
+def train_classifier(*, out_dir=None, log=print, **overrides) -> dict:
+  """Trains the evaluation classifier (recipe `CLASSIFIER_RECIPE`) and saves it.
+
+  Returns:
+    The JSON config written next to the parameters (with the held-out accuracy).
+  """
+  recipe = dict(CLASSIFIER_RECIPE, **overrides)
+  out_dir = pathlib.Path(out_dir) if out_dir is not None else _default_out_dir()
+  x_train, y_train = data_lib.load_digits_dataset(recipe["train_split"])
+  x_test, y_test = data_lib.load_digits_dataset("test")
+  net = clf_lib.ClassifierNet()
+  key = jax.random.PRNGKey(recipe["seed"])
+  k_init, k_train = jax.random.split(key)
+  params = net.init(k_init, jnp.zeros((1,) + model_lib.SAMPLE_SHAPE))["params"]
+  batch = recipe["batch_size"]
+  n = x_train.shape[0]
+  steps_per_epoch = n // batch
+  steps = steps_per_epoch * recipe["epochs"]
+  sched = optax.cosine_decay_schedule(recipe["learning_rate"], steps)
+  opt = optax.adamw(sched, weight_decay=recipe["weight_decay"])
+  opt_state = opt.init(params)
+  xd, yd = jnp.asarray(x_train), jnp.asarray(y_train)
+
+  def loss_fn(p, x, y):
+    logits, _ = net.apply({"params": p}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+  @jax.jit
+  def train_step(params, opt_state, idx, key):
+    x = _random_shift(key, xd[idx], recipe["max_shift_pixels"])
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, yd[idx])
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  start = time.time()
+  for e, k in enumerate(jax.random.split(k_train, recipe["epochs"])):
+    k_perm, k_shift = jax.random.split(k)
+    perm = jax.random.permutation(k_perm, n)[:steps_per_epoch * batch].reshape(steps_per_epoch, batch)
+    losses = []
+    for i, ks in enumerate(jax.random.split(k_shift, steps_per_epoch)):
+      params, opt_state, loss = train_step(params, opt_state, perm[i], ks)
+      losses.append(loss)
+    loss = np.mean(np.asarray(jnp.stack(losses)))
+    if (e + 1) % 10 == 0:
+      log(f"classifier epoch {e + 1}/{recipe['epochs']}  loss {loss:.4f}", flush=True)
+  wall = time.time() - start
+  logits, _ = net.apply({"params": params}, jnp.asarray(x_test))
+  test_acc = float(np.mean(np.asarray(jnp.argmax(logits, -1)) == y_test))
+  logits_tr, _ = net.apply({"params": params}, xd)
+  train_acc = float(np.mean(np.asarray(jnp.argmax(logits_tr, -1)) == y_train))
+  result = {
+      "model": "CNN classifier of sklearn digits (evaluation features for the Frechet distance)",
+      "architecture": "conv3x3(32)-relu-conv3x3(64)-relu-avgpool2-dense(64)-relu[features]-dense(10)",
+      "feature_dim": clf_lib.FEATURE_DIM,
+      "recipe": recipe,
+      "final_train_loss": float(loss),
+      "train_accuracy": train_acc,
+      "test_accuracy": test_acc,
+      "num_test": int(x_test.shape[0]),
+      "train_wall_seconds": round(wall, 1),
+      "jax_version": jax.__version__,
+  }
+  path = _save(out_dir, clf_lib.CLASSIFIER_FILE, params, result)
+  log(f"wrote {path}; held-out accuracy {test_acc:.4f} ({x_test.shape[0]} images)", flush=True)
+  return result
+
+
+def main(argv=None) -> None:
+  """Command line: ``python -m olss_jax.train_digits [--only unet|classifier] [--out-dir D]``."""
+  parser = argparse.ArgumentParser(prog="python -m olss_jax.train_digits", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--only", choices=("unet", "classifier"), default=None,
+                      help="train only one of the two models (default: both)")
+  parser.add_argument("--out-dir", default=None,
+                      help="where to write the .msgpack/.json files (default: olss_jax/assets)")
+  parser.add_argument("--steps", type=int, default=None, help="UNet training steps (default 3000)")
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args(argv)
+  if args.only in (None, "classifier"):
+    train_classifier(out_dir=args.out_dir, seed=args.seed)
+  if args.only in (None, "unet"):
+    extra = {} if args.steps is None else {"steps": args.steps}
+    train_unet(out_dir=args.out_dir, seed=args.seed, **extra)
+
+
+if __name__ == "__main__":
+  main()
