@@ -99,13 +99,30 @@ def _lstsq_columns(columns: np.ndarray, target: np.ndarray):
   return ws[0], float(residuals[0]), bool(deficient[0])
 
 
+def _bucket(size: int, minimum: int) -> int:
+  return max(minimum, 1 << (int(size) - 1).bit_length())
+
+
 def _r_factor(columns: np.ndarray, target: np.ndarray) -> np.ndarray:
-  """(m + 1, m + 1) R factor of [columns, target] (streamed float64 `jnp.linalg.qr`)."""
+  """(m + 1, m + 1) R factor of [columns, target] (streamed float64 `jnp.linalg.qr`).
+
+  Blocks are zero-padded to power-of-two rows and columns (zero rows and trailing zero
+  columns leave the leading block of R unchanged), so the jitted QR compiles a handful of
+  shapes rather than one per row, fold and step.
+  """
   m = columns.shape[1]
-  rows = max(1, _ROW_BLOCK_ELEMENTS // (m + 1))
-  blocks = (np.concatenate([columns[s:s + rows], target[s:s + rows, None]], axis=1)
-            for s in range(0, columns.shape[0], rows))
-  return lstsq.streamed_r_factor(blocks, m + 1)
+  width = _bucket(m + 1, 4)
+  rows = max(1, _ROW_BLOCK_ELEMENTS // width)
+
+  def blocks():
+    for s in range(0, columns.shape[0], rows):
+      chunk = columns[s:s + rows]
+      padded = np.zeros((_bucket(chunk.shape[0], width), width))
+      padded[:chunk.shape[0], :m] = chunk
+      padded[:chunk.shape[0], m] = target[s:s + rows]
+      yield padded
+
+  return lstsq.streamed_r_factor(blocks(), width)[:m + 1, :m + 1]
 
 
 # Relative ridge strengths tried by the cross-validation (0: plain least squares).
