@@ -85,8 +85,15 @@ def solve_path(traj: trajectory_lib.Trajectory, path) -> tuple[np.ndarray, np.nd
   return weights, residuals / num_elements, any(deficient)
 
 
-def fit_weights(traj: trajectory_lib.Trajectory, path) -> schedule_lib.Schedule:
+def fit_weights(traj: trajectory_lib.Trajectory, path, *, denoise_fn=None,
+                **closed_loop_kwargs) -> schedule_lib.Schedule:
   """Fits OLSS weights on a path by least squares (paper Eq. 12).
+
+  With ``denoise_fn`` given, the fit is closed-loop instead (beyond the paper, issue 8; see
+  `closed_loop.closed_loop_fit`): row i is regressed on x_T and the model outputs along the
+  fitted sampler's own trajectory on the fitting noises (n model calls); extra keyword
+  arguments (``regularization``, ``batch_size``) go to it. Without it, the paper's
+  teacher-forced fit below.
 
   For each step i, the weights minimise the mean squared error
   ``|| w_0 x_T + sum_{j <= i} w_{j+1} e_{path[j]} - x_target ||^2`` over every image and
@@ -105,6 +112,11 @@ def fit_weights(traj: trajectory_lib.Trajectory, path) -> schedule_lib.Schedule:
     A `Schedule` with timesteps ``traj.timesteps[path]``, (n, n + 1) weights, and metadata
     ``method="olss"``, ``path``, ``step_errors``, ``teacher_steps``, ``num_fit_images``.
   """
+  if denoise_fn is not None:
+    from olss_jax._src import closed_loop  # local: closed_loop imports this module
+    return closed_loop.closed_loop_fit(traj, path, denoise_fn, **closed_loop_kwargs)
+  if closed_loop_kwargs:
+    raise TypeError(f"fit_weights: {sorted(closed_loop_kwargs)} apply only with denoise_fn")
   if not isinstance(traj, stats_lib.TrajectoryStats):
     validation.check_trajectory(traj)
   path = validation.check_path(path, traj.num_teacher_steps)

@@ -156,7 +156,7 @@ class ProjectionErrors:
 
 def search_path(traj: trajectory_lib.Trajectory, num_steps: int, *,
                 num_bisection_steps: int = 30, prefer_uniform_if_better: bool = True,
-                return_info: bool = False):
+                return_info: bool = False, denoise_fn=None, batch_size: int | None = None):
   """Path optimisation (paper Eq. 13-14, Algorithms 1-3): min over paths of the max step error.
 
   Bisection (Algorithm 3) on the error bound D; for each D a greedy walk (Algorithm 2) jumps
@@ -177,6 +177,11 @@ def search_path(traj: trajectory_lib.Trajectory, num_steps: int, *,
     num_bisection_steps: halvings of the bound bracket (the reference code's 30).
     prefer_uniform_if_better: return the uniform path when it beats the search.
     return_info: also return a `SearchInfo`.
+    denoise_fn: the model; when given, the search is closed-loop (beyond the paper, issue 8;
+      `closed_loop.closed_loop_search`): each walk measures step errors on the basis of its
+      own predicted trajectory (one model call per chosen step, shared between walks), and
+      the info is a `ClosedLoopSearchInfo`. Needs the `Trajectory` itself.
+    batch_size: samples per model call in closed-loop mode (None: all at once).
 
   Pass `TrajectoryStats` (`trajectory_stats`) instead of the trajectory to search on the
   (K + 1)^2 Gram: the factor of all K + 1 columns is then a BLAS ``syrk`` instead of a
@@ -185,6 +190,12 @@ def search_path(traj: trajectory_lib.Trajectory, num_steps: int, *,
   Returns:
     (n,) int32 path into ``traj.timesteps`` (``path[0] == 0``), and the info if asked.
   """
+  if denoise_fn is not None:
+    from olss_jax._src import closed_loop  # local: closed_loop imports this module
+    return closed_loop.closed_loop_search(
+        traj, num_steps, denoise_fn, num_bisection_steps=num_bisection_steps,
+        prefer_uniform_if_better=prefer_uniform_if_better, return_info=return_info,
+        batch_size=batch_size)
   if not isinstance(traj, stats_lib.TrajectoryStats):
     validation.check_trajectory(traj)
   k = traj.num_teacher_steps
