@@ -13,6 +13,10 @@ from olss_jax._src.trajectory import Trajectory, collect_trajectory
 from olss_jax._src.sampler import sample
 from olss_jax._src.fit import fit_weights
 from olss_jax._src.search import SearchInfo, path_errors, search_path, uniform_path
+# --- beyond the paper: closed-loop fit/search, end-to-end refinement (issue 8) ---
+from olss_jax._src.closed_loop import ClosedLoopSearchInfo, closed_loop_fit, closed_loop_search
+from olss_jax._src.refine import RefineInfo, refine
+from olss_jax._src.fit_olss import fit_olss
 from olss_jax._src.ddim import (
     ddim_schedule,
     ddim_timesteps,
@@ -115,6 +119,12 @@ __all__ = [
     "find_nonfinite",
     "SearchInfo",
     "fit_weights",
+    "ClosedLoopSearchInfo",
+    "closed_loop_fit",
+    "closed_loop_search",
+    "RefineInfo",
+    "refine",
+    "fit_olss",
     "path_errors",
     "search_path",
     "uniform_path",
