@@ -242,11 +242,16 @@ def _python_loop_sample(f, schedule, x_T):
 
 
 def test_sample_equals_python_loop_jit_vmap_and_no_retrace(teacher):
-  """Test 5: sample == a plain loop; jit == no-jit; vmap works; one trace per n."""
+  """Test 5: sample == a plain loop; jit == no-jit; vmap works; one trace per n.
+
+  Fitted weights are large and cancel, so float32 summation order alone moves the result by
+  ~1e-4 relative; the loop comparison of a fitted schedule is therefore made in float64
+  (`test_sample_float64`) and the float32 checks here use the well-conditioned DDIM weights.
+  """
   f, traj = teacher
   x_T = _noise(EVAL_SEED, 16)
-  s1 = oj.fit_weights(traj, oj.uniform_path(traj, 5))
-  s2 = oj.ddim_schedule(ALPHAS, oj.ddim_timesteps(5))
+  s1 = oj.ddim_schedule(ALPHAS, oj.ddim_timesteps(5))
+  s2 = oj.fit_weights(traj, oj.uniform_path(traj, 5))
   ref = _python_loop_sample(f, s1, x_T)
   eager = oj.sample(f, s1, x_T)
   chex.assert_trees_all_close(eager, ref, rtol=SAMPLER_RTOL[jnp.float32], atol=1e-5)
@@ -260,7 +265,9 @@ def test_sample_equals_python_loop_jit_vmap_and_no_retrace(teacher):
   out1 = jitted(f, s1, x_T)
   out2 = jitted(f, s2, x_T)  # another schedule of the same n: no retrace
   chex.assert_trees_all_close(out1, eager, rtol=SAMPLER_RTOL[jnp.float32], atol=1e-5)
-  chex.assert_trees_all_close(out2, _python_loop_sample(f, s2, x_T), rtol=1e-5, atol=1e-5)
+  eager2 = oj.sample(f, s2, x_T)
+  scale = float(jnp.max(jnp.abs(eager2)))
+  chex.assert_trees_all_close(out2, eager2, rtol=0, atol=1e-3 * scale)
   # Model parameters are traced: a different mixture reuses the compiled sampler too.
   out3 = jitted(_model(seed=5), s1, x_T)
   assert not np.allclose(np.asarray(out3), np.asarray(out1))
@@ -273,14 +280,19 @@ def test_sample_equals_python_loop_jit_vmap_and_no_retrace(teacher):
                               rtol=1e-5, atol=1e-5)
 
 
-def test_sample_float64():
+def test_sample_float64(teacher):
+  """In float64 the sampler equals the plain loop for a fitted (large-weight) schedule."""
+  _, traj = teacher
+  schedule = oj.fit_weights(traj, oj.search_path(traj, 5))
   with jax.enable_x64(True):
     f = _model()
     x_T = jax.random.normal(jax.random.key(EVAL_SEED), (4, 16), jnp.float64)
-    s = oj.ddim_schedule(ALPHAS, oj.ddim_timesteps(4))
-    out = oj.sample(f, s, x_T)
+    out = oj.sample(f, schedule, x_T)
     assert out.dtype == jnp.float64
-    chex.assert_trees_all_close(out, _python_loop_sample(f, s, x_T), rtol=1e-6, atol=1e-6)
+    chex.assert_trees_all_close(out, _python_loop_sample(f, schedule, x_T),
+                                rtol=SAMPLER_RTOL[jnp.float64], atol=1e-10)
+    out_jit = jax.jit(oj.sample)(f, schedule, x_T)
+    chex.assert_trees_all_close(out_jit, out, rtol=1e-10, atol=1e-10)
 
 
 def test_ddim_schedule_equals_ddim_recurrence():

@@ -84,16 +84,18 @@ def mixture_noise_prediction(mixture: GaussianMixture, alphas_cumprod: jax.Array
     t: int32 scalar timestep (indexes alphas_cumprod).
 
   Returns:
-    (B, *sample_shape) the noise prediction, in x_t's dtype.
+    (B, *sample_shape) the noise prediction, in x_t's dtype (computed in float64 for float64
+    inputs, else float32).
   """
   dtype = x_t.dtype
-  ab = jnp.asarray(alphas_cumprod)[t].astype(jnp.float32)
-  x = x_t.astype(jnp.float32).reshape(x_t.shape[0], -1)                  # (B, D)
-  mu = mixture.means.reshape(mixture.means.shape[0], -1).astype(jnp.float32)  # (M, D)
+  work = jnp.promote_types(dtype, jnp.float32)  # float64 inputs are computed in float64
+  ab = jnp.asarray(alphas_cumprod)[t].astype(work)
+  x = x_t.astype(work).reshape(x_t.shape[0], -1)                          # (B, D)
+  mu = mixture.means.reshape(mixture.means.shape[0], -1).astype(work)     # (M, D)
   dim = x.shape[1]
-  var = ab * mixture.stds.astype(jnp.float32) ** 2 + (1.0 - ab)          # (M,)
+  var = ab * mixture.stds.astype(work) ** 2 + (1.0 - ab)                 # (M,)
   diff = x[:, None, :] - jnp.sqrt(ab) * mu[None]                         # (B, M, D)
-  logits = (mixture.log_weights[None] - 0.5 * dim * jnp.log(var)[None]
+  logits = (mixture.log_weights.astype(work)[None] - 0.5 * dim * jnp.log(var)[None]
             - 0.5 * jnp.sum(diff**2, axis=-1) / var[None])
   resp = jax.nn.softmax(logits, axis=-1)                                 # (B, M)
   eps = jnp.sqrt(1.0 - ab) * jnp.einsum("bm,bmd->bd", resp / var[None], diff)
