@@ -1,8 +1,13 @@
-"""Silences the Flax deprecation notices of diffusers 0.39 and transformers 4.x, once.
+"""Silences the Flax deprecation notices of diffusers 0.39 and transformers 4.x.
 
 Both libraries log (not warn) that their Flax classes will be removed; olss_jax pins the last
 versions that have them (see pyproject.toml), so the notice is noise for our users. Only that
 notice is dropped: every other log record passes.
+
+The libraries attach their stream handler when they are first imported, and importing them is
+slow (diffusers imports torch when it is installed), so nothing is imported here: the package
+calls `silence_flax_deprecations` on import (covering handlers that already exist), and every
+olss_jax module that imports diffusers or transformers calls it again right after the import.
 """
 from __future__ import annotations
 
@@ -13,7 +18,6 @@ _MARKERS = (
     "Flax classes are deprecated",
     "TensorFlow and JAX classes are deprecated",
 )
-_installed = False
 
 
 class _DropFlaxDeprecation(logging.Filter):
@@ -25,35 +29,26 @@ class _DropFlaxDeprecation(logging.Filter):
     return not any(marker in message for marker in _MARKERS)
 
 
+_DROP = _DropFlaxDeprecation()
+_warnings_installed = False
+
+
+def _attach(target) -> None:
+  if _DROP not in target.filters:
+    target.addFilter(_DROP)
+
+
 def silence_flax_deprecations() -> None:
-  """Installs the filter on the diffusers and transformers loggers (idempotent)."""
-  global _installed
-  if _installed:
-    return
-  _installed = True
-  drop = _DropFlaxDeprecation()
+  """Drops the deprecation notice from the diffusers/transformers log handlers (idempotent)."""
+  global _warnings_installed
   for name in ("diffusers", "transformers"):
     logger = logging.getLogger(name)
-    logger.addFilter(drop)
+    _attach(logger)
     for handler in logger.handlers:
-      handler.addFilter(drop)
-  # Records logged on child loggers propagate to the library root's handlers; the libraries
-  # create those handlers lazily, so filter the last-resort handler and future handlers too.
+      _attach(handler)
   if logging.lastResort is not None:
-    logging.lastResort.addFilter(drop)
-  try:  # diffusers and transformers configure their root handler on first use.
-    from diffusers.utils import logging as dlogging  # noqa: PLC0415
-
-    for handler in dlogging._get_library_root_logger().handlers:  # pylint: disable=protected-access
-      handler.addFilter(drop)
-  except Exception:  # pragma: no cover - diffusers missing or changed
-    pass
-  try:
-    from transformers.utils import logging as tlogging  # noqa: PLC0415
-
-    for handler in tlogging._get_library_root_logger().handlers:  # pylint: disable=protected-access
-      handler.addFilter(drop)
-  except Exception:  # pragma: no cover
-    pass
-  warnings.filterwarnings("ignore", message=".*Flax classes are deprecated.*")
-  warnings.filterwarnings("ignore", message=".*TensorFlow and JAX classes are deprecated.*")
+    _attach(logging.lastResort)
+  if not _warnings_installed:
+    _warnings_installed = True
+    warnings.filterwarnings("ignore", message=".*Flax classes are deprecated.*")
+    warnings.filterwarnings("ignore", message=".*TensorFlow and JAX classes are deprecated.*")
