@@ -65,6 +65,20 @@ from olss_jax._src.baselines.dpm_solver import dpm_solver_pp_schedule, dpm_solve
 from olss_jax._src.baselines.unipc import unipc_schedule
 from olss_jax._src.baselines.ipndm import ipndm_schedule
 
+# --- Stable Diffusion (diffusers' Flax classes; imported on use) ---
+from olss_jax._src.stable_diffusion.model import ModelInfo, StableDiffusion
+from olss_jax._src.stable_diffusion.noise_config import NoiseConfig, read_noise_config
+from olss_jax._src.stable_diffusion.loading import load_stable_diffusion
+from olss_jax._src.stable_diffusion.text import encode_prompts, tokenize
+from olss_jax._src.stable_diffusion.denoiser import prediction_to_epsilon, sd_denoiser
+from olss_jax._src.stable_diffusion.generate import decode_latents, generate
+from olss_jax._src.stable_diffusion.provenance import ScheduleMismatchWarning, check_schedule_for
+from olss_jax._src.stable_diffusion.collect import (
+    SDTeacher,
+    collect_sd_trajectory,
+    fit_sd_schedule,
+)
+
 # --- the workbench: embedded models, figures, tiny SD pipeline (issue 5; CLI in olss_jax.cli) ---
 from olss_jax._src.embedded import embedded_model
 from olss_jax._src.figures import (
@@ -117,6 +131,22 @@ __all__ = [
     "check_schedule_compatible",
     "check_trajectory",
     "find_nonfinite",
+    "ModelInfo",
+    "StableDiffusion",
+    "NoiseConfig",
+    "read_noise_config",
+    "load_stable_diffusion",
+    "encode_prompts",
+    "tokenize",
+    "prediction_to_epsilon",
+    "sd_denoiser",
+    "decode_latents",
+    "generate",
+    "ScheduleMismatchWarning",
+    "check_schedule_for",
+    "SDTeacher",
+    "collect_sd_trajectory",
+    "fit_sd_schedule",
     "SearchInfo",
     "fit_weights",
     "ClosedLoopSearchInfo",

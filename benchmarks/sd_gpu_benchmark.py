@@ -1,0 +1,251 @@
+"""Seconds per image of n-step OLSS generation with Stable Diffusion 1.5 in Flax, on one device.
+
+On a GPU, builds the real Stable Diffusion 1.5 architecture at 512 px (its published configs,
+written below; random bfloat16 weights, since timing does not depend on their values) and
+times `olss_jax.generate` (text encoding, the n-step sampler with classifier-free guidance,
+VAE decode, all under one jit) for 5, 10 and 20 steps at batch 1 and 8. Also times the parts
+alone to report the share of the UNet and of the sampler's own overhead, and the peak device
+memory. The sampler is the same for every schedule (OLSS and DDIM differ only in the weight
+values), so a DDIM schedule of n steps stands in for a fitted one.
+
+Usage:
+  python benchmarks/sd_gpu_benchmark.py                     # SD 1.5 at 512 px, bfloat16
+  python benchmarks/sd_gpu_benchmark.py --model /path/sd15  # real Flax weights from disk
+  python benchmarks/sd_gpu_benchmark.py --tiny              # toy size on the CPU (tests)
+
+Prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+import olss_jax as oj  # noqa: E402  pylint: disable=wrong-import-position
+from olss_jax._src.stable_diffusion import generate as generate_lib  # noqa: E402
+from olss_jax._src.stable_diffusion import model as model_lib  # noqa: E402
+from olss_jax._src.stable_diffusion import noise_config as noise_config_lib  # noqa: E402
+from olss_jax._src.stable_diffusion import text as text_lib  # noqa: E402
+
+# Stable Diffusion 1.5 (stable-diffusion-v1-5/stable-diffusion-v1-5), published configs.
+SD15_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8, cross_attention_dim=768,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                      "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+                    "CrossAttnUpBlock2D"))
+SD15_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+    block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+SD15_TEXT = dict(
+    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+    num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+    bos_token_id=49406, eos_token_id=49407, pad_token_id=1)
+SD15_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+    set_alpha_to_one=False, steps_offset=1, clip_sample=False, prediction_type="epsilon")
+
+# Toy size for the CPU (the test suite runs it so the script never rots).
+TINY_UNET = dict(
+    sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32,),
+    attention_head_dim=8, cross_attention_dim=32, down_block_types=("CrossAttnDownBlock2D",),
+    up_block_types=("CrossAttnUpBlock2D",))
+TINY_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, sample_size=16,
+    block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2)
+TINY_TEXT = dict(
+    vocab_size=64, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+    num_attention_heads=4, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+    pad_token_id=1)
+
+PROMPT = "a photograph of an astronaut riding a horse"
+
+
+def _tokenizer(directory: str, max_length: int, bos: int, eos: int):
+  """A CLIP tokenizer over a small vocabulary (tokenisation is host-side and cheap; the real
+  vocabulary cannot be downloaded here). Token ids stay below every vocabulary size used."""
+  from transformers import CLIPTokenizer  # pylint: disable=import-outside-toplevel
+  specials = {bos: "<|startoftext|>", eos: "<|endoftext|>"}
+  letters = list("abcdefghijklmnopqrstuvwxyz")
+  tokens = ["<unk>"] + letters + [c + "</w>" for c in letters]
+  vocab = {tok: i + 2 for i, tok in enumerate(tokens)}
+  vocab.update({tok: i for i, tok in specials.items()})
+  with open(os.path.join(directory, "vocab.json"), "w") as f:
+    json.dump(vocab, f)
+  with open(os.path.join(directory, "merges.txt"), "w") as f:
+    f.write("#version: 0.2\n")
+  return CLIPTokenizer(os.path.join(directory, "vocab.json"),
+                       os.path.join(directory, "merges.txt"), model_max_length=max_length)
+
+
+def _random_params(shapes, key, dtype):
+  """Random weights on the device, generated in ``dtype`` (values do not affect timing)."""
+  flat = flatten_dict(dict(shapes))
+  keys = jax.random.split(key, len(flat))
+  out = {}
+  for k, (path, leaf) in zip(keys, sorted(flat.items())):
+    if path[-1] == "scale":
+      out[path] = jnp.ones(leaf.shape, dtype)
+    elif path[-1] == "kernel":
+      fan_in = max(1, int(np.prod(leaf.shape[:-1])))
+      out[path] = (jax.random.normal(k, leaf.shape, dtype) / np.sqrt(fan_in)).astype(dtype)
+    else:
+      out[path] = (0.02 * jax.random.normal(k, leaf.shape, dtype)).astype(dtype)
+  return unflatten_dict(out)
+
+
+def build_random_sd(*, tiny: bool, dtype) -> model_lib.StableDiffusion:
+  """The SD 1.5 architecture (or the toy one) with random weights, built in memory."""
+  from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel  # pylint: disable=import-outside-toplevel
+  from transformers import CLIPTextConfig, FlaxCLIPTextModel  # pylint: disable=import-outside-toplevel
+  unet_cfg, vae_cfg, text_cfg = (TINY_UNET, TINY_VAE, TINY_TEXT) if tiny else (
+      SD15_UNET, SD15_VAE, SD15_TEXT)
+  unet = FlaxUNet2DConditionModel(dtype=dtype, **unet_cfg)
+  vae = FlaxAutoencoderKL(dtype=dtype, **vae_cfg)
+  text_encoder = FlaxCLIPTextModel(CLIPTextConfig(**text_cfg), dtype=dtype, _do_init=False)
+  max_length = text_cfg["max_position_embeddings"]
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  params = {
+      "unet": _random_params(jax.eval_shape(unet.init_weights, keys[0]), keys[0], dtype),
+      "vae": _random_params(jax.eval_shape(vae.init_weights, keys[1]), keys[1], dtype),
+      "text_encoder": _random_params(
+          jax.eval_shape(lambda k: text_encoder.init_weights(k, (1, max_length)), keys[2]),
+          keys[2], dtype),
+  }
+  with tempfile.TemporaryDirectory() as tmp:
+    tokenizer = _tokenizer(tmp, max_length, text_cfg["bos_token_id"], text_cfg["eos_token_id"])
+  info = model_lib.ModelInfo(
+      name="sd15-architecture-random" if not tiny else "tiny-random", path="",
+      noise=noise_config_lib.noise_config_from_dict(SD15_SCHEDULER),
+      dtype=jnp.dtype(dtype).name, latent_channels=unet_cfg["in_channels"],
+      vae_scale_factor=2 ** (len(vae_cfg["block_out_channels"]) - 1),
+      sample_size=unet_cfg["sample_size"], scaling_factor=vae_cfg.get("scaling_factor", 0.18215),
+      max_length=max_length)
+  return model_lib.StableDiffusion(unet, vae, text_encoder, tokenizer, params, info)
+
+
+def _timed(fn, repeats: int) -> float:
+  """Median wall seconds of ``fn()`` (which blocks), after one warm-up (compile) call."""
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _unet_loop(sd, embeds, negative, latents, num_steps):
+  """n guided UNet calls alone (no sampler weights), with a data dependency between calls."""
+  denoise = sd.denoiser(embeds, negative_embeds=negative)
+  t = jnp.asarray(oj.ddim_timesteps(num_steps, steps_offset=1))
+
+  def body(i, x):
+    return 0.9 * x + 0.1 * denoise(x, t[i])
+
+  return jax.lax.fori_loop(0, num_steps, body, latents)
+
+
+_unet_loop_jit = jax.jit(_unet_loop, static_argnums=4)
+
+
+def peak_memory_gib() -> float | None:
+  """Peak bytes in use on device 0 (None where the backend has no memory stats, e.g. CPU)."""
+  stats = jax.devices()[0].memory_stats()
+  if not stats or "peak_bytes_in_use" not in stats:
+    return None
+  return stats["peak_bytes_in_use"] / 2**30
+
+
+def benchmark(sd, *, steps, batches, repeats: int):
+  """Times generate and its parts for each (steps, batch). Returns a list of row dicts."""
+  rows = []
+  noise = sd.info.noise
+  for batch in batches:
+    prompts = [PROMPT] * batch
+    ids = text_lib.tokenize(sd, prompts)
+    negative_ids = text_lib.tokenize(sd, [""] * batch)
+    latents = jax.random.normal(jax.random.PRNGKey(batch), sd.latent_shape(batch), jnp.float32)
+    embed = jax.jit(lambda s, a, b: (text_lib.embed_ids(s, a), text_lib.embed_ids(s, b)))
+    text_s = _timed(lambda: embed(sd, ids, negative_ids), repeats)
+    embeds, negative = embed(sd, ids, negative_ids)
+    decode = jax.jit(generate_lib.decode_latents)
+    vae_s = _timed(lambda: decode(sd, latents), repeats)
+    for num_steps in steps:
+      schedule = oj.ddim_schedule(sd.alphas_cumprod,
+                                  oj.ddim_timesteps(num_steps, steps_offset=noise.steps_offset),
+                                  final_alpha_cumprod=noise.final_alpha_cumprod)
+      total_s = _timed(lambda: oj.generate(sd, schedule, prompts, latents=latents), repeats)
+      unet_s = _timed(lambda: _unet_loop_jit(sd, embeds, negative, latents, num_steps), repeats)
+      overhead_s = total_s - unet_s - text_s - vae_s
+      rows.append({
+          "steps": num_steps, "batch": batch, "seconds_per_image": total_s / batch,
+          "total_s": total_s, "unet_s": unet_s, "text_s": text_s, "vae_s": vae_s,
+          "overhead_s": overhead_s, "unet_share": unet_s / total_s,
+          "overhead_share": overhead_s / total_s, "peak_gib": peak_memory_gib(),
+      })
+  return rows
+
+
+def markdown(rows, device: str, dtype: str, title: str) -> str:
+  """The rows as a markdown table."""
+  lines = [f"{title} on {device} ({dtype}); median of the timed repeats, after compilation.",
+           "",
+           "| steps | batch | s / image | total s | UNet s (share) | text s | VAE s "
+           "| sampler overhead s (share) | peak GiB |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    peak = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
+    lines.append(
+        f"| {r['steps']} | {r['batch']} | {r['seconds_per_image']:.4f} | {r['total_s']:.4f} "
+        f"| {r['unet_s']:.4f} ({100 * r['unet_share']:.1f}%) | {r['text_s']:.4f} "
+        f"| {r['vae_s']:.4f} | {r['overhead_s']:.4f} ({100 * r['overhead_share']:.1f}%) "
+        f"| {peak} |")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  """Runs the benchmark and prints the table; returns the rows."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--tiny", action="store_true", help="toy size (CPU smoke test)")
+  parser.add_argument("--model", help="load real Flax weights from this directory instead")
+  parser.add_argument("--steps", type=int, nargs="+", default=None)
+  parser.add_argument("--batch", type=int, nargs="+", default=None)
+  parser.add_argument("--repeats", type=int, default=None)
+  parser.add_argument("--dtype", default=None, choices=["bfloat16", "float32", "float16"],
+                      help="default bfloat16; float32 with --tiny (bfloat16 is slow on CPUs)")
+  args = parser.parse_args(argv)
+  steps = args.steps or ([2] if args.tiny else [5, 10, 20])
+  batches = args.batch or ([1] if args.tiny else [1, 8])
+  repeats = args.repeats or (1 if args.tiny else 5)
+  dtype = jnp.dtype(args.dtype or ("float32" if args.tiny else "bfloat16"))
+  if args.model:
+    sd = oj.load_stable_diffusion(args.model, dtype=dtype)
+    title = f"OLSS generation with {sd.name}"
+  else:
+    sd = build_random_sd(tiny=args.tiny, dtype=dtype)
+    title = ("OLSS generation, toy model" if args.tiny else
+             "OLSS generation, Stable Diffusion 1.5 architecture (random weights)")
+  height, width = sd.default_resolution
+  title += f" at {height}x{width} px, text encoding and VAE decode included,"
+  device = jax.devices()[0]
+  rows = benchmark(sd, steps=steps, batches=batches, repeats=repeats)
+  print(markdown(rows, f"{device.platform}:{device.device_kind}", dtype.name, title))
+  return rows
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,170 @@
+"""The OLSS teacher on Stable Diffusion prompts, and the fit that records what it was fitted for.
+
+Paper Sec. 4 settings are the defaults: a 1000-step DDIM teacher, guidance scale 7.0 and 32
+fitting images. Memory: the teacher's model outputs are the data (the states are recomputed
+from x_T and the outputs, see `olss_jax.Trajectory`); they are gathered on the host in
+float32, (K, N, 4, 64, 64) at 512 px, about 2.1 GB for K = 1000 and N = 32. The device holds
+the model plus ``steps_per_chunk`` steps of one chunk of ``images_per_chunk`` images.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import trajectory as trajectory_lib
+from olss_jax._src.stable_diffusion import denoiser as denoiser_lib
+from olss_jax._src.stable_diffusion import generate as generate_lib
+from olss_jax._src.stable_diffusion import model as model_lib
+from olss_jax._src.stable_diffusion import provenance
+from olss_jax._src.stable_diffusion import text as text_lib
+
+DEFAULT_TEACHER_STEPS = 1000
+DEFAULT_GUIDANCE_SCALE = 7.0
+DEFAULT_NUM_FIT_IMAGES = 32
+FIT_METHODS = ("olss", "olss-p")
+
+
+class SDTeacher(NamedTuple):
+  """A Stable Diffusion teacher run and what it was run for.
+
+  Attributes:
+    trajectory: the `Trajectory` (x_T (N, C, h, w) float32, model_outputs (K, N, C, h, w)
+      float32 on the host: the guided epsilon of every teacher step).
+    info: JSON-serialisable facts (`sd_metadata` plus ``teacher_steps``, ``num_fit_images``,
+      ``num_prompts``, ``prompts_sha256``, ``negative_prompts``) that `fit_sd_schedule`
+      copies into the schedule's metadata.
+  """
+
+  trajectory: trajectory_lib.Trajectory
+  info: dict[str, Any]
+
+
+def _prompts_digest(prompts: list[str], negatives: list[str]) -> str:
+  blob = json.dumps({"prompts": prompts, "negative_prompts": negatives}, ensure_ascii=True)
+  return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def collect_sd_trajectory(sd: model_lib.StableDiffusion, prompts, *, key=None, latents=None,
+                          num_images: int | None = None,
+                          num_teacher_steps: int = DEFAULT_TEACHER_STEPS,
+                          guidance_scale: float = DEFAULT_GUIDANCE_SCALE, negative_prompts=None,
+                          height: int | None = None, width: int | None = None,
+                          images_per_chunk: int | None = None, steps_per_chunk: int | None = 50,
+                          callback: Callable[[int, int], None] | None = None) -> SDTeacher:
+  """Runs the complete generation process (paper Sec. 3.3) of Stable Diffusion on prompts.
+
+  The teacher is deterministic DDIM over ``num_teacher_steps`` of the model's training
+  timesteps with the scheduler config's ``steps_offset`` and final alpha
+  (``set_alpha_to_one``), classifier-free guided (`sd_denoiser`), as
+  `olss_jax.collect_trajectory`. Image i uses ``prompts[i % len(prompts)]``.
+
+  Args:
+    sd: the model.
+    prompts: a str or a sequence of str (cycled over the images).
+    key: PRNG key for the N starting latents; or pass ``latents``.
+    latents: (N, C, h, w) starting latents.
+    num_images: N; default ``latents.shape[0]``, else 32 (the paper's).
+    num_teacher_steps: K (1000, every training timestep, in the paper).
+    guidance_scale: g (7.0 in the paper's experiments).
+    negative_prompts: None (empty prompt), a str, or one per prompt (cycled alike).
+    height, width: pixels; default the UNet's configured resolution.
+    images_per_chunk: images per teacher run (None: all N at once). Each chunk is collected
+      separately and written into one preallocated host array.
+    steps_per_chunk: teacher steps per jitted call (device memory holds one such chunk of
+      outputs); None runs each image chunk as one scan.
+    callback: ``callback(image_steps_done, image_steps_total)`` for progress, counted in
+      image-steps (N * K in total).
+
+  Returns:
+    An `SDTeacher` (the `Trajectory` with host float32 outputs, and its info).
+  """
+  prompt_set = text_lib.prompt_list(prompts)
+  negative_set = text_lib.prompt_list("" if negative_prompts is None else negative_prompts,
+                                      name="negative_prompts", batch_size=len(prompt_set))
+  if num_images is None:
+    num_images = DEFAULT_NUM_FIT_IMAGES if latents is None else int(np.shape(latents)[0])
+  if not isinstance(num_images, (int, np.integer)) or num_images < 1:
+    raise ValueError(f"num_images: expected a positive int, got {num_images!r}")
+  default_h, default_w = sd.default_resolution
+  height = default_h if height is None else height
+  width = default_w if width is None else width
+  x_T = np.asarray(generate_lib.starting_latents(sd, num_images, key=key, latents=latents,
+                                                 height=height, width=width))
+  if images_per_chunk is None:
+    images_per_chunk = num_images
+  if not isinstance(images_per_chunk, (int, np.integer)) or images_per_chunk < 1:
+    raise ValueError(f"images_per_chunk: expected a positive int or None, got {images_per_chunk!r}")
+  image_prompts = [prompt_set[i % len(prompt_set)] for i in range(num_images)]
+  image_negatives = [negative_set[i % len(negative_set)] for i in range(num_images)]
+  noise = sd.info.noise
+  outputs = None
+  traj = None
+  total = num_images * num_teacher_steps
+  for start in range(0, num_images, images_per_chunk):
+    stop = min(start + images_per_chunk, num_images)
+    embeds, negative_embeds = text_lib.encode_prompts(sd, image_prompts[start:stop],
+                                                      negative_prompts=image_negatives[start:stop])
+    denoise = denoiser_lib.sd_denoiser(sd, embeds, guidance_scale=guidance_scale,
+                                       negative_embeds=negative_embeds)
+    progress = None
+    if callback is not None:
+      def progress(done, _, start=start, stop=stop):
+        callback(start * num_teacher_steps + done * (stop - start), total)
+    traj = trajectory_lib.collect_trajectory(
+        denoise, x_T[start:stop], noise.alphas_cumprod, num_teacher_steps,
+        steps_offset=noise.steps_offset, final_alpha_cumprod=noise.final_alpha_cumprod,
+        steps_per_chunk=steps_per_chunk, callback=progress)
+    if outputs is None:
+      outputs = np.empty((traj.num_teacher_steps,) + x_T.shape, np.float32)
+      timesteps, alphas = traj.timesteps, traj.alphas
+    outputs[:, start:stop] = np.asarray(traj.model_outputs, np.float32)
+    traj = None  # release the chunk's own output buffer before the next chunk
+  trajectory = trajectory_lib.Trajectory(timesteps=timesteps, x_T=x_T, model_outputs=outputs,
+                                         alphas=alphas)
+  info = provenance.sd_metadata(sd, guidance_scale=guidance_scale, height=height, width=width)
+  info.update({
+      "teacher_steps": int(num_teacher_steps),
+      "num_fit_images": int(num_images),
+      "num_prompts": len(prompt_set),
+      "prompts_sha256": _prompts_digest(prompt_set, negative_set),
+      "negative_prompts": negative_prompts is not None,
+  })
+  return SDTeacher(trajectory, info)
+
+
+def fit_sd_schedule(teacher: SDTeacher, num_steps: int, *, method: str = "olss",
+                    path=None) -> schedule_lib.Schedule:
+  """Searches a path and fits OLSS weights on a Stable Diffusion teacher (Algorithms 1-3, Eq. 12).
+
+  Args:
+    teacher: from `collect_sd_trajectory`.
+    num_steps: n, the number of model calls of the fitted sampler.
+    method: ``"olss"`` (path by `olss_jax.search_path`, Algorithms 1-3) or ``"olss-p"``
+      (uniformly spaced path, `olss_jax.uniform_path`).
+    path: an explicit (n,) path of teacher-step indices, overriding ``method``'s search.
+
+  Returns:
+    The fitted `Schedule`; its metadata holds `fit_weights`' entries, the teacher's info
+    (model, resolution, guidance scale, prediction type, teacher steps, number of fitting
+    images, ...) and ``method``. `generate` warns when it is used for something else.
+  """
+  # The fit and search modules are imported on use: this file must import without them.
+  from olss_jax._src import fit  # pylint: disable=import-outside-toplevel
+  if not isinstance(teacher, SDTeacher):
+    raise TypeError(f"teacher: expected an SDTeacher from collect_sd_trajectory, got "
+                    f"{type(teacher).__name__}")
+  if method not in FIT_METHODS:
+    raise ValueError(f"method: expected one of {FIT_METHODS}, got {method!r}")
+  traj = teacher.trajectory
+  if path is None:
+    from olss_jax._src import search  # pylint: disable=import-outside-toplevel
+    finder = search.search_path if method == "olss" else search.uniform_path
+    path = finder(traj, num_steps)
+  elif np.shape(path) != (num_steps,):
+    raise ValueError(f"path: expected shape ({num_steps},), got {np.shape(path)}")
+  fitted = fit.fit_weights(traj, path)
+  return fitted.with_metadata(**teacher.info, method=method)

@@ -1,0 +1,511 @@
+"""Stable Diffusion end to end on a tiny random pipeline, checked against diffusers itself.
+
+The pipeline is built here (random weights, tiny UNet / VAE / CLIP configs, a tokenizer from a
+vocabulary written by the test), saved with diffusers' ``save_pretrained`` and loaded back
+through `olss_jax.load_stable_diffusion`, the path a user takes. The ground truth for
+generation is diffusers' own `FlaxStableDiffusionPipeline` with `FlaxDDIMScheduler`.
+"""
+import importlib.util
+import json
+import os
+import shutil
+import warnings
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import serialization
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+import olss_jax as oj
+from olss_jax._src import io as io_lib
+from olss_jax._src.stable_diffusion import generate as generate_lib
+
+# Final latents of diffusers' pipeline vs ours (float32): the issue's bound.
+LATENT_ATOL = {jnp.float32: 1e-4}
+# The same arithmetic in another order (denoiser vs a hand-written closed form).
+EPS_RTOL = {jnp.float32: 1e-5, jnp.float64: 1e-12}
+# bfloat16 parameters and activations against float32: relative to the output scale.
+BF16_REL = 0.1
+
+PROMPTS = ["a cat", "the dog"]
+NUM_STEPS = 10
+SEQ_LEN = 16
+VOCAB = (["<|startoftext|>", "<|endoftext|>", "<unk>"] + list("abcdefghijklmnopqrstuvwxyz")
+         + [c + "</w>" for c in "abcdefghijklmnopqrstuvwxyz"]
+         + ["ca", "do", "th", "cat</w>", "dog</w>", "the</w>"])
+MERGES = ["#version: 0.2", "c a", "d o", "t h", "ca t</w>", "do g</w>", "th e</w>"]
+
+
+def _random_params(shapes, seed):
+  """Random weights of the given shape tree, scaled so activations stay O(1)."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for path, leaf in flatten_dict(dict(shapes)).items():
+    if path[-1] == "scale":
+      value = 1.0 + 0.1 * rng.standard_normal(leaf.shape)
+    elif path[-1] == "bias":
+      value = 0.1 * rng.standard_normal(leaf.shape)
+    elif path[-1] == "kernel":
+      value = rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
+    else:  # embeddings
+      value = 0.5 * rng.standard_normal(leaf.shape)
+    out[path] = jnp.asarray(value, leaf.dtype)
+  return unflatten_dict(out)
+
+
+def _build_tiny_pipeline(directory, prediction_type="epsilon"):
+  """Saves a tiny random Flax Stable Diffusion with diffusers' own `save_pretrained`."""
+  from diffusers import (FlaxAutoencoderKL, FlaxDDIMScheduler, FlaxStableDiffusionPipeline,
+                         FlaxUNet2DConditionModel)
+  from transformers import CLIPTextConfig, CLIPTokenizer, FlaxCLIPTextModel
+  vocab_dir = os.path.join(directory, "_vocab")
+  os.makedirs(vocab_dir, exist_ok=True)
+  with open(os.path.join(vocab_dir, "vocab.json"), "w") as f:
+    json.dump({token: i for i, token in enumerate(VOCAB)}, f)
+  with open(os.path.join(vocab_dir, "merges.txt"), "w") as f:
+    f.write("\n".join(MERGES) + "\n")
+  tokenizer = CLIPTokenizer(os.path.join(vocab_dir, "vocab.json"),
+                            os.path.join(vocab_dir, "merges.txt"), model_max_length=SEQ_LEN)
+  unet = FlaxUNet2DConditionModel(
+      sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32,), layers_per_block=1,
+      down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
+      cross_attention_dim=32, attention_head_dim=8)
+  vae = FlaxAutoencoderKL(
+      in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+      up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 32), latent_channels=4,
+      sample_size=16)
+  text_encoder = FlaxCLIPTextModel(
+      CLIPTextConfig(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=37,
+                     num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=SEQ_LEN,
+                     bos_token_id=0, eos_token_id=1, pad_token_id=1), _do_init=False)
+  # Stable Diffusion's own scheduler settings.
+  scheduler = FlaxDDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                                prediction_type=prediction_type)
+  key = jax.random.PRNGKey(0)
+  params = {
+      "unet": _random_params(jax.eval_shape(unet.init_weights, key), 1),
+      "vae": _random_params(jax.eval_shape(vae.init_weights, key), 2),
+      "text_encoder": _random_params(
+          jax.eval_shape(lambda k: text_encoder.init_weights(k, (1, SEQ_LEN)), key), 3),
+      "scheduler": scheduler.create_state(),
+  }
+  pipeline = FlaxStableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                         unet=unet, scheduler=scheduler, safety_checker=None,
+                                         feature_extractor=None)
+  pipeline.save_pretrained(directory, params=params)
+  shutil.rmtree(vocab_dir)
+  return directory
+
+
+def _with_prediction_type(src, dst, prediction_type):
+  """A copy of a saved pipeline whose scheduler config declares another prediction type."""
+  shutil.copytree(src, dst)
+  config_path = os.path.join(dst, "scheduler", "scheduler_config.json")
+  with open(config_path) as f:
+    config = json.load(f)
+  config["prediction_type"] = prediction_type
+  with open(config_path, "w") as f:
+    json.dump(config, f)
+  return dst
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+  return _build_tiny_pipeline(str(tmp_path_factory.mktemp("sd") / "tiny-sd"))
+
+
+@pytest.fixture(scope="module")
+def sd(tiny_dir):
+  return oj.load_stable_diffusion(tiny_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_v_dir(tiny_dir, tmp_path_factory):
+  """The same weights declared v-prediction (as Stable Diffusion 2.x at 768 px)."""
+  return _with_prediction_type(tiny_dir, str(tmp_path_factory.mktemp("sd") / "tiny-sd-v"),
+                               "v_prediction")
+
+
+@pytest.fixture(scope="module")
+def sd_v(tiny_v_dir):
+  return oj.load_stable_diffusion(tiny_v_dir)
+
+
+@pytest.fixture(scope="module")
+def _generate_traced_once():
+  return jax.jit(chex.assert_max_traces(generate_lib.generate_from_ids, n=1))
+
+
+@pytest.fixture
+def traced_generate(_generate_traced_once, monkeypatch):
+  """Makes `generate`'s jitted core one function that may trace only once in this module.
+
+  Every test using it runs the epsilon model at batch 2, NUM_STEPS steps and the default
+  resolution, so that single compilation must serve every schedule (DDIM on two timestep
+  sets, with metadata or not) and guidance scale they pass.
+  """
+  monkeypatch.setattr(generate_lib, "_generate_jit", _generate_traced_once)
+
+
+def _eval_latents(sd, seed):
+  return jax.random.normal(jax.random.PRNGKey(seed), sd.latent_shape(len(PROMPTS)), jnp.float32)
+
+
+def _ddim(sd, num_steps, **meta):
+  noise = sd.info.noise
+  return oj.ddim_schedule(sd.alphas_cumprod,
+                          oj.ddim_timesteps(num_steps, steps_offset=noise.steps_offset),
+                          final_alpha_cumprod=noise.final_alpha_cumprod, metadata=meta)
+
+
+def _diffusers_latents(directory, prompts, latents, num_steps, guidance_scale):
+  """Final latents of diffusers' FlaxStableDiffusionPipeline + FlaxDDIMScheduler.
+
+  The pipeline has no latent output; its VAE is swapped for a recorder of what the pipeline
+  passes to ``vae.decode`` (``latents / scaling_factor``), leaving the denoising loop as is.
+  """
+  from diffusers import FlaxStableDiffusionPipeline
+  pipeline, params = FlaxStableDiffusionPipeline.from_pretrained(
+      directory, safety_checker=None, feature_extractor=None, local_files_only=True)
+
+  class RecordingVAE:
+    def __init__(self, vae):
+      self.config, self.decode, self.recorded = vae.config, vae.decode, None
+
+    def apply(self, variables, latents, method=None):
+      del variables, method
+      self.recorded = latents
+      return type("Decoded", (), {"sample": jnp.zeros(latents.shape[:1] + (3, 1, 1))})()
+
+  recorder = RecordingVAE(pipeline.vae)
+  pipeline.vae = recorder
+  # A jax scalar guidance keeps the un-sharded (jit=False) path's broadcasting per batch.
+  pipeline(pipeline.prepare_inputs(prompts), params, jax.random.PRNGKey(0),
+           num_inference_steps=num_steps, guidance_scale=jnp.float32(guidance_scale),
+           latents=latents, jit=False)
+  return np.asarray(recorder.recorded) * recorder.config.scaling_factor
+
+
+# --- scheduler config -------------------------------------------------------------------
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+@pytest.mark.parametrize("set_alpha_to_one", [True, False])
+def test_noise_config_matches_diffusers(beta_schedule, set_alpha_to_one):
+  from diffusers import FlaxDDIMScheduler
+  config = {"beta_schedule": beta_schedule, "beta_start": 0.00085, "beta_end": 0.012,
+            "set_alpha_to_one": set_alpha_to_one, "steps_offset": 1,
+            "prediction_type": "v_prediction"}
+  ours = oj._src.stable_diffusion.noise_config.noise_config_from_dict(config)
+  with jax.enable_x64(True):  # diffusers' own schedule, computed in float64 like ours
+    state = FlaxDDIMScheduler(**config, dtype=jnp.float64).create_state()
+    reference = np.asarray(state.common.alphas_cumprod)
+    final = float(state.final_alpha_cumprod)
+  assert ours.alphas_cumprod.dtype == np.float64 and reference.dtype == np.float64
+  np.testing.assert_allclose(ours.alphas_cumprod, reference, rtol=EPS_RTOL[jnp.float64])
+  np.testing.assert_allclose(ours.final_alpha_cumprod, final, rtol=EPS_RTOL[jnp.float64])
+  assert (ours.prediction_type, ours.steps_offset) == ("v_prediction", 1)
+
+
+def test_noise_config_rejects_unsupported():
+  from_dict = oj._src.stable_diffusion.noise_config.noise_config_from_dict
+  with pytest.raises(ValueError, match="beta_schedule 'sigmoid'"):
+    from_dict({"beta_schedule": "sigmoid"})
+  with pytest.raises(ValueError, match="prediction_type 'sample'"):
+    from_dict({"prediction_type": "sample"})
+  with pytest.raises(ValueError, match="rescale_betas_zero_snr"):
+    from_dict({"rescale_betas_zero_snr": True})
+
+
+# --- loading ------------------------------------------------------------------------------
+
+def test_load_reads_the_directory(sd, tiny_dir):
+  assert isinstance(sd, oj.StableDiffusion)
+  assert sd.name == "tiny-sd" and sd.info.path == os.path.abspath(tiny_dir)
+  assert sd.prediction_type == "epsilon"
+  assert sd.info.noise.steps_offset == 1
+  assert sd.info.noise.final_alpha_cumprod == pytest.approx(sd.alphas_cumprod[0])
+  assert sd.default_resolution == (16, 16) and sd.info.vae_scale_factor == 2
+  assert sd.latent_shape(3) == (3, 4, 8, 8)
+  assert sd.info.max_length == SEQ_LEN
+  leaves = jax.tree_util.tree_leaves(sd)
+  assert leaves and all(leaf.dtype == jnp.float32 for leaf in leaves)
+  # The parameters are the pytree's leaves; the rest is static.
+  assert len(leaves) == len(jax.tree_util.tree_leaves(sd.params))
+
+
+def test_missing_directory_and_files(tmp_path, tiny_dir):
+  missing = tmp_path / "nowhere"
+  with pytest.raises(FileNotFoundError, match="nowhere.*does not exist"):
+    oj.load_stable_diffusion(missing)
+  broken = tmp_path / "broken"
+  shutil.copytree(tiny_dir, broken)
+  os.remove(broken / "unet" / "config.json")
+  os.remove(broken / "tokenizer" / "merges.txt")
+  with pytest.raises(FileNotFoundError) as err:
+    oj.load_stable_diffusion(broken)
+  message = str(err.value)
+  assert str(broken) in message and "unet/config.json" in message
+  assert "tokenizer/merges.txt" in message and "vae/" not in message
+  torch_only = tmp_path / "torch_only"
+  shutil.copytree(tiny_dir, torch_only)
+  os.remove(torch_only / "vae" / "diffusion_flax_model.msgpack")
+  (torch_only / "vae" / "diffusion_pytorch_model.bin").write_bytes(b"")
+  with pytest.raises(FileNotFoundError, match="vae/diffusion_flax_model.msgpack.*PyTorch"):
+    oj.load_stable_diffusion(torch_only)
+  with pytest.raises(TypeError, match="dtype"):
+    oj.load_stable_diffusion(tiny_dir, dtype=jnp.int32)
+
+
+def test_incomplete_weights(tmp_path, tiny_dir):
+  cut = tmp_path / "cut"
+  shutil.copytree(tiny_dir, cut)
+  weights = cut / "unet" / "diffusion_flax_model.msgpack"
+  flat = flatten_dict(serialization.msgpack_restore(weights.read_bytes()))
+  dropped = sorted(flat)[0]
+  del flat[dropped]
+  weights.write_bytes(serialization.msgpack_serialize(unflatten_dict(flat)))
+  with pytest.raises(ValueError, match=f"lacks 1 parameters.*{'/'.join(dropped)}"):
+    oj.load_stable_diffusion(cut)
+
+
+# --- generation against diffusers -----------------------------------------------------------
+
+def test_ddim_generation_matches_diffusers_pipeline(sd, tiny_dir, traced_generate):
+  del traced_generate
+  latents = _eval_latents(sd, 5)
+  reference = _diffusers_latents(tiny_dir, PROMPTS, latents, NUM_STEPS, 7.0)
+  images, final = oj.generate(sd, _ddim(sd, NUM_STEPS), PROMPTS, latents=latents,
+                              guidance_scale=7.0, return_latents=True)
+  chex.assert_shape(images, (2, 16, 16, 3))
+  assert images.dtype == jnp.uint8
+  chex.assert_tree_all_finite(final)
+  error = float(np.max(np.abs(np.asarray(final) - reference)))
+  print(f"max |ours - diffusers| = {error:.3g} (latents up to {np.max(np.abs(reference)):.3g})")
+  assert error <= LATENT_ATOL[jnp.float32]
+  # The decode is diffusers' formula on the same VAE.
+  expected = oj.decode_latents(sd, jnp.asarray(reference))
+  assert np.max(np.abs(np.asarray(images, int) - np.asarray(expected, int))) <= 1
+
+
+@pytest.mark.slow
+def test_v_prediction_generation_matches_diffusers_pipeline(tiny_dir, tmp_path):
+  v_dir = _with_prediction_type(tiny_dir, str(tmp_path / "tiny-v"), "v_prediction")
+  sd_v = oj.load_stable_diffusion(v_dir)
+  latents = _eval_latents(sd_v, 6)
+  reference = _diffusers_latents(v_dir, PROMPTS, latents, NUM_STEPS, 7.0)
+  _, final = oj.generate(sd_v, _ddim(sd_v, NUM_STEPS), PROMPTS, latents=latents,
+                         guidance_scale=7.0, return_latents=True)
+  assert float(np.max(np.abs(np.asarray(final) - reference))) <= LATENT_ATOL[jnp.float32]
+
+
+def test_no_recompilation_across_schedules(sd, traced_generate):
+  del traced_generate
+  latents = _eval_latents(sd, 7)
+  ddim = _ddim(sd, NUM_STEPS)
+  other = oj.ddim_schedule(sd.alphas_cumprod, np.linspace(961, 1, NUM_STEPS).astype(np.int32),
+                           final_alpha_cumprod=sd.info.noise.final_alpha_cumprod)
+  first = oj.generate(sd, ddim, PROMPTS, latents=latents, return_latents=True)[1]
+  second = oj.generate(sd, other, PROMPTS, latents=latents, return_latents=True)[1]
+  third = oj.generate(sd, ddim, PROMPTS, latents=latents, guidance_scale=3.0,
+                      return_latents=True)[1]
+  # Traced, not baked in: each schedule and guidance scale changes the result.
+  assert not np.allclose(first, second) and not np.allclose(first, third)
+
+
+# --- denoiser -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_prediction_to_epsilon_closed_form(dtype):
+  with jax.enable_x64(dtype == jnp.float64):
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    x0 = jax.random.normal(keys[0], (3, 4, 5, 5), dtype)
+    eps = jax.random.normal(keys[1], (3, 4, 5, 5), dtype)
+    ab = jnp.asarray([0.0047, 0.5, 0.999], dtype)[:, None, None, None]  # one per sample
+    x_t = jnp.sqrt(ab) * x0 + jnp.sqrt(1 - ab) * eps
+    v = jnp.sqrt(ab) * eps - jnp.sqrt(1 - ab) * x0
+    for fn in (oj.prediction_to_epsilon, jax.jit(oj.prediction_to_epsilon, static_argnums=3)):
+      got = fn(v, x_t, ab, "v_prediction")
+      assert got.dtype == dtype
+      chex.assert_trees_all_close(got, eps, rtol=EPS_RTOL[dtype], atol=EPS_RTOL[dtype])
+      chex.assert_trees_all_equal(fn(eps, x_t, ab, "epsilon"), eps)
+    with pytest.raises(ValueError, match="prediction_type"):
+      oj.prediction_to_epsilon(eps, x_t, ab, "sample")
+
+
+def test_v_prediction_denoiser_against_closed_form(sd, sd_v):
+  """The v model's denoiser is eps = sqrt(ab_t) v + sqrt(1 - ab_t) x_t of its guided output.
+
+  ``sd`` has the same weights declared epsilon, so its denoiser returns the guided raw UNet
+  output v unchanged.
+  """
+  assert sd_v.prediction_type == "v_prediction"
+  embeds, negative = sd.encode_prompts(PROMPTS, negative_prompts="dog")
+  x = _eval_latents(sd, 8)
+  t, g = 741, 5.0
+  denoise_v = sd_v.denoiser(embeds, guidance_scale=g, negative_embeds=negative)
+  denoise_raw = sd.denoiser(embeds, guidance_scale=g, negative_embeds=negative)
+  assert isinstance(denoise_v, jax.tree_util.Partial)
+  # The UNet parameters are leaves of the denoiser: traced under jit, never constants.
+  assert any(leaf is sd_v.params["unet"]["conv_in"]["kernel"]
+             for leaf in jax.tree_util.tree_leaves(denoise_v))
+  got, raw = jax.jit(lambda a, b: (a(x, jnp.int32(t)), b(x, jnp.int32(t))))(denoise_v,
+                                                                          denoise_raw)
+  ab = sd_v.alphas_cumprod[t]
+  expected = np.sqrt(ab) * np.asarray(raw, np.float64) + np.sqrt(1 - ab) * np.asarray(x, np.float64)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=EPS_RTOL[jnp.float32],
+                             atol=EPS_RTOL[jnp.float32] * np.max(np.abs(expected)))
+
+
+def test_bfloat16_params_run(sd, tiny_dir):
+  sd16 = oj.load_stable_diffusion(tiny_dir, dtype=jnp.bfloat16)
+  assert sd16.info.dtype == "bfloat16"
+  assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree_util.tree_leaves(sd16.params))
+  x = _eval_latents(sd, 9)
+  denoise16 = sd16.denoiser(sd16.encode_prompts(PROMPTS)[0])
+  denoise32 = sd.denoiser(sd.encode_prompts(PROMPTS)[0])
+  eps16, eps32 = jax.jit(lambda a, b: (a(x, jnp.int32(500)), b(x, jnp.int32(500))))(denoise16,
+                                                                                  denoise32)
+  assert eps16.dtype == jnp.float32 and eps16.shape == x.shape
+  chex.assert_tree_all_finite(eps16)
+  error = float(jnp.max(jnp.abs(eps16 - eps32)))
+  scale = float(jnp.max(jnp.abs(eps32)))
+  print(f"bfloat16 vs float32 epsilon: max abs diff {error:.3g} (scale {scale:.3g})")
+  assert error <= BF16_REL * scale
+
+
+# --- collect, search, fit, generate, save, reload ------------------------------------------
+
+def test_collect_search_fit_generate_roundtrip(sd_v, tmp_path):
+  """Collect, search, fit, generate, decode, save, reload, generate again.
+
+  On the v-prediction model: with random weights its epsilon behaves like a denoiser's at
+  high noise (eps ~ x_t), while the epsilon model's random output does not, which makes
+  its latents blow up (magnitudes ~30) and no few-step sampler meaningful.
+  """
+  sd = sd_v
+  teacher_steps = 50
+  done = []
+  teacher = oj.collect_sd_trajectory(
+      sd, PROMPTS, key=jax.random.PRNGKey(1), num_images=4, num_teacher_steps=teacher_steps,
+      images_per_chunk=2, steps_per_chunk=25, callback=lambda d, total: done.append((d, total)))
+  traj = teacher.trajectory
+  assert traj.model_outputs.shape == (teacher_steps, 4, 4, 8, 8)
+  assert isinstance(traj.model_outputs, np.ndarray) and traj.model_outputs.dtype == np.float32
+  assert done[-1] == (4 * teacher_steps, 4 * teacher_steps)
+  np.testing.assert_array_equal(traj.timesteps, oj.ddim_timesteps(teacher_steps, steps_offset=1))
+  np.testing.assert_allclose(traj.alphas[-1], sd.alphas_cumprod[0])  # set_alpha_to_one=False
+  chex.assert_tree_all_finite(traj.model_outputs)
+  # The second image chunk (prompts cycled: "a cat", "the dog") is the plain core teacher.
+  embeds, negative = sd.encode_prompts(PROMPTS)
+  direct = oj.collect_trajectory(sd.denoiser(embeds, negative_embeds=negative), traj.x_T[2:],
+                                 sd.alphas_cumprod, teacher_steps, steps_offset=1,
+                                 final_alpha_cumprod=sd.info.noise.final_alpha_cumprod,
+                                 steps_per_chunk=25)
+  np.testing.assert_array_equal(direct.model_outputs, traj.model_outputs[:, 2:])
+
+  schedule = oj.fit_sd_schedule(teacher, NUM_STEPS)
+  meta = schedule.metadata
+  assert meta["model"] == sd.name and meta["guidance_scale"] == 7.0
+  assert meta["resolution"] == [16, 16] and meta["prediction_type"] == "v_prediction"
+  assert meta["teacher_steps"] == teacher_steps and meta["num_fit_images"] == 4
+  assert meta["method"] == "olss"
+
+  # Evaluation noises are disjoint from the fitting ones (another seed).
+  latents = _eval_latents(sd, 11)
+  images, final = oj.generate(sd, schedule, PROMPTS, latents=latents, return_latents=True)
+  chex.assert_shape(images, (2, 16, 16, 3))
+  assert images.dtype == jnp.uint8
+  chex.assert_tree_all_finite(final)
+
+  # OLSS beats DDIM with as many steps at reproducing the teacher, off the fitting set.
+  target = oj.collect_sd_trajectory(sd, PROMPTS, latents=latents,
+                                    num_teacher_steps=teacher_steps,
+                                    steps_per_chunk=25).trajectory.states[-1]
+  ddim_final = oj.generate(sd, _ddim(sd, NUM_STEPS), PROMPTS, latents=latents,
+                           return_latents=True)[1]
+  olss_mse = float(jnp.mean((final - target) ** 2))
+  ddim_mse = float(jnp.mean((ddim_final - target) ** 2))
+  print(f"held-out MSE to the {teacher_steps}-step teacher (latent variance "
+        f"{float(jnp.var(target)):.3g}): OLSS {olss_mse:.3g}, DDIM {ddim_mse:.3g}")
+  assert olss_mse < ddim_mse
+
+  save_schedule = getattr(oj, "save_schedule", io_lib.save_schedule)
+  load_schedule = getattr(oj, "load_schedule", io_lib.load_schedule)
+  save_schedule(tmp_path / "sd.olss", schedule)
+  reloaded = load_schedule(tmp_path / "sd.olss")
+  assert reloaded.metadata == schedule.metadata
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", oj.ScheduleMismatchWarning)
+    again, final_again = oj.generate(sd, reloaded, PROMPTS, latents=latents,
+                                     return_latents=True)
+  np.testing.assert_array_equal(again, images)
+  np.testing.assert_array_equal(final_again, final)
+
+  # OLSS-P: the uniform path, same fit.
+  uniform = oj.fit_sd_schedule(teacher, NUM_STEPS, method="olss-p")
+  assert uniform.metadata["method"] == "olss-p"
+  np.testing.assert_array_equal(uniform.timesteps,
+                                traj.timesteps[oj.uniform_path(traj, NUM_STEPS)])
+
+
+# --- mismatches -------------------------------------------------------------------------------
+
+def test_mismatch_warnings_and_errors(sd):
+  fitted = _ddim(sd, 4).with_metadata(**oj._src.stable_diffusion.provenance.sd_metadata(
+      sd, guidance_scale=7.0, height=16, width=16))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    oj.check_schedule_for(sd, fitted, guidance_scale=7.0, height=16, width=16)
+    oj.check_schedule_for(sd, _ddim(sd, 4), guidance_scale=2.0, height=32, width=16)
+  cases = [
+      (fitted.with_metadata(model="sd-2-1"), {}, "model 'sd-2-1'"),
+      (fitted, {"guidance_scale": 3.0}, "guidance_scale 7.0 \\(now 3.0\\)"),
+      (fitted, {"height": 32}, "resolution \\[16, 16\\] \\(now \\[32, 16\\]\\)"),
+      (fitted.with_metadata(prediction_type="v_prediction"), {}, "prediction_type"),
+  ]
+  for schedule, changes, pattern in cases:
+    use = {"guidance_scale": 7.0, "height": 16, "width": 16, **changes}
+    with pytest.warns(oj.ScheduleMismatchWarning, match=pattern):
+      oj.check_schedule_for(sd, schedule, **use)
+  with pytest.raises(ValueError, match="latent channels"):
+    oj.check_schedule_for(sd, fitted.with_metadata(latent_shape=[3, 8, 8]), guidance_scale=7.0,
+                          height=16, width=16)
+  late = oj.make_schedule(np.array([1000, 10]), np.tril(np.ones((2, 3)), 1))
+  with pytest.raises(ValueError, match="timesteps must lie in"):
+    oj.check_schedule_for(sd, late, guidance_scale=7.0, height=16, width=16)
+
+
+def test_generate_warns_and_rejects(sd, traced_generate):
+  del traced_generate
+  fitted = _ddim(sd, NUM_STEPS).with_metadata(model=sd.name, guidance_scale=7.0)
+  latents = _eval_latents(sd, 12)
+  with pytest.warns(oj.ScheduleMismatchWarning, match="guidance_scale"):
+    oj.generate(sd, fitted, PROMPTS, latents=latents, guidance_scale=4.0)
+  with pytest.raises(ValueError, match="latents: expected shape \\(2, 4, 8, 8\\)"):
+    oj.generate(sd, fitted, PROMPTS, latents=latents[:, :, :4])
+  with pytest.raises(ValueError, match="exactly one"):
+    oj.generate(sd, fitted, PROMPTS, latents=latents, key=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="negative_prompts: expected 2 prompts"):
+    oj.generate(sd, fitted, PROMPTS, latents=latents, negative_prompts=["a", "b", "c"])
+  with pytest.raises(ValueError, match="height"):
+    oj.generate(sd, fitted, PROMPTS, key=jax.random.PRNGKey(0), height=15)
+  with pytest.raises(TypeError, match="prompts"):
+    oj.generate(sd, fitted, [1, 2], key=jax.random.PRNGKey(0))
+
+
+# --- the GPU benchmark script at toy size ----------------------------------------------------
+
+def test_benchmark_script_runs_tiny(capsys):
+  path = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "sd_gpu_benchmark.py")
+  spec = importlib.util.spec_from_file_location("sd_gpu_benchmark", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  rows = module.main(["--tiny"])
+  out = capsys.readouterr().out
+  assert "| steps | batch |" in out
+  assert rows and all(r["seconds_per_image"] > 0 and 0 <= r["unet_share"] <= 1.5 for r in rows)
