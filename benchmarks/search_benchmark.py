@@ -39,6 +39,12 @@ from olss_jax._src import stats as stats_lib  # pylint: disable=wrong-import-pos
 from olss_jax._src import synthetic  # pylint: disable=wrong-import-position
 
 
+def cpu_seconds() -> float:
+  """User + system CPU time of this process (all threads) so far."""
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
 def peak_rss_gib() -> float:
   """Peak resident set size of this process so far (Linux ru_maxrss is in KiB)."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -161,7 +167,7 @@ def teacher_states(traj) -> np.ndarray:
 
 
 def run(num_images, sample_shape, num_teacher_steps, num_steps, *, num_bisection_steps=30,
-        reference_walks=None, noise=0.01, seed=0, verbose=True):
+        reference_walks=None, noise=0.002, seed=0, verbose=True):
   """Runs (b) then (a) on the same data; returns a dict of the measurements."""
   say = print if verbose else (lambda *a, **k: None)
   t0 = time.perf_counter()
@@ -174,11 +180,14 @@ def run(num_images, sample_shape, num_teacher_steps, num_steps, *, num_bisection
   rows = e.shape[1]
   say(f"data: {num_images} images x {sample_shape} x {k} teacher steps = {rows} rows x {k + 1} "
       f"columns (float32 outputs {traj.model_outputs.nbytes / 2**30:.2f} GiB), generated in "
-      f"{time.perf_counter() - t0:.1f} s; neighbouring outputs' correlation min "
-      f"{min(corr):.4f} (sampled)")
+      f"{time.perf_counter() - t0:.1f} s; neighbouring outputs' correlation (sampled pairs) "
+      f"min {min(corr):.4f}, median {float(np.median(corr)):.4f}")
   rss_data = peak_rss_gib()
 
+  say(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other users "
+      "share it; wall times scale with the load, CPU seconds much less)")
   # (b) olss_jax
+  c0 = cpu_seconds()
   t0 = time.perf_counter()
   st = stats_lib.trajectory_stats(traj)
   t_stats = time.perf_counter() - t0
@@ -187,8 +196,9 @@ def run(num_images, sample_shape, num_teacher_steps, num_steps, *, num_bisection
   t_search = time.perf_counter() - t0 - t_stats
   schedule = fit.fit_weights(st, path_b)
   t_b = time.perf_counter() - t0
+  cpu_b = cpu_seconds() - c0
   rss_b = peak_rss_gib()
-  say(f"(b) olss_jax: {t_b:.2f} s (statistics {t_stats:.2f} s, search {t_search:.2f} s over "
+  say(f"(b) olss_jax: {t_b:.2f} s wall, {cpu_b:.1f} CPU s (statistics {t_stats:.2f} s, search {t_search:.2f} s over "
       f"{info_b.num_walks} walks, fit {t_b - t_stats - t_search:.2f} s); peak RSS "
       f"{rss_b:.2f} GiB (after data: {rss_data:.2f} GiB)")
   say(f"    path {path_b.tolist()}  max step error {info_b.max_error:.6e}")
@@ -227,6 +237,7 @@ def run(num_images, sample_shape, num_teacher_steps, num_steps, *, num_bisection
         f"{'infeasible' if result is None else result[0].tolist()} in {seconds:.1f} s; "
         f"same as (b)'s walk: {same}", flush=True)
 
+  c0 = cpu_seconds()
   t0 = time.perf_counter()
   finished = True
   try:
@@ -236,29 +247,33 @@ def run(num_images, sample_shape, num_teacher_steps, num_steps, *, num_bisection
   except _Stop:
     finished = False
   t_a_measured = time.perf_counter() - t0
-  out = dict(t_b=t_b, t_stats=t_stats, rss_b=rss_b, rss_data=rss_data, path_b=path_b,
+  cpu_a = cpu_seconds() - c0
+  out = dict(t_b=t_b, cpu_b=cpu_b, t_stats=t_stats, rss_b=rss_b, rss_data=rss_data, path_b=path_b,
              walks=info_b.num_walks, reference_calls=oracle.calls[0],
              walks_agree=all(agree), finished=finished, schedule=schedule)
   if finished:
     rel = np.max(np.abs(errors_a - info_b.step_errors) / errors_a)
     out.update(t_a=t_a_measured, path_a=path_a, paths_equal=bool(np.array_equal(path_a, path_b)),
                max_rel_error_diff=float(rel))
-    say(f"(a) paper's direct search: {t_a_measured:.1f} s over {len(walks_a)} walks, "
+    say(f"(a) paper's direct search: {t_a_measured:.1f} s wall, {cpu_a:.1f} CPU s over {len(walks_a)} walks, "
         f"{oracle.calls[0]} tall least squares; path {path_a.tolist()}")
     say(f"paths equal: {out['paths_equal']}; max relative difference of the path's step "
         f"errors (a) vs (b): {rel:.2e}")
     say(f"RATIO (a)/(b) = {t_a_measured / t_b:.1f}x   [(a) {t_a_measured:.1f} s measured, "
-        f"(b) {t_b:.2f} s measured]")
+        f"(b) {t_b:.2f} s measured]; CPU-seconds ratio {cpu_a / cpu_b:.1f}x")
   else:
     per_walk = t_a_measured / len(walk_times)
     t_a = per_walk * info_b.num_walks
     out.update(t_a=t_a, paths_equal=None)
     say(f"(a) EXTRAPOLATED: ran only its first {len(walk_times)} of {info_b.num_walks} walks "
-        f"({oracle.calls[0]} tall least squares) in {t_a_measured:.1f} s = {per_walk:.1f} s per "
+        f"({oracle.calls[0]} tall least squares) in {t_a_measured:.1f} s wall ({cpu_a:.1f} CPU "
+        f"s) = {per_walk:.1f} s per "
         f"walk; full search estimated as {per_walk:.1f} s x {info_b.num_walks} walks = "
         f"{t_a:.0f} s. The walks run agree with (b)'s: {all(agree)}")
     say(f"RATIO (a)/(b) = {t_a / t_b:.1f}x   [(a) EXTRAPOLATED from {len(walk_times)} walks, "
-        f"(b) {t_b:.2f} s measured]")
+        f"(b) {t_b:.2f} s measured]; CPU-seconds ratio (same extrapolation) "
+        f"{cpu_a / len(walk_times) * info_b.num_walks / cpu_b:.1f}x")
+  say(f"load average at the end: {os.getloadavg()[0]:.1f}")
   say(f"peak RSS of the whole run (incl. (a)'s float64 states): {peak_rss_gib():.2f} GiB")
   return out
 

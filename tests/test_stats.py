@@ -191,3 +191,78 @@ def test_search_benchmark_small_runs():
   out = _load_benchmark().run(3, (2, 4, 4), 40, 4, verbose=False)
   assert out["finished"] and out["paths_equal"] and out["walks_agree"]
   assert out["max_rel_error_diff"] < ERROR_RTOL_F64
+
+
+_SHARDED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    import olss_jax
+    from olss_jax._src import sharding, stats as stats_lib
+    assert len(jax.devices()) == 8, jax.devices()
+    alphas = olss_jax.scaled_linear_alphas_cumprod()
+    mix = olss_jax.make_gaussian_mixture(jax.random.PRNGKey(0), 4, (3, 4))
+    denoise = olss_jax.mixture_denoiser(mix, alphas)
+    x_T = jax.random.normal(jax.random.PRNGKey(1), (16, 3, 4), jnp.float32)
+    one = olss_jax.collect_trajectory(denoise, x_T, alphas, 40, mesh=False)
+    many = olss_jax.collect_trajectory(denoise, x_T, alphas, 40)           # default: 8 devices
+    out = {}
+    out["traj_diff"] = float(jnp.max(jnp.abs(many.model_outputs - one.model_outputs)))
+    shards = many.model_outputs.addressable_shards
+    out["num_shards"] = len(shards)
+    out["shard_shapes"] = sorted({tuple(s.data.shape) for s in shards})
+    out["shard_devices"] = len({s.device for s in shards})
+    out["spec"] = str(many.model_outputs.sharding.spec)
+    out["x_T_shard_shapes"] = sorted({tuple(s.data.shape) for s in many.x_T.addressable_shards})
+    s_one = stats_lib.trajectory_stats(jax.tree_util.tree_map(np.asarray, one))
+    s_many = stats_lib.trajectory_stats(many)
+    s_same = stats_lib.trajectory_stats(jax.tree_util.tree_map(np.asarray, many))
+    scale = np.max(np.abs(s_one.gram))
+    out["gram_rel"] = float(np.max(np.abs(s_many.gram - s_same.gram)) / scale)
+    out["gram_rel_runs"] = float(np.max(np.abs(s_many.gram - s_one.gram)) / scale)
+    path_one = olss_jax.search_path(s_one, 5)
+    path_many = olss_jax.search_path(s_many, 5)
+    out["paths"] = [path_one.tolist(), path_many.tolist()]
+    schedule = olss_jax.fit_weights(s_one, path_one)
+    y_one = olss_jax.sample(denoise, schedule, x_T, mesh=False)
+    y_many = olss_jax.sample(denoise, schedule, x_T)
+    y_jit = jax.jit(olss_jax.sample)(denoise, schedule, x_T)
+    mesh = sharding.batch_mesh(jax.devices()[:4])
+    y_mesh4 = olss_jax.sample(denoise, schedule, x_T, mesh=mesh)
+    out["sample_diff"] = max(float(jnp.max(jnp.abs(y - y_one))) for y in (y_many, y_jit, y_mesh4))
+    out["sample_shard_shapes"] = sorted({tuple(s.data.shape) for s in y_many.addressable_shards})
+    out["jit_shard_shapes"] = sorted({tuple(s.data.shape) for s in y_jit.addressable_shards})
+    out["mesh4_shard_shapes"] = sorted({tuple(s.data.shape) for s in y_mesh4.addressable_shards})
+    odd = olss_jax.collect_trajectory(denoise, x_T[:5], alphas, 4)       # 5 images: not split
+    out["odd_devices"] = len(odd.model_outputs.sharding.device_set)
+    try:
+      olss_jax.sample(denoise, schedule, x_T[:6], mesh=sharding.batch_mesh())
+      out["bad_mesh"] = "no error"
+    except ValueError as err:
+      out["bad_mesh"] = str(err)
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_sharded_collection_stats_and_sampling_on_8_cpu_devices():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True,
+                        text=True, timeout=600, check=False)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")]
+  assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+  import json  # pylint: disable=import-outside-toplevel
+  out = json.loads(lines[0][len("RESULT"):])
+  assert out["traj_diff"] <= SHARD_ATOL_F32, out
+  assert out["num_shards"] == 8 and out["shard_devices"] == 8, out
+  assert out["shard_shapes"] == [[40, 2, 3, 4]], out          # each device: its 2 images only
+  assert out["x_T_shard_shapes"] == [[2, 3, 4]], out
+  assert "batch" in out["spec"], out
+  assert out["gram_rel"] < GRAM_RTOL_F64, out     # same data: device reduction == host sum
+  assert out["gram_rel_runs"] < SHARD_ATOL_F32, out  # 8-device vs 1-device teacher runs
+  assert out["paths"][0] == out["paths"][1], out
+  assert out["sample_diff"] <= SHARD_ATOL_F32, out
+  assert out["sample_shard_shapes"] == [[2, 3, 4]], out
+  assert out["jit_shard_shapes"] == [[2, 3, 4]], out
+  assert out["mesh4_shard_shapes"] == [[4, 3, 4]], out
+  assert out["odd_devices"] == 1, out
+  assert "mesh" in out["bad_mesh"] and "6" in out["bad_mesh"], out

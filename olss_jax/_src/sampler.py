@@ -5,12 +5,13 @@ import jax
 import jax.numpy as jnp
 
 from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import sharding as sharding_lib
 from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src import validation
 
 
 def sample(denoise_fn: trajectory_lib.DenoiseFn, schedule: schedule_lib.Schedule,
-           x_T: jax.Array, *, return_history: bool = False):
+           x_T: jax.Array, *, return_history: bool = False, mesh=None):
   """Generates with a `Schedule`: n model calls in a `lax.fori_loop`.
 
   Step i calls ``e_i = denoise_fn(x_i, schedule.timesteps[i])`` and moves to
@@ -27,6 +28,10 @@ def sample(denoise_fn: trajectory_lib.DenoiseFn, schedule: schedule_lib.Schedule
     schedule: n timesteps and (n, n + 1) weights.
     x_T: (B, ...) starting noises.
     return_history: also return the (n + 1, B, ...) states x_0..x_n visited.
+    mesh: shard the batch over devices (`sharding.resolve_mesh`): None splits it over all of
+      ``jax.devices()`` when there are several and B divides evenly by their number; a
+      `jax.sharding.Mesh` splits it over that mesh; False never shards. The result (and
+      history) come back batch-sharded. Multi-host: see `olss_jax._src.sharding`.
 
   Returns:
     (B, ...) the final sample, in x_T's dtype (and the states, if asked).
@@ -41,6 +46,8 @@ def sample(denoise_fn: trajectory_lib.DenoiseFn, schedule: schedule_lib.Schedule
     raise ValueError(f"schedule: expected timesteps (n,) and weights (n, n + 1), got "
                      f"{timesteps.shape} and {weights.shape}")
   x_T = jnp.asarray(x_T)
+  if x_T.ndim >= 1:
+    x_T = sharding_lib.shard_batch(x_T, sharding_lib.resolve_mesh(mesh, x_T.shape[0]))
   compute_dtype = jnp.promote_types(jnp.result_type(float), weights.dtype)
   compute_dtype = jnp.promote_types(compute_dtype, x_T.dtype)
   weights = weights.astype(compute_dtype)

@@ -80,8 +80,20 @@ class TrajectoryStats(NamedTuple):
     return ddim.state_coefficients(*ddim.ddim_step_coefficients(np.asarray(self.alphas)))
 
   def factor(self) -> np.ndarray:
-    """(K + 1, K + 1) float64 R with ``R^T R = gram`` (columns in A's order; see `gram_factor`)."""
-    return gram_factor(self.gram)
+    """(K + 1, K + 1) float64 R with ``R^T R = gram`` (columns in A's order; see `gram_factor`).
+
+    The last factor is cached (keyed by the identity of ``gram``), so a search followed by a
+    fit factors once.
+    """
+    cached = _FACTOR_CACHE.get("last")
+    if cached is not None and cached[0] is self.gram:
+      return cached[1]
+    r = gram_factor(self.gram)
+    _FACTOR_CACHE["last"] = (self.gram, r)
+    return r
+
+
+_FACTOR_CACHE: dict = {}
 
 
 def gram_factor(gram: np.ndarray) -> np.ndarray:
@@ -203,6 +215,8 @@ def _host_gram(x_T, outputs, images_per_block):
 def _sharded_gram(x_T, outputs, mesh, axes):
   from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
 
+  axis_names = tuple(axes) if isinstance(axes, (tuple, list)) else (axes,)
+
   def local(x, e):
     b = x.shape[0]
     x = x.reshape(b, -1)
@@ -212,8 +226,10 @@ def _sharded_gram(x_T, outputs, mesh, axes):
       cols = jnp.concatenate([x[i][None], e[:, i]], axis=0).astype(jnp.float64)  # (K + 1, D)
       return g + cols @ cols.T
 
-    g = jax.lax.fori_loop(0, b, body, jnp.zeros((e.shape[0] + 1,) * 2, jnp.float64))
-    return jax.lax.psum(g, axes)
+    init = jnp.zeros((e.shape[0] + 1,) * 2, jnp.float64)
+    init = jax.lax.pcast(init, axis_names, to="varying")  # per-device partial sums
+    g = jax.lax.fori_loop(0, b, body, init)
+    return jax.lax.psum(g, axis_names)
 
   fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(axes), P(None, axes)),
                              out_specs=P()))

@@ -18,6 +18,7 @@ from olss_jax._src import trajectory as trajectory_lib
 
 def synthetic_trajectory(image_indices, sample_shape=(4, 8, 8), num_teacher_steps: int = 100,
                          *, num_fields: int = 4, noise: float = 0.02, seed: int = 0,
+                         noise_pool: int | None = None,
                          num_train_timesteps: int = 1000) -> trajectory_lib.Trajectory:
   """A `Trajectory` of smooth, strongly correlated synthetic outputs (float32, host numpy).
 
@@ -28,6 +29,8 @@ def synthetic_trajectory(image_indices, sample_shape=(4, 8, 8), num_teacher_step
     num_fields: J, the fixed random fields mixed along the trajectory.
     noise: sigma, the independent per-step noise.
     seed: base seed; image b uses ``default_rng([seed, b])``.
+    noise_pool: None draws fresh noise N_k per step; an int P draws each N_k from P fields of
+      the image (cheap generation for memory benchmarks; less realistic).
     num_train_timesteps: T of the scaled-linear (Stable Diffusion) noise schedule.
 
   Returns:
@@ -46,7 +49,8 @@ def synthetic_trajectory(image_indices, sample_shape=(4, 8, 8), num_teacher_step
   phase = coef_rng.uniform(0, 2 * np.pi, num_fields)
   amp = coef_rng.uniform(0.2, 0.6, num_fields)
   s = np.sqrt(np.clip(1.0 - np.asarray(alphas[:k]), 0.0, 1.0))                    # (K,)
-  f = amp[None] * np.sin(np.pi * freq[None] * tau[:, None] + phase[None])         # (K, J)
+  # sqrt(tau): the fields change fastest near the end of sampling, as in a real teacher
+  f = amp[None] * np.sin(np.pi * freq[None] * np.sqrt(tau)[:, None] + phase[None])  # (K, J)
   d = int(np.prod(sample_shape))
   x_T = np.empty((len(image_indices), d), np.float32)
   outputs = np.empty((k, len(image_indices), d), np.float32)
@@ -55,7 +59,11 @@ def synthetic_trajectory(image_indices, sample_shape=(4, 8, 8), num_teacher_step
     x = rng.standard_normal(d, dtype=np.float32)
     fields = rng.standard_normal((num_fields, d), dtype=np.float32)
     mix = (s[:, None] * x[None] + f.astype(np.float32) @ fields).astype(np.float32)
-    mix += np.float32(noise) * rng.standard_normal((k, d), dtype=np.float32)
+    if noise_pool is None:
+      mix += np.float32(noise) * rng.standard_normal((k, d), dtype=np.float32)
+    else:
+      pool = np.float32(noise) * rng.standard_normal((noise_pool, d), dtype=np.float32)
+      mix += pool[rng.integers(0, noise_pool, k)]
     x_T[i] = x
     outputs[:, i] = mix
   return trajectory_lib.Trajectory(

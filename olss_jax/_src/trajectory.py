@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from olss_jax._src import ddim
+from olss_jax._src import sharding as sharding_lib
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -119,7 +120,8 @@ _teacher_scan_jit = jax.jit(_teacher_scan)
 def collect_trajectory(denoise_fn: DenoiseFn, x_T: jax.Array, alphas_cumprod,
                        num_teacher_steps: int = 1000, *, steps_offset: int = 0,
                        final_alpha_cumprod: float = 1.0, steps_per_chunk: int | None = None,
-                       callback: Callable[[int, int], None] | None = None) -> Trajectory:
+                       callback: Callable[[int, int], None] | None = None,
+                       mesh=None) -> Trajectory:
   """Runs the complete generation process (DDIM, eta = 0; paper Eq. 1 with sigma_t = 0).
 
   The teacher calls the model at ``ddim_timesteps(num_teacher_steps, T, steps_offset)``: with
@@ -140,6 +142,11 @@ def collect_trajectory(denoise_fn: DenoiseFn, x_T: jax.Array, alphas_cumprod,
       an int runs jitted chunks of that many steps and gathers outputs on the host, so device
       memory holds one chunk.
     callback: called as ``callback(steps_done, K)`` after each chunk (progress bars).
+    mesh: shard the batch over devices (`sharding.resolve_mesh`): None splits it over all
+      of ``jax.devices()`` when there are several and B divides evenly by their number; a
+      `jax.sharding.Mesh` splits it over that mesh; False never shards. With a mesh, x_T and
+      model_outputs come back batch-sharded (``steps_per_chunk`` mode gathers the outputs on
+      the host instead, one process only). Multi-host: see `olss_jax._src.sharding`.
 
   Returns:
     A `Trajectory` with K = num_teacher_steps.
@@ -150,6 +157,8 @@ def collect_trajectory(denoise_fn: DenoiseFn, x_T: jax.Array, alphas_cumprod,
     raise ValueError(f"x_T: expected shape (B, ...) with B >= 1, got {x_T.shape}")
   if not jnp.issubdtype(x_T.dtype, jnp.floating):
     raise TypeError(f"x_T: expected a float dtype, got {x_T.dtype}")
+  mesh = sharding_lib.resolve_mesh(mesh, x_T.shape[0])
+  x_T = sharding_lib.shard_batch(x_T, mesh)
   denoise_fn = as_denoise_pytree(denoise_fn)
   timesteps = ddim.ddim_timesteps(num_teacher_steps, alphas_np.shape[0], steps_offset=steps_offset)
   alphas = ddim.state_alphas(alphas_np, timesteps, final_alpha_cumprod)
@@ -158,6 +167,7 @@ def collect_trajectory(denoise_fn: DenoiseFn, x_T: jax.Array, alphas_cumprod,
   if steps_per_chunk is None:
     _, outputs = _teacher_scan(denoise_fn, x_T, jnp.asarray(timesteps), jnp.asarray(a),
                                jnp.asarray(b))
+    outputs = sharding_lib.shard_batch(outputs, mesh, axis=1)
     if callback is not None:
       callback(k_total, k_total)
   else:
