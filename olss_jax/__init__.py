@@ -13,6 +13,16 @@ from olss_jax._src.trajectory import Trajectory, collect_trajectory
 from olss_jax._src.sampler import sample
 from olss_jax._src.fit import fit_weights
 from olss_jax._src.search import SearchInfo, path_errors, search_path, uniform_path
+# --- scale: statistics, streaming, sharding (issue 6) ---
+from olss_jax._src.stats import (
+    TrajectoryStats,
+    accumulate_stats,
+    merge_stats,
+    stats_from_chunks,
+    stats_from_store,
+    trajectory_stats,
+)
+from olss_jax._src.sharding import batch_mesh
 # --- beyond the paper: closed-loop fit/search, end-to-end refinement (issue 8) ---
 from olss_jax._src.closed_loop import ClosedLoopSearchInfo, closed_loop_fit, closed_loop_search
 from olss_jax._src.refine import RefineInfo, refine
@@ -95,6 +105,13 @@ from olss_jax._src.workbench import paper_figures
 from olss_jax._src.tiny_pipeline import save_tiny_stable_diffusion
 
 __all__ = [
+    "TrajectoryStats",
+    "accumulate_stats",
+    "merge_stats",
+    "stats_from_chunks",
+    "stats_from_store",
+    "trajectory_stats",
+    "batch_mesh",
     "DigitsClassifier",
     "DigitsModel",
     "frechet_distance",
