@@ -6,6 +6,7 @@ model (see `olss_jax._src.workbench.paper_figures` for the end-to-end pipeline).
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from typing import Mapping, Sequence
@@ -25,9 +26,18 @@ def _plt():
 
 
 def _new_figure(figsize, dpi, **kwargs):
+  """A figure not tracked by pyplot (no leaks in loops) that notebooks still display."""
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
   _plt()
-  return Figure(figsize=figsize, dpi=dpi, layout="constrained", **kwargs)
+  fig = Figure(figsize=figsize, dpi=dpi, layout="constrained", **kwargs)
+
+  def repr_png() -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, format="png")
+    return buffer.getvalue()
+
+  fig._repr_png_ = repr_png  # pylint: disable=protected-access  (IPython's display hook)
+  return fig
 
 
 def _finish(fig, path, dpi):

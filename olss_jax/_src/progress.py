@@ -40,7 +40,8 @@ class _NullBar:
     self.close()
 
 
-def progress_bar(total: int | None, desc: str, *, enabled: bool = True, unit: str = "it"):
+def progress_bar(total: int | None, desc: str, *, enabled: bool = True, unit: str = "it",
+                 file=None):
   """A tqdm bar on stderr, or a silent stand-in when ``enabled`` is False.
 
   Args:
@@ -48,6 +49,7 @@ def progress_bar(total: int | None, desc: str, *, enabled: bool = True, unit: st
     desc: the label shown left of the bar.
     enabled: False returns a bar that prints nothing.
     unit: the unit's name ("step", "image-step", "method", ...).
+    file: where the bar is drawn (default: stderr).
 
   Returns:
     A context manager with ``update(n)``, ``n``, ``set_postfix_str`` and ``close()``.
@@ -55,7 +57,7 @@ def progress_bar(total: int | None, desc: str, *, enabled: bool = True, unit: st
   if not enabled:
     return _NullBar()
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
-  return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
+  return tqdm(total=total, desc=desc, unit=unit, file=file or sys.stderr, dynamic_ncols=True,
               leave=True, mininterval=0.2)
 
 

@@ -1,0 +1,212 @@
+"""Writes the notebooks of this folder from the cells below, without outputs.
+
+Edit the cells here, then run ``python notebooks/make_notebooks.py``: the .ipynb files are
+generated (nbformat v4, outputs stripped), so diffs stay readable and no output is committed.
+The test suite executes them (tests/test_notebooks.py).
+"""
+from __future__ import annotations
+
+import os
+
+import nbformat
+from nbformat import v4
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+QUICKSTART = [
+    ("md", """# OLSS quickstart: fit a fast sampler and use it
+
+OLSS (Duan et al., CIKM 2023) runs the model's complete 1000-step DDIM process once on a few
+noises (the *teacher*), chooses n of its steps (path search, Algorithms 1-3) and fits the
+linear weights of an n-step sampler by least squares (Eq. 12). This notebook does it on the
+embedded model (the digits UNet shipped with the package, or the analytic Gaussian mixture when
+its weights are not installed) in well under two minutes on a CPU."""),
+    ("code", """import os
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+import olss_jax as oj
+
+start = time.perf_counter()
+model = oj.embedded_model()  # "digits" if its weights are installed, else "analytic"
+print(model.name, "sample shape", model.sample_shape)"""),
+    ("md", """## 1. The teacher: the complete generation process on 32 noises
+`collect_trajectory` records the model output of every one of the 1000 DDIM steps. It runs in
+jitted chunks of 100 steps here, so a progress callback could report between chunks."""),
+    ("code", """NUM_FIT, TEACHER_STEPS = 32, 1000
+x_fit = jax.random.normal(jax.random.key(1), (NUM_FIT,) + tuple(model.sample_shape))
+denoise_fit = model.denoiser(model.draw_conditions(1, NUM_FIT))
+traj = oj.collect_trajectory(denoise_fit, x_fit, model.alphas_cumprod, TEACHER_STEPS,
+                             steps_per_chunk=100)
+print("model outputs", traj.model_outputs.shape)"""),
+    ("md", """## 2. Search the path and fit the weights
+`search_path` picks which teacher steps the 10-step sampler calls the model at (minimising
+the largest per-step least-squares error); `fit_weights` solves Eq. 12 for each step."""),
+    ("code", """STEPS = 10
+path, info = oj.search_path(traj, STEPS, return_info=True)
+schedule = oj.fit_weights(traj, path)
+print("timesteps:", np.asarray(schedule.timesteps))
+print("largest step error %.3e (uniform path: %.3e)" % (info.max_error, info.uniform_max_error))"""),
+    ("md", """## 3. Sample new images and compare with DDIM
+Every scheduler is a weight matrix run by the same `sample`. The reference is the teacher
+run on the same held-out noises."""),
+    ("code", """NUM_EVAL = 16
+x_eval = jax.random.normal(jax.random.key(2), (NUM_EVAL,) + tuple(model.sample_shape))
+conditions = model.draw_conditions(2, NUM_EVAL)
+denoise_eval = model.denoiser(conditions)
+reference = oj.collect_trajectory(denoise_eval, x_eval, model.alphas_cumprod, TEACHER_STEPS,
+                                  steps_per_chunk=100).states[-1]
+ddim = oj.ddim_baseline_schedule(model.alphas_cumprod, STEPS)
+sample = jax.jit(oj.sample)
+samples = {"teacher (1000)": np.asarray(reference)}
+for name, sched in {"ddim": ddim, "olss": schedule}.items():
+  out = np.asarray(sample(denoise_eval, sched, x_eval))
+  rmse = np.sqrt(np.mean((out - np.asarray(reference)) ** 2))
+  print(f"{name:5s} {STEPS} steps: RMSE to the teacher {rmse:.4f}")
+  samples[f"{name} ({STEPS})"] = out"""),
+    ("code", """oj.image_grid_figure(samples, max_columns=8)"""),
+    ("md", """## 4. Save the schedule and load it back
+Schedule files are checksummed and versioned; the metadata records what it was fitted for."""),
+    ("code", """folder = tempfile.mkdtemp()
+file = os.path.join(folder, "olss10.olss")
+oj.save_schedule(file, schedule.with_metadata(model_name=model.name))
+loaded = oj.load_schedule(file)
+assert np.array_equal(loaded.weights, schedule.weights)
+print(loaded, {k: loaded.metadata[k] for k in ("method", "teacher_steps", "num_fit_images")})
+print(f"total {time.perf_counter() - start:.0f} s")"""),
+    ("md", """The same from the shell:
+
+```
+olss-jax collect teacher/ --num-images 32
+olss-jax fit teacher/ --steps 10 -o olss10.olss
+olss-jax sample olss10.olss -o samples.png
+olss-jax compare olss10.olss
+```"""),
+]
+
+ANALYSIS = [
+    ("md", """# The paper's figures on the embedded model
+
+Figure 2 (correlation of the teacher's states and outputs), Figure 4 (error against steps),
+Figure 5 (generation paths by PCA), Figure 6 (samples per scheduler) and the fitted weight
+matrix beside DDIM's. `olss_jax.paper_figures` runs one held-out comparison and writes them
+all; the cells below also show the individual figure functions."""),
+    ("code", """import os
+import tempfile
+
+import jax
+import numpy as np
+from IPython.display import Image, display
+
+import olss_jax as oj
+
+model = oj.embedded_model()
+out_dir = tempfile.mkdtemp()
+print(model.name)"""),
+    ("code", """written = oj.paper_figures(model, out_dir, steps=(5, 10, 20), num_fit=32, num_eval=64,
+                          num_teacher_steps=1000)
+for path in written:
+  print(path)
+  display(Image(filename=path))"""),
+    ("md", """## The figure functions one by one
+Each takes plain arrays (or a `Trajectory`, `Schedule`s, a comparison) and returns a matplotlib
+figure; `path=` also writes a PNG."""),
+    ("code", """x_T = jax.random.normal(jax.random.key(3), (8,) + tuple(model.sample_shape))
+denoise = model.denoiser(model.draw_conditions(3, 8))
+traj = oj.collect_trajectory(denoise, x_T, model.alphas_cumprod, 1000, steps_per_chunk=250)
+oj.correlation_figure(traj, num_points=60)"""),
+    ("code", """olss = oj.fit_weights(traj, oj.search_path(traj, 6))
+ddim = oj.ddim_baseline_schedule(model.alphas_cumprod, 6)
+oj.weights_figure({"OLSS (6 steps)": olss, "DDIM (6 steps)": ddim})"""),
+    ("code", """histories = {}
+for name, sched in {"olss": olss, "ddim": ddim}.items():
+  _, histories[name] = oj.sample(denoise, sched, x_T, return_history=True)
+oj.generation_paths_figure(histories, traj.states, samples=(0, 1, 2))"""),
+]
+
+STABLE_DIFFUSION = [
+    ("md", """# OLSS on Stable Diffusion
+
+Set `OLSS_SD_WEIGHTS` to a local Flax Stable Diffusion directory (diffusers layout: `unet/`,
+`vae/`, `text_encoder/`, `tokenizer/`, `scheduler/` with `*.msgpack` weights) to run the
+paper's setting: a 1000-step teacher on 32 images at guidance 7.0. Without it, the notebook
+builds a tiny random pipeline in a temporary folder so that every step still runs (the images
+are then noise: the weights are random)."""),
+    ("code", """import os
+import tempfile
+
+import jax
+import numpy as np
+
+import olss_jax as oj
+
+weights = os.environ.get("OLSS_SD_WEIGHTS")
+if weights:
+  sd = oj.load_stable_diffusion(weights)
+  TEACHER_STEPS, NUM_FIT, STEPS = 1000, 32, 10
+else:
+  weights = oj.save_tiny_stable_diffusion(os.path.join(tempfile.mkdtemp(), "tiny-sd"))
+  sd = oj.load_stable_diffusion(weights)
+  TEACHER_STEPS, NUM_FIT, STEPS = 50, 4, 5
+print(sd)
+prompts = ["a cat", "the dog", "a castle on a hill at sunset", "a wolf in the snow"]"""),
+    ("md", """## The teacher and the fit
+`collect_sd_trajectory` runs the guided 1000-step DDIM teacher (paper Sec. 3.3) on the prompts;
+`fit_sd_schedule` searches the path and fits the weights, recording the model, resolution and
+guidance scale in the schedule's metadata."""),
+    ("code", """teacher = oj.collect_sd_trajectory(sd, prompts, key=jax.random.key(0), num_images=NUM_FIT,
+                                   num_teacher_steps=TEACHER_STEPS, guidance_scale=7.0,
+                                   images_per_chunk=8, steps_per_chunk=50)
+schedule = oj.fit_sd_schedule(teacher, STEPS)
+print("timesteps:", np.asarray(schedule.timesteps))
+print({k: schedule.metadata[k] for k in ("model", "resolution", "guidance_scale")})
+file = os.path.join(tempfile.mkdtemp(), f"sd-olss{STEPS}.olss")
+oj.save_schedule(file, schedule)"""),
+    ("md", """## Generate with OLSS and with DDIM from the same noises"""),
+    ("code", """noise = sd.info.noise
+ddim = oj.ddim_baseline_schedule(sd.alphas_cumprod, STEPS, steps_offset=noise.steps_offset,
+                                 final_alpha_cumprod=noise.final_alpha_cumprod)
+key = jax.random.key(42)
+rows = {name: np.asarray(oj.generate(sd, sched, prompts, key=key, guidance_scale=7.0))
+        for name, sched in {f"DDIM ({STEPS})": ddim,
+                            f"OLSS ({STEPS})": oj.load_schedule(file)}.items()}
+oj.image_grid_figure(rows, title="same prompts and noises: " + ", ".join(prompts))"""),
+    ("md", """A schedule is specific to the model, resolution and guidance scale it was fitted for:
+`generate` warns (`ScheduleMismatchWarning`) when it is used for something else."""),
+    ("code", """import warnings
+
+with warnings.catch_warnings(record=True) as caught:
+  warnings.simplefilter("always")
+  oj.generate(sd, oj.load_schedule(file), prompts[:1], key=key, guidance_scale=3.0)
+print([str(w.message)[:100] for w in caught])"""),
+]
+
+NOTEBOOKS = {"quickstart.ipynb": QUICKSTART, "analysis.ipynb": ANALYSIS,
+             "stable_diffusion.ipynb": STABLE_DIFFUSION}
+
+
+def build(cells) -> nbformat.NotebookNode:
+  nb = v4.new_notebook()
+  nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                               "language": "python"}
+  nb.metadata["language_info"] = {"name": "python"}
+  for i, (kind, text) in enumerate(cells):
+    cell = v4.new_markdown_cell(text) if kind == "md" else v4.new_code_cell(text)
+    cell["id"] = f"cell-{i}"
+    nb.cells.append(cell)
+  return nb
+
+
+def main() -> None:
+  for name, cells in NOTEBOOKS.items():
+    nb = build(cells)
+    nbformat.validate(nb)
+    nbformat.write(nb, os.path.join(HERE, name))
+    print("wrote", os.path.join(HERE, name))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,53 @@
+"""The notebooks execute top to bottom (nbclient), and are committed without outputs."""
+import os
+import time
+
+import nbformat
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = os.path.join(REPO, "notebooks")
+
+
+def execute(name, monkeypatch, timeout=900):
+  from nbclient import NotebookClient
+  monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
+  start = time.perf_counter()
+  NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                 resources={"metadata": {"path": NOTEBOOKS}}).execute()
+  seconds = time.perf_counter() - start
+  print(f"{name}: {seconds:.0f} s")
+  return nb, seconds
+
+
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "analysis.ipynb", "stable_diffusion.ipynb"])
+def test_committed_without_outputs(name):
+  nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
+  nbformat.validate(nb)
+  for cell in nb.cells:
+    if cell.cell_type == "code":
+      assert cell.outputs == [] and cell.execution_count is None, name
+      assert "_src" not in cell.source, f"{name}: notebooks use only the public API"
+
+
+def test_quickstart_runs(monkeypatch):
+  nb, _ = execute("quickstart.ipynb", monkeypatch)
+  text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+  assert "timesteps:" in text and "RMSE to the teacher" in text
+  images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if "image/png" in o.get("data", {})]
+  assert images, "the sample grid was not drawn"
+
+
+@pytest.mark.slow
+def test_analysis_runs(monkeypatch):
+  execute("analysis.ipynb", monkeypatch, timeout=1800)
+
+
+@pytest.mark.slow
+def test_stable_diffusion_runs(monkeypatch):
+  monkeypatch.delenv("OLSS_SD_WEIGHTS", raising=False)
+  nb, _ = execute("stable_diffusion.ipynb", monkeypatch)
+  text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+  assert "timesteps:" in text and "guidance" in text.lower()
