@@ -16,8 +16,9 @@ oracle differs. It reports wall times, their ratio, peak RSS, and whether the pa
 
   python benchmarks/search_benchmark.py            # full size (a can take tens of minutes)
   python benchmarks/search_benchmark.py --small    # seconds; run by tests/test_stats.py
-  python benchmarks/search_benchmark.py --reference-walks 3   # (a) on its first 3 walks only,
-                                                              # time extrapolated (says so)
+  python benchmarks/search_benchmark.py --reference-sample 200   # (a) timed on 200 of its
+                       # tall least squares drawn at random from the full search's calls;
+                       # its total time EXTRAPOLATED (says so in the output)
 """
 from __future__ import annotations
 
@@ -167,7 +168,7 @@ def teacher_states(traj) -> np.ndarray:
 
 
 def run(num_images, sample_shape, num_teacher_steps, num_steps, *, num_bisection_steps=30,
-        reference_walks=None, noise=0.002, seed=0, verbose=True):
+        reference_walks=None, reference_sample=None, noise=0.002, seed=0, verbose=True):
   """Runs (b) then (a) on the same data; returns a dict of the measurements."""
   say = print if verbose else (lambda *a, **k: None)
   t0 = time.perf_counter()
@@ -206,7 +207,10 @@ def run(num_images, sample_shape, num_teacher_steps, num_steps, *, num_bisection
   # the reference control flow driven by (b)'s own oracle, for walk-by-walk comparison
   proj = search.ProjectionErrors(st)
 
+  calls = []
+
   def fast_error(prefix, target):
+    calls.append((tuple(int(p) for p in prefix), int(target)))
     q = proj.start()
     for p in prefix:
       q = proj.add(q, int(p) + 1)
@@ -223,6 +227,28 @@ def run(num_images, sample_shape, num_teacher_steps, num_steps, *, num_bisection
   say(f"(a) teacher states in float64 for the direct oracle: {t_states:.1f} s "
       f"({states.nbytes / 2**30:.2f} GiB; not counted in (a)'s time)")
   oracle = direct_error_fn(traj.x_T.reshape(-1), e, states)
+  if reference_sample is not None:
+    # Unbiased estimate of (a): the full search's calls are known from the same control flow
+    # driven by (b)'s oracle; time the direct oracle on a uniform random sample of them.
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(calls), min(reference_sample, len(calls)), replace=False)
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    rel = 0.0
+    for j in pick:
+      prefix, target = calls[j]
+      want = fast_error(list(prefix), target)
+      rel = max(rel, abs(oracle(list(prefix), target) - want) / want)
+    t_s, cpu_s = time.perf_counter() - t0, cpu_seconds() - c0
+    t_a, cpu_a = t_s / len(pick) * len(calls), cpu_s / len(pick) * len(calls)
+    say(f"(a) EXTRAPOLATED: timed {len(pick)} of the full search's {len(calls)} tall least "
+        f"squares (uniform random sample) in {t_s:.1f} s wall ({cpu_s:.1f} CPU s); estimate "
+        f"for all {len(calls)}: {t_a:.0f} s wall, {cpu_a:.0f} CPU s. Max relative difference "
+        f"of the sampled errors (a) vs (b): {rel:.2e}")
+    say(f"RATIO (a)/(b) = {t_a / t_b:.1f}x wall, {cpu_a / cpu_b:.1f}x CPU   [(a) EXTRAPOLATED "
+        f"from a {len(pick)}-call sample, (b) measured]")
+    say(f"peak RSS of the whole run (incl. (a)'s float64 states): {peak_rss_gib():.2f} GiB")
+    return dict(t_b=t_b, cpu_b=cpu_b, t_a=t_a, cpu_a=cpu_a, calls=len(calls), finished=False,
+                max_rel_error_diff=rel, path_b=path_b, rss_b=rss_b)
   walk_times, agree = [], []
 
   def log(i, bound, result, seconds):
@@ -285,12 +311,16 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=10, help="n, model calls of the sampler")
   parser.add_argument("--teacher-steps", type=int, default=1000)
   parser.add_argument("--reference-walks", type=int, default=None,
-                      help="run only this many walks of (a) and extrapolate its time")
+                      help="run only this many walks of (a) and extrapolate its time (biased "
+                      "low: the first walks take big jumps and evaluate fewer candidates)")
+  parser.add_argument("--reference-sample", type=int, default=None,
+                      help="time (a) on this many randomly drawn calls of the full search "
+                      "and extrapolate")
   args = parser.parse_args(argv)
   if args.small:
     return run(4, (4, 8, 8), 100, 5)
   return run(args.images, (4, 64, 64), args.teacher_steps, args.steps,
-             reference_walks=args.reference_walks)
+             reference_walks=args.reference_walks, reference_sample=args.reference_sample)
 
 
 if __name__ == "__main__":

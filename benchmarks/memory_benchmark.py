@@ -1,0 +1,113 @@
+"""Bounded memory: fitting on many Stable-Diffusion-sized trajectories, streamed in chunks.
+
+Each chunk of images is generated (synthetic teacher of `olss_jax._src.synthetic`, 4x64x64
+latents, 1000 teacher steps; the per-step noise drawn from a pool of 16 fields per image so
+that generating 1,024 images is cheap), folded into the statistics and dropped, so memory is
+one chunk plus the statistics whatever the number of images. Two modes:
+
+  --mode fit    (default) the fit on a fixed path (OLSS-P, n = 10): the streamed float64
+                QR (TSQR, `jnp.linalg.qr`) of the 2n + 1 columns [x_T, e_path, targets],
+                then the nested solves: the weights of Eq. 12 on all images.
+  --mode stats  the full (K + 1)^2 Gram statistics (`accumulate_stats`), which also serve the
+                path search; reports the per-image cost.
+
+  python benchmarks/memory_benchmark.py --images 1024 --chunk 4            # fit, 1,024 images
+  python benchmarks/memory_benchmark.py --mode stats --images 64 --chunk 4
+
+Peak memory is the process's peak RSS (``resource.getrusage``, Linux KiB).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from olss_jax._src import fit  # pylint: disable=wrong-import-position
+from olss_jax._src import lstsq  # pylint: disable=wrong-import-position
+from olss_jax._src import search  # pylint: disable=wrong-import-position
+from olss_jax._src import stats as stats_lib  # pylint: disable=wrong-import-position
+from olss_jax._src import synthetic  # pylint: disable=wrong-import-position
+
+
+def peak_rss_gib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+def chunks(num_images, chunk, sample_shape, k, log_every):
+  """Yields synthetic trajectory chunks; prints progress."""
+  t0 = time.perf_counter()
+  for start in range(0, num_images, chunk):
+    idx = range(start, min(start + chunk, num_images))
+    yield synthetic.synthetic_trajectory(idx, sample_shape, k, noise=0.002, noise_pool=16)
+    done = idx[-1] + 1
+    if done % log_every == 0 or done == num_images:
+      print(f"  {done} images, {time.perf_counter() - t0:.0f} s, peak RSS "
+            f"{peak_rss_gib():.2f} GiB", flush=True)
+
+
+def run_fit(num_images, chunk, sample_shape=(4, 64, 64), k=1000, n=10, log_every=64):
+  path = search.uniform_path(k, n)
+  traj0 = synthetic.synthetic_trajectory(1, (1,), k)
+  coeffs = traj0.state_coefficients()[fit.path_targets(path, k)]
+
+  def blocks():
+    with jax.enable_x64(True):
+      for c in chunks(num_images, chunk, sample_shape, k, log_every):
+        yield fit._path_rows(jnp.asarray(c.x_T), jnp.asarray(c.model_outputs),  # pylint: disable=protected-access
+                             jnp.asarray(path), jnp.asarray(coeffs))
+
+  r = lstsq.streamed_r_factor(blocks(), 2 * n + 1)
+  ws, residuals, _ = lstsq.nested_solves(r, n + 1, [(n + 1 + i, i + 2) for i in range(n)])
+  errors = residuals / (num_images * int(np.prod(sample_shape)))
+  return path, ws, errors
+
+
+def run_stats(num_images, chunk, sample_shape=(4, 64, 64), k=1000, n=10, log_every=16):
+  st = stats_lib.stats_from_chunks(chunks(num_images, chunk, sample_shape, k, log_every))
+  path, info = search.search_path(st, n, return_info=True)
+  return st, path, info
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--mode", choices=("fit", "stats"), default="fit")
+  parser.add_argument("--images", type=int, default=1024)
+  parser.add_argument("--chunk", type=int, default=4)
+  parser.add_argument("--latent", type=int, default=64, help="latent height = width")
+  parser.add_argument("--teacher-steps", type=int, default=1000)
+  args = parser.parse_args(argv)
+  shape = (4, args.latent, args.latent)
+  d = int(np.prod(shape))
+  full = args.images * args.teacher_steps * d * 4 / 2**30
+  print(f"{args.mode}: {args.images} images x {shape} x {args.teacher_steps} teacher steps in "
+        f"chunks of {args.chunk} (all float32 outputs at once would be {full:.1f} GiB); "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+  t0, c0 = time.perf_counter(), cpu_seconds()
+  if args.mode == "fit":
+    path, _, errors = run_fit(args.images, args.chunk, shape, args.teacher_steps)
+    print(f"fit on path {path.tolist()}: step errors {np.array2string(errors, precision=3)}")
+  else:
+    st, path, info = run_stats(args.images, args.chunk, shape, args.teacher_steps)
+    print(f"statistics of {st.num_images} images; searched path {path.tolist()} "
+          f"(max step error {info.max_error:.3e})")
+  wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+  print(f"RESULT mode={args.mode} images={args.images} chunk={args.chunk}: wall {wall:.0f} s, "
+        f"CPU {cpu:.0f} s ({cpu / args.images:.2f} CPU s per image, generation included), "
+        f"peak RSS {peak_rss_gib():.2f} GiB; load average now {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+  main()
