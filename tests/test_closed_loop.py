@@ -159,3 +159,21 @@ def test_cv_ridge_generalises_where_plain_least_squares_blows_up():
   ddim = oj.baseline_schedule("ddim", ALPHAS, 20)
   rmse_ddim = float(jnp.sqrt(jnp.mean((oj.sample(den, ddim, x_eval) - ref) ** 2)))
   assert rmse < 0.1 * rmse_ddim
+
+
+def test_closed_loop_table_small_runs(capsys):
+  import importlib.util
+  import pathlib
+  path = pathlib.Path(__file__).parents[1] / "benchmarks" / "closed_loop_table.py"
+  spec = importlib.util.spec_from_file_location("closed_loop_table", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  rows = module.run(small=True)
+  out = capsys.readouterr().out
+  assert "| steps | method | RMSE |" in out
+  methods = [r["method"] for r in rows]
+  assert len(methods) == 6 and methods[0] == "DDIM"
+  assert all(np.isfinite(r["rmse"]) for r in rows)
+  # The closed-loop fit beats DDIM on held-out noises even in the tiny configuration.
+  by = {r["method"]: r["rmse"] for r in rows}
+  assert by["closed-loop, uniform"] < by["DDIM"]

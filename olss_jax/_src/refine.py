@@ -142,21 +142,29 @@ def refine(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedule_lib.S
   def to_weights(params):
     return jnp.zeros((n, n + 1), dtype).at[rows_j, cols_j].set(params)
 
-  def loss_fn(params, model, x, y):
-    return final_sample_loss(to_weights(params), timesteps, model, x, y)
-
-  x_tr, y_tr = x_T[train_idx], target[train_idx]
-  x_ho, y_ho = x_T[hold_idx], target[hold_idx]
+  # One sampler run on all B fitting noises per evaluation: models conditioned per sample
+  # (class labels, prompts) see the batch they were built for; the split is a mask.
+  train_mask = np.zeros(traj.batch_size, bool)
+  train_mask[train_idx] = True
+  w_train = jnp.asarray(train_mask / train_mask.sum(), dtype)
+  w_hold = jnp.asarray(~train_mask / max(hold_idx.size, 1), dtype)
   has_holdout = hold_idx.size > 0
 
+  def losses(params, model):
+    x = sampler.sample(jax.checkpoint(lambda x, t: model(x, t)),
+                       schedule_lib.Schedule(timesteps, to_weights(params)), x_T)
+    per = jnp.mean(((x - target).astype(jnp.float32) ** 2).reshape(x.shape[0], -1), axis=1)
+    hold = jnp.sum(w_hold * per) if has_holdout else jnp.sum(w_train * per)
+    return jnp.sum(w_train * per), (hold, jnp.mean(per))
+
   def step(params, opt_state, model):
-    loss, grads = jax.value_and_grad(loss_fn)(params, model, x_tr, y_tr)
-    hold = loss_fn(params, model, x_ho, y_ho) if has_holdout else loss
+    (loss, (hold, _)), grads = jax.value_and_grad(losses, has_aux=True)(params, model)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, hold
 
   def evaluate(params, model):
-    return loss_fn(params, model, x_T, target)
+    loss, (hold, full) = losses(params, model)
+    return loss, hold, full
 
   if jit:
     step = jax.jit(step)
@@ -170,8 +178,7 @@ def refine(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedule_lib.S
     if it < num_iters:
       new_params, new_state, loss, hold = step(params, opt_state, denoise_fn)
     else:  # the last iterate: evaluate only
-      loss = loss_fn(params, denoise_fn, x_tr, y_tr)
-      hold = loss_fn(params, denoise_fn, x_ho, y_ho) if has_holdout else loss
+      loss, hold, _ = evaluate(params, denoise_fn)
     loss, hold = float(loss), float(hold)
     train_losses.append(loss)
     hold_losses.append(hold)
@@ -185,8 +192,8 @@ def refine(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedule_lib.S
       break
     params, opt_state = new_params, new_state
 
-  initial_loss = float(evaluate(params0, denoise_fn))
-  final_loss = float(evaluate(best_params, denoise_fn))
+  initial_loss = float(evaluate(params0, denoise_fn)[2])
+  final_loss = float(evaluate(best_params, denoise_fn)[2])
   if best_iter == 0 or not final_loss < initial_loss:
     weights, best_iter, final_loss = init_weights, 0, initial_loss
   else:
