@@ -14,13 +14,19 @@ processes (`merge_stats`: a sum, associative and commutative), and reduced acros
 
 Why the Gram and not a streamed Householder QR: at Stable Diffusion's size (32 images x 16384
 elements = 524288 rows, 1001 columns) a float64 ``A^T A`` is ``m n^2`` flops done by a
-symmetric rank-k update (BLAS ``syrk``), a quarter of Householder QR's ``2 m n^2`` at a far
-higher rate on a CPU. Exactness: the inputs are float32 (or narrower), so each product is
-exact in float64 and only the sums round; the factor is a pivoted Cholesky of the
-equilibrated Gram (LAPACK ``pstrf``), whose rounding is componentwise. The tests check that
-step errors equal the per-candidate tall least squares to 1e-6 relative and that the searched
-path is the same, on strongly correlated outputs. The solves that fit the weights are still
-`jnp.linalg.qr` (of the small matrix ``[R_basis, R c_targets]``).
+symmetric rank-k update (BLAS ``syrk``), half of Householder QR's ``2 m n^2``, and at a far
+higher rate: on the 2-core CPU used for development, 32768 x 1001 took 2 s as ``syrk`` and
+75-80 s as LAPACK ``geqrf`` (jnp.linalg.qr or scipy), so the streamed QR of all K + 1
+columns would take about 20 minutes at Stable Diffusion's size and the Gram under 30 CPU s.
+
+Exactness: the inputs are float32 (or narrower), so each product is exact in float64 and only
+the sums round; the factor is a pivoted Cholesky of the equilibrated Gram (LAPACK ``pstrf``),
+whose rounding is componentwise. A Gram squares the condition number, so a step error's
+relative accuracy is about ``eps * cond(A)^2`` times the ratio of the target's energy to the
+error: the tests check 1e-6 relative agreement with the per-candidate tall least squares and
+the same path on outputs with neighbouring correlations above 0.99 and cond(A) > 1e4
+(measured: 2e-8 at cond(A) = 5e4, 4e-12 at cond(A) = 7e2). The solves that fit the weights
+are still `jnp.linalg.qr` (of the small matrix ``[R_basis, R c_targets]``).
 """
 from __future__ import annotations
 
