@@ -209,8 +209,8 @@ def run_comparison(model: ComparisonModel, *, steps: Sequence[int] = (5, 10, 20)
                     info=info)
 
 
-def format_markdown(comparison: Comparison, *, metric: str = "rmse") -> str:
-  """A markdown table: one row per method, one column per step count (lowest in bold).
+def format_markdown(comparison: Comparison, *, metric: str = "rmse", best: str = "min") -> str:
+  """A markdown table: one row per method, one column per step count (best in bold).
 
   For ``metric="rmse"`` each cell is ``mean [lo, hi]``; any other metric key of the rows
   (e.g. ``"fd_teacher"``) shows its value.
@@ -218,8 +218,9 @@ def format_markdown(comparison: Comparison, *, metric: str = "rmse") -> str:
   steps = sorted({r["steps"] for r in comparison.rows})
   methods = list(dict.fromkeys(r["method"] for r in comparison.rows))
   cell = {(r["method"], r["steps"]): r for r in comparison.rows}
-  best = {n: min((cell[(m, n)][metric] for m in methods if (m, n) in cell), default=None)
-          for n in steps}
+  pick = {"min": min, "max": max}[best]
+  best_values = {n: pick((cell[(m, n)][metric] for m in methods if (m, n) in cell), default=None)
+                 for n in steps}
   lines = ["| method | " + " | ".join(f"{n} steps" for n in steps) + " |",
            "|---|" + "---|" * len(steps)]
   for m in methods:
@@ -232,7 +233,7 @@ def format_markdown(comparison: Comparison, *, metric: str = "rmse") -> str:
       text = f"{r[metric]:.4g}"
       if metric == "rmse":
         text += f" [{r['rmse_lo']:.3g}, {r['rmse_hi']:.3g}]"
-      parts.append(f"**{text}**" if r[metric] == best[n] else text)
+      parts.append(f"**{text}**" if r[metric] == best_values[n] else text)
     lines.append(f"| {m} | " + " | ".join(parts) + " |")
   return "\n".join(lines)
 
