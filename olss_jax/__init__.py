@@ -66,6 +66,12 @@ from olss_jax._src.analytic import (
     sample_data,
 )
 
+# --- the embedded digits model and its evaluation network (issue 4) ---
+from olss_jax._src.digits.data import images_to_grid, images_to_uint8, load_digits_dataset
+from olss_jax._src.digits.model import DigitsModel, load_digits_model
+from olss_jax._src.digits.classifier import DigitsClassifier, load_digits_classifier
+from olss_jax._src.frechet import frechet_distance
+
 # --- classical baselines as schedules (paper Section 3.1, Eq. 8-9) ---
 from olss_jax._src.baselines.registry import BASELINES, baseline_schedule, ddim_baseline_schedule
 from olss_jax._src.baselines.euler import euler_schedule

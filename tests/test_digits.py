@@ -1,0 +1,207 @@
+"""The shipped digits models: loading, the guided denoiser, the classifier and the Frechet distance."""
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import olss_jax as oj
+from olss_jax._src import frechet as frechet_lib
+from olss_jax._src.digits import model as model_lib
+
+# Float64 closed forms of the Frechet distance; float32 eps-level agreement of jit vs no-jit.
+RTOL = {jnp.float32: 1e-5, jnp.float64: 1e-10}
+ATOL = {jnp.float32: 1e-5, jnp.float64: 1e-10}
+# Documented held-out accuracy of the shipped classifier (assets JSON: 0.9833 on 360 images);
+# the test recomputes it and allows one image (1/360 = 0.0028) less for platform round-off.
+CLASSIFIER_MIN_TEST_ACCURACY = 0.98
+# Class accuracy of 1000-step DDIM samples at the default guidance on the test's 20 fixed
+# noises (2 per class): measured 0.85 (17/20; 0.85 on 60 other noises too). The margin of two
+# images allows for float32 round-off differences across machines and XLA versions that a
+# 1000-step solve can carry to a borderline sample; chance level is 0.10.
+TEACHER_MIN_CLASS_ACCURACY = 0.75
+
+
+@pytest.fixture(scope="module")
+def model():
+  return oj.load_digits_model()
+
+
+@pytest.fixture(scope="module")
+def classifier():
+  return oj.load_digits_classifier()
+
+
+def test_load_model_fields(model):
+  assert model.sample_shape == (1, 8, 8)
+  assert model.num_classes == 10
+  assert model.null_class == 10
+  chex.assert_shape(model.alphas_cumprod, (1000,))
+  np.testing.assert_allclose(model.alphas_cumprod, oj.scaled_linear_alphas_cumprod(), rtol=0)
+  chex.assert_shape(model.params["label_embedding"], (11, model_lib.NUM_TOKENS,
+                                                      model.config["unet"]["cross_attention_dim"]))
+  chex.assert_tree_all_finite(model.params)
+  assert model.config["prediction_type"] == "epsilon"
+  n = sum(np.size(a) for a in jax.tree_util.tree_leaves(model.params))
+  assert n == model.config["num_params"]
+
+
+def test_dataset_splits():
+  x_tr, y_tr = oj.load_digits_dataset("train")
+  x_te, y_te = oj.load_digits_dataset("test")
+  x_all, _ = oj.load_digits_dataset("all")
+  chex.assert_shape(x_tr, (1437, 1, 8, 8))
+  chex.assert_shape(x_te, (360, 1, 8, 8))
+  chex.assert_shape(x_all, (1797, 1, 8, 8))
+  assert x_tr.min() == -1.0 and x_tr.max() == 1.0
+  np.testing.assert_array_equal(np.bincount(y_te, minlength=10), np.full(10, 36))
+  # Disjoint: no test image appears (with its label) in train.
+  train_rows = {(r.tobytes(), int(y)) for r, y in zip(x_tr, y_tr)}
+  assert sum((r.tobytes(), int(y)) in train_rows for r, y in zip(x_te, y_te)) < 5  # sklearn has a few duplicates
+  with pytest.raises(ValueError, match="split"):
+    oj.load_digits_dataset("validation")
+
+
+def test_images_to_uint8_and_grid():
+  x = np.array([[[[-1.0, 0.0], [1.0, 2.0]]]])  # (1, 1, 2, 2)
+  np.testing.assert_array_equal(oj.images_to_uint8(x), [[[0, 128], [255, 255]]])
+  grid = oj.images_to_grid(np.zeros((5, 1, 8, 8)), ncols=3, pad=1)
+  chex.assert_shape(grid, (2 * 9 + 1, 3 * 9 + 1))
+  assert grid.dtype == np.uint8
+
+
+def test_pixel_shuffle_roundtrip():
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 1, 8, 8))
+  y = model_lib.pixel_unshuffle(x)
+  chex.assert_shape(y, (3, 4, 4, 4))
+  np.testing.assert_array_equal(y[:, 1, 2, 3], x[:, 0, 4, 7])  # channel (0, 1) of patch (2, 3)
+  np.testing.assert_array_equal(model_lib.pixel_shuffle(y), x)
+
+
+def test_denoiser_guidance_formula_and_jit(model):
+  labels = jnp.array([0, 3, 7])
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, 1, 8, 8))
+  t = jnp.int32(600)
+  cond = model.denoiser(labels, guidance_scale=None)(x, t)
+  uncond = model.denoiser(jnp.full((3,), 10), guidance_scale=None)(x, t)
+  guided_fn = model.denoiser(labels, guidance_scale=3.0)
+  guided = guided_fn(x, t)
+  chex.assert_shape(guided, (3, 1, 8, 8))
+  tol = dict(rtol=1e-4, atol=1e-5)  # batched [x; x] vs separate calls: float32 summation order
+  chex.assert_trees_all_close(guided, uncond + 3.0 * (cond - uncond), **tol)
+  chex.assert_trees_all_close(jax.jit(lambda d, x: d(x, t))(guided_fn, x), guided,
+                              rtol=RTOL[jnp.float32], atol=ATOL[jnp.float32])
+  # Guidance matters: conditional and unconditional predictions differ.
+  assert float(jnp.abs(cond - uncond).max()) > 1e-3
+
+
+def test_denoiser_params_and_labels_are_traced(model):
+  x = jax.random.normal(jax.random.PRNGKey(2), (2, 1, 8, 8))
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def call(d, x):
+    return d(x, jnp.int32(500))
+
+  out_a = call(model.denoiser(jnp.array([1, 2]), guidance_scale=2.0), x)
+  other = jax.tree_util.tree_map(lambda a: a * 1.01, model.params)
+  out_b = call(oj.DigitsModel(other, model.config).denoiser(jnp.array([1, 2]), guidance_scale=2.0), x)
+  out_c = call(model.denoiser(jnp.array([5, 9]), guidance_scale=4.0), x)  # labels, g traced too
+  assert not np.allclose(out_a, out_b)
+  assert not np.allclose(out_a, out_c)
+  leaves = jax.tree_util.tree_leaves(model.denoiser(jnp.array([1, 2])))
+  assert len(leaves) == len(jax.tree_util.tree_leaves(model.params)) + 2
+
+
+def test_denoiser_bad_input(model):
+  with pytest.raises(ValueError, match="labels"):
+    model.denoiser(jnp.array([0, 11]))
+  with pytest.raises(ValueError, match="labels"):
+    model.denoiser(jnp.zeros((2, 2), jnp.int32))
+  with pytest.raises(TypeError, match="guidance_scale"):
+    model.denoiser(jnp.array([0]), guidance_scale="high")
+
+
+def test_classifier_held_out_accuracy(classifier):
+  x, y = oj.load_digits_dataset("test")
+  acc = float(np.mean(np.asarray(classifier.predict(x)) == y))
+  assert acc >= CLASSIFIER_MIN_TEST_ACCURACY, acc
+  assert abs(acc - classifier.config["test_accuracy"]) < 1e-6
+  feats = classifier.features(x[:7])
+  chex.assert_shape(feats, (7, classifier.config["feature_dim"]))
+  chex.assert_shape(classifier.logits(x[:7]), (7, 10))
+  with pytest.raises(ValueError, match="images"):
+    classifier.predict(np.zeros((3, 8, 8)))
+
+
+def test_teacher_samples_are_their_class(model, classifier):
+  """1000-step DDIM (the OLSS teacher) at the default guidance makes recognisable digits."""
+  labels = jnp.tile(jnp.arange(10), 2)
+  x_T = jax.random.normal(jax.random.PRNGKey(1234), (20, 1, 8, 8))
+  traj = oj.collect_trajectory(model.denoiser(labels), x_T, model.alphas_cumprod, 1000)
+  final = traj.states[-1]
+  chex.assert_tree_all_finite(final)
+  acc = float(np.mean(np.asarray(classifier.predict(final)) == np.asarray(labels)))
+  assert acc >= TEACHER_MIN_CLASS_ACCURACY, acc
+
+
+# --- Frechet distance ---
+
+def _gaussian_samples(rng, mean, cov, n):
+  return rng.multivariate_normal(mean, cov, size=n)
+
+
+def test_trace_sqrt_product_closed_form():
+  # Commuting (diagonal) covariances: Tr sqrt(Sa Sb) = sum sqrt(a_i b_i).
+  a = np.array([1.0, 4.0, 0.25])
+  b = np.array([9.0, 1.0, 4.0])
+  got = frechet_lib.trace_sqrt_product(np.diag(a), np.diag(b))
+  np.testing.assert_allclose(got, np.sum(np.sqrt(a * b)), rtol=RTOL[jnp.float64])
+  # Rotated into a common random basis the answer is unchanged.
+  q, _ = np.linalg.qr(np.random.RandomState(0).randn(3, 3))
+  got = frechet_lib.trace_sqrt_product(q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T)
+  np.testing.assert_allclose(got, np.sum(np.sqrt(a * b)), rtol=1e-9)
+
+
+def test_frechet_distance_known_gaussians():
+  """Exact sample statistics: d = ||mu_a - mu_b||^2 + sum (sqrt(a_i) - sqrt(b_i))^2."""
+  rng = np.random.RandomState(1)
+  f = 4
+  # Build sets whose sample mean and unbiased covariance are exactly (mu, diag(var)).
+  def exact_set(mu, var, n=64):
+    z = rng.randn(n, f)
+    z -= z.mean(0)
+    w, v = np.linalg.eigh(np.cov(z, rowvar=False))
+    z = z @ v @ np.diag(w ** -0.5) @ v.T  # whitened: sample cov = I exactly
+    return mu + z * np.sqrt(var)
+  mu_a, var_a = np.array([0.0, 1.0, 2.0, -1.0]), np.array([1.0, 2.0, 0.5, 3.0])
+  mu_b, var_b = np.array([0.5, 1.0, 0.0, 0.0]), np.array([4.0, 2.0, 1.0, 0.1])
+  d = oj.frechet_distance(exact_set(mu_a, var_a), exact_set(mu_b, var_b, n=50))
+  expected = np.sum((mu_a - mu_b) ** 2) + np.sum((np.sqrt(var_a) - np.sqrt(var_b)) ** 2)
+  np.testing.assert_allclose(d, expected, rtol=1e-9)
+  same = exact_set(mu_a, var_a)
+  assert abs(oj.frechet_distance(same, same)) < 1e-9
+
+
+def test_frechet_distance_matches_scipy_sqrtm():
+  scipy_linalg = pytest.importorskip("scipy.linalg")
+  rng = np.random.RandomState(2)
+  f = 6
+  a = rng.randn(200, f) @ rng.randn(f, f)
+  b = rng.randn(150, f) @ rng.randn(f, f) + 0.3
+  sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+  covmean = scipy_linalg.sqrtm(sa @ sb).real
+  expected = (np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(sa) + np.trace(sb)
+              - 2 * np.trace(covmean))
+  np.testing.assert_allclose(oj.frechet_distance(a, b), expected, rtol=1e-8)
+
+
+def test_frechet_distance_bad_input():
+  with pytest.raises(ValueError, match="features_b"):
+    oj.frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
+  with pytest.raises(ValueError, match="features_a"):
+    oj.frechet_distance(np.zeros((1, 3)), np.zeros((5, 3)))
+  with pytest.raises(ValueError, match="features_a"):
+    oj.frechet_distance(np.full((3, 2), np.nan), np.zeros((5, 2)))
