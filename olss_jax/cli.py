@@ -42,17 +42,32 @@ def _is_sd(spec: str) -> bool:
   return spec not in embedded.EMBEDDED_MODELS
 
 
+def silence_sd_libraries() -> None:
+  """Creates diffusers' and transformers' log handlers now and drops their Flax deprecation
+  notices from them (the handlers are otherwise created lazily, after any filter was set)."""
+  from diffusers.utils import logging as diffusers_logging  # pylint: disable=import-outside-toplevel
+  from transformers.utils import logging as transformers_logging  # pylint: disable=import-outside-toplevel
+  from olss_jax._src import quiet  # pylint: disable=import-outside-toplevel
+  diffusers_logging.get_verbosity()  # configures the library's root handler
+  transformers_logging.get_verbosity()
+  quiet.silence_flax_deprecations()
+
+
 def _load_sd(spec: str):
   import olss_jax as oj  # pylint: disable=import-outside-toplevel
   if not os.path.isdir(spec):
     raise FileNotFoundError(f"--model: {spec!r} is neither an embedded model (default, digits, "
                             "analytic) nor a Stable Diffusion directory")
+  silence_sd_libraries()
   return oj.load_stable_diffusion(spec)
 
 
 def _embedded(args):
   from olss_jax._src import embedded  # pylint: disable=import-outside-toplevel
-  return embedded.embedded_model(args.model, guidance_scale=args.guidance_scale)
+  model = embedded.embedded_model(args.model, guidance_scale=args.guidance_scale)
+  if model.name == "digits-unet":  # diffusers' UNet: its deprecation notice comes on first use
+    silence_sd_libraries()
+  return model
 
 
 def _read_prompts(path: str | None, prompt: str | None = None) -> list[str]:
@@ -180,39 +195,92 @@ def _load_teacher(path: str):
   return traj, dict(meta or {})
 
 
+def _teacher_denoiser(args, path: str):
+  """The model the teacher of a store ran, on the store's noises in order (for closed-loop fits)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import olss_jax as oj  # pylint: disable=import-outside-toplevel
+  from olss_jax._src import embedded  # pylint: disable=import-outside-toplevel
+  if not os.path.isdir(path):
+    raise ValueError(f"--method {args.method}: needs the teacher's model and conditions; pass a "
+                     "directory written by 'olss-jax collect', not a single trajectory file")
+  config = oj.read_manifest(path)["config"]
+  user = config.get("user") or {}
+  meta = user.get("schedule_metadata") or {}
+  chunks = [oj.read_metadata(os.path.join(path, f"chunk-{i:05d}.olss"))
+            for i in range(int(config["num_chunks"]))]
+  if "prompts" in chunks[0]:
+    if not _is_sd(args.model):
+      raise ValueError(f"--model: the trajectories are Stable Diffusion's ({user.get('model')!r}); "
+                       "pass its directory with --model for a closed-loop fit")
+    sd = _load_sd(args.model)
+    prompts = [p for chunk in chunks for p in chunk["prompts"]]
+    embeds, negative = oj.encode_prompts(sd, prompts)
+    return oj.sd_denoiser(sd, embeds, guidance_scale=float(meta.get("guidance_scale", 7.0)),
+                          negative_embeds=negative)
+  name = "digits" if user.get("model") == "digits-unet" else "analytic"
+  model = embedded.embedded_model(name, guidance_scale=meta.get("guidance_scale"))
+  if name == "digits":
+    silence_sd_libraries()
+  if model.name != user.get("model"):
+    raise ValueError(f"trajectories: collected with model {user.get('model')!r}, which this "
+                     "olss_jax cannot rebuild for a closed-loop fit")
+  conditions = None
+  if "conditions" in chunks[0]:
+    conditions = np.concatenate([np.asarray(c["conditions"], np.int32) for c in chunks])
+  return model.denoiser(conditions)
+
+
 def _cmd_fit(args) -> int:
   import numpy as np  # pylint: disable=import-outside-toplevel
   import olss_jax as oj  # pylint: disable=import-outside-toplevel
   from olss_jax._src import progress  # pylint: disable=import-outside-toplevel
 
-  method = "olss-p" if args.uniform else args.method
+  method = args.method
+  if args.uniform and method == "olss":
+    method = "olss-p"
   traj, meta = _load_teacher(args.trajectories)
   oj.check_num_steps(args.steps, traj.num_teacher_steps, name="--steps")
-  with progress.progress_bar(2, f"fit {method}, {args.steps} steps", enabled=not args.quiet,
+  note = ""
+  stages = 2 + int(args.refine)
+  with progress.progress_bar(stages, f"fit {method}, {args.steps} steps", enabled=not args.quiet,
                              unit="stage") as bar:
     t0 = time.perf_counter()
-    bar.set_postfix_str("choosing the path")
-    if method == "olss":
-      path, info = oj.search_path(traj, args.steps, return_info=True)
-      note = " (the uniform path beat the search)" if info.chose_uniform else ""
+    if method in ("olss", "olss-p") and not args.refine:
+      bar.set_postfix_str("choosing the path")
+      if method == "olss":
+        path, info = oj.search_path(traj, args.steps, return_info=True)
+        note = " (the uniform path beat the search)" if info.chose_uniform else ""
+      else:
+        path = oj.uniform_path(traj, args.steps)
+      bar.update(1)
+      bar.set_postfix_str("least squares")
+      schedule = oj.fit_weights(traj, path)
+      bar.update(1)
     else:
-      path, note = oj.uniform_path(traj, args.steps), ""
-    bar.update(1)
-    bar.set_postfix_str("least squares")
-    schedule = oj.fit_weights(traj, path)
-    bar.update(1)
+      bar.set_postfix_str("closed-loop search and fit" if method == "closed-loop" else "fit")
+      denoise = _teacher_denoiser(args, args.trajectories) if (
+          method == "closed-loop" or args.refine) else None
+      schedule = oj.fit_olss(traj, args.steps, denoise_fn=denoise,
+                             method="closed_loop" if method == "closed-loop" else "paper",
+                             uniform=args.uniform or method == "olss-p", refine=args.refine)
+      bar.update(stages - bar.n)
     seconds = time.perf_counter() - t0
+  if args.refine:
+    method += "+refine"
   schedule = schedule.with_metadata(**meta, method=method)
   oj.save_schedule(args.output, schedule)
-  errors = np.asarray(schedule.metadata["step_errors"])
   timesteps = np.asarray(schedule.timesteps)
+  errors = schedule.metadata.get("step_errors")
+  errors = np.full(timesteps.shape, np.nan) if errors is None else np.asarray(errors, np.float64)
+  teacher_index = {int(t): k for k, t in enumerate(np.asarray(traj.timesteps))}
   print(f"{method}: {args.steps} steps fitted on {traj.batch_size} teacher runs of "
         f"{traj.num_teacher_steps} steps ({seconds:.1f} s){note}")
   print(f"timesteps: {' '.join(str(int(t)) for t in timesteps)}")
   print("step  timestep  teacher step  error (MSE per element)")
-  for i, (t, k, e) in enumerate(zip(timesteps, path, errors)):
-    print(f"{i + 1:4d}  {int(t):8d}  {int(k):12d}  {e:.4e}")
-  print(f"max error {errors.max():.4e}; schedule written to {args.output}")
+  for i, (t, e) in enumerate(zip(timesteps, errors)):
+    print(f"{i + 1:4d}  {int(t):8d}  {teacher_index.get(int(t), -1):12d}  {e:.4e}")
+  print(f"max error {np.nanmax(errors) if np.isfinite(errors).any() else float('nan'):.4e}; "
+        f"schedule written to {args.output}")
   return 0
 
 
@@ -373,9 +441,9 @@ def _fallback_demo_arguments(parser) -> None:
 
 def _fallback_demo(args) -> int:
   from olss_jax._src import compare  # pylint: disable=import-outside-toplevel
-  from olss_jax._src import embedded  # pylint: disable=import-outside-toplevel
   from olss_jax._src import progress  # pylint: disable=import-outside-toplevel
-  model = embedded.embedded_model("default")
+  args.model, args.guidance_scale = "default", None
+  model = _embedded(args)
   steps = _int_list(args.steps, "--steps")
   methods = compare.default_methods()
   with progress.progress_bar(2 + len(steps) * len(methods), "demo", enabled=not args.quiet,
@@ -393,6 +461,9 @@ def _cmd_demo(args) -> int:
   demo = _demo_module()
   if demo is None:
     return _fallback_demo(args)
+  from olss_jax._src import embedded  # pylint: disable=import-outside-toplevel
+  if embedded.digits_available():
+    silence_sd_libraries()
   return int(demo.main(args) or 0)
 
 
@@ -489,14 +560,22 @@ def build_parser() -> argparse.ArgumentParser:
                   "squares (Eq. 12). Prints the chosen timesteps and the error of every step.",
       epilog="examples:\n"
              "  olss-jax fit teacher/ --steps 10 -o olss10.olss\n"
-             "  olss-jax fit teacher/ --steps 10 --uniform -o olssp10.olss")
+             "  olss-jax fit teacher/ --steps 10 --uniform -o olssp10.olss\n"
+             "  olss-jax fit teacher/ --steps 10 --method closed-loop -o cl10.olss")
   p.add_argument("trajectories", metavar="TRAJECTORIES",
                  help="a directory from 'olss-jax collect' or a trajectory file")
   p.add_argument("-o", "--output", required=True, metavar="SCHEDULE", help="schedule file to write")
   p.add_argument("--steps", type=int, required=True, help="n, the number of model calls")
-  p.add_argument("--method", choices=("olss", "olss-p"), default="olss",
-                 help="olss: searched path (the paper's OLSS); olss-p: uniform path")
-  p.add_argument("--uniform", action="store_true", help="same as --method olss-p")
+  p.add_argument("--method", choices=("olss", "olss-p", "closed-loop"), default="olss",
+                 help="olss: the paper's fit (searched path, teacher-forced least squares); "
+                      "olss-p: the paper's fit on the uniform path; closed-loop: search and "
+                      "fit on the sampler's own states (beyond the paper; runs the model)")
+  p.add_argument("--uniform", action="store_true",
+                 help="equally spaced path (with --method olss: the same as olss-p)")
+  p.add_argument("--refine", action="store_true",
+                 help="then train the weights end to end through the sampler (runs the model)")
+  p.add_argument("--model", default="default", metavar="DIR",
+                 help="closed-loop / refine on Stable Diffusion trajectories: the model directory")
   p.set_defaults(func=_cmd_fit)
 
   p = sub.add_parser(

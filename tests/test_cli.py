@@ -101,6 +101,21 @@ def test_collect_fit_sample_round_trip(capsys, store, fitted, tmp_path):
   assert rc == 0 and png.stat().st_size > 100 and "4 samples" in out
 
 
+def test_fit_closed_loop_is_one_flag_away(capsys, store, tmp_path):
+  rc, out, _ = run(capsys, "fit", store, "--steps", "3", "--method", "closed-loop", "-o",
+                   tmp_path / "cl.olss", "-q")
+  assert rc == 0 and out.startswith("closed-loop: 3 steps")
+  schedule = oj.load_schedule(tmp_path / "cl.olss")
+  assert schedule.metadata["method"] == "closed-loop" and schedule.num_steps == 3
+  assert schedule.metadata["model_name"].startswith("gaussian-mixture")
+  single = tmp_path / "one.olss"
+  oj.save_trajectory(single, oj.load_store(store))
+  rc, _, err = run(capsys, "fit", single, "--steps", "3", "--method", "closed-loop", "-o",
+                   tmp_path / "x.olss", "-q")
+  assert rc == 1
+  assert_one_line_error(err, "directory written by 'olss-jax collect'")
+
+
 def test_collect_resumes_without_redoing_chunks(capsys, tmp_path, monkeypatch):
   directory = tmp_path / "resume"
   real = progress.store_callback
@@ -188,3 +203,32 @@ def test_python_dash_m_runs_in_a_fresh_process(tmp_path):
   assert proc.stderr.strip().count("\n") == 0, proc.stderr
   assert proc.stderr.startswith("olss-jax: error: ")
   assert "deprecat" not in proc.stderr.lower()
+
+
+@pytest.mark.slow
+def test_stable_diffusion_collect_fit_sample(capsys, tmp_path):
+  """--model DIR --prompts FILE on a tiny random pipeline; no deprecation notice reaches stderr."""
+  model = oj.save_tiny_stable_diffusion(tmp_path / "tiny-sd")
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("a cat\n\nthe dog\n")
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  store = tmp_path / "sd-teacher"
+  proc = subprocess.run([sys.executable, "-m", "olss_jax", "collect", str(store), "--model", model,
+                         "--prompts", str(prompts), "--num-images", "4", "--chunk-size", "2",
+                         "--teacher-steps", "20", "--steps-per-chunk", "10", "-q"],
+                        capture_output=True, text=True, env=env, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stderr == "", proc.stderr          # no deprecation or safety-checker notices
+  manifest = oj.read_manifest(store)
+  assert manifest["config"]["user"]["schedule_metadata"]["guidance_scale"] == 7.0
+  rc, _, _ = run(capsys, "fit", store, "--steps", "3", "-o", tmp_path / "sd3.olss", "-q")
+  assert rc == 0
+  schedule = oj.load_schedule(tmp_path / "sd3.olss")
+  assert schedule.metadata["model"] == "tiny-sd" and schedule.metadata["latent_shape"] == [4, 8, 8]
+  png = tmp_path / "sd.png"
+  rc, _, err = run(capsys, "sample", tmp_path / "sd3.olss", "--model", model, "--prompt", "a cat",
+                   "--num-images", "2", "-o", png, "-q")
+  assert rc == 0 and png.stat().st_size > 100 and "deprecat" not in err.lower()
+  rc, _, err = run(capsys, "sample", tmp_path / "sd3.olss", "--model", model, "-o", png, "-q")
+  assert rc == 1
+  assert_one_line_error(err, "--prompts")

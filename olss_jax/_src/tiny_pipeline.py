@@ -56,11 +56,15 @@ def save_tiny_stable_diffusion(directory, *, seed: int = 0) -> str:
     The directory, as a str.
   """
   import jax  # pylint: disable=import-outside-toplevel
+  from diffusers.utils import logging as diffusers_logging  # pylint: disable=import-outside-toplevel
+  from transformers.utils import logging as transformers_logging  # pylint: disable=import-outside-toplevel
+  from olss_jax._src import quiet  # pylint: disable=import-outside-toplevel
+  diffusers_logging.get_verbosity()  # creates the libraries' lazy log handlers now,
+  transformers_logging.get_verbosity()  # so the filter below reaches them
+  quiet.silence_flax_deprecations()
   from diffusers import (FlaxAutoencoderKL, FlaxDDIMScheduler,  # pylint: disable=import-outside-toplevel
                          FlaxStableDiffusionPipeline, FlaxUNet2DConditionModel)
   from transformers import CLIPTextConfig, CLIPTokenizer, FlaxCLIPTextModel  # pylint: disable=import-outside-toplevel
-  from olss_jax._src import quiet  # pylint: disable=import-outside-toplevel
-  quiet.silence_flax_deprecations()
   directory = os.fspath(directory)
   if os.path.exists(os.path.join(directory, "model_index.json")):
     raise ValueError(f"directory: {directory!r} already holds a model")
@@ -97,8 +101,13 @@ def save_tiny_stable_diffusion(directory, *, seed: int = 0) -> str:
             jax.eval_shape(lambda k: text_encoder.init_weights(k, (1, SEQ_LEN)), key), seed + 3),
         "scheduler": scheduler.create_state(),
     }
-    pipeline = FlaxStableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None)
-    pipeline.save_pretrained(directory, params=params)
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # no safety-checker notice: this model is noise
+    try:
+      pipeline = FlaxStableDiffusionPipeline(
+          vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+          scheduler=scheduler, safety_checker=None, feature_extractor=None)
+      pipeline.save_pretrained(directory, params=params)
+    finally:
+      diffusers_logging.set_verbosity(verbosity)
   return directory
