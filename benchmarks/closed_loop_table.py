@@ -39,12 +39,12 @@ def _errors(den, sched, x_eval, ref):
 
 def run(small: bool = False, models=None, steps=None, refine_iters=None):
   """Returns a list of row dicts and prints the tables."""
-  k = 100 if small else 1000
+  k = 50 if small else 1000
   num_fit, num_eval = (8, 16) if small else (32, 256)
   steps = steps or ((3,) if small else (5, 10, 20))
   models = models or (("mixture-16",) if small else tuple(MODELS))
-  iters = refine_iters if refine_iters is not None else (5 if small else 200)
-  bisect = 6 if small else 30
+  iters = refine_iters if refine_iters is not None else (3 if small else 200)
+  bisect = 4 if small else 30
   alphas = oj.scaled_linear_alphas_cumprod()
   rows = []
   for name in models:
