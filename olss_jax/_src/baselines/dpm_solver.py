@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from olss_jax._src import ddim
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src.baselines import linear
