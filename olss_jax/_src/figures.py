@@ -15,6 +15,7 @@ import numpy as np
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#17becf", "#bcbd22", "#7f7f7f")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 
 def _plt():
@@ -227,8 +228,9 @@ def error_vs_steps_figure(comparison, *, metric: str = "rmse", path=None, log_y:
     mine = sorted((r for r in rows if r["method"] == m), key=lambda r: r["steps"])
     x = np.array([r["steps"] for r in mine])
     y = np.array([r[metric] for r in mine], np.float64)
-    style = dict(color=_COLORS[c % len(_COLORS)], marker="o", ms=4, capsize=3,
-                 lw=2.4 if m.startswith("olss") else 1.2, label=m)
+    style = dict(color=_COLORS[c % len(_COLORS)], marker=_MARKERS[c % len(_MARKERS)], ms=5,
+                 capsize=3, lw=2.4 if m.startswith("olss") else 1.2,
+                 ls="--" if c % 2 else "-", label=m)  # dashes keep overlapping lines visible
     if metric == "rmse" and all("rmse_lo" in r for r in mine):
       err = np.array([[r[metric] - r["rmse_lo"] for r in mine], [r["rmse_hi"] - r[metric] for r in mine]])
       ax.errorbar(x, y, yerr=np.maximum(err, 0), **style)
