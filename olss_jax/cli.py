@@ -669,6 +669,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version")):
     argv = ["demo"] + argv
   argv = argv[:1] + leading + argv[1:] if argv[0] in COMMANDS else leading + argv
+  if argv[0] == "demo":  # the demo's own parser may spell it only --quiet
+    argv = [("--quiet" if a == "-q" else a) for a in argv]
   parser = build_parser()
   try:
     args = parser.parse_args(argv)
