@@ -205,3 +205,18 @@ def test_frechet_distance_bad_input():
     oj.frechet_distance(np.zeros((1, 3)), np.zeros((5, 3)))
   with pytest.raises(ValueError, match="features_a"):
     oj.frechet_distance(np.full((3, 2), np.nan), np.zeros((5, 2)))
+
+
+@pytest.mark.slow
+def test_training_is_deterministic(tmp_path):
+  """Two seeded runs of the training script (shortened) write identical parameter files."""
+  from olss_jax._src.digits import train  # pylint: disable=import-outside-toplevel
+
+  quiet = lambda *a, **k: None  # noqa: E731
+  for run in ("a", "b"):
+    train.train_classifier(out_dir=tmp_path / run, log=quiet, epochs=1)
+    train.train_unet(out_dir=tmp_path / run, log=quiet, steps=3, warmup_steps=1)
+  for name in ("digits_classifier.msgpack", "digits_unet.msgpack"):
+    assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+  loaded = oj.load_digits_model(tmp_path / "a" / "digits_unet.msgpack")
+  assert loaded.config["recipe"]["steps"] == 3

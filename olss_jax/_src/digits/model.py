@@ -42,7 +42,10 @@ UNET_CONFIG: Mapping[str, Any] = {
     "attention_head_dim": 8,
     "cross_attention_dim": CROSS_ATTENTION_DIM,
 }
-# Chosen by class accuracy of 1000-step DDIM samples (see the README and assets JSON).
+# Chosen on 1000-step DDIM samples of 60 fixed noises (6 per class), scored by the shipped
+# classifier: g = 1: class accuracy 0.717, Frechet distance to the real train digits 34.7;
+# g = 2: 0.850, 21.5; g = 3: 0.917, 34.5; g = 5: 1.000, 103.8 (real test vs real train: 1.18).
+# g = 2 gives the samples closest to real digits; larger g buys class accuracy with fidelity.
 DEFAULT_GUIDANCE_SCALE = 2.0
 UNET_FILE = "digits_unet.msgpack"
 
@@ -65,6 +68,9 @@ def pixel_shuffle(x: jax.Array, factor: int = PATCH) -> jax.Array:
 @functools.lru_cache(maxsize=8)
 def _unet_module(config_items: tuple):
   from diffusers import FlaxUNet2DConditionModel  # noqa: PLC0415  (slow import, done once)
+  from olss_jax._src import quiet  # noqa: PLC0415
+
+  quiet.silence_flax_deprecations()
 
   return FlaxUNet2DConditionModel(**dict(config_items))
 

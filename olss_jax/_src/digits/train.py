@@ -92,6 +92,8 @@ def train_unet(*, out_dir=None, log=print, **overrides) -> dict:
   k_init, k_train, k_eval = jax.random.split(key, 3)
   params = model_lib.init_params(k_init)
   steps = int(recipe["steps"])
+  if not 0 <= recipe["warmup_steps"] < steps:
+    raise ValueError(f"steps: expected more than warmup_steps={recipe['warmup_steps']}, got {steps}")
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, recipe["learning_rate"], recipe["warmup_steps"], steps,
       recipe["learning_rate"] * recipe["end_learning_rate_factor"])
