@@ -165,8 +165,10 @@ def _ddim(sd, num_steps, **meta):
 def _diffusers_latents(directory, prompts, latents, num_steps, guidance_scale):
   """Final latents of diffusers' FlaxStableDiffusionPipeline + FlaxDDIMScheduler.
 
-  The pipeline has no latent output; its VAE is swapped for a recorder of what the pipeline
-  passes to ``vae.decode`` (``latents / scaling_factor``), leaving the denoising loop as is.
+  Runs the pipeline's own generation loop (``_generate``: text encoder, classifier-free
+  guidance, ``FlaxDDIMScheduler.step`` in ``lax.fori_loop``) under one `jax.jit`. The
+  pipeline has no latent output, so its VAE is swapped for a recorder of what the loop passes
+  to ``vae.decode`` (``latents / scaling_factor``).
   """
   from diffusers import FlaxStableDiffusionPipeline
   pipeline, params = FlaxStableDiffusionPipeline.from_pretrained(
@@ -183,11 +185,15 @@ def _diffusers_latents(directory, prompts, latents, num_steps, guidance_scale):
 
   recorder = RecordingVAE(pipeline.vae)
   pipeline.vae = recorder
-  # A jax scalar guidance keeps the un-sharded (jit=False) path's broadcasting per batch.
-  pipeline(pipeline.prepare_inputs(prompts), params, jax.random.PRNGKey(0),
-           num_inference_steps=num_steps, guidance_scale=jnp.float32(guidance_scale),
-           latents=latents, jit=False)
-  return np.asarray(recorder.recorded) * recorder.config.scaling_factor
+  side = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+  prompt_ids = pipeline.prepare_inputs(prompts)
+
+  def run(params, latents):
+    pipeline._generate(prompt_ids, params, jax.random.PRNGKey(0), num_steps, side, side,
+                       jnp.float32(guidance_scale), latents)
+    return recorder.recorded * recorder.config.scaling_factor
+
+  return np.asarray(jax.jit(run)(params, latents))
 
 
 # --- scheduler config -------------------------------------------------------------------
@@ -321,9 +327,9 @@ def test_no_recompilation_across_schedules(sd, traced_generate):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_prediction_to_epsilon_closed_form(dtype):
   with jax.enable_x64(dtype == jnp.float64):
-    keys = jax.random.split(jax.random.PRNGKey(0), 2)
-    x0 = jax.random.normal(keys[0], (3, 4, 5, 5), dtype)
-    eps = jax.random.normal(keys[1], (3, 4, 5, 5), dtype)
+    rng = np.random.default_rng(0)
+    x0 = jnp.asarray(rng.standard_normal((3, 4, 5, 5)), dtype)
+    eps = jnp.asarray(rng.standard_normal((3, 4, 5, 5)), dtype)
     ab = jnp.asarray([0.0047, 0.5, 0.999], dtype)[:, None, None, None]  # one per sample
     x_t = jnp.sqrt(ab) * x0 + jnp.sqrt(1 - ab) * eps
     v = jnp.sqrt(ab) * eps - jnp.sqrt(1 - ab) * x0
@@ -453,6 +459,29 @@ def test_collect_search_fit_generate_roundtrip(sd_v, tmp_path):
                                 traj.timesteps[oj.uniform_path(traj, NUM_STEPS)])
 
 
+def test_collect_to_directory_resumes_and_refuses_mixing(sd_v, tmp_path):
+  from olss_jax._src.stable_diffusion import collect as collect_lib
+  store = tmp_path / "teacher"
+  kwargs = dict(key=jax.random.PRNGKey(3), num_images=4, images_per_chunk=2,
+                num_teacher_steps=50, steps_per_chunk=25)
+  info = collect_lib.collect_sd_to_directory(store, sd_v, PROMPTS, **kwargs)
+  assert info.collected == (0, 1) and info.skipped == ()
+  teacher = collect_lib.load_sd_teacher(store)
+  assert teacher.trajectory.model_outputs.shape == (50, 4, 4, 8, 8)
+  assert teacher.info["model"] == sd_v.name and teacher.info["num_fit_images"] == 4
+  # Chunk 1 holds images 2 and 3 (prompts cycled): the in-memory teacher on its latents.
+  direct = oj.collect_sd_trajectory(sd_v, PROMPTS, latents=teacher.trajectory.x_T[2:],
+                                    num_teacher_steps=50, steps_per_chunk=25)
+  np.testing.assert_array_equal(direct.trajectory.model_outputs,
+                                teacher.trajectory.model_outputs[:, 2:])
+  again = collect_lib.collect_sd_to_directory(store, sd_v, PROMPTS, **kwargs)
+  assert again.collected == () and again.skipped == (0, 1)
+  with pytest.raises(ValueError, match="another configuration"):
+    collect_lib.collect_sd_to_directory(store, sd_v, PROMPTS, guidance_scale=3.0, **kwargs)
+  schedule = oj.fit_sd_schedule(teacher, 4)
+  assert schedule.metadata["num_fit_images"] == 4 and schedule.metadata["model"] == sd_v.name
+
+
 # --- mismatches -------------------------------------------------------------------------------
 
 def test_mismatch_warnings_and_errors(sd):
@@ -500,12 +529,35 @@ def test_generate_warns_and_rejects(sd, traced_generate):
 
 # --- the GPU benchmark script at toy size ----------------------------------------------------
 
-def test_benchmark_script_runs_tiny(capsys):
+def _benchmark_module():
   path = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "sd_gpu_benchmark.py")
   spec = importlib.util.spec_from_file_location("sd_gpu_benchmark", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  rows = module.main(["--tiny"])
-  out = capsys.readouterr().out
-  assert "| steps | batch |" in out
-  assert rows and all(r["seconds_per_image"] > 0 and 0 <= r["unet_share"] <= 1.5 for r in rows)
+  return module
+
+
+def test_benchmark_script_at_toy_size(sd, traced_generate):
+  """The GPU benchmark's code paths on the tiny model (sharing the compiled generate)."""
+  del traced_generate
+  bench = _benchmark_module()
+  rows = bench.benchmark(sd, steps=[NUM_STEPS], batches=[len(PROMPTS)], repeats=1)
+  assert [(r["steps"], r["batch"]) for r in rows] == [(NUM_STEPS, 2)]
+  row = rows[0]
+  assert row["total_s"] > 0 and row["unet_s"] > 0 and row["text_s"] > 0 and row["vae_s"] > 0
+  assert row["seconds_per_image"] == pytest.approx(row["total_s"] / 2)
+  assert row["peak_gib"] is None or row["peak_gib"] > 0
+  table = bench.markdown(rows, "cpu", "float32", "toy")
+  assert table.count("\n") == 4 and "| steps | batch | s / image |" in table
+  # The in-memory builder (SD 1.5's configs at full size on a GPU) at toy size, not run.
+  toy = bench.build_random_sd(tiny=True, dtype=jnp.float32)
+  assert toy.latent_shape(1) == (1, 4, 8, 8) and toy.default_resolution == (16, 16)
+  assert toy.info.noise.steps_offset == 1 and toy.prediction_type == "epsilon"
+  assert bench.SD15_UNET["block_out_channels"] == (320, 640, 1280, 1280)
+
+
+@pytest.mark.slow
+def test_benchmark_script_main_tiny(capsys):
+  rows = _benchmark_module().main(["--tiny"])
+  assert "| steps | batch |" in capsys.readouterr().out
+  assert rows and all(r["seconds_per_image"] > 0 for r in rows)

@@ -12,6 +12,7 @@ import hashlib
 import json
 from typing import Any, Callable, NamedTuple
 
+import jax
 import numpy as np
 
 from olss_jax._src import schedule as schedule_lib
@@ -133,6 +134,107 @@ def collect_sd_trajectory(sd: model_lib.StableDiffusion, prompts, *, key=None, l
       "prompts_sha256": _prompts_digest(prompt_set, negative_set),
       "negative_prompts": negative_prompts is not None,
   })
+  return SDTeacher(trajectory, info)
+
+
+def _key_list(key) -> list[int]:
+  """A PRNG key (typed or raw uint32) as a JSON list, to record it."""
+  if jax.dtypes.issubdtype(jax.numpy.asarray(key).dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  return np.asarray(key).ravel().tolist()
+
+
+def collect_sd_to_directory(directory, sd: model_lib.StableDiffusion, prompts, *, key,
+                            num_images: int = DEFAULT_NUM_FIT_IMAGES, images_per_chunk: int = 8,
+                            num_teacher_steps: int = DEFAULT_TEACHER_STEPS,
+                            guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+                            negative_prompts=None, height: int | None = None,
+                            width: int | None = None, steps_per_chunk: int | None = 50,
+                            callback=None):
+  """`collect_sd_trajectory` into a resumable on-disk store, one file per chunk of images.
+
+  Uses `olss_jax.collect_to_directory`: an interrupted collection resumes where it stopped
+  when the same call is run again (finished chunks are verified and skipped), and a call
+  with another model, guidance scale, prompts or resolution is refused instead of mixing
+  data. Chunk i holds images ``[i * images_per_chunk, ...)`` with prompts cycled as in
+  `collect_sd_trajectory` and starting latents ``normal(fold_in(key, i))``. Host memory
+  holds one chunk; read the result back with `load_sd_teacher`.
+
+  Args:
+    directory: the store (created if missing).
+    sd, prompts, num_teacher_steps, guidance_scale, negative_prompts, height, width,
+      steps_per_chunk: as in `collect_sd_trajectory`.
+    key: PRNG key of the starting latents.
+    num_images: N, the number of fitting images (32, the paper's).
+    images_per_chunk: images per chunk file.
+    callback: passed to `collect_to_directory` (receives `StoreProgress`).
+
+  Returns:
+    The `CollectInfo` of `collect_to_directory`.
+  """
+  from olss_jax._src import store  # pylint: disable=import-outside-toplevel
+  prompt_set = text_lib.prompt_list(prompts)
+  negative_set = text_lib.prompt_list("" if negative_prompts is None else negative_prompts,
+                                      name="negative_prompts", batch_size=len(prompt_set))
+  for label, value in (("num_images", num_images), ("images_per_chunk", images_per_chunk)):
+    if not isinstance(value, (int, np.integer)) or value < 1:
+      raise ValueError(f"{label}: expected a positive int, got {value!r}")
+  default_h, default_w = sd.default_resolution
+  height = default_h if height is None else height
+  width = default_w if width is None else width
+  starts = list(range(0, num_images, images_per_chunk))
+
+  def chunk_images(i):
+    return range(starts[i], min(starts[i] + images_per_chunk, num_images))
+
+  def noises(i):
+    return generate_lib.starting_latents(sd, len(chunk_images(i)),
+                                         key=jax.random.fold_in(key, i), height=height,
+                                         width=width)
+
+  def denoiser(i):
+    images = chunk_images(i)
+    embeds, negative_embeds = text_lib.encode_prompts(
+        sd, [prompt_set[j % len(prompt_set)] for j in images],
+        negative_prompts=[negative_set[j % len(negative_set)] for j in images])
+    return denoiser_lib.sd_denoiser(sd, embeds, guidance_scale=guidance_scale,
+                                    negative_embeds=negative_embeds)
+
+  info = provenance.sd_metadata(sd, guidance_scale=guidance_scale, height=height, width=width)
+  info.update({
+      "teacher_steps": int(num_teacher_steps),
+      "num_fit_images": int(num_images),
+      "num_prompts": len(prompt_set),
+      "prompts_sha256": _prompts_digest(prompt_set, negative_set),
+      "negative_prompts": negative_prompts is not None,
+      "latent_key": _key_list(key),
+  })
+  noise = sd.info.noise
+  return store.collect_to_directory(
+      directory, denoiser, noises, noise.alphas_cumprod, num_chunks=len(starts),
+      num_teacher_steps=num_teacher_steps, steps_offset=noise.steps_offset,
+      final_alpha_cumprod=noise.final_alpha_cumprod, steps_per_chunk=steps_per_chunk,
+      config=info, callback=callback,
+      chunk_metadata=lambda i: {"images": [chunk_images(i).start, chunk_images(i).stop]})
+
+
+def load_sd_teacher(directory, *, allow_partial: bool = False) -> SDTeacher:
+  """Reads a store written by `collect_sd_to_directory` back as an `SDTeacher`.
+
+  Args:
+    directory: the store.
+    allow_partial: use only the finished chunks (``num_fit_images`` is then what was read).
+
+  Returns:
+    The `SDTeacher` (host float32 outputs, chunks concatenated along the batch axis).
+  """
+  from olss_jax._src import store  # pylint: disable=import-outside-toplevel
+  trajectory = store.load_store(directory, allow_partial=allow_partial)
+  info = dict(store.read_manifest(directory)["config"].get("user") or {})
+  if "model" not in info:
+    raise ValueError(f"directory: {directory!r} was not written by collect_sd_to_directory "
+                     "(its config names no model)")
+  info["num_fit_images"] = trajectory.batch_size
   return SDTeacher(trajectory, info)
 
 

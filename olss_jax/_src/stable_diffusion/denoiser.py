@@ -83,7 +83,7 @@ def sd_denoiser(sd: model_lib.StableDiffusion, prompt_embeds, *, guidance_scale=
   if prompt_embeds.ndim != 3:
     raise ValueError(f"prompt_embeds: expected shape (B, L, D), got {prompt_embeds.shape}")
   if negative_embeds is None:
-    negative_embeds = text_lib.embed_ids(
+    negative_embeds = text_lib._embed_ids_jit(  # pylint: disable=protected-access
         sd, text_lib.tokenize(sd, [""] * prompt_embeds.shape[0]))
   negative_embeds = jnp.asarray(negative_embeds)
   if negative_embeds.shape != prompt_embeds.shape:

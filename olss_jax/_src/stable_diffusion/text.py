@@ -61,12 +61,16 @@ def embed_ids(sd: model_lib.StableDiffusion, ids) -> jax.Array:
   return sd.text_encoder(ids, params=sd.params["text_encoder"])[0]
 
 
+_embed_ids_jit = jax.jit(embed_ids)
+
+
 def encode_prompts(sd: model_lib.StableDiffusion, prompts, *,
                    negative_prompts=None) -> tuple[jax.Array, jax.Array]:
   """Embeds prompts and their unconditional counterparts for classifier-free guidance.
 
   As diffusers' pipeline: without negative prompts the unconditional input is the empty
-  string, padded to the same length.
+  string, padded to the same length. Runs the text encoder under `jax.jit` (compiled once
+  per model and batch size).
 
   Args:
     sd: the model.
@@ -79,4 +83,6 @@ def encode_prompts(sd: model_lib.StableDiffusion, prompts, *,
   prompts = prompt_list(prompts)
   negatives = prompt_list("" if negative_prompts is None else negative_prompts,
                           name="negative_prompts", batch_size=len(prompts))
-  return embed_ids(sd, tokenize(sd, prompts)), embed_ids(sd, tokenize(sd, negatives))
+  ids = tokenize(sd, prompts + negatives)  # one jitted encoder call for both halves
+  embeds = _embed_ids_jit(sd, ids)
+  return embeds[:len(prompts)], embeds[len(prompts):]
