@@ -91,8 +91,10 @@ from olss_jax._src.stable_diffusion.generate import decode_latents, generate
 from olss_jax._src.stable_diffusion.provenance import ScheduleMismatchWarning, check_schedule_for
 from olss_jax._src.stable_diffusion.collect import (
     SDTeacher,
+    collect_sd_to_directory,
     collect_sd_trajectory,
     fit_sd_schedule,
+    load_sd_teacher,
 )
 
 # --- the workbench: embedded models, figures, tiny SD pipeline (issue 5; CLI in olss_jax.cli) ---
@@ -170,6 +172,8 @@ __all__ = [
     "SDTeacher",
     "collect_sd_trajectory",
     "fit_sd_schedule",
+    "collect_sd_to_directory",
+    "load_sd_teacher",
     "SearchInfo",
     "fit_weights",
     "ClosedLoopSearchInfo",
