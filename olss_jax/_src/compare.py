@@ -66,6 +66,14 @@ def _olss_paper(searched: bool) -> MethodFn:
   return method
 
 
+def _olss_closed_loop(uniform: bool) -> MethodFn:
+  def method(ctx: FitContext, n: int) -> schedule_lib.Schedule:
+    from olss_jax._src import fit_olss  # noqa: PLC0415
+    return fit_olss.fit_olss(ctx.traj, n, denoise_fn=ctx.denoise_fn, method="closed_loop",
+                             uniform=uniform)
+  return method
+
+
 def _baseline(name: str) -> MethodFn:
   def method(ctx: FitContext, n: int) -> schedule_lib.Schedule:
     from olss_jax._src.baselines import registry  # noqa: PLC0415
@@ -73,11 +81,18 @@ def _baseline(name: str) -> MethodFn:
   return method
 
 
-def default_methods(*, baselines: Sequence[str] | None = None) -> dict[str, MethodFn]:
-  """The methods of the comparison table: every baseline, OLSS-P and OLSS (paper's fit).
+def default_methods(*, baselines: Sequence[str] | None = None,
+                    closed_loop: bool = True) -> dict[str, MethodFn]:
+  """The methods of the comparison table.
+
+  Every baseline; the paper's OLSS-P ("olss-p", uniform path) and OLSS ("olss", searched
+  path), both fitted teacher-forced (Eq. 12); and, beyond the paper, the closed-loop fits
+  (issue 8) on the uniform ("olss-p-cl") and the closed-loop searched path ("olss-cl", the
+  library's default method).
 
   Args:
     baselines: baseline names (keys of `olss_jax.BASELINES`); all of them by default.
+    closed_loop: include the closed-loop methods.
 
   Returns:
     An ordered ``{name: (FitContext, n) -> Schedule}``.
@@ -87,6 +102,9 @@ def default_methods(*, baselines: Sequence[str] | None = None) -> dict[str, Meth
   methods: dict[str, MethodFn] = {name: _baseline(name) for name in names}
   methods["olss-p"] = _olss_paper(searched=False)
   methods["olss"] = _olss_paper(searched=True)
+  if closed_loop:
+    methods["olss-p-cl"] = _olss_closed_loop(uniform=True)
+    methods["olss-cl"] = _olss_closed_loop(uniform=False)
   return methods
 
 

@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="held-out evaluation noises, never used in any fit")
   parser.add_argument("--teacher-steps", type=int, default=1000, help="teacher DDIM steps")
   parser.add_argument("--methods", nargs="+", default=None,
-                      help="methods to compare (default: every baseline, OLSS-P and OLSS)")
+                      help="methods to compare (default: every baseline, olss-p, olss, "
+                           "olss-p-cl, olss-cl)")
   parser.add_argument("--out", default="olss_jax_demo",
                       help="directory for the PNGs (sample grid, error vs steps); '' for none")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -107,6 +108,9 @@ def main(args: argparse.Namespace) -> int:
   print(f"teacher: {info['num_teacher_steps']}-step DDIM; fitted on {info['num_fit']} noises "
         f"(seed {info['fit_seed']}); evaluated on {info['num_eval']} held-out noises "
         f"(seed {info['eval_seed']}), the same for every method\n")
+  print("methods: the diffusers baselines; olss-p / olss = the paper (teacher-forced Eq. 12 fit "
+        "on uniform / searched steps); olss-p-cl / olss-cl = closed-loop fit (beyond the paper; "
+        "olss-cl is the library's default)\n")
   print("RMSE of the final sample against the teacher's on the same noise "
         "(mean [95% interval]; lowest in bold):\n")
   print(compare.format_markdown(result))
