@@ -236,6 +236,8 @@ def _cmd_fit(args) -> int:
   from olss_jax._src import progress  # pylint: disable=import-outside-toplevel
 
   method = args.method
+  if method is None:  # the measured best where the model can be rebuilt, else the paper's fit
+    method = "closed-loop" if os.path.isdir(args.trajectories) else "olss"
   if args.uniform and method == "olss":
     method = "olss-p"
   traj, meta = _load_teacher(args.trajectories)
@@ -559,17 +561,19 @@ def build_parser() -> argparse.ArgumentParser:
                   "--uniform: equally spaced, OLSS-P) and fits the linear weights by least "
                   "squares (Eq. 12). Prints the chosen timesteps and the error of every step.",
       epilog="examples:\n"
-             "  olss-jax fit teacher/ --steps 10 -o olss10.olss\n"
-             "  olss-jax fit teacher/ --steps 10 --uniform -o olssp10.olss\n"
-             "  olss-jax fit teacher/ --steps 10 --method closed-loop -o cl10.olss")
+             "  olss-jax fit teacher/ --steps 10 -o cl10.olss          # closed loop\n"
+             "  olss-jax fit teacher/ --steps 10 --method olss -o olss10.olss   # the paper\n"
+             "  olss-jax fit teacher/ --steps 10 --method olss --uniform -o olssp10.olss")
   p.add_argument("trajectories", metavar="TRAJECTORIES",
                  help="a directory from 'olss-jax collect' or a trajectory file")
   p.add_argument("-o", "--output", required=True, metavar="SCHEDULE", help="schedule file to write")
   p.add_argument("--steps", type=int, required=True, help="n, the number of model calls")
-  p.add_argument("--method", choices=("olss", "olss-p", "closed-loop"), default="olss",
-                 help="olss: the paper's fit (searched path, teacher-forced least squares); "
-                      "olss-p: the paper's fit on the uniform path; closed-loop: search and "
-                      "fit on the sampler's own states (beyond the paper; runs the model)")
+  p.add_argument("--method", choices=("olss", "olss-p", "closed-loop"), default=None,
+                 help="closed-loop (the default for a directory written by 'collect'): search "
+                      "and fit on the sampler's own states (beyond the paper; runs the model, "
+                      "measured best); olss: the paper's fit (searched path, teacher-forced "
+                      "least squares; the default for a single trajectory file); olss-p: the "
+                      "paper's fit on the uniform path")
   p.add_argument("--uniform", action="store_true",
                  help="equally spaced path (with --method olss: the same as olss-p)")
   p.add_argument("--refine", action="store_true",

@@ -83,11 +83,12 @@ def test_collect_fit_sample_round_trip(capsys, store, fitted, tmp_path):
   schedule = oj.load_schedule(fitted)
   assert schedule.num_steps == 4
   meta = schedule.metadata
-  assert meta["method"] == "olss" and meta["model_name"].startswith("gaussian-mixture")
+  # A directory from 'collect' gets the measured-best closed-loop fit by default.
+  assert meta["method"] == "closed-loop" and meta["model_name"].startswith("gaussian-mixture")
   assert meta["sample_shape"] == [16]
 
-  rc, out, _ = run(capsys, "fit", store, "--steps", "3", "--uniform", "-o", tmp_path / "p.olss",
-                   "-q")
+  rc, out, _ = run(capsys, "fit", store, "--steps", "3", "--method", "olss", "--uniform", "-o",
+                   tmp_path / "p.olss", "-q")
   assert rc == 0
   timesteps = oj.load_schedule(tmp_path / "p.olss").timesteps
   assert f"timesteps: {' '.join(str(int(t)) for t in timesteps)}" in out

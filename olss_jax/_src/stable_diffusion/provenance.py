@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 
 from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import validation
 from olss_jax._src.stable_diffusion import model as model_lib
 
 
-class ScheduleMismatchWarning(UserWarning):
-  """A schedule is used with another model, guidance scale or resolution than it was fitted for."""
+# One warning class for every mismatch check in the library (core and Stable Diffusion).
+ScheduleMismatchWarning = validation.ScheduleMismatchWarning
 
 
 def sd_metadata(sd: model_lib.StableDiffusion, *, guidance_scale: float, height: int,
