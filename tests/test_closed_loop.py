@@ -165,7 +165,7 @@ def test_cv_ridge_generalises_where_plain_least_squares_blows_up():
 def test_closed_loop_table_small_runs(capsys):
   import importlib.util
   import pathlib
-  path = pathlib.Path(__file__).parents[1] / "benchmarks" / "closed_loop_table.py"
+  path = pathlib.Path(__file__).parents[1] / "olss_jax" / "benchmarks" / "closed_loop_table.py"
   spec = importlib.util.spec_from_file_location("closed_loop_table", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

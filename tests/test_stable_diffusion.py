@@ -530,7 +530,7 @@ def test_generate_warns_and_rejects(sd, traced_generate):
 # --- the GPU benchmark script at toy size ----------------------------------------------------
 
 def _benchmark_module():
-  path = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "sd_gpu_benchmark.py")
+  path = os.path.join(os.path.dirname(__file__), os.pardir, "olss_jax", "benchmarks", "sd_gpu_benchmark.py")
   spec = importlib.util.spec_from_file_location("sd_gpu_benchmark", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

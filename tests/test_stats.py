@@ -29,7 +29,7 @@ SHARD_ATOL_F32 = 1e-5
 
 def _load_benchmark():
   spec = importlib.util.spec_from_file_location(
-      "search_benchmark", os.path.join(ROOT, "benchmarks", "search_benchmark.py"))
+      "search_benchmark", os.path.join(ROOT, "olss_jax", "benchmarks", "search_benchmark.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module

@@ -1,6 +1,6 @@
 """Throughput and peak host memory of save_trajectory / load_trajectory.
 
-Usage: python benchmarks/bench_io.py [--steps 1000] [--batch 16] [--dir /tmp]
+Usage: python -m olss_jax.benchmarks.bench_io [--steps 1000] [--batch 16] [--dir /tmp]
 Writes one trajectory file (model outputs of steps x batch x 4 x 32 x 32 float32) to a
 temporary directory, reloads it and checks it bit for bit. Peak memory is measured with
 tracemalloc (numpy allocations are traced).

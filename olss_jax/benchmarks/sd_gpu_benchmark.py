@@ -9,9 +9,9 @@ memory. The sampler is the same for every schedule (OLSS and DDIM differ only in
 values), so a DDIM schedule of n steps stands in for a fitted one.
 
 Usage:
-  python benchmarks/sd_gpu_benchmark.py                     # SD 1.5 at 512 px, bfloat16
-  python benchmarks/sd_gpu_benchmark.py --model /path/sd15  # real Flax weights from disk
-  python benchmarks/sd_gpu_benchmark.py --tiny              # toy size on the CPU (tests)
+  python -m olss_jax.benchmarks.sd_gpu_benchmark                     # SD 1.5 at 512 px, bfloat16
+  python -m olss_jax.benchmarks.sd_gpu_benchmark --model /path/sd15  # real Flax weights from disk
+  python -m olss_jax.benchmarks.sd_gpu_benchmark --tiny              # toy size on the CPU (tests)
 
 Prints a markdown table.
 """
@@ -30,7 +30,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 import olss_jax as oj  # noqa: E402  pylint: disable=wrong-import-position
 from olss_jax._src.stable_diffusion import generate as generate_lib  # noqa: E402
 from olss_jax._src.stable_diffusion import model as model_lib  # noqa: E402

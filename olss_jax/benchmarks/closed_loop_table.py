@@ -6,9 +6,9 @@ markdown table of the RMSE (and median per-sample RMSE) of the n-step sample aga
 noises for every row), with the fitting cost: extra model calls on the fitting noises (the
 teacher's K calls are common to every OLSS row and listed once) and seconds.
 
-  python benchmarks/closed_loop_table.py            # full table (a few minutes on CPU)
-  python benchmarks/closed_loop_table.py --small    # seconds; exercised by a test
-  python benchmarks/closed_loop_table.py --models digits --steps 5 10 --refine-iters 50
+  python -m olss_jax.benchmarks.closed_loop_table            # full table (a few minutes on CPU)
+  python -m olss_jax.benchmarks.closed_loop_table --small    # seconds; exercised by a test
+  python -m olss_jax.benchmarks.closed_loop_table --models digits --steps 5 10 --refine-iters 50
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import olss_jax as oj  # noqa: E402
 
 MODELS = {

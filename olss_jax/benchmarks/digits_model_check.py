@@ -1,6 +1,6 @@
 """Checks the shipped digits model: UNet forward time and guidance vs sample quality.
 
-Usage: ``PYTHONPATH=. python benchmarks/digits_model_check.py [--per-class 6] [--guidance 1,2,3,5]``
+Usage: ``python -m olss_jax.benchmarks.digits_model_check [--per-class 6] [--guidance 1,2,3,5]``
 
 Prints the time of one jitted guided forward pass on 256 noises (a UNet batch of 512), the
 Frechet distance of the real test digits to the real train digits (the floor), then for each

@@ -11,9 +11,9 @@ steps and advances a tqdm bar between chunks. This times, on the embedded defaul
 and reports the overhead of the bar against the single scan (the issue's bound: < 5%).
 
 Usage:
-  python benchmarks/progress_overhead.py                  # K = 1000, B = 32, c = 50
-  python benchmarks/progress_overhead.py --model digits-random   # before the weights ship
-  python benchmarks/progress_overhead.py --model analytic --batch 8 --repeats 3
+  python -m olss_jax.benchmarks.progress_overhead                  # K = 1000, B = 32, c = 50
+  python -m olss_jax.benchmarks.progress_overhead --model digits-random   # before the weights ship
+  python -m olss_jax.benchmarks.progress_overhead --model analytic --batch 8 --repeats 3
 """
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ import time
 
 import jax
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 import olss_jax as oj  # noqa: E402  pylint: disable=wrong-import-position
 from olss_jax._src import progress  # noqa: E402  pylint: disable=wrong-import-position
 

@@ -14,9 +14,9 @@ it runs side by side:
 caps, best-of-feasible, uniform fallback) so the two paths are comparable; only the error
 oracle differs. It reports wall times, their ratio, peak RSS, and whether the paths agree.
 
-  python benchmarks/search_benchmark.py            # full size (a can take tens of minutes)
-  python benchmarks/search_benchmark.py --small    # seconds; run by tests/test_stats.py
-  python benchmarks/search_benchmark.py --reference-sample 200   # (a) timed on 200 of its
+  python -m olss_jax.benchmarks.search_benchmark            # full size (a can take tens of minutes)
+  python -m olss_jax.benchmarks.search_benchmark --small    # seconds; run by tests/test_stats.py
+  python -m olss_jax.benchmarks.search_benchmark --reference-sample 200   # (a) timed on 200 of its
                        # tall least squares drawn at random from the full search's calls;
                        # its total time EXTRAPOLATED (says so in the output)
 """
@@ -32,7 +32,6 @@ import time
 import numpy as np
 import scipy.linalg
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from olss_jax._src import fit  # pylint: disable=wrong-import-position
 from olss_jax._src import search  # pylint: disable=wrong-import-position

@@ -11,8 +11,8 @@ one chunk plus the statistics whatever the number of images. Two modes:
   --mode stats  the full (K + 1)^2 Gram statistics (`accumulate_stats`), which also serve the
                 path search; reports the per-image cost.
 
-  python benchmarks/memory_benchmark.py --images 1024 --chunk 4            # fit, 1,024 images
-  python benchmarks/memory_benchmark.py --mode stats --images 64 --chunk 4
+  python -m olss_jax.benchmarks.memory_benchmark --images 1024 --chunk 4            # fit, 1,024 images
+  python -m olss_jax.benchmarks.memory_benchmark --mode stats --images 64 --chunk 4
 
 Peak memory is the process's peak RSS (``resource.getrusage``, Linux KiB).
 """
@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from olss_jax._src import fit  # pylint: disable=wrong-import-position
 from olss_jax._src import lstsq  # pylint: disable=wrong-import-position
