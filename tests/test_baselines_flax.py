@@ -36,28 +36,9 @@ def _max_rel_err(ours, ref) -> float:
   return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
 
 
-def _mixture_eps(mu, var_data, log_w, alphas, x_t, t):
-  ab = alphas[t]
-  x = x_t.reshape(x_t.shape[0], -1)
-  var = ab * var_data + 1.0 - ab                                   # (M,)
-  diff = x[:, None, :] - jnp.sqrt(ab) * mu[None]                   # (B, M, D)
-  logits = log_w - 0.5 * x.shape[1] * jnp.log(var) - 0.5 * jnp.sum(diff**2, -1) / var
-  resp = jax.nn.softmax(logits, axis=-1)                           # (B, M)
-  return (jnp.sqrt(1.0 - ab) * jnp.einsum("bm,bmd->bd", resp / var, diff)).reshape(x_t.shape)
-
-
 def _mixture_denoiser_float64(alphas):
-  """`oj.mixture_denoiser`'s closed-form noise prediction, evaluated in float64 (call under x64).
-
-  `oj.mixture_denoiser` computes in float32; its rounding differs between eager and compiled
-  XLA code by ~1e-7, which the sharp mixture amplifies to ~1e-5 in the final sample. The
-  float64 checks need the model itself in float64.
-  """
-  mixture = oj.make_gaussian_mixture(jax.random.PRNGKey(MIXTURE_SEED))
-  as64 = lambda a: jnp.asarray(np.asarray(a, np.float64))
-  mu = as64(mixture.means).reshape(mixture.means.shape[0], -1)
-  return jax.tree_util.Partial(_mixture_eps, mu, as64(mixture.stds) ** 2,
-                               as64(mixture.log_weights), as64(alphas))
+  """The exact mixture model; under `jax.enable_x64` it computes in float64."""
+  return oj.mixture_denoiser(oj.make_gaussian_mixture(jax.random.PRNGKey(MIXTURE_SEED)), alphas)
 
 
 def _denoiser(alphas, dtype):

@@ -20,6 +20,7 @@ from flax import serialization
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 import olss_jax as oj
+from olss_jax._src import tiny_pipeline
 from olss_jax._src import io as io_lib
 from olss_jax._src.stable_diffusion import generate as generate_lib
 
@@ -39,21 +40,8 @@ VOCAB = (["<|startoftext|>", "<|endoftext|>", "<unk>"] + list("abcdefghijklmnopq
 MERGES = ["#version: 0.2", "c a", "d o", "t h", "ca t</w>", "do g</w>", "th e</w>"]
 
 
-def _random_params(shapes, seed):
-  """Random weights of the given shape tree, scaled so activations stay O(1)."""
-  rng = np.random.default_rng(seed)
-  out = {}
-  for path, leaf in flatten_dict(dict(shapes)).items():
-    if path[-1] == "scale":
-      value = 1.0 + 0.1 * rng.standard_normal(leaf.shape)
-    elif path[-1] == "bias":
-      value = 0.1 * rng.standard_normal(leaf.shape)
-    elif path[-1] == "kernel":
-      value = rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
-    else:  # embeddings
-      value = 0.5 * rng.standard_normal(leaf.shape)
-    out[path] = jnp.asarray(value, leaf.dtype)
-  return unflatten_dict(out)
+# Random weights of a shape tree, scaled so activations stay O(1) (shared with the notebook).
+_random_params = tiny_pipeline._random_params  # pylint: disable=protected-access
 
 
 def _build_tiny_pipeline(directory, prediction_type="epsilon"):

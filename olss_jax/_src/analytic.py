@@ -114,5 +114,6 @@ def mixture_denoiser(mixture: GaussianMixture, alphas_cumprod=None) -> jax.tree_
   """
   if alphas_cumprod is None:
     alphas_cumprod = ddim.scaled_linear_alphas_cumprod()
-  alphas = jnp.asarray(ddim.check_alphas_cumprod(alphas_cumprod), jnp.float32)
+  # A float64 host leaf: float32 under jit by default, full precision under jax.enable_x64.
+  alphas = ddim.check_alphas_cumprod(alphas_cumprod)
   return jax.tree_util.Partial(mixture_noise_prediction, mixture, alphas)

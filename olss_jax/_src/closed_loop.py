@@ -16,7 +16,6 @@ prefix cache).
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import NamedTuple
 
@@ -452,31 +451,14 @@ class ClosedLoopErrors:
                        for i in range(len(path))])
 
   def walk(self, bound: float, num_steps: int):
-    """Algorithm 2 (with Algorithm 1) on closed-loop errors; see `search.ProjectionErrors.walk`.
+    """`search.greedy_walk` (Algorithms 1-2) on closed-loop errors.
 
     Returns:
       (path (n,) int32, step_errors (n,)) or None when infeasible.
     """
-    k = self.k
-    path, errs = [0], []
-    for i in range(1, num_steps + 1):
-      current, cap = path[-1], k - (num_steps - i)
-      prefix = tuple(path)
-      lo, hi, err_lo = current, cap, None
-      while lo < hi:
-        mid = (lo + hi + 1) // 2
-        err = self.error(prefix, mid)
-        if err > bound:
-          hi = mid - 1
-        else:
-          lo, err_lo = mid, err
-      if lo == current:
-        return None
-      errs.append(err_lo if err_lo is not None else self.error(prefix, lo))
-      if i == num_steps:
-        return (np.asarray(path, np.int32), np.asarray(errs)) if lo == k else None
-      path.append(lo)
-    return None  # pragma: no cover
+    from olss_jax._src import search  # local: search imports this module lazily too
+    return search.greedy_walk(self.error, lambda prefix, index: prefix + (index,), (0,),
+                              self.k, num_steps, bound)
 
 
 def closed_loop_search(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
@@ -512,40 +494,10 @@ def closed_loop_search(traj: trajectory_lib.Trajectory, num_steps: int, denoise_
   from olss_jax._src import search  # local: search imports this module lazily too
   validation.check_trajectory(traj)
   n = validation.check_num_steps(num_steps, traj.num_teacher_steps)
-  if num_bisection_steps < 0:
+  if num_bisection_steps < 0:  # checked before any model call
     raise ValueError(f"num_bisection_steps: expected >= 0, got {num_bisection_steps}")
   errs = ClosedLoopErrors(traj, denoise_fn, batch_size=batch_size)
-  walks = 0
-
-  def walk(bound):
-    nonlocal walks
-    walks += 1
-    return errs.walk(bound, n)
-
-  def worst(w):
-    return float(np.max(w[1]))
-
-  best = walk(math.inf)
-  hi = worst(best)
-  found = walk(hi)
-  for _ in range(64):
-    if found is not None:
-      break
-    hi *= 2.0
-    found = walk(hi)
-  lo = 0.0
-  if found is None:
-    hi = math.inf
-  else:
-    best = min(best, found, key=worst)
-    for _ in range(num_bisection_steps):
-      mid = 0.5 * (lo + hi)
-      found = walk(mid)
-      if found is None:
-        lo = mid
-      else:
-        hi = mid
-        best = min(best, found, key=worst)
+  best, hi, walks = search.bisect_bound(lambda bound: errs.walk(bound, n), num_bisection_steps)
   path, step_errors = best
   source = "closed_loop_walk"
   if include_teacher_forced:

@@ -51,6 +51,95 @@ def uniform_path(traj: trajectory_lib.Trajectory, num_steps: int) -> np.ndarray:
   return ((np.arange(n, dtype=np.int64) * k) // n).astype(np.int32)
 
 
+def greedy_walk(error, extend, state, num_teacher_steps: int, num_steps: int, bound: float):
+  """Algorithm 2 with Algorithm 1 inside: the greedy path under an error bound.
+
+  From the current step, binary search (Algorithm 1, assuming the error grows with the jump)
+  for the farthest teacher state whose step error is <= ``bound``, but no farther than leaves
+  one teacher step for each remaining model call, so that a feasible walk has exactly n calls.
+  Feasible when the n-th jump reaches the final state K.
+
+  Args:
+    error: ``error(state, target) -> float``, the step error of jumping to teacher state
+      ``target`` from the path so far (summarised by ``state``).
+    extend: ``extend(state, index) -> state`` after adding teacher step ``index`` to the path.
+    state: the state of the path [0].
+    num_teacher_steps: K.
+    num_steps: n.
+    bound: the error bound D.
+
+  Returns:
+    (path (n,) int32, step_errors (n,)) or None when infeasible.
+  """
+  k = num_teacher_steps
+  path, errs_out = [0], []
+  for i in range(1, num_steps + 1):
+    current, cap = path[-1], k - (num_steps - i)
+    lo, hi, err_lo = current, cap, None
+    while lo < hi:  # Algorithm 1 in index space (index = K - t)
+      mid = (lo + hi + 1) // 2
+      err = error(state, mid)
+      if err > bound:
+        hi = mid - 1
+      else:
+        lo, err_lo = mid, err
+    if lo == current:
+      return None
+    errs_out.append(err_lo if err_lo is not None else error(state, lo))
+    if i == num_steps:
+      return (np.asarray(path, np.int32), np.asarray(errs_out)) if lo == k else None
+    path.append(lo)
+    state = extend(state, lo)
+  return None  # pragma: no cover
+
+
+def bisect_bound(walk, num_bisection_steps: int):
+  """Algorithm 3: bisection on the error bound D over greedy walks.
+
+  The bracket starts at the maximum error of the always-feasible walk with D = inf (every jump
+  to its cap), doubled until a walk under it is feasible; then ``num_bisection_steps`` halvings.
+
+  Args:
+    walk: ``walk(bound) -> (path, step_errors) | None``.
+    num_bisection_steps: halvings of the bracket.
+
+  Returns:
+    (best, bound, num_walks): the feasible walk with the smallest maximum step error seen,
+    the smallest feasible bound, and how many walks ran.
+  """
+  if num_bisection_steps < 0:
+    raise ValueError(f"num_bisection_steps: expected >= 0, got {num_bisection_steps}")
+
+  def worst(w):
+    return float(np.max(w[1]))
+
+  best = walk(math.inf)  # always feasible: every jump reaches its cap
+  walks = 1
+  hi = worst(best)
+  found = walk(hi)
+  walks += 1
+  for _ in range(64):
+    if found is not None:
+      break
+    hi *= 2.0
+    found = walk(hi)
+    walks += 1
+  lo = 0.0
+  if found is None:
+    return best, math.inf, walks
+  best = min(best, found, key=worst)
+  for _ in range(num_bisection_steps):
+    mid = 0.5 * (lo + hi)
+    found = walk(mid)
+    walks += 1
+    if found is None:
+      lo = mid
+    else:
+      hi = mid
+      best = min(best, found, key=worst)
+  return best, hi, walks
+
+
 class ProjectionErrors:
   """Every candidate step error d(.) for a growing path, in the compressed R-space.
 
@@ -121,37 +210,9 @@ class ProjectionErrors:
     return np.asarray(out)
 
   def walk(self, bound: float, num_steps: int):
-    """Algorithm 2 with Algorithm 1 inside: the greedy path under an error bound.
-
-    From the current step, binary search (Algorithm 1, assuming the error grows with the jump)
-    for the farthest teacher state whose projection error is <= ``bound``, but no farther
-    than leaves one teacher step for each remaining model call, so that a feasible walk has
-    exactly n calls. Feasible when the n-th jump reaches the final state K.
-
-    Returns:
-      (path (n,) int32, step_errors (n,)) or None when infeasible.
-    """
-    k = self.num_teacher_steps
-    q = self.add(self.start(), 1)
-    path, errs_out = [0], []
-    for i in range(1, num_steps + 1):
-      current, cap = path[-1], k - (num_steps - i)
-      lo, hi, err_lo = current, cap, None
-      while lo < hi:  # Algorithm 1 in index space (index = K - t)
-        mid = (lo + hi + 1) // 2
-        err = self.error(q, mid)
-        if err > bound:
-          hi = mid - 1
-        else:
-          lo, err_lo = mid, err
-      if lo == current:
-        return None
-      errs_out.append(err_lo if err_lo is not None else self.error(q, lo))
-      if i == num_steps:
-        return (np.asarray(path, np.int32), np.asarray(errs_out)) if lo == k else None
-      path.append(lo)
-      q = self.add(q, lo + 1)
-    return None  # pragma: no cover
+    """`greedy_walk` (Algorithms 1-2) on these teacher-forced projection errors."""
+    return greedy_walk(self.error, lambda q, index: self.add(q, index + 1),
+                       self.add(self.start(), 1), self.num_teacher_steps, num_steps, bound)
 
 
 def search_path(traj: trajectory_lib.Trajectory, num_steps: int, *,
@@ -200,37 +261,10 @@ def search_path(traj: trajectory_lib.Trajectory, num_steps: int, *,
     validation.check_trajectory(traj)
   k = traj.num_teacher_steps
   n = validation.check_num_steps(num_steps, k)
-  if num_bisection_steps < 0:
+  if num_bisection_steps < 0:  # checked before the (costly) factorisation
     raise ValueError(f"num_bisection_steps: expected >= 0, got {num_bisection_steps}")
   proj = ProjectionErrors(traj)
-  walks = 0
-
-  def walk(bound):
-    nonlocal walks
-    walks += 1
-    return proj.walk(bound, n)
-
-  best = walk(math.inf)  # always feasible: every jump reaches its cap
-  hi = float(np.max(best[1]))
-  found = walk(hi)
-  for _ in range(64):
-    if found is not None:
-      break
-    hi *= 2.0
-    found = walk(hi)
-  lo = 0.0
-  if found is None:
-    hi = math.inf
-  else:
-    best = min(best, found, key=lambda w: float(np.max(w[1])))
-    for _ in range(num_bisection_steps):
-      mid = 0.5 * (lo + hi)
-      found = walk(mid)
-      if found is None:
-        lo = mid
-      else:
-        hi = mid
-        best = min(best, found, key=lambda w: float(np.max(w[1])))
+  best, hi, walks = bisect_bound(lambda bound: proj.walk(bound, n), num_bisection_steps)
   path, errors = best
   uniform = uniform_path(traj, n)
   uniform_errors = proj.path_errors(uniform)

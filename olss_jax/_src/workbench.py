@@ -24,9 +24,10 @@ def paper_figures(model: compare.ComparisonModel, out_dir, *,
   """Runs one held-out comparison and writes the paper's figures from it as PNGs.
 
   ``correlation.png`` (Figure 2, the fitting teacher), ``errors.png`` (Figure 4, RMSE to the
-  teacher against steps), ``paths.png`` (Figure 5, PCA of the paths of OLSS, DDIM and
-  DPM-Solver++ at the smallest n against the teacher, on three fitting noises),
-  ``weights.png`` (OLSS's fitted weights beside DDIM's at the smallest n) and ``grid.png``
+  teacher against steps), ``paths.png`` (Figure 5, PCA of the paths of OLSS (closed loop and
+  the paper's fit), DDIM and DPM-Solver++ at the smallest n against the teacher, on three
+  fitting noises), ``weights.png`` (OLSS's fitted weights, closed loop and paper, beside
+  DDIM's at the smallest n) and ``grid.png``
   (Figure 6, teacher and schedulers at the smallest n on the same held-out noises).
 
   Args:
@@ -81,11 +82,10 @@ def paper_figures(model: compare.ComparisonModel, out_dir, *,
     elif name == "errors":
       figures.error_vs_steps_figure(result, path=path)
     elif name == "weights":
-      figures.weights_figure({f"OLSS ({n0} steps, fitted)": result.schedules[("olss", n0)],
-                              f"DDIM ({n0} steps)": result.schedules[("ddim", n0)]}
-                             if "ddim" in baselines else
-                             {f"OLSS ({n0} steps, fitted)": result.schedules[("olss", n0)]},
-                             path=path)
+      shown_weights = {f"OLSS closed loop ({n0} steps)": result.schedules.get(("olss-cl", n0)),
+                       f"OLSS paper fit ({n0} steps)": result.schedules[("olss", n0)],
+                       f"DDIM ({n0} steps)": result.schedules.get(("ddim", n0))}
+      figures.weights_figure({k: v for k, v in shown_weights.items() if v is not None}, path=path)
     elif name == "paths":
       shown = 3
       x_T = np.asarray(ctx.traj.x_T)[:shown]
@@ -93,7 +93,7 @@ def paper_figures(model: compare.ComparisonModel, out_dir, *,
       conditions = None if conditions is None else np.asarray(conditions)[:shown]
       denoise = model.denoiser(conditions)
       histories = {}
-      for method in ("olss", "dpm_solver_pp", "ddim"):
+      for method in ("olss-cl", "olss", "dpm_solver_pp", "ddim"):
         if (method, n0) in result.schedules:
           _, hist = jax.jit(sampler.sample, static_argnames="return_history")(
               denoise, result.schedules[(method, n0)], x_T, return_history=True)
@@ -102,7 +102,7 @@ def paper_figures(model: compare.ComparisonModel, out_dir, *,
       figures.generation_paths_figure(histories, teacher, samples=range(shown), path=path)
     elif name == "grid":
       rows = {f"teacher ({num_teacher_steps})": result.samples[("teacher", 0)]}
-      for method in list(baselines) + ["olss-p", "olss"]:
+      for method in list(baselines) + ["olss-p", "olss", "olss-p-cl", "olss-cl"]:
         if (method, n0) in result.samples:
           rows[f"{method} ({n0})"] = result.samples[(method, n0)]
       figures.image_grid_figure(rows, path=path)
