@@ -43,14 +43,9 @@ def _is_sd(spec: str) -> bool:
 
 
 def silence_sd_libraries() -> None:
-  """Creates diffusers' and transformers' log handlers now and drops their Flax deprecation
-  notices from them (the handlers are otherwise created lazily, after any filter was set)."""
-  from diffusers.utils import logging as diffusers_logging  # pylint: disable=import-outside-toplevel
-  from transformers.utils import logging as transformers_logging  # pylint: disable=import-outside-toplevel
+  """Drops diffusers' and transformers' Flax deprecation notices (see `quiet`)."""
   from olss_jax._src import quiet  # pylint: disable=import-outside-toplevel
-  diffusers_logging.get_verbosity()  # configures the library's root handler
-  transformers_logging.get_verbosity()
-  quiet.silence_flax_deprecations()
+  quiet.silence_before_import()
 
 
 def _load_sd(spec: str):

@@ -220,3 +220,17 @@ def test_training_is_deterministic(tmp_path):
     assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
   loaded = oj.load_digits_model(tmp_path / "a" / "digits_unet.msgpack")
   assert loaded.config["recipe"]["steps"] == 3
+
+
+def test_no_deprecation_notice_reaches_the_user():
+  """diffusers logs a Flax deprecation notice while importing; the package drops it."""
+  import subprocess
+  import sys
+  code = ("import numpy as np, jax, olss_jax as oj\n"
+          "m = oj.load_digits_model()\n"
+          "f = m.denoiser(np.arange(2), guidance_scale=2.0)\n"
+          "print(f(jax.numpy.zeros((2,) + m.sample_shape), 10).shape)\n")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr
+  assert "deprecated" not in proc.stderr.lower(), proc.stderr

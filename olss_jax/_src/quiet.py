@@ -52,3 +52,18 @@ def silence_flax_deprecations() -> None:
     _warnings_installed = True
     warnings.filterwarnings("ignore", message=".*Flax classes are deprecated.*")
     warnings.filterwarnings("ignore", message=".*TensorFlow and JAX classes are deprecated.*")
+
+
+def silence_before_import() -> None:
+  """Creates diffusers' and transformers' log handlers now, then filters them.
+
+  diffusers logs its notice while its Flax modules are being imported (class bodies), so the
+  filter must be on the handler before ``from diffusers import Flax...``: call this first.
+  Importing the two libraries' logging utilities is what creates their handlers.
+  """
+  from diffusers.utils import logging as diffusers_logging  # noqa: PLC0415
+  from transformers.utils import logging as transformers_logging  # noqa: PLC0415
+
+  diffusers_logging.get_verbosity()
+  transformers_logging.get_verbosity()
+  silence_flax_deprecations()

@@ -57,11 +57,8 @@ def save_tiny_stable_diffusion(directory, *, seed: int = 0) -> str:
   """
   import jax  # pylint: disable=import-outside-toplevel
   from diffusers.utils import logging as diffusers_logging  # pylint: disable=import-outside-toplevel
-  from transformers.utils import logging as transformers_logging  # pylint: disable=import-outside-toplevel
   from olss_jax._src import quiet  # pylint: disable=import-outside-toplevel
-  diffusers_logging.get_verbosity()  # creates the libraries' lazy log handlers now,
-  transformers_logging.get_verbosity()  # so the filter below reaches them
-  quiet.silence_flax_deprecations()
+  quiet.silence_before_import()
   from diffusers import (FlaxAutoencoderKL, FlaxDDIMScheduler,  # pylint: disable=import-outside-toplevel
                          FlaxStableDiffusionPipeline, FlaxUNet2DConditionModel)
   from transformers import CLIPTextConfig, CLIPTokenizer, FlaxCLIPTextModel  # pylint: disable=import-outside-toplevel

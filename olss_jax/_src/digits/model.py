@@ -67,10 +67,10 @@ def pixel_shuffle(x: jax.Array, factor: int = PATCH) -> jax.Array:
 
 @functools.lru_cache(maxsize=8)
 def _unet_module(config_items: tuple):
-  from diffusers import FlaxUNet2DConditionModel  # noqa: PLC0415  (slow import, done once)
   from olss_jax._src import quiet  # noqa: PLC0415
 
-  quiet.silence_flax_deprecations()
+  quiet.silence_before_import()  # diffusers logs its notice while importing the Flax classes
+  from diffusers import FlaxUNet2DConditionModel  # noqa: PLC0415  (slow import, done once)
 
   return FlaxUNet2DConditionModel(**dict(config_items))
 
