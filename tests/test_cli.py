@@ -173,7 +173,7 @@ def test_compare_prints_a_table(capsys, fitted):
   rc, out, _ = run(capsys, "compare", fitted, "--model", "analytic", "--baselines", "ddim",
                    "--num-eval", "4", "--teacher-steps", "30", "-q")
   assert rc == 0
-  assert "| olss4.olss (olss) |" in out and "| ddim |" in out and "| method | 4 steps |" in out
+  assert "| olss4.olss (closed-loop) |" in out and "| ddim |" in out and "| method | 4 steps |" in out
   rc, _, err = run(capsys, "compare", fitted, "--model", "analytic", "--baselines", "nope")
   assert rc == 1
   assert_one_line_error(err, "nope")
