@@ -126,15 +126,23 @@ def collect_sd_trajectory(sd: model_lib.StableDiffusion, prompts, *, key=None, l
     traj = None  # release the chunk's own output buffer before the next chunk
   trajectory = trajectory_lib.Trajectory(timesteps=timesteps, x_T=x_T, model_outputs=outputs,
                                          alphas=alphas)
+  info = _teacher_info(sd, guidance_scale, height, width, num_teacher_steps, num_images,
+                       prompt_set, negative_set, negative_prompts is not None)
+  return SDTeacher(trajectory, info)
+
+
+def _teacher_info(sd, guidance_scale, height, width, num_teacher_steps, num_images, prompt_set,
+                  negative_set, has_negative: bool) -> dict:
+  """What a teacher was collected for (recorded in the schedules fitted on it)."""
   info = provenance.sd_metadata(sd, guidance_scale=guidance_scale, height=height, width=width)
   info.update({
       "teacher_steps": int(num_teacher_steps),
       "num_fit_images": int(num_images),
       "num_prompts": len(prompt_set),
       "prompts_sha256": _prompts_digest(prompt_set, negative_set),
-      "negative_prompts": negative_prompts is not None,
+      "negative_prompts": has_negative,
   })
-  return SDTeacher(trajectory, info)
+  return info
 
 
 def _key_list(key) -> list[int]:
@@ -200,15 +208,9 @@ def collect_sd_to_directory(directory, sd: model_lib.StableDiffusion, prompts, *
     return denoiser_lib.sd_denoiser(sd, embeds, guidance_scale=guidance_scale,
                                     negative_embeds=negative_embeds)
 
-  info = provenance.sd_metadata(sd, guidance_scale=guidance_scale, height=height, width=width)
-  info.update({
-      "teacher_steps": int(num_teacher_steps),
-      "num_fit_images": int(num_images),
-      "num_prompts": len(prompt_set),
-      "prompts_sha256": _prompts_digest(prompt_set, negative_set),
-      "negative_prompts": negative_prompts is not None,
-      "latent_key": _key_list(key),
-  })
+  info = _teacher_info(sd, guidance_scale, height, width, num_teacher_steps, num_images,
+                       prompt_set, negative_set, negative_prompts is not None)
+  info["latent_key"] = _key_list(key)
   noise = sd.info.noise
   return store.collect_to_directory(
       directory, denoiser, noises, noise.alphas_cumprod, num_chunks=len(starts),
