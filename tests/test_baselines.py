@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import olss_jax as oj
+from baseline_helpers import MIXTURE_SEED, NOISE_SEED, max_rel_err, mixture_denoiser_float64
 from olss_jax._src.baselines import deis as deis_lib
 from olss_jax._src.baselines import dpm_solver as dpm_lib
 from olss_jax._src.baselines import euler as euler_lib
@@ -26,17 +27,6 @@ from olss_jax._src.baselines import unipc as unipc_lib
 
 # Max |ours - reference| / max |reference| on the final sample.
 RTOL = {jnp.float32: 1e-4, jnp.float64: 1e-10}
-MIXTURE_SEED, NOISE_SEED = 0, 1
-
-
-def _max_rel_err(ours, ref) -> float:
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
-
-
-def _mixture_denoiser_float64(alphas):
-  """The exact mixture model; under `jax.enable_x64` it computes in float64."""
-  return oj.mixture_denoiser(oj.make_gaussian_mixture(jax.random.PRNGKey(MIXTURE_SEED)), alphas)
 
 
 _sample_jit = jax.jit(oj.sample)  # one cache for the whole file: compiles once per (n, dtype)
@@ -104,7 +94,7 @@ def test_jit_sample_equals_reference_loop(name, n):
   """`sample` (jit) with the extracted weights == the solver's own loop on real arrays (float64)."""
   program, schedule = _programs(ALPHAS, n)[name]
   with jax.enable_x64(True):
-    denoise_fn = _mixture_denoiser_float64(ALPHAS)
+    denoise_fn = mixture_denoiser_float64(ALPHAS)
     x_T = jax.random.normal(jax.random.PRNGKey(NOISE_SEED), (32, 16), jnp.float64)
     calls = []
 
@@ -116,7 +106,7 @@ def test_jit_sample_equals_reference_loop(name, n):
     ours = _sample_jit(denoise_fn, schedule, x_T)
     chex.assert_type(ours, jnp.float64)
   assert calls == [int(t) for t in np.asarray(schedule.timesteps)]
-  assert _max_rel_err(ours, ref) <= RTOL[jnp.float64]
+  assert max_rel_err(ours, ref) <= RTOL[jnp.float64]
 
 
 @pytest.mark.parametrize("n", (1, 5, 10, 20))

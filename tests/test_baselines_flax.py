@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import olss_jax as oj
+from baseline_helpers import MIXTURE_SEED, NOISE_SEED, max_rel_err, mixture_denoiser_float64
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -28,22 +29,11 @@ diffusers = pytest.importorskip("diffusers")
 RTOL = {jnp.float32: 1e-4, jnp.float64: 1e-10}
 STEP_COUNTS = (5, 10, 20)
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-MIXTURE_SEED, NOISE_SEED = 0, 1
-
-
-def _max_rel_err(ours, ref) -> float:
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
-
-
-def _mixture_denoiser_float64(alphas):
-  """The exact mixture model; under `jax.enable_x64` it computes in float64."""
-  return oj.mixture_denoiser(oj.make_gaussian_mixture(jax.random.PRNGKey(MIXTURE_SEED)), alphas)
 
 
 def _denoiser(alphas, dtype):
   if dtype == jnp.float64:
-    return _mixture_denoiser_float64(alphas)
+    return mixture_denoiser_float64(alphas)
   return oj.mixture_denoiser(oj.make_gaussian_mixture(jax.random.PRNGKey(MIXTURE_SEED)), alphas)
 
 
@@ -131,7 +121,7 @@ def _compare_with_flax(case: str, n: int, dtype, *, use_jit: bool) -> float:
   ours = run(denoise_fn, schedule, x_T)
   chex.assert_type(ours, dtype)
   chex.assert_tree_all_finite(ours)
-  return _max_rel_err(ours, ref)
+  return max_rel_err(ours, ref)
 
 
 # Default run: every configuration at 10 steps, plus 5 and 20 steps for the two with the most

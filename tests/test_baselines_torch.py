@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import olss_jax as oj
+from baseline_helpers import MIXTURE_SEED, NOISE_SEED, max_rel_err, mixture_denoiser_float64
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -27,18 +28,7 @@ RTOL = 1e-5          # max |ours - diffusers| / max |diffusers|, final sample, f
 RTOL_FLOAT64_LEVELS = 1e-10   # the same, with diffusers' float32 noise levels redone in float64
 STEP_COUNTS = (5, 10, 20)
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-MIXTURE_SEED, NOISE_SEED = 0, 1
 BATCH, DIM = 32, 16
-
-
-def _denoiser_float64(alphas):
-  """The exact mixture model; under `jax.enable_x64` it computes in float64."""
-  return oj.mixture_denoiser(oj.make_gaussian_mixture(jax.random.PRNGKey(MIXTURE_SEED), 8, (DIM,)), alphas)
-
-
-def _max_rel_err(ours, ref) -> float:
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
 
 
 def _x_T() -> np.ndarray:
@@ -74,7 +64,7 @@ def _check(scheduler, make_schedule, n, *, num_inference_steps=None, init_scale=
   schedule = make_schedule(alphas, n)
   x_T = _x_T()
   with jax.enable_x64(True):
-    denoise_fn = _denoiser_float64(alphas)
+    denoise_fn = mixture_denoiser_float64(alphas, 8, (DIM,))
     model = lambda x, t: np.asarray(denoise_fn(jnp.asarray(x), jnp.int32(t)))
     ref, calls = _run_torch(scheduler, model, x_T, n if num_inference_steps is None
                             else num_inference_steps, init_scale=init_scale,
@@ -83,7 +73,7 @@ def _check(scheduler, make_schedule, n, *, num_inference_steps=None, init_scale=
   assert schedule.num_steps == n == len(calls)
   np.testing.assert_array_equal(np.asarray(schedule.timesteps), calls)
   assert np.all(np.isfinite(ref))
-  return _max_rel_err(ours, ref)
+  return max_rel_err(ours, ref)
 
 
 _sample_jit = jax.jit(oj.sample)
@@ -209,7 +199,7 @@ def test_ipndm_matches_torch(n):
   betas = torch.from_numpy(sigmas)
   x_T = _x_T()
   with jax.enable_x64(True):
-    denoise_fn = _denoiser_float64(alphas)
+    denoise_fn = mixture_denoiser_float64(alphas, 8, (DIM,))
 
     def wrapper(i, x):
       eps = np.asarray(denoise_fn(jnp.asarray(x), jnp.int32(timesteps[i])))
@@ -222,7 +212,7 @@ def test_ipndm_matches_torch(n):
                                                            setattr(s, "alphas", (1.0 - betas**2)**0.5)))
     ours = np.asarray(_sample_jit(denoise_fn, schedule, jnp.asarray(x_T)))
   assert len(scheduler.timesteps) == n == len(calls)
-  err = _max_rel_err(ours, ref)
+  err = max_rel_err(ours, ref)
   assert err <= RTOL, f"ipndm n={n}: max relative error {err:.2e}"
 
 
@@ -233,7 +223,7 @@ def test_unipc_bh1_final_sigma_zero_is_nan_in_diffusers_finite_here():
   alphas = scheduler.alphas_cumprod.numpy().astype(np.float64)
   schedule = oj.unipc_schedule(alphas, n, solver_type="bh1")
   with jax.enable_x64(True):
-    denoise_fn = _denoiser_float64(alphas)
+    denoise_fn = mixture_denoiser_float64(alphas, 8, (DIM,))
     model = lambda x, t: np.asarray(denoise_fn(jnp.asarray(x), jnp.int32(t)))
     ref, _ = _run_torch(scheduler, model, _x_T(), n)
     ours = np.asarray(_sample_jit(denoise_fn, schedule, jnp.asarray(_x_T())))
