@@ -140,19 +140,39 @@ def bisect_bound(walk, num_bisection_steps: int):
   return best, hi, walks
 
 
+# Above this many flops (2 m n^2 for m = B * D rows, n = K + 1 columns) a `Trajectory` is not
+# factored by a Householder QR but through its float64 Gram (`trajectory_stats`): the QR runs at
+# 3-4 GFLOP/s on a 2-core CPU (about 5 minutes at Stable Diffusion's size), the Gram's BLAS syrk
+# at ~60 (about 9 s). Below it (the digits model: 2048 x 1001, ~1.5 s) the QR is kept: its
+# rounding grows with cond(A), the Gram's with cond(A)^2.
+QR_FLOPS_LIMIT = 1e10
+
+
+def qr_flops(traj: trajectory_lib.Trajectory) -> float:
+  """Flops of the Householder QR of all K + 1 columns of a trajectory, ``2 m (K + 1)^2``."""
+  rows = traj.batch_size * int(np.prod(traj.sample_shape))
+  return 2.0 * rows * (traj.num_teacher_steps + 1) ** 2
+
+
 class ProjectionErrors:
   """Every candidate step error d(.) for a growing path, in the compressed R-space.
 
-  With A = [x_T, e_0, ..., e_{K-1}] (all images and elements as rows) and its triangular
-  factor R, every teacher state is ``A c_m`` (DDIM coefficients, paper Eq. 9), and the
-  projection error of any state on any set of columns of A equals that of ``R c_m`` on the
-  same columns of R. A path's basis is orthonormalised one column at a time (classical
-  Gram-Schmidt, twice), and each candidate's error is one projection of a (K + 1)-vector:
-  a greedy walk costs O(n log K) such projections, whatever the image size.
+  With A = [x_T, e_0, ..., e_{K-1}] (all images and elements as rows) and a square root R of
+  its Gram (``R^T R = A^T A``), every teacher state is ``A c_m`` (DDIM coefficients, paper
+  Eq. 9), and the projection error of any state on any set of columns of A equals that of
+  ``R c_m`` on the same columns of R. A path's basis is orthonormalised one column at a time
+  (classical Gram-Schmidt, twice), and each candidate's error is one projection of a
+  (K + 1)-vector: a greedy walk costs O(n log K) such projections, whatever the image size.
+
+  R comes from `TrajectoryStats` (pivoted Cholesky of the Gram) when given, and from a
+  `Trajectory` by a streamed Householder QR while that costs at most `QR_FLOPS_LIMIT` flops,
+  else from the trajectory's statistics (`trajectory_stats`), computed here.
   """
 
   def __init__(self, traj: trajectory_lib.Trajectory):
     k = traj.num_teacher_steps
+    if not isinstance(traj, stats_lib.TrajectoryStats) and qr_flops(traj) > QR_FLOPS_LIMIT:
+      traj = stats_lib.trajectory_stats(traj)  # minutes of QR -> seconds of BLAS syrk
     if isinstance(traj, stats_lib.TrajectoryStats):  # a square root of the Gram (issue 6)
       self.r = traj.factor()
       self.targets = self.r @ traj.state_coefficients().T
@@ -244,9 +264,11 @@ def search_path(traj: trajectory_lib.Trajectory, num_steps: int, *,
       the info is a `ClosedLoopSearchInfo`. Needs the `Trajectory` itself.
     batch_size: samples per model call in closed-loop mode (None: all at once).
 
-  Pass `TrajectoryStats` (`trajectory_stats`) instead of the trajectory to search on the
-  (K + 1)^2 Gram: the factor of all K + 1 columns is then a BLAS ``syrk`` instead of a
-  Householder QR (seconds instead of many minutes at Stable Diffusion's size).
+  All K + 1 columns [x_T, e_0, ..., e_{K-1}] are compressed once into a (K + 1, K + 1)
+  factor, then every candidate is a small projection (`ProjectionErrors`). A large trajectory
+  (QR above `QR_FLOPS_LIMIT` flops, e.g. Stable Diffusion's size) is compressed through its
+  float64 Gram automatically; pass `TrajectoryStats` (`trajectory_stats`) yourself to reuse
+  one Gram for several step counts and for `fit_weights`.
 
   Returns:
     (n,) int32 path into ``traj.timesteps`` (``path[0] == 0``), and the info if asked.

@@ -15,9 +15,10 @@ processes (`merge_stats`: a sum, associative and commutative), and reduced acros
 Why the Gram and not a streamed Householder QR: at Stable Diffusion's size (32 images x 16384
 elements = 524288 rows, 1001 columns) a float64 ``A^T A`` is ``m n^2`` flops done by a
 symmetric rank-k update (BLAS ``syrk``), half of Householder QR's ``2 m n^2``, and at a far
-higher rate: on the 2-core CPU used for development, 32768 x 1001 took 2 s as ``syrk`` and
-75-80 s as LAPACK ``geqrf`` (jnp.linalg.qr or scipy), so the streamed QR of all K + 1
-columns would take about 20 minutes at Stable Diffusion's size and the Gram under 30 CPU s.
+higher rate: on the 2-core CPU used for development the Gram runs at ~60 GFLOP/s and the
+streamed Householder QR (`jnp.linalg.qr`) at 3-4 (32768 x 1001: 1.8 s against 18 s), so at
+Stable Diffusion's size the Gram takes about 9 s and the QR about 5 minutes. `search_path`
+therefore goes through the Gram by itself for large trajectories (`search.QR_FLOPS_LIMIT`).
 
 Exactness: the inputs are float32 (or narrower), so each product is exact in float64 and only
 the sums round; the factor is a pivoted Cholesky of the equilibrated Gram (LAPACK ``pstrf``),
