@@ -94,6 +94,26 @@ def test_search_on_stats_equals_direct_search(correlated, num_steps):
   chex.assert_trees_all_close(search.path_errors(st, path), want_errors, rtol=ERROR_RTOL_F64)
 
 
+def test_large_trajectory_is_searched_through_its_gram(correlated, monkeypatch):
+  traj, a, states = correlated
+  assert search.qr_flops(traj) == 2.0 * a.shape[0] * a.shape[1] ** 2
+  calls = []
+  original = stats_lib.trajectory_stats
+  monkeypatch.setattr(stats_lib, "trajectory_stats",
+                      lambda t, **kw: calls.append(t) or original(t, **kw))
+  by_qr = search.ProjectionErrors(traj)
+  assert not calls  # this small trajectory is under the limit: Householder QR
+  monkeypatch.setattr(search, "QR_FLOPS_LIMIT", search.qr_flops(traj) - 1)
+  path, info = search.search_path(traj, 6, return_info=True)
+  assert len(calls) == 1 and calls[0] is traj  # over the limit: the Gram, computed once
+  want = by_qr.path_errors(path)
+  chex.assert_trees_all_close(info.step_errors, want, rtol=ERROR_RTOL_F64)
+  for i, target in enumerate(np.append(path[1:], traj.num_teacher_steps)):
+    direct, _ = _direct_error(a, states, path[:i + 1], int(target))
+    np.testing.assert_allclose(info.step_errors[i], direct, rtol=ERROR_RTOL_F64)
+  np.testing.assert_array_equal(path, search.search_path(stats_lib.trajectory_stats(traj), 6))
+
+
 def test_fit_on_stats_equals_direct_least_squares(correlated):
   traj, a, states = correlated
   path = np.array([0, 7, 30, 61, 100], np.int32)
@@ -192,6 +212,28 @@ def test_search_benchmark_small_runs():
   out = _load_benchmark().run(3, (2, 4, 4), 40, 4, verbose=False)
   assert out["finished"] and out["paths_equal"] and out["walks_agree"]
   assert out["max_rel_error_diff"] < ERROR_RTOL_F64
+  assert out["calls_paper"] > 0 and out["calls_ours"] > 0
+  np.testing.assert_array_equal(out["path_a"], out["path_b"])
+
+
+def test_paper_search_is_algorithms_1_to_3_as_published():
+  bench = _load_benchmark()
+  # errors grow with the jump; x_T-only start: a jump of j steps costs j^2
+  k, n = 12, 3
+  calls = []
+
+  def error(prefix, target):
+    calls.append((tuple(prefix), target))
+    return float((target - prefix[-1]) ** 2)
+
+  path, errors, walks = bench.paper_search(error, k, n, num_bisection_steps=30, bound_max=100.0)
+  # three jumps of 4 (error 16) is the only way to reach 12 in 3 calls with max error < 25
+  np.testing.assert_array_equal(path, [0, 4, 8])
+  np.testing.assert_allclose(errors, [16.0, 16.0, 16.0])
+  assert walks == 31
+  assert all(t > p[-1] for p, t in calls)  # Algorithm 1 never looks behind the current step
+  with pytest.raises(RuntimeError, match="no feasible path"):
+    bench.paper_search(error, k, n, bound_max=1.0)
 
 
 _SHARDED_SCRIPT = textwrap.dedent("""
