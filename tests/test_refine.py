@@ -49,7 +49,9 @@ def test_refine_lowers_the_fitting_loss_and_keeps_the_structure(start):
   assert np.all(np.asarray(out.weights)[~mask] == 0)
   np.testing.assert_array_equal(out.timesteps, sched.timesteps)
   meta = out.metadata
-  assert meta["fit"] == "refined" and meta["refine_iters"] == len(info.train_losses) - 1
+  assert meta["refine_iters"] == len(info.train_losses) - 1
+  assert meta["refine_kept_initial"] == (info.best_iteration == 0)
+  assert meta["fit"] == ("refined" if info.best_iteration > 0 else sched.metadata.get("fit"))
   assert meta["refine_holdout"] == 3
   chex.assert_tree_all_finite(out.weights)
 
@@ -62,6 +64,7 @@ def test_refine_returns_the_initial_weights_when_nothing_improves():
                         return_info=True)
   assert info.best_iteration == 0
   np.testing.assert_array_equal(np.asarray(out.weights), np.asarray(sched.weights))
+  assert out.metadata["refine_kept_initial"] and out.metadata["fit"] == "teacher_forced"
   out0 = oj.refine(den, traj, sched, num_iters=0)
   np.testing.assert_array_equal(np.asarray(out0.weights), np.asarray(sched.weights))
 

@@ -109,8 +109,10 @@ def refine(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedule_lib.S
 
   Returns:
     A `Schedule` with the same timesteps, refined weights and metadata ``fit="refined"``,
-    ``refined_from`` (the starting fit), ``refine_iters``, ``refine_best_iter`` and the loss
-    curves; and the `RefineInfo` if asked.
+    ``refined_from`` (the starting fit), ``refine_kept_initial``, ``refine_iters``,
+    ``refine_best_iter`` and the loss curves; and the `RefineInfo` if asked. When no iterate
+    improved on the start, the weights are the starting ones, ``refine_kept_initial`` is True
+    and ``fit`` stays the starting schedule's.
   """
   validation.check_trajectory(traj)
   if not isinstance(schedule, schedule_lib.Schedule):
@@ -194,15 +196,18 @@ def refine(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedule_lib.S
 
   initial_loss = float(evaluate(params0, denoise_fn)[2])
   final_loss = float(evaluate(best_params, denoise_fn)[2])
-  if best_iter == 0 or not final_loss < initial_loss:
+  kept_initial = best_iter == 0 or not final_loss < initial_loss
+  if kept_initial:
     weights, best_iter, final_loss = init_weights, 0, initial_loss
   else:
     weights = np.zeros((n, n + 1))
     weights[rows, cols] = np.asarray(best_params, np.float64)
   meta = schedule.metadata
   meta.update({
-      "fit": "refined",
+      # weights kept as they came keep the name of the fit that made them
+      "fit": schedule.metadata.get("fit", "unknown") if kept_initial else "refined",
       "refined_from": schedule.metadata.get("fit", schedule.metadata.get("method", "unknown")),
+      "refine_kept_initial": bool(kept_initial),
       "refine_iters": len(train_losses) - 1,
       "refine_best_iter": int(best_iter),
       "refine_holdout": int(hold_idx.size),
