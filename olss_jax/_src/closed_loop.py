@@ -27,6 +27,7 @@ from olss_jax._src import ddim
 from olss_jax._src import fit
 from olss_jax._src import lstsq
 from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import search  # search_path imports this module inside the function
 from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src import validation
 
@@ -331,8 +332,11 @@ def closed_loop_fit(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
   return schedule_lib.make_schedule(np.asarray(traj.timesteps)[path], run.weights, meta)
 
 
-class ClosedLoopSearchInfo(NamedTuple):
-  """Diagnostics of the closed-loop `search_path` (fields of `search.SearchInfo`, plus cost).
+# The fields of `search.SearchInfo`, then the cost and the source of the returned path.
+ClosedLoopSearchInfo = NamedTuple(
+    "ClosedLoopSearchInfo",
+    [*search.SearchInfo.__annotations__.items(), ("num_model_calls", int), ("source", str)])
+ClosedLoopSearchInfo.__doc__ = """Diagnostics of the closed-loop `search_path`.
 
   Attributes:
     path: (n,) int32 the returned path.
@@ -347,16 +351,6 @@ class ClosedLoopSearchInfo(NamedTuple):
     source: which candidate was returned: "closed_loop_walk", "teacher_forced_walk" or
       "uniform".
   """
-
-  path: np.ndarray
-  step_errors: np.ndarray
-  max_error: float
-  bound: float
-  uniform_max_error: float
-  chose_uniform: bool
-  num_walks: int
-  num_model_calls: int
-  source: str
 
 
 class ClosedLoopErrors:
@@ -456,7 +450,6 @@ class ClosedLoopErrors:
     Returns:
       (path (n,) int32, step_errors (n,)) or None when infeasible.
     """
-    from olss_jax._src import search  # local: search imports this module lazily too
     return search.greedy_walk(self.error, lambda prefix, index: prefix + (index,), (0,),
                               self.k, num_steps, bound)
 
@@ -491,7 +484,6 @@ def closed_loop_search(traj: trajectory_lib.Trajectory, num_steps: int, denoise_
   Returns:
     (n,) int32 path, and the info if asked.
   """
-  from olss_jax._src import search  # local: search imports this module lazily too
   validation.check_trajectory(traj)
   n = validation.check_num_steps(num_steps, traj.num_teacher_steps)
   if num_bisection_steps < 0:  # checked before any model call
