@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import warnings
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from olss_jax._src import lstsq
@@ -28,18 +26,43 @@ def images_per_block(traj: trajectory_lib.Trajectory) -> int:
   return int(max(1, min(traj.batch_size, _BLOCK_BYTES // per_image)))
 
 
-@jax.jit
-def _path_rows(x_T, outputs, path, target_coeffs):
-  """Rows [x_T, e_path..., y_targets...] for a block of images, float64 (x64 on).
+# A chunk of elements of all K outputs, in float64, stays near this size (in cache) while the
+# teacher targets are formed from it.
+_TARGET_CHUNK_BYTES = 1 << 23
 
-  x_T: (b, ...); outputs: (K, b, ...); path: (n,); target_coeffs: (n, K + 1).
-  Returns (b * D, 2n + 1).
+
+def path_rows(x_T, outputs, path, target_coeffs) -> np.ndarray:
+  """Rows [x_T, e_path..., y_targets...] of Eq. 12's regressions for a block of images.
+
+  The targets are the teacher states ``y = c_0 x_T + sum_j c_{j+1} e_j`` (Eq. 9), formed on
+  the host in float64 by BLAS, one cache-sized chunk of elements at a time.
+
+  Args:
+    x_T: (b, ...) starting noises.
+    outputs: (K, b, ...) model outputs (any float dtype; host or device arrays).
+    path: (n,) int indices of the basis outputs.
+    target_coeffs: (n, K + 1) float64 coefficients of the targets over [x_T, e_0..e_{K-1}].
+
+  Returns:
+    (b * D, 2n + 1) float64; row ``i * D + d`` is element d of image i.
   """
-  b = x_T.shape[0]
-  x = x_T.reshape(b, -1).astype(jnp.float64).reshape(-1)               # (bD,)
-  e = outputs.reshape(outputs.shape[0], -1).astype(jnp.float64)        # (K, bD)
-  targets = target_coeffs[:, :1] * x[None] + target_coeffs[:, 1:] @ e  # (n, bD)
-  return jnp.concatenate([x[None], e[path], targets], axis=0).T
+  x = np.asarray(x_T)
+  b = x.shape[0]
+  x = x.reshape(b, -1)
+  d = x.shape[1]
+  e = np.asarray(outputs).reshape(-1, b, d)
+  k, n = e.shape[0], len(path)
+  coeffs = np.asarray(target_coeffs, np.float64)
+  out = np.empty((b, d, 2 * n + 1), np.float64)
+  out[:, :, 0] = x
+  for j, p in enumerate(np.asarray(path)):
+    out[:, :, 1 + j] = e[int(p)]
+  chunk = max(1, _TARGET_CHUNK_BYTES // (8 * k * b))
+  for s in range(0, d, chunk):
+    block = e[:, :, s:s + chunk].astype(np.float64).reshape(k, -1)      # (K, b * c)
+    y = (coeffs[:, 1:] @ block).reshape(n, b, -1)                        # (n, b, c)
+    out[:, s:s + chunk, n + 1:] = np.moveaxis(y, 0, -1) + x[:, s:s + chunk, None] * coeffs[:, 0]
+  return out.reshape(b * d, 2 * n + 1)
 
 
 def _path_factor(traj: trajectory_lib.Trajectory, path: np.ndarray) -> np.ndarray:
@@ -49,12 +72,9 @@ def _path_factor(traj: trajectory_lib.Trajectory, path: np.ndarray) -> np.ndarra
   step = images_per_block(traj)
 
   def blocks():
-    with jax.enable_x64(True):
-      for start in range(0, traj.batch_size, step):
-        stop = min(start + step, traj.batch_size)
-        yield _path_rows(jnp.asarray(traj.x_T[start:stop]),
-                         jnp.asarray(traj.model_outputs[:, start:stop]),
-                         jnp.asarray(path), jnp.asarray(coeffs))
+    for start in range(0, traj.batch_size, step):
+      stop = min(start + step, traj.batch_size)
+      yield path_rows(traj.x_T[start:stop], traj.model_outputs[:, start:stop], path, coeffs)
 
   return lstsq.streamed_r_factor(blocks(), 2 * n + 1)
 

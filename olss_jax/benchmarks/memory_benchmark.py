@@ -24,8 +24,6 @@ import resource
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -63,10 +61,8 @@ def run_fit(num_images, chunk, sample_shape=(4, 64, 64), k=1000, n=10, log_every
   coeffs = traj0.state_coefficients()[fit.path_targets(path, k)]
 
   def blocks():
-    with jax.enable_x64(True):
-      for c in chunks(num_images, chunk, sample_shape, k, log_every):
-        yield fit._path_rows(jnp.asarray(c.x_T), jnp.asarray(c.model_outputs),  # pylint: disable=protected-access
-                             jnp.asarray(path), jnp.asarray(coeffs))
+    for c in chunks(num_images, chunk, sample_shape, k, log_every):
+      yield fit.path_rows(c.x_T, c.model_outputs, path, coeffs)
 
   r = lstsq.streamed_r_factor(blocks(), 2 * n + 1)
   ws, residuals, _ = lstsq.nested_solves(r, n + 1, [(n + 1 + i, i + 2) for i in range(n)])
