@@ -154,6 +154,17 @@ def qr_flops(traj: trajectory_lib.Trajectory) -> float:
   return 2.0 * rows * (traj.num_teacher_steps + 1) ** 2
 
 
+def compress_if_large(traj):
+  """``trajectory_stats(traj)`` when a QR of all its K + 1 columns exceeds `QR_FLOPS_LIMIT`.
+
+  Returns the `Trajectory` itself otherwise (and `TrajectoryStats` unchanged), so that one
+  call before `search_path` and `fit_weights` lets both share one Gram at large sizes.
+  """
+  if not isinstance(traj, stats_lib.TrajectoryStats) and qr_flops(traj) > QR_FLOPS_LIMIT:
+    return stats_lib.trajectory_stats(traj)  # minutes of QR -> seconds of BLAS syrk
+  return traj
+
+
 class ProjectionErrors:
   """Every candidate step error d(.) for a growing path, in the compressed R-space.
 
@@ -171,8 +182,7 @@ class ProjectionErrors:
 
   def __init__(self, traj: trajectory_lib.Trajectory):
     k = traj.num_teacher_steps
-    if not isinstance(traj, stats_lib.TrajectoryStats) and qr_flops(traj) > QR_FLOPS_LIMIT:
-      traj = stats_lib.trajectory_stats(traj)  # minutes of QR -> seconds of BLAS syrk
+    traj = compress_if_large(traj)
     if isinstance(traj, stats_lib.TrajectoryStats):  # a square root of the Gram (issue 6)
       self.r = traj.factor()
       self.targets = self.r @ traj.state_coefficients().T

@@ -266,8 +266,11 @@ def fit_sd_schedule(teacher: SDTeacher, num_steps: int, *, method: str = "olss",
   traj = teacher.trajectory
   if path is None:
     from olss_jax._src import search  # pylint: disable=import-outside-toplevel
-    finder = search.search_path if method == "olss" else search.uniform_path
-    path = finder(traj, num_steps)
+    if method == "olss":
+      traj = search.compress_if_large(traj)  # at SD size one Gram serves search and fit
+      path = search.search_path(traj, num_steps)
+    else:
+      path = search.uniform_path(traj, num_steps)
   elif np.shape(path) != (num_steps,):
     raise ValueError(f"path: expected shape ({num_steps},), got {np.shape(path)}")
   fitted = fit.fit_weights(traj, path)
