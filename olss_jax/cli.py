@@ -245,6 +245,8 @@ def _cmd_fit(args) -> int:
     if method in ("olss", "olss-p") and not args.refine:
       bar.set_postfix_str("choosing the path")
       if method == "olss":
+        from olss_jax._src import search  # pylint: disable=import-outside-toplevel
+        traj = search.compress_if_large(traj)  # at SD size one Gram serves search and fit
         path, info = oj.search_path(traj, args.steps, return_info=True)
         note = " (the uniform path beat the search)" if info.chose_uniform else ""
       else:
