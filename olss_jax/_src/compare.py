@@ -146,6 +146,11 @@ def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
 _sample_jit = jax.jit(sampler.sample)
 
 
+def draw_noises(model: ComparisonModel, seed: int, num: int) -> jax.Array:
+  """The starting noises x_T of `run_comparison` for a seed: (num, *model.sample_shape) float32."""
+  return jax.random.normal(jax.random.key(seed), (num,) + tuple(model.sample_shape), jnp.float32)
+
+
 def run_comparison(model: ComparisonModel, *, steps: Sequence[int] = (5, 10, 20),
                    num_fit: int = 32, num_eval: int = 256, num_teacher_steps: int = 1000,
                    methods: Mapping[str, MethodFn] | None = None, fit_seed: int = 1,
@@ -175,9 +180,8 @@ def run_comparison(model: ComparisonModel, *, steps: Sequence[int] = (5, 10, 20)
     raise ValueError(f"num_fit/num_eval: expected >= 1 and >= 2, got {num_fit} and {num_eval}")
   methods = default_methods() if methods is None else dict(methods)
   say = progress or (lambda msg: None)
-  shape = tuple(model.sample_shape)
-  x_fit = jax.random.normal(jax.random.key(fit_seed), (num_fit,) + shape, jnp.float32)
-  x_eval = jax.random.normal(jax.random.key(eval_seed), (num_eval,) + shape, jnp.float32)
+  x_fit = draw_noises(model, fit_seed, num_fit)
+  x_eval = draw_noises(model, eval_seed, num_eval)
   c_fit = model.draw_conditions(fit_seed, num_fit)
   c_eval = model.draw_conditions(eval_seed, num_eval)
   f_fit, f_eval = model.denoiser(c_fit), model.denoiser(c_eval)

@@ -11,6 +11,7 @@ from olss_jax._src import compare
 from olss_jax._src import figures
 from olss_jax._src import progress
 from olss_jax._src import sampler
+from olss_jax._src import trajectory as trajectory_lib
 
 FIGURE_NAMES = ("correlation", "paths", "errors", "weights", "grid")
 FIGURE_BASELINES = ("ddim", "dpm_solver_pp", "unipc", "deis")
@@ -26,7 +27,7 @@ def paper_figures(model: compare.ComparisonModel, out_dir, *,
   ``correlation.png`` (Figure 2, the fitting teacher), ``errors.png`` (Figure 4, RMSE to the
   teacher against steps), ``paths.png`` (Figure 5, PCA of the paths of OLSS (closed loop and
   the paper's fit), DDIM and DPM-Solver++ at the smallest n against the teacher, on three
-  fitting noises), ``weights.png`` (OLSS's fitted weights, closed loop and paper, beside
+  held-out noises), ``weights.png`` (OLSS's fitted weights, closed loop and paper, beside
   DDIM's at the smallest n) and ``grid.png``
   (Figure 6, teacher and schedulers at the smallest n on the same held-out noises).
 
@@ -87,19 +88,21 @@ def paper_figures(model: compare.ComparisonModel, out_dir, *,
                        f"DDIM ({n0} steps)": result.schedules.get(("ddim", n0))}
       figures.weights_figure({k: v for k, v in shown_weights.items() if v is not None}, path=path)
     elif name == "paths":
-      shown = 3
-      x_T = np.asarray(ctx.traj.x_T)[:shown]
-      conditions = model.draw_conditions(fit_seed, num_fit)
+      shown = 3  # the first held-out noises of the comparison, and their own teacher run
+      x_T = compare.draw_noises(model, eval_seed, num_eval)[:shown]
+      conditions = result.eval_conditions
       conditions = None if conditions is None else np.asarray(conditions)[:shown]
       denoise = model.denoiser(conditions)
+      teacher = trajectory_lib.collect_trajectory(denoise, x_T, model.alphas_cumprod,
+                                                  num_teacher_steps)
       histories = {}
       for method in ("olss-cl", "olss", "dpm_solver_pp", "ddim"):
         if (method, n0) in result.schedules:
           _, hist = jax.jit(sampler.sample, static_argnames="return_history")(
               denoise, result.schedules[(method, n0)], x_T, return_history=True)
           histories[method] = np.asarray(hist)
-      teacher = np.asarray(ctx.traj.states)[:, :shown]
-      figures.generation_paths_figure(histories, teacher, samples=range(shown), path=path)
+      figures.generation_paths_figure(histories, np.asarray(teacher.states),
+                                      samples=range(shown), path=path)
     elif name == "grid":
       rows = {f"teacher ({num_teacher_steps})": result.samples[("teacher", 0)]}
       for method in list(baselines) + ["olss-p", "olss", "olss-p-cl", "olss-cl"]:
