@@ -122,10 +122,14 @@ oj.correlation_figure(traj, num_points=60)"""),
     ("code", """olss = oj.fit_weights(traj, oj.search_path(traj, 6))
 ddim = oj.ddim_baseline_schedule(model.alphas_cumprod, 6)
 oj.weights_figure({"OLSS (6 steps)": olss, "DDIM (6 steps)": ddim})"""),
-    ("code", """histories = {}
+    ("code", """# The paths on three held-out noises (seed 4; the fit used seed 3) and their own teacher.
+x_new = jax.random.normal(jax.random.key(4), (3,) + tuple(model.sample_shape))
+denoise_new = model.denoiser(model.draw_conditions(4, 3))
+teacher_new = oj.collect_trajectory(denoise_new, x_new, model.alphas_cumprod, 1000)
+histories = {}
 for name, sched in {"olss": olss, "ddim": ddim}.items():
-  _, histories[name] = oj.sample(denoise, sched, x_T, return_history=True)
-oj.generation_paths_figure(histories, traj.states, samples=(0, 1, 2))"""),
+  _, histories[name] = oj.sample(denoise_new, sched, x_new, return_history=True)
+oj.generation_paths_figure(histories, teacher_new.states, samples=(0, 1, 2))"""),
 ]
 
 STABLE_DIFFUSION = [
