@@ -84,9 +84,9 @@ def deis_schedule(alphas_cumprod, num_steps: int, *, solver_order: int = 2,
   alphas = ddim.check_alphas_cumprod(alphas_cumprod)
   if solver_order not in (1, 2, 3):
     raise ValueError(f"solver_order: expected 1, 2 or 3, got {solver_order!r}")
-  timesteps = spacing_lib.multistep_timesteps(num_steps, alphas.shape[0], spacing=timestep_spacing,
-                                              steps_offset=steps_offset)
-  alpha, sigma, lam = spacing_lib.vp_levels(alphas, timesteps, float(alphas[0]))
+  timesteps, alpha, sigma, lam = spacing_lib.multistep_levels(
+      alphas, num_steps, spacing=timestep_spacing, steps_offset=steps_offset,
+      final_alpha_cumprod=float(alphas[0]))
   program = _deis_program(alpha, sigma, lam, timesteps, solver_order=solver_order,
                           lower_order_final=lower_order_final)
   meta = {"method": "deis", "solver_order": int(solver_order), "lower_order_final": bool(lower_order_final),

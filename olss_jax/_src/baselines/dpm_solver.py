@@ -82,10 +82,9 @@ def _dpm_schedule(alphas_cumprod, num_steps, *, plus_plus, solver_order, solver_
     raise ValueError(f"solver_order: expected 1, 2 or 3, got {solver_order!r}")
   if solver_type not in ("midpoint", "heun"):
     raise ValueError(f"solver_type: expected 'midpoint' or 'heun', got {solver_type!r}")
-  timesteps = spacing_lib.multistep_timesteps(num_steps, alphas.shape[0], spacing=timestep_spacing,
-                                              steps_offset=steps_offset)
-  final = spacing_lib.final_alpha(alphas, final_sigmas_type)
-  alpha, sigma, lam = spacing_lib.vp_levels(alphas, timesteps, final)
+  timesteps, alpha, sigma, lam = spacing_lib.multistep_levels(
+      alphas, num_steps, spacing=timestep_spacing, steps_offset=steps_offset,
+      final_alpha_cumprod=spacing_lib.final_alpha(alphas, final_sigmas_type))
   program = _dpm_program(alpha, sigma, lam, timesteps, plus_plus=plus_plus,
                          solver_order=solver_order, solver_type=solver_type,
                          lower_order_final=lower_order_final,

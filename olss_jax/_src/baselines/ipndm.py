@@ -56,9 +56,9 @@ def ipndm_schedule(alphas_cumprod, num_steps: int, *, timestep_spacing: str = "l
     A `Schedule` with (n,) timesteps and (n, n + 1) weights; ``metadata["method"] == "ipndm"``.
   """
   alphas = ddim.check_alphas_cumprod(alphas_cumprod)
-  timesteps = spacing_lib.multistep_timesteps(num_steps, alphas.shape[0], spacing=timestep_spacing,
-                                              steps_offset=steps_offset)
-  alpha, sigma, _ = spacing_lib.vp_levels(alphas, timesteps, final_alpha_cumprod)
+  timesteps, alpha, sigma, _ = spacing_lib.multistep_levels(
+      alphas, num_steps, spacing=timestep_spacing, steps_offset=steps_offset,
+      final_alpha_cumprod=final_alpha_cumprod)
   meta = {"method": "ipndm", "timestep_spacing": timestep_spacing, "steps_offset": int(steps_offset),
           "final_alpha_cumprod": float(final_alpha_cumprod), "diffusers": "IPNDMScheduler"}
   return linear.schedule_from_program(_ipndm_program(alpha, sigma, timesteps), num_steps, meta)

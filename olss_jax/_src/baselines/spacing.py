@@ -103,3 +103,22 @@ def vp_levels(alphas_cumprod, timesteps, final_alpha_cumprod: float):
   with np.errstate(divide="ignore"):
     lam = np.log(alpha) - np.log(sigma)
   return alpha, sigma, lam
+
+
+def multistep_levels(alphas_cumprod: np.ndarray, num_steps: int, *, spacing: str,
+                     steps_offset: int, final_alpha_cumprod: float):
+  """`multistep_timesteps` and their `vp_levels`, the start of every multistep baseline.
+
+  Args:
+    alphas_cumprod: (T,) checked training alpha_bar.
+    num_steps: n model calls.
+    spacing: "linspace", "leading" or "trailing".
+    steps_offset: added to "leading" timesteps.
+    final_alpha_cumprod: alpha_bar of the final state.
+
+  Returns:
+    (timesteps (n,), alpha (n + 1,), sigma (n + 1,), lam (n + 1,)).
+  """
+  timesteps = multistep_timesteps(num_steps, alphas_cumprod.shape[0], spacing=spacing,
+                                  steps_offset=steps_offset)
+  return (timesteps, *vp_levels(alphas_cumprod, timesteps, final_alpha_cumprod))

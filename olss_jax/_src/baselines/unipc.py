@@ -145,10 +145,9 @@ def unipc_schedule(alphas_cumprod, num_steps: int, *, solver_order: int = 2,
     raise ValueError(f"solver_order: expected an int >= 1, got {solver_order!r}")
   if solver_type not in ("bh1", "bh2"):
     raise ValueError(f"solver_type: expected 'bh1' or 'bh2', got {solver_type!r}")
-  timesteps = spacing_lib.multistep_timesteps(num_steps, alphas.shape[0], spacing=timestep_spacing,
-                                              steps_offset=steps_offset)
-  final = spacing_lib.final_alpha(alphas, final_sigmas_type)
-  alpha, sigma, lam = spacing_lib.vp_levels(alphas, timesteps, final)
+  timesteps, alpha, sigma, lam = spacing_lib.multistep_levels(
+      alphas, num_steps, spacing=timestep_spacing, steps_offset=steps_offset,
+      final_alpha_cumprod=spacing_lib.final_alpha(alphas, final_sigmas_type))
   disabled = tuple(int(k) for k in disable_corrector)
   program = _unipc_program(alpha, sigma, lam, timesteps, solver_order=int(solver_order),
                            solver_type=solver_type, predict_x0=bool(predict_x0),
