@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import olss_jax as oj
-from baseline_helpers import MIXTURE_SEED, NOISE_SEED, max_rel_err, mixture_denoiser_float64
+from baseline_helpers import NOISE_SEED, max_rel_err, mixture_denoiser_float64
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")

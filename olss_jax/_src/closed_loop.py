@@ -156,7 +156,6 @@ def _cv_ridge(columns: np.ndarray, target: np.ndarray, ref: np.ndarray, num_samp
   Returns:
     (weights (m,), chosen relative strength).
   """
-  m = columns.shape[1]
   n_rows = columns.shape[0]
   scale = np.maximum(np.sum(columns**2, axis=0) / n_rows, 1e-300)
   folds = min(_NUM_FOLDS, num_samples)

@@ -13,8 +13,6 @@ teacher's K calls are common to every OLSS row and listed once) and seconds.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import jax

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import statistics
-import sys
 import time
 
 import jax

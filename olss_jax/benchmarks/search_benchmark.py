@@ -29,7 +29,6 @@ import argparse
 import math
 import os
 import resource
-import sys
 import time
 
 import numpy as np

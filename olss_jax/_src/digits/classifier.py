@@ -14,7 +14,6 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from olss_jax._src.digits import model as model_lib
 
