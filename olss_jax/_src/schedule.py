@@ -41,7 +41,9 @@ class Schedule:
   """An n-step linear sampler over the basis {x_T, e_1, ..., e_n} (paper Eq. 12).
 
   Attributes:
-    timesteps: (n,) int32 training timesteps at which the model is called, in call order.
+    timesteps: (n,) model-call times in call order: int32 training timesteps, or float32
+      continuous ones (learned timesteps, flow-matching times ``1000 s``); passed to the model
+      as ``denoise_fn(x, timesteps[i])``.
     weights: (n, n + 1) float. Row i gives the state after step i,
       ``x_{i+1} = weights[i, 0] * x_T + sum_j weights[i, j + 1] * e_j``, where e_j is the
       model output of step j. Entries for outputs not yet seen (j > i) are zero. The last
@@ -109,20 +111,24 @@ def make_schedule(timesteps, weights, metadata: Mapping[str, Any] | None = None)
   """Builds a `Schedule` from array-likes, checking shapes and the lower-triangular structure.
 
   Args:
-    timesteps: (n,) integer training timesteps.
+    timesteps: (n,) model-call times: integers (training timesteps) or floats (continuous).
     weights: (n, n + 1) weights over [x_T, e_0, ..., e_{n-1}].
     metadata: optional JSON-serialisable dict.
 
   Returns:
-    A `Schedule` whose leaves are host numpy arrays: int32 timesteps and float64 weights (kept
-    in full precision for saving; `sample` casts them to the computation dtype).
+    A `Schedule` whose leaves are host numpy arrays: int32 (integer input) or float32 (float
+    input) timesteps and float64 weights (kept in full precision for saving; `sample` casts
+    them to the computation dtype).
   """
   timesteps = np.asarray(timesteps)
   weights = np.asarray(weights)
   if timesteps.ndim != 1 or timesteps.shape[0] < 1:
     raise ValueError(f"timesteps: expected shape (n,) with n >= 1, got {timesteps.shape}")
-  if not np.issubdtype(timesteps.dtype, np.integer):
-    raise TypeError(f"timesteps: expected an integer dtype, got {timesteps.dtype}")
+  if timesteps.dtype == np.bool_ or not (np.issubdtype(timesteps.dtype, np.integer)
+                                         or np.issubdtype(timesteps.dtype, np.floating)):
+    raise TypeError(f"timesteps: expected an integer or float dtype, got {timesteps.dtype}")
+  if np.issubdtype(timesteps.dtype, np.floating) and not np.all(np.isfinite(timesteps)):
+    raise ValueError("timesteps: contains non-finite values")
   n = timesteps.shape[0]
   if weights.shape != (n, n + 1):
     raise ValueError(f"weights: expected shape ({n}, {n + 1}) for {n} timesteps, got {weights.shape}")
@@ -132,4 +138,10 @@ def make_schedule(timesteps, weights, metadata: Mapping[str, Any] | None = None)
     raise ValueError("weights: contains non-finite values")
   if np.any(weights[~lower_triangular_mask(n)] != 0):
     raise ValueError("weights: entries for model outputs not yet seen (above the diagonal) must be 0")
-  return Schedule(timesteps.astype(np.int32), weights.astype(np.float64), metadata)
+  return Schedule(timesteps.astype(timestep_dtype(timesteps.dtype)), weights.astype(np.float64),
+                  metadata)
+
+
+def timestep_dtype(dtype) -> np.dtype:
+  """The stored dtype of timesteps of ``dtype``: int32 for integers, float32 for floats."""
+  return np.dtype(np.int32 if np.issubdtype(np.dtype(dtype), np.integer) else np.float32)

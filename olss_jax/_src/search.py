@@ -1,253 +1,314 @@
-"""Choosing the n steps: the paper's path optimisation (Section 3.4, Eq. 13-14, Algorithms 1-3)."""
+"""Choosing the n steps: the paper's path optimisation (Section 3.4, Eq. 13-14, Algorithms 1-3).
+
+The control flow is written once, in `lax` loops, for any step-error oracle (`greedy_walk`,
+`bisect_bound`); `closed_loop` reuses it with its own errors. Here the errors are the paper's:
+the per-element mean squared error of projecting a teacher state on the span of
+``[x_T, e_{t(1)}, ..., e_{t(i)}]`` (the Eq. 12 basis, in search and fit alike), computed in the
+compressed R-space of all K + 1 columns (`regression.full_factor`): a path's basis is
+orthonormalised one column at a time and every candidate is one projection of a
+(K + 1)-vector, so a greedy walk costs O(n log K) small products whatever the image size.
+"""
 from __future__ import annotations
 
-import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from olss_jax._src import fit
-from olss_jax._src import lstsq
-from olss_jax._src import stats as stats_lib
-from olss_jax._src import trajectory as trajectory_lib
+from olss_jax._src import linalg
+from olss_jax._src import noise
+from olss_jax._src import regression
 from olss_jax._src import validation
+
+MAX_BRACKET_DOUBLINGS = 64
+
+
+class Walk(NamedTuple):
+  """One greedy walk (Algorithm 2): path (n,) int32, step_errors (n,) float64, feasible bool."""
+
+  path: jax.Array
+  step_errors: jax.Array
+  feasible: jax.Array
 
 
 class SearchInfo(NamedTuple):
-  """Diagnostics of `search_path`.
+  """Diagnostics of `search_path` (arrays; concrete outside jit).
 
   Attributes:
-    path: (n,) int32 the returned path.
     step_errors: (n,) float64 d(t(1..i+1)) of each step of the returned path (per-element MSE).
-    max_error: float, max(step_errors), the objective of Eq. 13.
-    bound: float, the smallest feasible error bound D found by the bisection (Algorithm 3).
-    uniform_max_error: float, the objective on the uniform path (OLSS-P).
-    chose_uniform: True when the uniform path was better and was returned instead.
-    num_walks: int, how many greedy walks (Algorithm 2) were run.
+    max_error: float64, max(step_errors), the objective of Eq. 13.
+    bound: float64, the smallest feasible error bound D found by the bisection (Algorithm 3).
+    uniform_max_error: float64, the objective on the uniform path (OLSS-P).
+    chose_uniform: bool, the uniform path was better and was returned instead.
+    num_walks: int32, how many greedy walks (Algorithm 2) ran.
   """
 
-  path: np.ndarray
-  step_errors: np.ndarray
-  max_error: float
-  bound: float
-  uniform_max_error: float
-  chose_uniform: bool
-  num_walks: int
+  step_errors: jax.Array
+  max_error: jax.Array
+  bound: jax.Array
+  uniform_max_error: jax.Array
+  chose_uniform: jax.Array
+  num_walks: jax.Array
 
 
-def uniform_path(traj: trajectory_lib.Trajectory, num_steps: int) -> np.ndarray:
+def uniform_path(traj, num_steps: int) -> np.ndarray:
   """OLSS-P's path: n equally spaced teacher steps, ``floor(i * K / n)`` for i < n.
 
   With K = 1000 and n = 5 this calls the model at timesteps 999, 799, 599, 399, 199.
 
+  Args:
+    traj: a `Trajectory`, `TrajectoryStats` or the number of teacher steps K.
+    num_steps: n (1 <= n <= K).
+
   Returns:
-    (n,) int32 indices into ``traj.timesteps`` (``path[0] == 0``).
+    (n,) int32 indices into the teacher's timesteps (``path[0] == 0``).
   """
-  k = (traj.num_teacher_steps
-       if isinstance(traj, (trajectory_lib.Trajectory, stats_lib.TrajectoryStats)) else int(traj))
+  k = traj if isinstance(traj, (int, np.integer)) else traj.num_teacher_steps
   n = validation.check_num_steps(num_steps, k)
   return ((np.arange(n, dtype=np.int64) * k) // n).astype(np.int32)
 
 
-def greedy_walk(error, extend, state, num_teacher_steps: int, num_steps: int, bound: float):
-  """Algorithm 2 with Algorithm 1 inside: the greedy path under an error bound.
+def greedy_walk(error: Callable, extend: Callable, state, num_teacher_steps: int,
+                num_steps: int, bound, memo=()):
+  """Algorithm 2 with Algorithm 1 inside: the greedy path under an error bound (traceable).
 
   From the current step, binary search (Algorithm 1, assuming the error grows with the jump)
   for the farthest teacher state whose step error is <= ``bound``, but no farther than leaves
   one teacher step for each remaining model call, so that a feasible walk has exactly n calls.
-  Feasible when the n-th jump reaches the final state K.
+  Feasible when every jump moves and the n-th reaches the final state K. Once infeasible, the
+  remaining steps are skipped (no oracle calls, no extensions).
 
   Args:
-    error: ``error(state, target) -> float``, the step error of jumping to teacher state
-      ``target`` from the path so far (summarised by ``state``).
-    extend: ``extend(state, index) -> state`` after adding teacher step ``index`` to the path.
+    error: ``error(state, target) -> float64 scalar``, the step error of jumping to teacher
+      state ``target`` from the path so far (summarised by ``state``).
+    extend: ``extend(state, index, memo) -> (state, memo)`` after adding teacher step
+      ``index`` to the path (same pytree structures and shapes).
     state: the state of the path [0].
-    num_teacher_steps: K.
-    num_steps: n.
+    num_teacher_steps: K (static).
+    num_steps: n (static).
     bound: the error bound D.
+    memo: a pytree threaded through every extension and returned (a cache shared between
+      walks; ``()`` for none).
 
   Returns:
-    (path (n,) int32, step_errors (n,)) or None when infeasible.
+    (walk, memo): a `Walk` and the final memo.
   """
-  k = num_teacher_steps
-  path, errs_out = [0], []
-  for i in range(1, num_steps + 1):
-    current, cap = path[-1], k - (num_steps - i)
-    lo, hi, err_lo = current, cap, None
-    while lo < hi:  # Algorithm 1 in index space (index = K - t)
-      mid = (lo + hi + 1) // 2
-      err = error(state, mid)
-      if err > bound:
-        hi = mid - 1
-      else:
-        lo, err_lo = mid, err
-    if lo == current:
-      return None
-    errs_out.append(err_lo if err_lo is not None else error(state, lo))
-    if i == num_steps:
-      return (np.asarray(path, np.int32), np.asarray(errs_out)) if lo == k else None
-    path.append(lo)
-    state = extend(state, lo)
-  return None  # pragma: no cover
+  k, n = num_teacher_steps, num_steps
+  with jax.enable_x64(True):
+    bound = linalg.f64(bound)
+
+    def one_step(i, carry):
+      state, memo, path, errs, current, feasible = carry
+
+      def run(args):
+        state, memo, path, errs, current = args
+        cap = k - (n - i)
+
+        def cond(c):
+          return c[0] < c[1]
+
+        def body(c):
+          lo, hi, err_lo = c
+          mid = (lo + hi + 1) // 2
+          err = error(state, mid)
+          ok = ~(err > bound)
+          return (jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1), jnp.where(ok, err, err_lo))
+
+        lo, _, err_lo = jax.lax.while_loop(
+            cond, body, (current, jnp.asarray(cap, jnp.int32), jnp.asarray(jnp.nan, jnp.float64)))
+        moved = lo > current
+        last = i == n
+        ok = moved & (~last | (lo == k))
+        errs = errs.at[i - 1].set(err_lo)
+        grow = moved & ~last
+        path = jnp.where(grow, path.at[jnp.minimum(i, n - 1)].set(lo), path)
+        state, memo = jax.lax.cond(grow, lambda sm: extend(sm[0], lo, sm[1]), lambda sm: sm,
+                                   (state, memo))
+        return state, memo, path, errs, lo, ok
+
+      def skip(args):
+        state, memo, path, errs, current = args
+        return state, memo, path, errs, current, jnp.asarray(False)
+
+      return jax.lax.cond(feasible, run, skip, (state, memo, path, errs, current))
+
+    init = (state, memo, jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.float64),
+            jnp.asarray(0, jnp.int32), jnp.asarray(True))
+    _, memo, path, errs, _, feasible = jax.lax.fori_loop(1, n + 1, one_step, init)
+    return Walk(path, errs, feasible), memo
 
 
-def bisect_bound(walk, num_bisection_steps: int):
-  """Algorithm 3: bisection on the error bound D over greedy walks.
+def _worst(w: Walk):
+  return jnp.max(w.step_errors)
+
+
+def _better(candidate: Walk, best: Walk, use) -> Walk:
+  """candidate where ``use`` and its max error is strictly smaller, else best."""
+  take = use & (_worst(candidate) < _worst(best))
+  return jax.tree_util.tree_map(lambda c, b: jnp.where(take, c, b), candidate, best)
+
+
+def bisect_bound(walk: Callable, num_bisection_steps: int, memo=()):
+  """Algorithm 3: bisection on the error bound D over greedy walks (traceable).
 
   The bracket starts at the maximum error of the always-feasible walk with D = inf (every jump
-  to its cap), doubled until a walk under it is feasible; then ``num_bisection_steps`` halvings.
+  to its cap), doubled until a walk under it is feasible (at most `MAX_BRACKET_DOUBLINGS`
+  times); then ``num_bisection_steps`` halvings. All walks run in one `lax.while_loop` (one
+  traced copy of the walk), in this order: D = inf, the bracket, its doublings, the halvings.
 
   Args:
-    walk: ``walk(bound) -> (path, step_errors) | None``.
-    num_bisection_steps: halvings of the bracket.
+    walk: ``walk(bound, memo) -> (Walk, memo)``.
+    num_bisection_steps: halvings of the bracket (an int, static or traced).
+    memo: threaded through every walk (see `greedy_walk`).
 
   Returns:
-    (best, bound, num_walks): the feasible walk with the smallest maximum step error seen,
-    the smallest feasible bound, and how many walks ran.
+    (best, bound, num_walks, memo): the feasible walk with the smallest maximum step error seen
+    (the first of equals), the smallest feasible bound (inf if none), how many walks ran, and
+    the final memo.
   """
-  if num_bisection_steps < 0:
-    raise ValueError(f"num_bisection_steps: expected >= 0, got {num_bisection_steps}")
+  start, grow, halve, done = 0, 1, 2, 3
+  with jax.enable_x64(True):
+    inf = jnp.asarray(jnp.inf, jnp.float64)
+    # A walk of the right structure for the carry (never used: phase `start` replaces it).
+    template = jax.eval_shape(lambda m: walk(inf, m)[0], memo)
+    blank = jax.tree_util.tree_map(lambda t: jnp.zeros(t.shape, t.dtype), template)
 
-  def worst(w):
-    return float(np.max(w[1]))
+    def cond(c):
+      return c[0] != done
 
-  best = walk(math.inf)  # always feasible: every jump reaches its cap
-  walks = 1
-  hi = worst(best)
-  found = walk(hi)
-  walks += 1
-  for _ in range(64):
-    if found is not None:
-      break
-    hi *= 2.0
-    found = walk(hi)
-    walks += 1
-  lo = 0.0
-  if found is None:
-    return best, math.inf, walks
-  best = min(best, found, key=worst)
-  for _ in range(num_bisection_steps):
-    mid = 0.5 * (lo + hi)
-    found = walk(mid)
-    walks += 1
-    if found is None:
-      lo = mid
-    else:
-      hi = mid
-      best = min(best, found, key=worst)
-  return best, hi, walks
+    def body(c):
+      phase, pending, lo, hi, best, doublings, halvings, walks, memo = c
+      w, memo = walk(pending, memo)
+      walks = walks + 1
+      # start: the always-feasible walk is the first best; its worst error brackets D.
+      first_hi = _worst(w)
+      # grow: a feasible walk under the bracket starts the halvings, else the bracket doubles.
+      grown_ok = w.feasible
+      give_up = ~w.feasible & (doublings >= MAX_BRACKET_DOUBLINGS)
+      # halve: the usual bisection step.
+      h_lo = jnp.where(w.feasible, lo, pending)
+      h_hi = jnp.where(w.feasible, pending, hi)
+      h_done = halvings + 1 >= num_bisection_steps
 
+      is_start, is_grow, is_halve = phase == start, phase == grow, phase == halve
+      best = jax.tree_util.tree_map(lambda a, b: jnp.where(is_start, a, b), w,
+                                    _better(w, best, w.feasible))
+      lo_next = jnp.where(is_grow, 0.0, jnp.where(is_halve, h_lo, lo))
+      hi_next = jnp.where(is_start, first_hi,
+                          jnp.where(is_grow & grown_ok, pending,
+                                    jnp.where(is_grow & give_up, inf,
+                                              jnp.where(is_halve, h_hi, hi))))
+      start_halving = grown_ok & (num_bisection_steps > 0)
+      phase_next = jnp.where(
+          is_start, grow,
+          jnp.where(is_grow, jnp.where(start_halving, halve,
+                                       jnp.where(grown_ok | give_up, done, grow)),
+                    jnp.where(is_halve & h_done, done, phase))).astype(jnp.int32)
+      pending_next = jnp.where(
+          is_start, first_hi,
+          jnp.where(is_grow, jnp.where(grown_ok, 0.5 * pending, 2.0 * pending),
+                    0.5 * (h_lo + h_hi)))
+      doublings = jnp.where((phase == grow) & ~grown_ok, doublings + 1, doublings)
+      halvings = jnp.where(phase == halve, halvings + 1, halvings)
+      return (phase_next, pending_next, lo_next, hi_next, best, doublings, halvings, walks,
+              memo)
 
-# Above this many flops (2 m n^2 for m = B * D rows, n = K + 1 columns) a `Trajectory` is not
-# factored by a Householder QR but through its float64 Gram (`trajectory_stats`): the QR runs at
-# 3-4 GFLOP/s on a 2-core CPU (about 5 minutes at Stable Diffusion's size), the Gram's BLAS syrk
-# at ~60 (about 9 s). Below it (the digits model: 2048 x 1001, ~1.5 s) the QR is kept: its
-# rounding grows with cond(A), the Gram's with cond(A)^2.
-QR_FLOPS_LIMIT = 1e10
-
-
-def qr_flops(traj: trajectory_lib.Trajectory) -> float:
-  """Flops of the Householder QR of all K + 1 columns of a trajectory, ``2 m (K + 1)^2``."""
-  rows = traj.batch_size * int(np.prod(traj.sample_shape))
-  return 2.0 * rows * (traj.num_teacher_steps + 1) ** 2
-
-
-def compress_if_large(traj):
-  """``trajectory_stats(traj)`` when a QR of all its K + 1 columns exceeds `QR_FLOPS_LIMIT`.
-
-  Returns the `Trajectory` itself otherwise (and `TrajectoryStats` unchanged), so that one
-  call before `search_path` and `fit_weights` lets both share one Gram at large sizes.
-  """
-  if not isinstance(traj, stats_lib.TrajectoryStats) and qr_flops(traj) > QR_FLOPS_LIMIT:
-    return stats_lib.trajectory_stats(traj)  # minutes of QR -> seconds of BLAS syrk
-  return traj
+    zero = jnp.asarray(0.0, jnp.float64)
+    i0 = jnp.asarray(0, jnp.int32)
+    init = (jnp.asarray(start, jnp.int32), inf, zero, inf, blank, i0, i0, i0, memo)
+    _, _, _, hi, best, _, _, walks, memo = jax.lax.while_loop(cond, body, init)
+    return best, hi, walks, memo
 
 
-class ProjectionErrors:
-  """Every candidate step error d(.) for a growing path, in the compressed R-space.
+class Projection(NamedTuple):
+  """The teacher-forced oracle's data in R-space: every column and every teacher state.
 
-  With A = [x_T, e_0, ..., e_{K-1}] (all images and elements as rows) and a square root R of
-  its Gram (``R^T R = A^T A``), every teacher state is ``A c_m`` (DDIM coefficients, paper
-  Eq. 9), and the projection error of any state on any set of columns of A equals that of
-  ``R c_m`` on the same columns of R. A path's basis is orthonormalised one column at a time
-  (classical Gram-Schmidt, twice), and each candidate's error is one projection of a
-  (K + 1)-vector: a greedy walk costs O(n log K) such projections, whatever the image size.
-
-  R comes from `TrajectoryStats` (pivoted Cholesky of the Gram) when given, and from a
-  `Trajectory` by a streamed Householder QR while that costs at most `QR_FLOPS_LIMIT` flops,
-  else from the trajectory's statistics (`trajectory_stats`), computed here.
+  Attributes:
+    columns: (M, K + 1) float64 R, ``R^T R = A^T A`` (column j + 1 is e_j, column 0 x_T).
+    states: (M, K + 1) float64 ``R C^T``: column m is teacher state m in R-space.
+    num_elements: B * D (static), the denominator of the per-element MSE.
   """
 
-  def __init__(self, traj: trajectory_lib.Trajectory):
-    k = traj.num_teacher_steps
-    traj = compress_if_large(traj)
-    if isinstance(traj, stats_lib.TrajectoryStats):  # a square root of the Gram (issue 6)
-      self.r = traj.factor()
-      self.targets = self.r @ traj.state_coefficients().T
-      self.num_elements = traj.num_elements
-      self.num_teacher_steps = k
-      return
-    step = fit.images_per_block(traj)
-
-    def blocks():
-      with jax.enable_x64(True):
-        for start in range(0, traj.batch_size, step):
-          stop = min(start + step, traj.batch_size)
-          yield _basis_rows(jnp.asarray(traj.x_T[start:stop]),
-                            jnp.asarray(traj.model_outputs[:, start:stop]))
-
-    self.r = lstsq.streamed_r_factor(blocks(), k + 1)          # (K+1, K+1)
-    self.targets = self.r @ traj.state_coefficients().T        # column m: state m
-    self.num_elements = traj.batch_size * int(np.prod(traj.sample_shape))
-    self.num_teacher_steps = k
-
-  def start(self) -> np.ndarray:
-    """The orthonormal basis of span{x_T} in R-space: (K + 1, 1) (or (K + 1, 0) if x_T = 0)."""
-    return self.add(np.zeros((self.r.shape[0], 0)), 0)
-
-  def add(self, q: np.ndarray, column: int) -> np.ndarray:
-    """Adds column ``column`` of A (0: x_T, j + 1: e_j) to the orthonormal basis ``q``.
-
-    Classical Gram-Schmidt applied twice; a column already in the span (repeated or zero
-    outputs) leaves the basis unchanged.
-    """
-    v = self.r[:, column].copy()
-    norm0 = np.linalg.norm(v)
-    for _ in range(2):
-      v -= q @ (q.T @ v)
-    norm = np.linalg.norm(v)
-    if norm <= 1e-13 * max(norm0, 1e-300):
-      return q
-    return np.concatenate([q, (v / norm)[:, None]], axis=1)
-
-  def error(self, q: np.ndarray, target: int) -> float:
-    """Per-element MSE of projecting teacher state ``target`` on span(q)."""
-    v = self.targets[:, target].copy()
-    for _ in range(2):
-      v -= q @ (q.T @ v)
-    return float(v @ v) / self.num_elements
-
-  def path_errors(self, path: np.ndarray) -> np.ndarray:
-    """(n,) step errors of a given path (same quantity as `fit.solve_path`'s errors)."""
-    targets = fit.path_targets(path, self.num_teacher_steps)
-    q = self.start()
-    out = []
-    for i, p in enumerate(path):
-      q = self.add(q, int(p) + 1)
-      out.append(self.error(q, int(targets[i])))
-    return np.asarray(out)
-
-  def walk(self, bound: float, num_steps: int):
-    """`greedy_walk` (Algorithms 1-2) on these teacher-forced projection errors."""
-    return greedy_walk(self.error, lambda q, index: self.add(q, index + 1),
-                       self.add(self.start(), 1), self.num_teacher_steps, num_steps, bound)
+  columns: jax.Array
+  states: jax.Array
+  num_elements: int
 
 
-def search_path(traj: trajectory_lib.Trajectory, num_steps: int, *,
-                num_bisection_steps: int = 30, prefer_uniform_if_better: bool = True,
-                return_info: bool = False, denoise_fn=None, batch_size: int | None = None):
+def projection(data) -> Projection:
+  """The R-space oracle of a `Trajectory` or `TrajectoryStats` (`regression.full_factor`)."""
+  r = regression.full_factor(data)
+  with jax.enable_x64(True):
+    return Projection(r, r @ data.state_coefficients().T, data.num_elements)
+
+
+def _start(proj: Projection, num_steps: int):
+  """The orthonormal basis of span{x_T, e_0} in R-space, in a (M, n + 1) buffer."""
+  with jax.enable_x64(True):
+    q = jnp.zeros((proj.columns.shape[0], num_steps + 1), jnp.float64)
+    count = jnp.asarray(0, jnp.int32)
+    q, count = linalg.extend_orthonormal(q, count, proj.columns[:, 0])
+    return linalg.extend_orthonormal(q, count, proj.columns[:, 1])
+
+
+def _error(proj: Projection, state, target):
+  with jax.enable_x64(True):
+    q, _ = state
+    v = linalg.orthogonalize(q, proj.states[:, target])
+    return (v @ v) / proj.num_elements
+
+
+def _extend(proj: Projection, state, index):
+  return linalg.extend_orthonormal(state[0], state[1], proj.columns[:, index + 1])
+
+
+def _walk(proj: Projection, start, num_steps: int):
+  k = proj.columns.shape[1] - 1
+
+  def walk(bound, memo):
+    return greedy_walk(lambda s, m: _error(proj, s, m),
+                       lambda s, i, mm: (_extend(proj, s, i), mm), start, k, num_steps, bound, memo)
+
+  return walk
+
+
+@jax.jit
+def projection_path_errors(proj: Projection, path) -> jax.Array:
+  """(n,) teacher-forced step errors of a given path from the R-space oracle (traceable)."""
+  n = path.shape[0]
+  targets = regression.path_targets(path, proj.columns.shape[1] - 1)
+  with jax.enable_x64(True):
+    state = _start(proj, n)
+
+    def body(i, c):
+      state, errs = c
+      state = jax.lax.cond(i > 0, lambda s: _extend(proj, s, path[i]), lambda s: s, state)
+      return state, errs.at[i].set(_error(proj, state, targets[i]))
+
+    _, errs = jax.lax.fori_loop(0, n, body, (state, jnp.zeros((n,), jnp.float64)))
+    return errs
+
+
+def search_on_projection(proj: Projection, num_steps: int, num_bisection_steps,
+                         prefer_uniform_if_better):
+  """`search_path`'s algorithm on a prepared oracle (traceable; only ``num_steps`` static)."""
+  k = proj.columns.shape[1] - 1
+  n = num_steps
+  with jax.enable_x64(True):
+    best, bound, walks, _ = bisect_bound(_walk(proj, _start(proj, n), n), num_bisection_steps)
+    uniform = jnp.asarray(uniform_path(k, n))
+    uniform_errors = projection_path_errors(proj, uniform)
+    chose = prefer_uniform_if_better & (jnp.max(uniform_errors) < _worst(best))
+    path = jnp.where(chose, uniform, best.path)
+    errors = jnp.where(chose, uniform_errors, best.step_errors)
+    return path, SearchInfo(errors, jnp.max(errors), bound, jnp.max(uniform_errors), chose, walks)
+
+
+_search_jit = jax.jit(search_on_projection, static_argnums=1)
+
+
+def search_path(traj, num_steps: int, *, num_bisection_steps: int = 30,
+                prefer_uniform_if_better: bool = True):
   """Path optimisation (paper Eq. 13-14, Algorithms 1-3): min over paths of the max step error.
 
   Bisection (Algorithm 3) on the error bound D; for each D a greedy walk (Algorithm 2) jumps
@@ -255,76 +316,62 @@ def search_path(traj: trajectory_lib.Trajectory, num_steps: int, *,
   per-element mean squared error of projecting the teacher state on span{x_T, e_{t(1)}, ...,
   e_{t(i)}} (the paper's Eq. 12 basis in both search and fit). Differences from the
   reference code, all deliberate: the bracket starts at the error of an always-feasible walk
-  rather than the fixed [0, 10], so the 30 halvings are relative to the data's scale; a jump
+  rather than the fixed [0, 10], so the halvings are relative to the data's scale; a jump
   never goes so far that fewer teacher steps than remaining model calls are left; among all
   feasible walks the one with the smallest actual maximum error is returned; and when the
   uniform path (OLSS-P) has a smaller maximum error than the greedy result, the uniform path
   is returned (the greedy walk assumes the error grows with the jump length, which real
   models can violate).
 
-  Args:
-    traj: the teacher `Trajectory`.
-    num_steps: n, the number of model calls (1 <= n <= K).
-    num_bisection_steps: halvings of the bound bracket (the reference code's 30).
-    prefer_uniform_if_better: return the uniform path when it beats the search.
-    return_info: also return a `SearchInfo`.
-    denoise_fn: the model; when given, the search is closed-loop (beyond the paper, issue 8;
-      `closed_loop.closed_loop_search`): each walk measures step errors on the basis of its
-      own predicted trajectory (one model call per chosen step, shared between walks), and
-      the info is a `ClosedLoopSearchInfo`. Needs the `Trajectory` itself.
-    batch_size: samples per model call in closed-loop mode (None: all at once).
-
   All K + 1 columns [x_T, e_0, ..., e_{K-1}] are compressed once into a (K + 1, K + 1)
-  factor, then every candidate is a small projection (`ProjectionErrors`). A large trajectory
-  (QR above `QR_FLOPS_LIMIT` flops, e.g. Stable Diffusion's size) is compressed through its
-  float64 Gram automatically; pass `TrajectoryStats` (`trajectory_stats`) yourself to reuse
-  one Gram for several step counts and for `fit_weights`.
+  factor (`regression.full_factor`: a streamed QR of a small trajectory, the square root of
+  the Gram for a large one or for `TrajectoryStats`), then every candidate is a small
+  projection. Pure JAX: ``jax.jit(search_path, static_argnums=1)`` works.
+
+  Args:
+    traj: the teacher `Trajectory`, or its `TrajectoryStats` (`trajectory_stats`; pass them
+      to reuse one Gram for several step counts and for `fit_weights`).
+    num_steps: n, the number of model calls (1 <= n <= K; static).
+    num_bisection_steps: halvings of the bound bracket (the reference code's 30; may be traced:
+      one compilation serves every count).
+    prefer_uniform_if_better: return the uniform path when it beats the search (may be traced).
 
   Returns:
-    (n,) int32 path into ``traj.timesteps`` (``path[0] == 0``), and the info if asked.
+    (path, info): (n,) int32 indices into the teacher's timesteps (``path[0] == 0``) and a
+    `SearchInfo` (host numpy arrays when called eagerly, traced arrays under jit).
   """
-  if denoise_fn is not None:
-    from olss_jax._src import closed_loop  # local: closed_loop imports this module
-    return closed_loop.closed_loop_search(
-        traj, num_steps, denoise_fn, num_bisection_steps=num_bisection_steps,
-        prefer_uniform_if_better=prefer_uniform_if_better, return_info=return_info,
-        batch_size=batch_size)
-  if not isinstance(traj, stats_lib.TrajectoryStats):
-    validation.check_trajectory(traj)
-  k = traj.num_teacher_steps
-  n = validation.check_num_steps(num_steps, k)
-  if num_bisection_steps < 0:  # checked before the (costly) factorisation
-    raise ValueError(f"num_bisection_steps: expected >= 0, got {num_bisection_steps}")
-  proj = ProjectionErrors(traj)
-  best, hi, walks = bisect_bound(lambda bound: proj.walk(bound, n), num_bisection_steps)
-  path, errors = best
-  uniform = uniform_path(traj, n)
-  uniform_errors = proj.path_errors(uniform)
-  chose_uniform = bool(prefer_uniform_if_better and np.max(uniform_errors) < np.max(errors))
-  if chose_uniform:
-    path, errors = uniform, uniform_errors
-  if not return_info:
-    return path
-  return path, SearchInfo(path=path, step_errors=errors, max_error=float(np.max(errors)),
-                          bound=float(hi), uniform_max_error=float(np.max(uniform_errors)),
-                          chose_uniform=chose_uniform, num_walks=walks)
+  regression.check_data(traj)
+  n = validation.check_num_steps(num_steps, traj.num_teacher_steps)
+  bisections, prefer = _search_options(num_bisection_steps, prefer_uniform_if_better)
+  proj = projection(traj)
+  if any(noise.is_traced(x) for x in (proj.columns, proj.states, bisections, prefer)):
+    return search_on_projection(proj, n, bisections, prefer)
+  return noise.to_host(_search_jit(proj, n, bisections, prefer))
 
 
-def path_errors(traj: trajectory_lib.Trajectory, path) -> np.ndarray:
+def _search_options(num_bisection_steps, prefer_uniform_if_better):
+  """The search's two dynamic options as arrays (checked when concrete)."""
+  if isinstance(num_bisection_steps, jax.Array) and not noise.is_traced(num_bisection_steps):
+    num_bisection_steps = num_bisection_steps.item() if num_bisection_steps.ndim == 0 and (
+        jnp.issubdtype(num_bisection_steps.dtype, jnp.integer)) else num_bisection_steps
+  if not noise.is_traced(num_bisection_steps):
+    num_bisection_steps = noise.check_count(num_bisection_steps, "num_bisection_steps",
+                                            minimum=0)
+  return (jnp.asarray(num_bisection_steps, jnp.int32),
+          jnp.asarray(prefer_uniform_if_better, bool))
+
+
+def path_errors(traj, path) -> jax.Array:
   """Per-step least-squares errors of a path (the paper's d(t(1), ..., t(i+1)), Eq. 13).
+
+  Args:
+    traj: a `Trajectory` or `TrajectoryStats`.
+    path: (n,) int indices into the teacher's timesteps.
 
   Returns:
     (n,) float64 mean squared error per element of each step's Eq. 12 fit.
   """
-  if not isinstance(traj, stats_lib.TrajectoryStats):
-    validation.check_trajectory(traj)
-  return fit.solve_path(traj, path)[1]
+  regression.check_data(traj)
+  path = validation.check_path(path, traj.num_teacher_steps)
+  return noise.to_host(regression.solve_path(traj, jnp.asarray(path, jnp.int32))[1])
 
-
-@jax.jit
-def _basis_rows(x_T, outputs):
-  """Rows [x_T, e_0, ..., e_{K-1}] for a block of images, float64: (b * D, K + 1)."""
-  b = x_T.shape[0]
-  x = x_T.reshape(b, -1).astype(jnp.float64).reshape(-1)
-  e = outputs.reshape(outputs.shape[0], -1).astype(jnp.float64)
-  return jnp.concatenate([x[None], e], axis=0).T

@@ -1,0 +1,156 @@
+"""Noise schedules of VP diffusion models, and the time convention of `denoise_fn(x, t)`.
+
+Host-side float64 numpy for the schedules (they are configuration, computed once); the one
+traced function here, `alpha_bar_at`, reads a schedule at integer or continuous timesteps.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def scaled_linear_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 0.00085,
+                                 beta_end: float = 0.012) -> np.ndarray:
+  """Stable Diffusion's noise schedule ("scaled_linear" betas), as in diffusers.
+
+  ``beta_t = (sqrt(beta_start) + t / (T - 1) (sqrt(beta_end) - sqrt(beta_start)))^2`` and
+  ``alpha_bar_t = prod_{s <= t} (1 - beta_s)``.
+
+  Returns:
+    (num_train_timesteps,) float64 cumulative products of (1 - beta_t).
+  """
+  betas = np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=np.float64) ** 2
+  return np.cumprod(1.0 - betas)
+
+
+def linear_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 0.0001,
+                          beta_end: float = 0.02) -> np.ndarray:
+  """DDPM's linear beta schedule (Ho et al. 2020). Returns (T,) float64 alpha_bar."""
+  betas = np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float64)
+  return np.cumprod(1.0 - betas)
+
+
+def is_traced(x) -> bool:
+  """True for a value being traced by `jax.jit` / `vmap` / `grad` (no concrete values)."""
+  return isinstance(x, jax.core.Tracer)
+
+
+def to_host(tree):
+  """Concrete jax arrays of ``tree`` as host numpy arrays (tracers and other leaves unchanged).
+
+  The verbs compute on the device in float64 (`jax.enable_x64`, scoped); their small results
+  (paths, weights, diagnostics) come back to eager callers as numpy, which keeps float64
+  usable without enabling x64 globally (JAX truncates float64 jax arrays in non-x64 code).
+  """
+  def leaf(x):
+    return np.asarray(x) if isinstance(x, jax.Array) and not is_traced(x) else x
+  return jax.tree_util.tree_map(leaf, tree)
+
+
+def check_alphas_cumprod(alphas_cumprod, *, name: str = "alphas_cumprod"):
+  """Validates a (T,) alpha_bar table: finite, in (0, 1], non-increasing in t.
+
+  Concrete input is checked fully and returned as a float64 numpy copy. A traced array (the
+  table passed through `jax.jit`) gets the checks possible at trace time (shape, dtype) and
+  is returned as it is.
+  """
+  if is_traced(alphas_cumprod):
+    if alphas_cumprod.ndim != 1 or alphas_cumprod.shape[0] < 2:
+      raise ValueError(f"{name}: expected shape (T,) with T >= 2, got {alphas_cumprod.shape}")
+    if not jnp.issubdtype(alphas_cumprod.dtype, jnp.floating):
+      raise TypeError(f"{name}: expected a float dtype, got {alphas_cumprod.dtype}")
+    return alphas_cumprod
+  arr = np.asarray(alphas_cumprod)
+  if arr.ndim != 1 or arr.shape[0] < 2:
+    raise ValueError(f"{name}: expected shape (T,) with T >= 2, got {arr.shape}")
+  if not np.issubdtype(arr.dtype, np.floating):
+    raise TypeError(f"{name}: expected a float dtype, got {arr.dtype}")
+  arr = arr.astype(np.float64)
+  if not np.all(np.isfinite(arr)) or np.any(arr <= 0) or np.any(arr > 1):
+    raise ValueError(f"{name}: every entry must be finite and in (0, 1]")
+  if np.any(np.diff(arr) > 0):
+    raise ValueError(f"{name}: must be non-increasing in t (more noise at larger t)")
+  return arr
+
+
+def check_count(value, name: str, *, minimum: int = 1, maximum: int | None = None) -> int:
+  """An int argument (not bool) with ``minimum <= value <= maximum``; returns it as int."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r:.50}")
+  value = int(value)
+  if value < minimum or (maximum is not None and value > maximum):
+    bound = f"{minimum} <= {name}" + (f" <= {maximum}" if maximum is not None else "")
+    raise ValueError(f"{name}: expected {bound}, got {value}")
+  return value
+
+
+def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000, *,
+                   steps_offset: int = 0) -> np.ndarray:
+  """diffusers' DDIM timesteps ("leading" spacing), in call order.
+
+  ``ratio = num_train_timesteps // num_steps``; timesteps are
+  ``(arange(num_steps) * ratio)[::-1] + steps_offset``. With 1000 of 1000 steps and offset 0
+  this is 999, 998, ..., 0: the paper's complete generation process.
+
+  Returns:
+    (num_steps,) int32, strictly decreasing.
+  """
+  num_steps = check_count(num_steps, "num_steps", maximum=num_train_timesteps)
+  ratio = num_train_timesteps // num_steps
+  timesteps = (np.arange(num_steps) * ratio)[::-1] + steps_offset
+  if timesteps[0] >= num_train_timesteps or timesteps[-1] < 0:
+    raise ValueError(f"steps_offset: {steps_offset} pushes the timesteps to "
+                     f"[{timesteps[-1]}, {timesteps[0]}], outside the {num_train_timesteps} "
+                     "training timesteps")
+  return timesteps.astype(np.int32)
+
+
+def alpha_bar_at(alphas_cumprod, t):
+  """alpha_bar at a training timestep t, integer or continuous (traceable).
+
+  Integer t indexes the table. A float t in [0, T - 1] interpolates ``log sigma`` linearly
+  between the neighbouring integer timesteps, ``sigma = sqrt((1 - alpha_bar) / alpha_bar)``:
+  the inverse of diffusers' ``_sigma_to_t``, so continuous timesteps mean what they mean to
+  diffusers' Karras-sigma schedulers, and integer-valued floats give the table's values.
+
+  Args:
+    alphas_cumprod: (T,) alpha_bar (float64 under `jax.enable_x64`).
+    t: scalar or array of timesteps (integer or float dtype).
+
+  Returns:
+    alpha_bar in the table's dtype (promoted with t's for float t), t's shape.
+  """
+  table = jnp.asarray(alphas_cumprod)
+  t = jnp.asarray(t)
+  if jnp.issubdtype(t.dtype, jnp.integer):
+    return table[t]
+  dtype = jnp.promote_types(table.dtype, t.dtype)
+  table = table.astype(dtype)
+  log_sigma = 0.5 * (jnp.log1p(-table) - jnp.log(table))
+  last = table.shape[0] - 1
+  t = jnp.clip(t.astype(dtype), 0, last)
+  low = jnp.clip(jnp.floor(t).astype(jnp.int32), 0, last - 1)
+  w = t - low
+  ls = (1 - w) * log_sigma[low] + w * log_sigma[low + 1]
+  # Exactly the table at integer t (w == 0 or 1), else 1 / (1 + sigma^2).
+  exact = jnp.where(w == 0, table[low], table[low + 1])
+  return jnp.where((w == 0) | (w == 1), exact, jax.nn.sigmoid(-2.0 * ls))
+
+
+def state_alphas(alphas_cumprod, timesteps, final_alpha_cumprod: float = 1.0) -> np.ndarray:
+  """alpha_bar of every state of a DDIM-like run: at each timestep, then the final alpha.
+
+  Returns:
+    (n + 1,) float64. Entry i is alpha_bar at the state where the model is called at step i;
+    entry n is ``final_alpha_cumprod`` (diffusers: 1.0 with ``set_alpha_to_one``, else
+    ``alphas_cumprod[0]``).
+  """
+  alphas = check_alphas_cumprod(alphas_cumprod)
+  timesteps = np.asarray(timesteps)
+  if np.any(timesteps < 0) or np.any(timesteps >= alphas.shape[0]):
+    raise ValueError(f"timesteps: must lie in [0, {alphas.shape[0]}), got "
+                     f"[{timesteps.min()}, {timesteps.max()}]")
+  if not 0 < final_alpha_cumprod <= 1:
+    raise ValueError(f"final_alpha_cumprod: expected a value in (0, 1], got {final_alpha_cumprod}")
+  return np.concatenate([alphas[timesteps], [float(final_alpha_cumprod)]])
