@@ -1,4 +1,4 @@
-"""End-to-end refinement (issue 8): monotone on the fitting set, structure kept, finite grads."""
+"""olss_jax._src.refine: end-to-end refinement, monotone on the fitting set, structure kept, finite grads."""
 import functools
 
 import chex
@@ -20,8 +20,8 @@ F64_GRAD_RTOL = 1e-6     # float64 autodiff vs central differences
 
 @functools.lru_cache(maxsize=None)
 def _problem(num_noises=12, dim=8, seed=0):
-  mix = oj.make_gaussian_mixture(jax.random.key(seed), 5, (dim,), std=0.1)
-  den = oj.mixture_denoiser(mix, ALPHAS)
+  mix = oj.analytic.make_gaussian_mixture(jax.random.key(seed), 5, (dim,), std=0.1)
+  den = oj.analytic.mixture_denoiser(mix, ALPHAS)
   x_T = jax.random.normal(jax.random.key(seed + 1), (num_noises, dim))
   traj = oj.collect_trajectory(den, x_T, ALPHAS, K_TEACHER)
   return den, traj
@@ -32,56 +32,54 @@ def _fitting_loss(den, traj, sched):
   return float(jnp.mean((oj.sample(den, sched, traj.x_T) - target) ** 2))
 
 
-@pytest.mark.parametrize("start", ["ddim"])
-def test_refine_lowers_the_fitting_loss_and_keeps_the_structure(start):
+def test_refine_lowers_the_fitting_loss_of_ddim_and_keeps_the_structure():
+  """DDIM on 3 steps is far from the teacher: 15 Adam steps must lower the fitting loss by
+  more than 10% (measured: 36%), inside the lower-triangular structure."""
   den, traj = _problem()
   path = oj.uniform_path(traj, 3)
-  sched = (oj.ddim_schedule(ALPHAS, np.asarray(traj.timesteps)[path]) if start == "ddim"
-           else oj.fit_weights(traj, path))
+  sched = oj.baselines.ddim_schedule(ALPHAS, np.asarray(traj.timesteps)[path])
   out, info = oj.refine(den, traj, sched, optimizer=optax.adam(1e-2), num_iters=15,
-                        holdout=0.25, return_info=True)
+                        holdout=0.25)
   before, after = _fitting_loss(den, traj, sched), _fitting_loss(den, traj, out)
-  assert after <= before * (1 + F32_RTOL)
-  assert info.final_loss <= info.initial_loss
-  if start == "ddim":  # DDIM on 3 steps is far from the teacher: refinement must help
-    assert after < 0.9 * before and info.best_iteration > 0
+  assert after < 0.9 * before and info.best_iteration > 0, (before, after)
+  np.testing.assert_allclose(info.final_loss, after, rtol=F32_RTOL)
   mask = schedule_lib.lower_triangular_mask(3)
   assert np.all(np.asarray(out.weights)[~mask] == 0)
   np.testing.assert_array_equal(out.timesteps, sched.timesteps)
   meta = out.metadata
   assert meta["refine_iters"] == len(info.train_losses) - 1
-  assert meta["refine_kept_initial"] == (info.best_iteration == 0)
-  assert meta["fit"] == ("refined" if info.best_iteration > 0 else sched.metadata.get("fit"))
+  assert not meta["refine_kept_initial"] and meta["fit"] == "refined"
   assert meta["refine_holdout"] == 3
+  # the hold-out curve picked the iterate: it is the minimum of the recorded curve
+  assert info.best_iteration == int(np.argmin(info.holdout_losses))
   chex.assert_tree_all_finite(out.weights)
 
 
 def test_refine_returns_the_initial_weights_when_nothing_improves():
   den, traj = _problem()
-  sched = oj.fit_weights(traj, oj.uniform_path(traj, 3))
+  sched = oj.fit_weights(traj, oj.uniform_path(traj, 3))[0]
   # A step size that can only make things worse (and non-finite).
-  out, info = oj.refine(den, traj, sched, optimizer=optax.sgd(1e6), num_iters=2,
-                        return_info=True)
+  out, info = oj.refine(den, traj, sched, optimizer=optax.sgd(1e6), num_iters=2)
   assert info.best_iteration == 0
   np.testing.assert_array_equal(np.asarray(out.weights), np.asarray(sched.weights))
   assert out.metadata["refine_kept_initial"] and out.metadata["fit"] == "teacher_forced"
-  out0 = oj.refine(den, traj, sched, num_iters=0)
+  out0, _ = oj.refine(den, traj, sched, num_iters=0)
   np.testing.assert_array_equal(np.asarray(out0.weights), np.asarray(sched.weights))
 
 
 def test_refine_jit_and_eager_agree():
   den, traj = _problem()
-  sched = oj.ddim_schedule(ALPHAS, np.asarray(traj.timesteps)[oj.uniform_path(traj, 2)])
+  sched = oj.baselines.ddim_schedule(ALPHAS, np.asarray(traj.timesteps)[oj.uniform_path(traj, 2)])
   kw = dict(optimizer=optax.adam(1e-2), num_iters=1, holdout=0, patience=None)
-  a, ia = oj.refine(den, traj, sched, jit=True, return_info=True, **kw)
-  b, ib = oj.refine(den, traj, sched, jit=False, return_info=True, **kw)
+  a, ia = oj.refine(den, traj, sched, jit=True, **kw)
+  b, ib = oj.refine(den, traj, sched, jit=False, **kw)
   np.testing.assert_allclose(ia.train_losses, ib.train_losses, rtol=F32_RTOL)
   np.testing.assert_allclose(a.weights, b.weights, rtol=F32_RTOL, atol=1e-6)
 
 
 def test_gradients_through_sample_are_finite_and_correct():
   den, traj = _problem()
-  sched = oj.fit_weights(traj, oj.uniform_path(traj, 4))
+  sched = oj.fit_weights(traj, oj.uniform_path(traj, 4))[0]
   target = traj.states[-1]
   loss = functools.partial(refine_lib.final_sample_loss, timesteps=jnp.asarray(sched.timesteps),
                            denoise_fn=den, x_T=traj.x_T, target=target)
@@ -107,7 +105,7 @@ def test_gradient_matches_central_differences_in_float64():
     x_T = jax.random.normal(jax.random.key(3), (3, 4), jnp.float64)
     target = jax.random.normal(jax.random.key(4), (3, 4), jnp.float64)
     ts = jnp.asarray([999, 600, 200], jnp.int32)
-    w = jnp.asarray(oj.ddim_schedule(ALPHAS, np.asarray(ts)).weights)
+    w = jnp.asarray(oj.baselines.ddim_schedule(ALPHAS, np.asarray(ts)).weights)
 
     def loss(w):
       x = oj.sample(jax.checkpoint(den), schedule_lib.Schedule(ts, w), x_T)
@@ -123,7 +121,7 @@ def test_gradient_matches_central_differences_in_float64():
 
 def test_refine_bad_arguments():
   den, traj = _problem()
-  sched = oj.fit_weights(traj, oj.uniform_path(traj, 2))
+  sched = oj.fit_weights(traj, oj.uniform_path(traj, 2))[0]
   with pytest.raises(ValueError, match="holdout"):
     oj.refine(den, traj, sched, holdout=0.99 + 0.01)
   with pytest.raises(ValueError, match="holdout"):

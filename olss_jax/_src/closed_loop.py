@@ -1,515 +1,488 @@
-"""Closed-loop least squares: Eq. 12 fitted on the basis the sampler will really see.
+"""Closed-loop least squares: Eq. 12 fitted, and Algorithms 1-3 searched, on the sampler's own basis.
 
 The paper (Section 3.3, Eq. 12) fits row i of a schedule on the *teacher's* model outputs
 ``e_{t(1)}, ..., e_{t(i)}``. At sampling time the outputs come from the model evaluated on
 OLSS's own approximate states instead. When the outputs are strongly correlated the
 teacher-forced weights are large and cancel, and the small differences between the two bases
-compound (issue 8). The closed-loop fit removes the mismatch: it runs the n-step sampler on
-the fitting noises while fitting, so row i is regressed on ``[x_T, e'_0, ..., e'_i]``, the
-outputs at the states produced by rows 0..i-1. Same objective (the teacher's state), same
-float64 QR solve (`lstsq`), n model calls on the fitting noises.
+compound. The closed-loop fit removes the mismatch: it runs the n-step sampler on the fitting
+noises while fitting, so row i is regressed on ``[x_T, e'_0, ..., e'_i]``, the outputs at the
+states produced by rows 0..i-1. Same objective (the teacher's state), float64 least squares,
+n model calls on the fitting noises.
 
-`closed_loop_search` is the paper's path optimisation (Algorithms 1-3) with the same change:
-each greedy walk measures candidate step errors on the basis of its own predicted trajectory
-(one model call per chosen step, none per candidate; calls are shared between walks through a
-prefix cache).
+`closed_loop_search` is the paper's path optimisation (`search.bisect_bound` /
+`search.greedy_walk`) with the same change: each greedy walk measures candidate step errors
+on the basis of its own predicted trajectory (one model call per chosen step, none per
+candidate; calls are shared between walks through a cache of model outputs keyed by the path
+prefix).
+
+Both are pure JAX: the model calls, the least squares and the search run under one
+`jax.jit`; the model is traced in the caller's precision (float64 only where the caller
+enabled it), the algebra in float64.
 """
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from olss_jax._src import ddim
-from olss_jax._src import fit
-from olss_jax._src import lstsq
+from olss_jax._src import fit as fit_lib
+from olss_jax._src import linalg
+from olss_jax._src import noise
+from olss_jax._src import regression
+from olss_jax._src import rows
 from olss_jax._src import schedule as schedule_lib
-from olss_jax._src import search  # search_path imports this module inside the function
+from olss_jax._src import search
 from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src import validation
 
-# Rows of a float64 least-squares block (bounded working memory of the streamed QR).
-_ROW_BLOCK_ELEMENTS = 1 << 24
-
-
-@jax.jit
-def _call(denoise_fn, x, t):
-  return denoise_fn(x, t)
-
-
-def call_model(denoise_fn, x: jax.Array, t, *, batch_size: int | None = None) -> np.ndarray:
-  """``denoise_fn(x, t)`` on the host, jitted, optionally in chunks of ``batch_size`` samples.
-
-  Args:
-    denoise_fn: a `jax.tree_util.Partial` (see `trajectory.as_denoise_pytree`).
-    x: (B, ...) model inputs.
-    t: int timestep.
-    batch_size: None calls the model on all B at once.
-
-  Returns:
-    (B, ...) numpy model outputs in x's dtype.
-  """
-  x = jnp.asarray(x)
-  t = jnp.asarray(t, jnp.int32)
-  step = x.shape[0] if batch_size is None else int(batch_size)
-  parts = []
-  for start in range(0, x.shape[0], step):
-    e = _call(denoise_fn, x[start:start + step], t)
-    if e.shape != x[start:start + step].shape:
-      raise ValueError(f"denoise_fn: returned shape {e.shape}, expected the input's "
-                       f"{x[start:start + step].shape}")
-    parts.append(np.asarray(e.astype(x.dtype)))
-  return np.concatenate(parts, axis=0)
-
-
-def teacher_states(traj: trajectory_lib.Trajectory, indices) -> np.ndarray:
-  """Exact float64 teacher states ``states[m] = C[m] @ [x_T, e_0, ..., e_{K-1}]`` (paper Eq. 9).
-
-  Args:
-    traj: the teacher `Trajectory`.
-    indices: (m,) ints in [0, K].
-
-  Returns:
-    (m, B * D) float64, one flattened state per index (D elements per sample).
-  """
-  indices = np.asarray(indices, np.int64)
-  coeffs = traj.state_coefficients()[indices]                   # (m, K + 1)
-  b = traj.batch_size
-  x = np.asarray(traj.x_T).reshape(b, -1)
-  d = x.shape[1]
-  out = np.empty((indices.shape[0], b, d))
-  step = fit.images_per_block(traj)
-  outputs = traj.model_outputs
-  for start in range(0, b, step):
-    stop = min(start + step, b)
-    e = np.asarray(outputs[:, start:stop], np.float64).reshape(outputs.shape[0], -1)  # (K, bD)
-    y = coeffs[:, :1] * x[start:stop].reshape(1, -1) + coeffs[:, 1:] @ e
-    out[:, start:stop] = y.reshape(indices.shape[0], stop - start, d)
-  return out.reshape(indices.shape[0], b * d)
-
-
-def _lstsq_columns(columns: np.ndarray, target: np.ndarray):
-  """min_w ||columns w - target|| in float64 by streamed QR. columns: (N, m); target: (N,)."""
-  m = columns.shape[1]
-  r = _r_factor(columns, target)
-  ws, residuals, deficient = lstsq.nested_solves(r, m, [(m, m)])
-  return ws[0], float(residuals[0]), bool(deficient[0])
-
-
-def _bucket(size: int, minimum: int) -> int:
-  return max(minimum, 1 << (int(size) - 1).bit_length())
-
-
-def _r_factor(columns: np.ndarray, target: np.ndarray) -> np.ndarray:
-  """(m + 1, m + 1) R factor of [columns, target] (streamed float64 `jnp.linalg.qr`).
-
-  Blocks are zero-padded to power-of-two rows and columns (zero rows and trailing zero
-  columns leave the leading block of R unchanged), so the jitted QR compiles a handful of
-  shapes rather than one per row, fold and step.
-  """
-  m = columns.shape[1]
-  width = _bucket(m + 1, 4)
-  rows = max(1, _ROW_BLOCK_ELEMENTS // width)
-
-  def blocks():
-    for s in range(0, columns.shape[0], rows):
-      chunk = columns[s:s + rows]
-      padded = np.zeros((_bucket(chunk.shape[0], width), width))
-      padded[:chunk.shape[0], :m] = chunk
-      padded[:chunk.shape[0], m] = target[s:s + rows]
-      yield padded
-
-  return lstsq.streamed_r_factor(blocks(), width)[:m + 1, :m + 1]
-
-
 # Relative ridge strengths tried by the cross-validation (0: plain least squares).
 RIDGE_GRID = (0.0,) + tuple(10.0 ** p for p in range(-12, 0))
-_NUM_FOLDS = 4
+NUM_FOLDS = 4
+# Model outputs kept by the search's prefix cache: at most this many bytes (and 1024 entries).
+CACHE_BYTES = 256 * 2**20
+SOURCES = ("closed_loop_walk", "teacher_forced_walk", "uniform")
 
 
-def _ridge_solve(r_blocks: list[np.ndarray], lam: float, scale: np.ndarray,
-                 ref: np.ndarray, num_rows: int) -> np.ndarray:
-  """argmin_w sum_f ||R_f [w; -1]||^2 + lam * num_rows * sum_j scale_j (w_j - ref_j)^2."""
-  m = ref.shape[0]
-  r = np.concatenate(r_blocks, axis=0)
-  a, y = r[:, :m], r[:, m]
-  if lam > 0:
-    d = np.sqrt(lam * num_rows * scale)
-    a = np.concatenate([a, np.diag(d)], axis=0)
-    y = np.concatenate([y, d * ref], axis=0)
-  return np.linalg.lstsq(a, y, rcond=1e-12)[0]
-
-
-def _cv_ridge(columns: np.ndarray, target: np.ndarray, ref: np.ndarray, num_samples: int,
-              grid) -> tuple[np.ndarray, float]:
-  """Ridge towards ``ref`` with its strength chosen by K-fold cross-validation over samples.
-
-  The rows of ``columns`` are sample-major (num_samples blocks of equal size); fold f holds the
-  samples ``b % F == f``, so the validation error measures how a row generalises to new
-  noises (the failure of an unregularised fit: large cancelling weights that reproduce the
-  fitting noises and amplify everything else). Each fold is reduced to its R factor once;
-  every candidate strength is then a small solve.
-
-  Returns:
-    (weights (m,), chosen relative strength).
-  """
-  n_rows = columns.shape[0]
-  scale = np.maximum(np.sum(columns**2, axis=0) / n_rows, 1e-300)
-  folds = min(_NUM_FOLDS, num_samples)
-  if folds < 2 or len(grid) == 1:
-    lam = float(grid[0]) if len(grid) else 0.0
-    r_all = _r_factor(columns, target)
-    return _ridge_solve([r_all], lam, scale, ref, n_rows), lam
-  per = n_rows // num_samples
-  sample_of_row = np.arange(n_rows) // per
-  r_folds, rows_per_fold = [], []
-  for f in range(folds):
-    mask = sample_of_row % folds == f
-    r_folds.append(_r_factor(columns[mask], target[mask]))
-    rows_per_fold.append(int(mask.sum()))
-  cv = []
-  for lam in grid:
-    total = 0.0
-    for f in range(folds):
-      others = [r for g, r in enumerate(r_folds) if g != f]
-      w = _ridge_solve(others, lam, scale, ref, n_rows - rows_per_fold[f])
-      total += float(np.sum((r_folds[f] @ np.append(w, -1.0)) ** 2))
-    cv.append(total)
-  cv = np.asarray(cv)
-  # The smallest strength within a relative 1e-9 of the best CV error (ties at rounding level
-  # keep the plain least-squares answer).
-  best = int(np.flatnonzero(cv <= cv.min() * (1 + 1e-9) + 1e-300)[0])
-  lam = float(grid[best])
-  return _ridge_solve(r_folds, lam, scale, ref, n_rows), lam
-
-
-def ddim_reference_weights(traj: trajectory_lib.Trajectory, path: np.ndarray) -> np.ndarray:
-  """(n, n + 1) DDIM (paper Eq. 2) weights between the path's teacher states (Eq. 9 form)."""
-  alphas = np.asarray(traj.alphas, np.float64)[np.append(path, traj.num_teacher_steps)]
-  coeffs = ddim.state_coefficients(*ddim.ddim_step_coefficients(alphas))
-  return coeffs[1:]
-
-
-class ClosedLoopRun(NamedTuple):
-  """What the closed-loop fit saw on the fitting noises.
+class ClosedLoopFitInfo(NamedTuple):
+  """Diagnostics of `closed_loop_fit` (arrays; concrete outside jit).
 
   Attributes:
-    weights: (n, n + 1) float64 fitted weights (zero above the diagonal).
-    step_errors: (n,) float64 per-element MSE of each row against the teacher state.
-    states: (n + 1, B, ...) the states the fitted sampler visits (x_T first).
-    model_calls: int, the model evaluations on the fitting noises (n, each on B samples).
-    rank_deficient: True if some row's basis was numerically rank deficient.
-    ridge: (n,) the relative ridge strength each row used (0: plain least squares).
+    step_errors: (n,) float64 per-element MSE of each row against the teacher state, on the
+      fitting noises and the sampler's own basis.
+    rank_deficient: (n,) bool, rows whose basis was numerically rank deficient.
+    ridge: (n,) float64 the relative ridge strength each row used (0: plain least squares).
+    states: (n + 1, B, ...) the states the fitted sampler visits on the fitting noises.
+    num_model_calls: int32, model evaluations on the B fitting noises (n).
   """
 
-  weights: np.ndarray
-  step_errors: np.ndarray
-  states: np.ndarray
-  model_calls: int
-  rank_deficient: bool
-  ridge: np.ndarray
+  step_errors: jax.Array
+  rank_deficient: jax.Array
+  ridge: jax.Array
+  states: jax.Array
+  num_model_calls: jax.Array
 
 
-def closed_loop_solve(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
-                      regularization="cv", batch_size: int | None = None) -> ClosedLoopRun:
-  """Closed-loop Eq. 12: row i on the basis of the sampler's own outputs (see module doc).
+class ClosedLoopSearchInfo(NamedTuple):
+  """Diagnostics of `closed_loop_search` (`search.SearchInfo`'s fields, then its own).
+
+  Attributes:
+    step_errors: (n,) float64 closed-loop step errors of the returned path (per-element MSE
+      of projecting the teacher state on the path's own-trajectory basis).
+    max_error: float64, max(step_errors) (Eq. 13's objective on the closed-loop basis).
+    bound: float64, the smallest feasible bound D found by the bisection.
+    uniform_max_error: float64, the objective on the uniform path.
+    chose_uniform: bool, the uniform path was better and was returned instead.
+    num_walks: int32, greedy walks run.
+    num_model_calls: int32, model evaluations on the B fitting noises (prefix-cached).
+    source: int32 index into `SOURCES` of the returned candidate ("closed_loop_walk",
+      "teacher_forced_walk" or "uniform"); `source_name` spells it.
+  """
+
+  step_errors: jax.Array
+  max_error: jax.Array
+  bound: jax.Array
+  uniform_max_error: jax.Array
+  chose_uniform: jax.Array
+  num_walks: jax.Array
+  num_model_calls: jax.Array
+  source: jax.Array
+
+  @property
+  def source_name(self) -> str:
+    """The returned candidate's name (concrete info only)."""
+    return SOURCES[int(self.source)]
+
+
+def _first_true(flags):
+  """Index of the first True (0 if none), int32 whatever the precision scope."""
+  return jax.lax.argmax(flags.astype(jnp.int32), 0, jnp.int32)
+
+
+def _caller_x64() -> bool:
+  return bool(jax.config.jax_enable_x64)
+
+
+def _grid(regularization) -> tuple[float, ...]:
+  if isinstance(regularization, str):
+    if regularization != "cv":
+      raise ValueError(f"regularization: expected 'cv' or a float >= 0, got {regularization!r}")
+    return RIDGE_GRID
+  if (isinstance(regularization, (int, float, np.floating, np.integer))
+      and not isinstance(regularization, bool) and np.isfinite(regularization)
+      and regularization >= 0):
+    return (float(regularization),)
+  raise ValueError(f"regularization: expected 'cv' or a float >= 0, got {regularization!r}")
+
+
+def _model(denoise_fn, x, t, x64: bool):
+  """The model at x (in x's dtype), traced in the caller's precision."""
+  with jax.enable_x64(x64):
+    return trajectory_lib.call_model(denoise_fn, x, t)
+
+
+def _fold_rows(num_samples: int, elements: int) -> list[np.ndarray]:
+  """Static row indices of each cross-validation fold: fold f holds the samples b % F == f."""
+  folds = min(NUM_FOLDS, num_samples)
+  sample_of_row = np.arange(num_samples * elements) // elements
+  return [np.flatnonzero(sample_of_row % folds == f) for f in range(folds)]
+
+
+def _row_fit(cols, y, ref, mask, grid, folds, num_rows: int):
+  """One row's weights: plain least squares, a fixed ridge, or the ridge chosen by CV.
+
+  Ridge towards ``ref`` with strength lam picked from ``grid`` by K-fold cross-validation
+  over samples (fold f: samples ``b % F == f``), so the validation error measures how a row
+  generalises to new noises; each fold is reduced to its R factor once, every candidate
+  strength is then a small solve. The smallest strength within a relative 1e-9 of the best CV
+  error wins (ties at rounding level keep plain least squares).
+
+  Returns:
+    (weights (c,), lam, deficient).
+  """
+  c = cols.shape[1]
+  r_all = linalg.pad_rows(linalg.qr_r(jnp.concatenate([cols, y[:, None]], axis=1)), c + 1)
+  prefix = jnp.sum(mask).astype(jnp.int32)
+  w_ls, _, deficient = linalg.prefix_solve(r_all, c, prefix, c)
+  if grid == (0.0,):
+    return w_ls, jnp.asarray(0.0, jnp.float64), deficient
+  scale = jnp.maximum(jnp.sum(cols**2, axis=0) / num_rows, 1e-300)
+  if len(folds) < 2 or len(grid) == 1:
+    lam = jnp.asarray(grid[0], jnp.float64)
+    w = linalg.ridge_solve(r_all[:, :c], r_all[:, c], lam, scale, ref, num_rows)
+    return jnp.where(mask, w, 0.0), lam, deficient
+  r_folds = [linalg.pad_rows(linalg.qr_r(jnp.concatenate([cols[idx], y[idx][:, None]], axis=1)),
+                             c + 1) for idx in folds]
+  sizes = [int(idx.shape[0]) for idx in folds]
+
+  def cv_error(lam):
+    total = 0.0
+    for f, r_f in enumerate(r_folds):
+      others = jnp.concatenate([r for g, r in enumerate(r_folds) if g != f], axis=0)
+      w = linalg.ridge_solve(others[:, :c], others[:, c], lam, scale, ref, num_rows - sizes[f])
+      total = total + jnp.sum((r_f @ jnp.append(w, -1.0)) ** 2)
+    return total
+
+  grid_arr = jnp.asarray(grid, jnp.float64)
+  cv = jax.vmap(cv_error)(grid_arr)
+  best = _first_true(cv <= jnp.min(cv) * (1 + 1e-9) + 1e-300)
+  lam = grid_arr[best]
+  stacked = jnp.concatenate(r_folds, axis=0)
+  w = linalg.ridge_solve(stacked[:, :c], stacked[:, c], lam, scale, ref, num_rows)
+  return jnp.where(mask, w, 0.0), lam, deficient
+
+
+def _solve(traj, path, denoise_fn, grid: tuple, x64: bool):
+  """The closed-loop fit (see `closed_loop_fit`); traceable, statics: grid and x64."""
+  n = path.shape[0]
+  k = traj.num_teacher_steps
+  x_T = jnp.asarray(traj.x_T)
+  dtype = x_T.dtype
+  num_rows = traj.num_elements
+  elements = num_rows // traj.batch_size
+  folds = _fold_rows(traj.batch_size, elements)
+  with jax.enable_x64(True):
+    ys = regression.teacher_states(traj, regression.path_targets(path, k))       # (n, N)
+    refs = traj.teacher.path_weights(path)                                       # (n, n + 1)
+    timesteps = jnp.asarray(traj.timesteps)[path]
+    basis = jnp.zeros((num_rows, n + 1), jnp.float64).at[:, 0].set(linalg.f64(x_T).reshape(-1))
+    states = jnp.zeros((n + 1,) + x_T.shape, dtype).at[0].set(x_T)
+    cols_idx = jnp.arange(n + 1)
+
+    def row(i, carry):
+      basis, states, weights, errors, lams, deficient = carry
+      e = _model(denoise_fn, states[i], timesteps[i], x64)
+      basis = jax.lax.dynamic_update_slice(basis, linalg.f64(e).reshape(-1, 1),
+                                           (jnp.int32(0), (i + 1).astype(jnp.int32)))
+      mask = cols_idx <= i + 1
+      cols = jnp.where(mask[None, :], basis, 0.0)
+      ref = jnp.where(mask, refs[i], 0.0)
+      w, lam, defic = _row_fit(cols, ys[i], ref, mask, grid, folds, num_rows)
+      fitted = cols @ w
+      states = states.at[i + 1].set(fitted.reshape(x_T.shape).astype(dtype))
+      return (basis, states, weights.at[i].set(w), errors.at[i].set(jnp.sum((fitted - ys[i]) ** 2)
+                                                                    / num_rows),
+              lams.at[i].set(lam), deficient.at[i].set(defic))
+
+    init = (basis, states, jnp.zeros((n, n + 1), jnp.float64), jnp.zeros((n,), jnp.float64),
+            jnp.zeros((n,), jnp.float64), jnp.zeros((n,), bool))
+    _, states, weights, errors, lams, deficient = jax.lax.fori_loop(0, n, row, init)
+    return weights, ClosedLoopFitInfo(errors, deficient, lams, states, jnp.asarray(n, jnp.int32))
+
+
+_solve_jit = jax.jit(_solve, static_argnums=(3, 4))
+
+
+def _check_model_data(traj, name: str = "traj") -> None:
+  if not isinstance(traj, trajectory_lib.Trajectory):
+    raise TypeError(f"{name}: expected a Trajectory (the closed loop needs its noises and "
+                    f"model outputs), got {type(traj).__name__}")
+  validation.check_trajectory(traj, name=name)
+
+
+def closed_loop_fit(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
+                    regularization="cv"):
+  """Fits OLSS weights on a path by closed-loop least squares (Eq. 12 on the sampler's basis).
 
   Row by row: call the model at the current predicted state (x_T for row 0) at timestep
   ``traj.timesteps[path[i]]``, append the output to the basis ``[x_T, e'_0, ..., e'_{i-1}]``,
   fit row i by float64 least squares against the teacher state ``states[path[i + 1]]`` (the
   final state for the last row) over every fitting noise and element, and predict the next
-  state with it.
+  state with it. n model calls on the B fitting noises.
 
   Regularisation: late rows see nearly collinear outputs, and plain least squares then finds
   huge cancelling weights that reproduce the fitting noises and blow up on new ones (measured:
   weights ~1e7 and a 20-step RMSE of 3.7 on held-out noises against 0.14 for DDIM). With
-  ``regularization="cv"`` each row is a ridge regression towards the DDIM step between the
-  same teacher states (`ddim_reference_weights`), ``||A w - y||^2 / N + lam * sum_j s_j
-  (w_j - w_ddim_j)^2`` with ``s_j`` the mean square of column j, and lam picked from
-  `RIDGE_GRID` by 4-fold cross-validation over the fitting noises (no extra model calls);
-  lam = 0 (plain least squares) wins whenever it generalises as well.
+  ``regularization="cv"`` each row is a ridge regression towards the teacher's own step
+  between the same teacher states (`Teacher.path_weights`: DDIM on the path),
+  ``||A w - y||^2 / N + lam * sum_j s_j (w_j - w_ref_j)^2`` with ``s_j`` the mean square of
+  column j, and lam picked from `RIDGE_GRID` by 4-fold cross-validation over the fitting
+  noises (no extra model calls); lam = 0 (plain least squares) wins whenever it generalises
+  as well. A rank-deficient basis gets the minimum-norm solution and a warning, never NaN.
+
+  Pure JAX: the n model calls and every solve run under one `jax.jit` (this function jits
+  itself for concrete inputs and traces inline under the caller's jit).
 
   Args:
     traj: the teacher `Trajectory` (B fitting noises, K steps).
-    path: (n,) indices into ``traj.timesteps`` (``path[0] == 0``, strictly increasing).
-    denoise_fn: ``(x_t (B, ...), t) -> e (B, ...)``, the model the teacher ran.
+    path: (n,) int indices into ``traj.timesteps`` (``path[0] == 0``, strictly increasing).
+    denoise_fn: ``(x_t (B, ...), t) -> e (B, ...)``, the model the teacher ran (conditioned
+      on the fitting noises' labels or prompts).
     regularization: "cv" (default), or a float: a fixed relative ridge strength (0.0: plain
       least squares, the unregularised closed-loop fit).
-    batch_size: samples per model call (None: all B at once).
 
   Returns:
-    A `ClosedLoopRun`.
+    (schedule, info): a `Schedule` (timesteps ``traj.timesteps[path]``, (n, n + 1) weights,
+    metadata ``method="olss"``, ``fit="closed_loop"``, ...) and a `ClosedLoopFitInfo`.
   """
-  path = validation.check_path(path, traj.num_teacher_steps)
-  if isinstance(regularization, str):
-    if regularization != "cv":
-      raise ValueError(f"regularization: expected 'cv' or a float >= 0, got {regularization!r}")
-    grid = RIDGE_GRID
-  elif isinstance(regularization, (int, float, np.floating)) and regularization >= 0:
-    grid = (float(regularization),)
-  else:
-    raise ValueError(f"regularization: expected 'cv' or a float >= 0, got {regularization!r}")
+  _check_model_data(traj)
+  path = jnp.asarray(validation.check_path(path, traj.num_teacher_steps), jnp.int32)
+  grid = _grid(regularization)
   denoise_fn = trajectory_lib.as_denoise_pytree(denoise_fn)
-  n = path.shape[0]
-  ys = teacher_states(traj, fit.path_targets(path, traj.num_teacher_steps))   # (n, N)
-  refs = ddim_reference_weights(traj, path)
-  x_T = np.asarray(traj.x_T)
-  dtype = x_T.dtype
-  num_elements = x_T.size
-  basis = np.empty((num_elements, n + 1))
-  basis[:, 0] = x_T.reshape(-1)
-  weights = np.zeros((n, n + 1))
-  errors = np.zeros(n)
-  lams = np.zeros(n)
-  states = np.empty((n + 1,) + x_T.shape, dtype)
-  states[0] = x_T
-  timesteps = np.asarray(traj.timesteps)
-  deficient = False
-  for i in range(n):
-    e = call_model(denoise_fn, states[i], int(timesteps[path[i]]), batch_size=batch_size)
-    basis[:, i + 1] = e.reshape(-1)
-    cols = basis[:, :i + 2]
-    w_ls, _, defic = _lstsq_columns(cols, ys[i])
-    deficient |= defic
-    if grid == (0.0,):
-      w = w_ls
-    else:
-      w, lams[i] = _cv_ridge(cols, ys[i], refs[i, :i + 2], traj.batch_size, grid)
-    weights[i, :i + 2] = w
-    fitted = cols @ w
-    errors[i] = float(np.sum((fitted - ys[i]) ** 2)) / num_elements
-    states[i + 1] = fitted.reshape(x_T.shape).astype(dtype)
-  return ClosedLoopRun(weights, errors, states, n, deficient, lams)
+  traced = noise.is_traced(path) or noise.is_traced(traj.x_T)
+  solve = _solve if traced else _solve_jit
+  weights, info = solve(traj, path, denoise_fn, grid, _caller_x64())
+  if not noise.is_traced(weights):
+    with jax.enable_x64(True):
+      finite = bool(jnp.all(jnp.isfinite(weights)))
+    if not finite:
+      raise ValueError("denoise_fn: the closed-loop fit produced non-finite weights (the model "
+                       "returned non-finite outputs along the fitted trajectory)")
+  fit_lib.warn_if_deficient(info.rank_deficient, "closed_loop_fit")
+  meta = fit_lib.fit_metadata(traj, "closed_loop")
+  meta["regularization"] = regularization if isinstance(regularization, str) else float(
+      regularization)
+  timesteps = jnp.asarray(traj.timesteps)[path]
+  return noise.to_host((schedule_lib.Schedule(timesteps, weights, meta), info))
 
 
-def closed_loop_fit(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
-                    regularization="cv", batch_size: int | None = None) -> schedule_lib.Schedule:
-  """Fits OLSS weights on a path by closed-loop least squares (Eq. 12 on the sampler's basis).
-
-  `fit.fit_weights(traj, path, denoise_fn=...)` dispatches here. See `closed_loop_solve` for
-  the algorithm; it costs n model calls on the B fitting noises. A rank-deficient basis gets
-  the minimum-norm solution and a warning, never NaN.
-
-  Args:
-    traj: the teacher `Trajectory` (B fitting noises, K steps).
-    path: (n,) int indices into ``traj.timesteps``.
-    denoise_fn: the model, ``(x_t (B, ...), t) -> e (B, ...)``.
-    regularization: "cv" (ridge towards DDIM, strength by cross-validation over the fitting
-      noises; see `closed_loop_solve`) or a fixed relative strength (0.0: plain least squares).
-    batch_size: samples per model call (None: all B at once).
-
-  Returns:
-    A `Schedule` (timesteps ``traj.timesteps[path]``, (n, n + 1) weights) whose metadata has
-    ``method="olss"``, ``fit="closed_loop"``, ``path``, ``step_errors`` and
-    ``fit_model_calls``.
-  """
-  validation.check_trajectory(traj)
-  path = validation.check_path(path, traj.num_teacher_steps)
-  run = closed_loop_solve(traj, path, denoise_fn, regularization=regularization,
-                          batch_size=batch_size)
-  if not np.all(np.isfinite(run.weights)):
-    raise ValueError("denoise_fn: the closed-loop fit produced non-finite weights (the model "
-                     "returned non-finite outputs along the fitted trajectory)")
-  if run.rank_deficient:
-    warnings.warn("fit_weights: the closed-loop basis of some steps is rank deficient; the "
-                  "minimum-norm least-squares weights were used", RuntimeWarning, stacklevel=3)
-  meta = {
-      "method": "olss",
-      "fit": "closed_loop",
-      "path": path.tolist(),
-      "step_errors": run.step_errors.tolist(),
-      "teacher_steps": traj.num_teacher_steps,
-      "num_fit_images": traj.batch_size,
-      "sample_shape": list(traj.sample_shape),
-      "rank_deficient": bool(run.rank_deficient),
-      "fit_model_calls": run.model_calls,
-      "ridge": run.ridge.tolist(),
-  }
-  return schedule_lib.make_schedule(np.asarray(traj.timesteps)[path], run.weights, meta)
+# ---------------------------------------------------------------------------------------------
+# The closed-loop search.
 
 
-# The fields of `search.SearchInfo`, then the cost and the source of the returned path.
-ClosedLoopSearchInfo = NamedTuple(
-    "ClosedLoopSearchInfo",
-    [*search.SearchInfo.__annotations__.items(), ("num_model_calls", int), ("source", str)])
-ClosedLoopSearchInfo.__doc__ = """Diagnostics of the closed-loop `search_path`.
+class _Node(NamedTuple):
+  """A path prefix and its own-trajectory basis.
 
-  Attributes:
-    path: (n,) int32 the returned path.
-    step_errors: (n,) float64 closed-loop step errors of the returned path (per-element MSE
-      of projecting the teacher state on the path's own-trajectory basis).
-    max_error: float, max(step_errors) (Eq. 13's objective, closed-loop basis).
-    bound: float, the smallest feasible bound D found by the bisection.
-    uniform_max_error: float, the objective on the uniform path.
-    chose_uniform: True when the uniform path was better and was returned instead.
-    num_walks: int, greedy walks run.
-    num_model_calls: int, model evaluations on the B fitting noises (prefix-cached).
-    source: which candidate was returned: "closed_loop_walk", "teacher_forced_walk" or
-      "uniform".
+  q: (N, n + 1) orthonormal basis of [x_T, e'_{p_0}, ..., e'_{p_i}] (unused columns zero);
+  count: its columns in use; m: (n + 1, K + 1) ``q^T A`` (one row per basis vector);
+  prefix: (n,) the path so far; length: its length.
   """
 
+  q: jax.Array
+  count: jax.Array
+  m: jax.Array
+  prefix: jax.Array
+  length: jax.Array
 
-class ClosedLoopErrors:
-  """Closed-loop step errors of any path prefix, with one model call per distinct prefix.
 
-  A prefix ``(p_0, ..., p_i)`` owns the orthonormal basis Q (N, i + 2) of
-  ``[x_T, e'_{p_0}, ..., e'_{p_i}]``, where e'_{p_j} is the model output at the least-squares
-  prediction of teacher state p_j on the parent prefix's basis. With the teacher columns
-  ``A = [x_T, e_0, ..., e_{K-1}]`` (N, K + 1) and states ``y_m = A c_m`` (paper Eq. 9),
-  the projection error of any state m is ``||y_m||^2 - ||(Q^T A) c_m||^2``: a prefix keeps
-  ``M = Q^T A`` ((i + 2, K + 1)), so each candidate costs one (K + 1)-vector product, and a
-  new basis column one pass ``A^T q`` over the teacher outputs.
-  """
+class _Cache(NamedTuple):
+  """Model outputs by prefix: prefixes (cap, n), lengths (cap,), outputs (cap, N), next slot."""
 
-  def __init__(self, traj: trajectory_lib.Trajectory, denoise_fn, *,
-               batch_size: int | None = None):
+  prefixes: jax.Array
+  lengths: jax.Array
+  outputs: jax.Array
+  slot: jax.Array
+  calls: jax.Array
+
+
+def _project_columns(traj, v):
+  """``A^T v`` (K + 1,) float64 for v (N,): one pass over the teacher outputs."""
+
+  def step(acc, x_rows, e_rows, v_rows):
+    return acc + jnp.concatenate([(linalg.f64(x_rows) @ v_rows)[None],
+                                  linalg.f64(e_rows) @ v_rows])
+
+  init = jnp.zeros((traj.num_teacher_steps + 1,), jnp.float64)
+  return rows.fold_rows(step, init, traj.x_T, traj.model_outputs, extra=v)
+
+
+class _Oracle:
+  """Closed-loop step errors of any prefix (traced pieces of `closed_loop_search`)."""
+
+  def __init__(self, traj, denoise_fn, num_steps: int, x64: bool):
     self.traj = traj
-    self.denoise_fn = trajectory_lib.as_denoise_pytree(denoise_fn)
-    self.batch_size = batch_size
+    self.denoise_fn = denoise_fn
+    self.n = num_steps
+    self.x64 = x64
     self.k = traj.num_teacher_steps
-    self.coeffs = traj.state_coefficients()                       # (K + 1, K + 1)
-    self.x_T = np.asarray(traj.x_T)
-    self.num_elements = self.x_T.size
-    self.timesteps = np.asarray(traj.timesteps)
-    gram = np.zeros((self.k + 1, self.k + 1))
-    for cols in self._teacher_blocks():
-      gram += cols.T @ cols
-    self.state_norms = np.einsum("mk,kl,ml->m", self.coeffs, gram, self.coeffs)  # ||y_m||^2
-    self.model_calls = 0
-    self._cache: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
-    q0 = self.x_T.reshape(-1).astype(np.float64)
-    norm = np.linalg.norm(q0)
-    q0 = q0[:, None] / norm if norm > 0 else np.zeros((self.num_elements, 0))
-    self._root = (q0, self._project(q0))
+    self.x_T = jnp.asarray(traj.x_T)
+    self.num_rows = traj.num_elements
+    self.coeffs = traj.state_coefficients()                      # (K + 1, K + 1)
+    self.norms = regression.state_norms(traj)                    # ||y_m||^2
+    self.timesteps = jnp.asarray(traj.timesteps)
 
-  def _teacher_blocks(self):
-    """Yields (rows, K + 1) float64 blocks of A = [x_T, e_0, ..., e_{K-1}], in element order."""
-    b = self.traj.batch_size
-    step = fit.images_per_block(self.traj)
-    outputs = self.traj.model_outputs
-    for start in range(0, b, step):
-      stop = min(start + step, b)
-      e = np.asarray(outputs[:, start:stop], np.float64).reshape(outputs.shape[0], -1)
-      yield np.concatenate([self.x_T[start:stop].reshape(1, -1).astype(np.float64), e], 0).T
+  def root(self) -> _Node:
+    n, k = self.n, self.k
+    x = linalg.f64(self.x_T).reshape(-1)
+    norm = jnp.linalg.norm(x)
+    q0 = jnp.where(norm > 0, x / jnp.where(norm > 0, norm, 1.0), 0.0)
+    q = jnp.zeros((self.num_rows, n + 1), jnp.float64).at[:, 0].set(q0)
+    m = jnp.zeros((n + 1, k + 1), jnp.float64).at[0].set(_project_columns(self.traj, q0))
+    return _Node(q, (norm > 0).astype(jnp.int32), m, jnp.zeros((n,), jnp.int32),
+                 jnp.asarray(0, jnp.int32))
 
-  def _project(self, q: np.ndarray) -> np.ndarray:
-    """q^T A: (r, K + 1) for q (N, r)."""
-    out = np.zeros((q.shape[1], self.k + 1))
-    start = 0
-    for cols in self._teacher_blocks():
-      out += q[start:start + cols.shape[0]].T @ cols
-      start += cols.shape[0]
-    return out
+  def empty_cache(self) -> _Cache:
+    itemsize = np.dtype(self.x_T.dtype).itemsize
+    cap = int(min(1024, max(4 * self.n, CACHE_BYTES // max(1, self.num_rows * itemsize))))
+    return _Cache(jnp.zeros((cap, self.n), jnp.int32), jnp.zeros((cap,), jnp.int32),
+                  jnp.zeros((cap, self.num_rows), self.x_T.dtype), jnp.asarray(0, jnp.int32),
+                  jnp.asarray(0, jnp.int32))
 
-  def _extend(self, q: np.ndarray, m: np.ndarray, v: np.ndarray):
-    """Adds column v (N,) to the orthonormal q (Gram-Schmidt twice)."""
-    norm0 = np.linalg.norm(v)
-    for _ in range(2):
-      v = v - q @ (q.T @ v)
-    norm = np.linalg.norm(v)
-    if norm <= 1e-13 * max(norm0, 1e-300):
-      return q, m
-    v = v / norm
-    return np.concatenate([q, v[:, None]], 1), np.concatenate([m, self._project(v[:, None])], 0)
+  def error(self, node: _Node, target):
+    proj = node.m @ self.coeffs[target]
+    return jnp.maximum(self.norms[target] - proj @ proj, 0.0) / self.num_rows
 
-  def basis(self, prefix: tuple[int, ...]):
-    """(Q, M) of a prefix (cached; one model call the first time a prefix is seen)."""
-    prefix = tuple(int(p) for p in prefix)
-    if prefix in self._cache:
-      return self._cache[prefix]
-    q_par, m_par = self._root if len(prefix) == 1 else self.basis(prefix[:-1])
-    node = prefix[-1]
-    x = (q_par @ (m_par @ self.coeffs[node])) if node else self.x_T.reshape(-1)
-    x = x.reshape(self.x_T.shape).astype(self.x_T.dtype)
-    e = call_model(self.denoise_fn, x, int(self.timesteps[node]), batch_size=self.batch_size)
-    self.model_calls += 1
-    out = self._extend(q_par, m_par, e.reshape(-1).astype(np.float64))
-    self._cache[prefix] = out
-    return out
+  def extend(self, node: _Node, index, cache: _Cache):
+    """The prefix + (index,): one model call at its predicted state unless cached."""
+    prefix = node.prefix.at[jnp.minimum(node.length, self.n - 1)].set(index)
+    length = node.length + 1
+    live = jnp.arange(self.n) < length
+    match = jnp.all((cache.prefixes == prefix[None]) | ~live[None], axis=1) & (
+        cache.lengths == length)
+    hit = jnp.any(match)
+    slot = _first_true(match)
+    x_flat = linalg.f64(self.x_T).reshape(-1)
+    predicted = jnp.where(length == 1, x_flat, node.q @ (node.m @ self.coeffs[index]))
+    x = predicted.reshape(self.x_T.shape).astype(self.x_T.dtype)
 
-  def error(self, prefix, target: int) -> float:
-    """Per-element MSE of projecting teacher state ``target`` on the prefix's basis."""
-    _, m = self.basis(prefix)
-    proj = m @ self.coeffs[target]
-    return max(float(self.state_norms[target] - proj @ proj), 0.0) / self.num_elements
+    def call(_):
+      return _model(self.denoise_fn, x, self.timesteps[index], self.x64).reshape(-1)
 
-  def path_errors(self, path) -> np.ndarray:
-    """(n,) closed-loop step errors of a full path."""
-    path = [int(p) for p in path]
-    targets = fit.path_targets(np.asarray(path), self.k)
-    return np.asarray([self.error(tuple(path[:i + 1]), int(targets[i]))
-                       for i in range(len(path))])
+    e = jax.lax.cond(hit, lambda _: cache.outputs[slot], call, None)
+    put = ~hit
+    cap = cache.prefixes.shape[0]
+    cache = _Cache(
+        jnp.where(put, cache.prefixes.at[cache.slot].set(prefix), cache.prefixes),
+        jnp.where(put, cache.lengths.at[cache.slot].set(length), cache.lengths),
+        jnp.where(put, cache.outputs.at[cache.slot].set(e), cache.outputs),
+        jnp.where(put, (cache.slot + 1) % cap, cache.slot),
+        cache.calls + put.astype(jnp.int32))
+    q, count = linalg.extend_orthonormal(node.q, node.count, linalg.f64(e))
+    grew = count > node.count
+    m = jax.lax.cond(grew, lambda mm: mm.at[count - 1].set(_project_columns(self.traj,
+                                                                            q[:, count - 1])),
+                     lambda mm: mm, node.m)
+    return _Node(q, count, m, prefix, length), cache
 
-  def walk(self, bound: float, num_steps: int):
-    """`search.greedy_walk` (Algorithms 1-2) on closed-loop errors.
+  def path_errors(self, path, start: _Node, cache: _Cache):
+    """(n,) closed-loop step errors of a full path (its nodes via the cache)."""
+    targets = regression.path_targets(path, self.k)
 
-    Returns:
-      (path (n,) int32, step_errors (n,)) or None when infeasible.
-    """
-    return search.greedy_walk(self.error, lambda prefix, index: prefix + (index,), (0,),
-                              self.k, num_steps, bound)
+    def body(i, c):
+      node, cache, errs = c
+      node, cache = jax.lax.cond(i > 0, lambda nc: self.extend(nc[0], path[i], nc[1]),
+                                 lambda nc: nc, (node, cache))
+      return node, cache, errs.at[i].set(self.error(node, targets[i]))
+
+    _, cache, errs = jax.lax.fori_loop(0, path.shape[0], body,
+                                       (start, cache, jnp.zeros((self.n,), jnp.float64)))
+    return errs, cache
+
+
+def _search(traj, denoise_fn, tf_path, num_steps: int, num_bisection_steps, prefer_uniform,
+            include_teacher_forced, x64: bool):
+  """The closed-loop search (see `closed_loop_search`); traceable, statics: n and x64."""
+  n = num_steps
+  with jax.enable_x64(True):
+    oracle = _Oracle(traj, denoise_fn, n, x64)
+    cache = oracle.empty_cache()
+    start, cache = oracle.extend(oracle.root(), jnp.asarray(0, jnp.int32), cache)
+
+    def walk(bound, cache):
+      return search.greedy_walk(oracle.error, oracle.extend, start, oracle.k, n, bound, cache)
+
+    best, bound, walks, cache = search.bisect_bound(walk, num_bisection_steps, cache)
+    uniform = jnp.asarray(search.uniform_path(oracle.k, n))
+    # The paper's walk (no model calls to find, n to judge) as a second start, and the uniform
+    # path, judged by the same closed-loop criterion in one loop (one traced model call): on
+    # the sharp 16-dim mixture the paper's walk beat both the closed-loop walk and the uniform
+    # path by this criterion at 5, 10 and 20 steps.
+    candidates = jnp.stack([tf_path, uniform])
+
+    def judge(cache, inputs):
+      path, active = inputs
+      errs, cache = jax.lax.cond(active, lambda c: oracle.path_errors(path, start, c),
+                                 lambda c: (jnp.full((n,), jnp.inf, jnp.float64), c), cache)
+      return cache, errs
+
+    cache, errs = jax.lax.scan(judge, cache, (candidates, jnp.stack(
+        [jnp.asarray(include_teacher_forced, bool), jnp.asarray(True)])))
+    tf_errors, uniform_errors = errs[0], errs[1]
+    take = jnp.max(tf_errors) < jnp.max(best.step_errors)
+    path = jnp.where(take, tf_path, best.path)
+    errors = jnp.where(take, tf_errors, best.step_errors)
+    source = jnp.where(take, 1, 0).astype(jnp.int32)
+    chose = prefer_uniform & (jnp.max(uniform_errors) < jnp.max(errors))
+    path = jnp.where(chose, uniform, path)
+    errors = jnp.where(chose, uniform_errors, errors)
+    source = jnp.where(chose, 2, source).astype(jnp.int32)
+    return path, ClosedLoopSearchInfo(errors, jnp.max(errors), bound, jnp.max(uniform_errors),
+                                      chose, walks, cache.calls, source)
+
+
+_search_jit = jax.jit(_search, static_argnums=(3, 7))
 
 
 def closed_loop_search(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
                        num_bisection_steps: int = 30, prefer_uniform_if_better: bool = True,
-                       include_teacher_forced: bool = True, return_info: bool = False,
-                       batch_size: int | None = None):
+                       include_teacher_forced: bool = True):
   """Path optimisation (paper Eq. 13-14, Algorithms 1-3) on closed-loop step errors.
 
-  The bisection on the bound D and the greedy walk are `search.search_path`'s; only the error
-  of a candidate differs: it is measured on the basis ``[x_T, e'_0, ..., e'_i]`` of the walk's
-  own predicted trajectory (`ClosedLoopErrors`), so the search optimises what the closed-loop
-  fit will see. Candidates, judged by the same criterion (max closed-loop step error): the
-  best closed-loop walk of the bisection, the paper's teacher-forced walk (its path costs no
-  model calls to find, n to judge) and the uniform path; the returned path never has a larger
+  The bisection on the bound D and the greedy walk are `search_path`'s
+  (`search.bisect_bound`, `search.greedy_walk`); only the error of a candidate differs: it is
+  measured on the basis ``[x_T, e'_0, ..., e'_i]`` of the walk's own predicted trajectory, where
+  e'_j is the model output at the least-squares prediction of teacher state p_j on the parent
+  prefix's basis. With teacher columns ``A`` and states ``y_m = A c_m`` (Eq. 9) the error of
+  any state m is ``(||y_m||^2 - ||(Q^T A) c_m||^2) / N`` for the prefix's orthonormal Q: each
+  candidate costs one (K + 1)-vector product, a new basis column one pass ``A^T q`` and one
+  model call (cached by prefix and shared between walks). Candidates, judged by the same
+  criterion (max closed-loop step error): the best closed-loop walk of the bisection, the
+  paper's teacher-forced walk and the uniform path; the returned path never has a larger
   maximum step error (by this criterion) than the uniform path when
-  ``prefer_uniform_if_better``. (Beam or dynamic-programming searches were considered; the
-  errors of a step depend on the whole prefix in closed loop, so each beam entry costs model
-  calls; the two-start selection is what was measured, see the issue 8 report.)
+  ``prefer_uniform_if_better``.
 
   Args:
     traj: the teacher `Trajectory`.
-    num_steps: n (1 <= n <= K).
+    num_steps: n (1 <= n <= K; static).
     denoise_fn: the model ``(x_t (B, ...), t) -> e (B, ...)``.
-    num_bisection_steps: halvings of the bound bracket.
-    prefer_uniform_if_better: return the uniform path when it beats the search.
-    include_teacher_forced: also consider the paper's teacher-forced walk.
-    return_info: also return a `ClosedLoopSearchInfo`.
-    batch_size: samples per model call (None: all B at once).
+    num_bisection_steps: halvings of the bound bracket (may be traced).
+    prefer_uniform_if_better: return the uniform path when it beats the search (may be traced).
+    include_teacher_forced: also consider the paper's teacher-forced walk (may be traced).
 
   Returns:
-    (n,) int32 path, and the info if asked.
+    (path, info): (n,) int32 path and a `ClosedLoopSearchInfo`.
   """
-  validation.check_trajectory(traj)
+  _check_model_data(traj)
   n = validation.check_num_steps(num_steps, traj.num_teacher_steps)
-  if num_bisection_steps < 0:  # checked before any model call
-    raise ValueError(f"num_bisection_steps: expected >= 0, got {num_bisection_steps}")
-  errs = ClosedLoopErrors(traj, denoise_fn, batch_size=batch_size)
-  best, hi, walks = search.bisect_bound(lambda bound: errs.walk(bound, n), num_bisection_steps)
-  path, step_errors = best
-  source = "closed_loop_walk"
-  if include_teacher_forced:
-    # The paper's walk (no model calls) as a second start, judged by the same closed-loop
-    # criterion: measured on the sharp 16-dim mixture, its path beat both the closed-loop
-    # walk and the uniform path by this criterion at 5, 10 and 20 steps (the greedy walk
-    # assumes the error grows with the jump, which the closed-loop errors violate more).
-    tf_path = search.search_path(traj, n, num_bisection_steps=num_bisection_steps,
-                                 prefer_uniform_if_better=False)
-    tf_errors = errs.path_errors(tf_path)
-    if np.max(tf_errors) < np.max(step_errors):
-      path, step_errors, source = tf_path, tf_errors, "teacher_forced_walk"
-  uniform = search.uniform_path(traj, n)
-  uniform_errors = errs.path_errors(uniform)
-  chose_uniform = bool(prefer_uniform_if_better and np.max(uniform_errors) < np.max(step_errors))
-  if chose_uniform:
-    path, step_errors, source = uniform, uniform_errors, "uniform"
-  if not return_info:
-    return path
-  return path, ClosedLoopSearchInfo(
-      path=path, step_errors=step_errors, max_error=float(np.max(step_errors)),
-      bound=float(hi), uniform_max_error=float(np.max(uniform_errors)),
-      chose_uniform=chose_uniform, num_walks=walks, num_model_calls=errs.model_calls,
-      source=source)
+  bisections, prefer = search._search_options(num_bisection_steps,  # pylint: disable=protected-access
+                                              prefer_uniform_if_better)
+  denoise_fn = trajectory_lib.as_denoise_pytree(denoise_fn)
+  tf_path, _ = search.search_path(traj, n, num_bisection_steps=bisections,
+                                  prefer_uniform_if_better=False)
+  include = jnp.asarray(include_teacher_forced, bool)
+  traced = any(noise.is_traced(x) for x in (traj.x_T, traj.model_outputs, bisections, prefer,
+                                            include))
+  fn = _search if traced else _search_jit
+  return noise.to_host(fn(traj, denoise_fn, jnp.asarray(tf_path, jnp.int32), n, bisections,
+                          prefer, include, _caller_x64()))

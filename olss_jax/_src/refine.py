@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from olss_jax._src import closed_loop
+from olss_jax._src import regression
 from olss_jax._src import sampler
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src import trajectory as trajectory_lib
@@ -80,8 +80,7 @@ def _split(num_samples: int, holdout) -> tuple[np.ndarray, np.ndarray]:
 
 def refine(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedule_lib.Schedule, *,
            optimizer: optax.GradientTransformation | None = None, num_iters: int = 200,
-           holdout=0.25, patience: int | None = 50, jit: bool = True,
-           return_info: bool = False):
+           holdout=0.25, patience: int | None = 50, jit: bool = True):
   """Refines a schedule's weights end to end through the sampler (beyond the paper).
 
   Minimises ``mean((sample(denoise_fn, W, x_T) - x_teacher_final)^2)`` over the fitting
@@ -105,14 +104,13 @@ def refine(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedule_lib.S
       select by the training loss).
     patience: stop after this many iterations without hold-out improvement (None: never).
     jit: jit the optimisation step (one compile per call); False runs it eagerly.
-    return_info: also return a `RefineInfo`.
 
   Returns:
-    A `Schedule` with the same timesteps, refined weights and metadata ``fit="refined"``,
-    ``refined_from`` (the starting fit), ``refine_kept_initial``, ``refine_iters``,
-    ``refine_best_iter`` and the loss curves; and the `RefineInfo` if asked. When no iterate
-    improved on the start, the weights are the starting ones, ``refine_kept_initial`` is True
-    and ``fit`` stays the starting schedule's.
+    (schedule, info): a `Schedule` with the same timesteps, refined weights and metadata
+    ``fit="refined"``, ``refined_from`` (the starting fit), ``refine_kept_initial``,
+    ``refine_iters``, ``refine_best_iter`` and the loss curves; and a `RefineInfo`. When no
+    iterate improved on the start, the weights are the starting ones, ``refine_kept_initial``
+    is True and ``fit`` stays the starting schedule's.
   """
   validation.check_trajectory(traj)
   if not isinstance(schedule, schedule_lib.Schedule):
@@ -135,8 +133,9 @@ def refine(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedule_lib.S
   train_idx, hold_idx = _split(traj.batch_size, holdout)
 
   x_T = jnp.asarray(traj.x_T)
-  target = jnp.asarray(closed_loop.teacher_states(traj, [traj.num_teacher_steps])[0]
-                       .reshape(x_T.shape), x_T.dtype)
+  with jax.enable_x64(True):
+    target = regression.teacher_states(traj, [traj.num_teacher_steps])[0]
+    target = target.reshape(x_T.shape).astype(x_T.dtype)
   timesteps = jnp.asarray(schedule.timesteps, jnp.int32)
   dtype = x_T.dtype
   rows_j, cols_j = jnp.asarray(rows), jnp.asarray(cols)
@@ -217,8 +216,6 @@ def refine(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedule_lib.S
       "refine_holdout_losses": hold_losses if has_holdout else [],
   })
   out = schedule_lib.make_schedule(np.asarray(schedule.timesteps), weights, meta)
-  if not return_info:
-    return out
   info = RefineInfo(np.asarray(train_losses), np.asarray(hold_losses if has_holdout else []),
                     int(best_iter), initial_loss, final_loss)
   return out, info

@@ -1,0 +1,126 @@
+"""`fit_olss`: the one recipe from a teacher trajectory to a fitted schedule, and its method names.
+
+The only place that chooses a method. Every caller (the API, the command line, the
+comparison, the Stable Diffusion helpers) names methods from `METHODS`:
+
+==============  =====================================================  ==================
+method          path                                                   weights
+==============  =====================================================  ==================
+``olss-p``      uniform (OLSS-P)                                       teacher-forced Eq. 12
+``olss``        Algorithms 1-3 on teacher-forced errors (the paper)    teacher-forced Eq. 12
+``olss-p-cl``   uniform                                                closed-loop Eq. 12
+``olss-cl``     Algorithms 1-3 on closed-loop errors                   closed-loop Eq. 12
+==============  =====================================================  ==================
+
+The paper's methods need only the trajectory (or its statistics); the closed-loop ones call
+the model (``denoise_fn``). The default is the paper's ``olss`` without a model and the
+library's measured best, ``olss-cl``, with one.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+
+from olss_jax._src import closed_loop
+from olss_jax._src import fit
+from olss_jax._src import refine as refine_lib
+from olss_jax._src import regression
+from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import search
+
+METHODS = ("olss-p", "olss", "olss-p-cl", "olss-cl")
+PAPER_METHODS = ("olss-p", "olss")
+MODEL_METHODS = ("olss-p-cl", "olss-cl")
+DEFAULT_PAPER_METHOD = "olss"
+DEFAULT_MODEL_METHOD = "olss-cl"
+# The spellings of olss_jax 0.1 (method="paper" / "closed_loop", uniform=True).
+_LEGACY = {("paper", False): "olss", ("paper", True): "olss-p",
+           ("closed_loop", False): "olss-cl", ("closed_loop", True): "olss-p-cl"}
+
+
+def resolve_method(method: str | None, *, has_model: bool) -> str:
+  """The method name to run: ``method`` checked, or the default for having a model or not."""
+  if method is None:
+    return DEFAULT_MODEL_METHOD if has_model else DEFAULT_PAPER_METHOD
+  if method not in METHODS:
+    raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+  if method in MODEL_METHODS and not has_model:
+    raise ValueError(f"denoise_fn: required for method={method!r} (it calls the model); the "
+                     f"paper's methods {PAPER_METHODS} need only the trajectory")
+  return method
+
+
+def _concrete_list(x) -> list:
+  return np.asarray(jax.device_get(x)).tolist()
+
+
+def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None,
+             refine: bool = False, refine_kwargs: dict[str, Any] | None = None,
+             uniform: bool | None = None) -> schedule_lib.Schedule:
+  """Searches a path and fits its weights in one call: the library's front door to OLSS.
+
+  Runs the method's path choice (`search_path`, Algorithms 1-3; `closed_loop_search`; or the
+  uniform path) and its least squares (`fit_weights`, Eq. 12; or `closed_loop_fit`), see
+  `METHODS`. ``refine=True`` then trains the weights end to end through the sampler
+  (`refine`, needs the model). Runs eagerly and records its diagnostics in the schedule's
+  metadata (the verbs it calls are each jittable).
+
+  Args:
+    traj: the teacher `Trajectory` (B fitting noises, K steps); the paper's methods also take
+      its `TrajectoryStats`.
+    num_steps: n, the number of model calls of the schedule.
+    denoise_fn: the model ``(x_t (B, ...), t) -> e (B, ...)`` the teacher ran, conditioned on
+      the fitting noises (needed by the closed-loop methods and refinement).
+    method: a name from `METHODS`; None: ``"olss"`` without a model, ``"olss-cl"`` with one.
+      (The 0.1 spellings ``"paper"`` / ``"closed_loop"`` still work, with a warning.)
+    refine: refine the fitted weights end to end.
+    refine_kwargs: keyword arguments for `refine` (optimizer, num_iters, holdout, ...).
+    uniform: deprecated (0.1): with ``"paper"`` / ``"closed_loop"``, the uniform-path variant.
+
+  Returns:
+    A `Schedule` ((n,) timesteps, (n, n + 1) weights) whose metadata records ``method``,
+    ``fit`` ("teacher_forced", "closed_loop" or "refined"), ``path``, ``step_errors`` and the
+    search's facts.
+  """
+  has_model = denoise_fn is not None
+  if method in ("paper", "closed_loop"):
+    new = _LEGACY[(method, bool(uniform))]
+    warnings.warn(f"fit_olss: method={method!r}{', uniform=True' if uniform else ''} is the "
+                  f"0.1 spelling of method={new!r}", DeprecationWarning, stacklevel=2)
+    method = new
+  elif uniform is not None:
+    raise TypeError("uniform: only with the 0.1 method names; use method='olss-p' or "
+                    "'olss-p-cl' for the uniform path")
+  method = resolve_method(method, has_model=has_model)
+  if refine and not has_model:
+    raise ValueError("denoise_fn: required for refine=True (it trains through the sampler)")
+  regression.check_data(traj)
+  meta: dict[str, Any] = {}
+  if method in ("olss-p", "olss-p-cl"):
+    path = search.uniform_path(traj, num_steps)
+    meta["path_search"] = "uniform"
+  elif method == "olss":
+    path, info = search.search_path(traj, num_steps)
+    meta.update(path_search="teacher_forced", search_max_error=float(info.max_error),
+                search_chose_uniform=bool(info.chose_uniform))
+  else:
+    path, info = closed_loop.closed_loop_search(traj, num_steps, denoise_fn)
+    meta.update(path_search="closed_loop", search_max_error=float(info.max_error),
+                search_source=info.source_name, search_model_calls=int(info.num_model_calls))
+  if method in PAPER_METHODS:
+    sched, fit_info = fit.fit_weights(traj, path)
+  else:
+    sched, fit_info = closed_loop.closed_loop_fit(traj, path, denoise_fn)
+    meta["fit_model_calls"] = int(fit_info.num_model_calls) + meta.get("search_model_calls", 0)
+    meta["ridge"] = _concrete_list(fit_info.ridge)
+  meta.update(method=method, path=_concrete_list(path),
+              step_errors=_concrete_list(fit_info.step_errors),
+              rank_deficient=bool(np.any(jax.device_get(fit_info.rank_deficient))))
+  sched = sched.with_metadata(**meta)
+  if refine:
+    sched, _ = refine_lib.refine(denoise_fn, traj, sched, **(refine_kwargs or {}))
+    sched = sched.with_metadata(method=method + "+refine")
+  return sched

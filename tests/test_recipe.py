@@ -1,0 +1,82 @@
+"""olss_jax._src.recipe: `fit_olss`, the one recipe, and the one method vocabulary."""
+import numpy as np
+import pytest
+
+import olss_jax as oj
+from olss_jax import testing
+from olss_jax.cli import _main as cli_main
+
+
+def test_default_is_the_paper_without_a_model_and_closed_loop_with_one():
+  den, traj = testing.mixture_problem()
+  paper = oj.fit_olss(traj, 3)
+  assert paper.metadata["method"] == "olss" and paper.metadata["fit"] == "teacher_forced"
+  path, _ = oj.search_path(traj, 3)
+  np.testing.assert_array_equal(paper.metadata["path"], path)
+  np.testing.assert_array_equal(paper.weights, oj.fit_weights(traj, path)[0].weights)
+  closed = oj.fit_olss(traj, 3, denoise_fn=den)
+  assert closed.metadata["method"] == "olss-cl" and closed.metadata["fit"] == "closed_loop"
+  cl_path, cl_info = oj.closed_loop_search(traj, 3, den)
+  np.testing.assert_array_equal(closed.metadata["path"], cl_path)
+  np.testing.assert_array_equal(closed.weights, oj.closed_loop_fit(traj, cl_path, den)[0].weights)
+  assert closed.metadata["fit_model_calls"] == int(cl_info.num_model_calls) + 3
+  assert len(closed.metadata["step_errors"]) == 3 and len(closed.metadata["ridge"]) == 3
+
+
+@pytest.mark.parametrize("method", oj.METHODS)
+def test_every_method_records_how_it_was_made(method):
+  den, traj = testing.mixture_problem()
+  sched = oj.fit_olss(traj, 3, denoise_fn=den, method=method)
+  meta = sched.metadata
+  assert meta["method"] == method
+  assert meta["fit"] == ("closed_loop" if method.endswith("-cl") else "teacher_forced")
+  if method in ("olss-p", "olss-p-cl"):
+    assert meta["path_search"] == "uniform"
+    np.testing.assert_array_equal(meta["path"], oj.uniform_path(traj, 3))
+  np.testing.assert_array_equal(sched.timesteps, np.asarray(traj.timesteps)[meta["path"]])
+  assert meta["teacher_steps"] == traj.num_teacher_steps and meta["num_fit_images"] == 16
+
+
+def test_the_paper_methods_run_on_statistics():
+  _, traj = testing.mixture_problem()
+  stats = oj.trajectory_stats(traj)
+  a = oj.fit_olss(stats, 3, method="olss")
+  b = oj.fit_olss(traj, 3, method="olss")
+  np.testing.assert_array_equal(a.metadata["path"], b.metadata["path"])
+  np.testing.assert_allclose(a.weights, b.weights, atol=1e-6)
+  with pytest.raises(ValueError, match="denoise_fn"):
+    oj.fit_olss(stats, 3, method="olss-cl")
+
+
+def test_refine_option_and_legacy_spellings():
+  den, traj = testing.mixture_problem()
+  refined = oj.fit_olss(traj, 3, denoise_fn=den, refine=True, refine_kwargs={"num_iters": 3})
+  assert refined.metadata["method"] == "olss-cl+refine" and "refine_iters" in refined.metadata
+  for old, uniform, new in (("paper", False, "olss"), ("paper", True, "olss-p"),
+                            ("closed_loop", False, "olss-cl"), ("closed_loop", True, "olss-p-cl")):
+    with pytest.warns(DeprecationWarning, match=new):
+      sched = oj.fit_olss(traj, 3, denoise_fn=den, method=old, uniform=uniform)
+    assert sched.metadata["method"] == new
+
+
+def test_one_vocabulary_for_api_cli_and_comparison():
+  assert oj.METHODS == ("olss-p", "olss", "olss-p-cl", "olss-cl")
+  assert cli_main._METHODS == oj.METHODS  # pylint: disable=protected-access
+  methods = oj.compare.default_methods(baselines=["ddim"])
+  assert list(methods) == ["ddim", *oj.METHODS]
+
+
+def test_bad_arguments_are_named():
+  den, traj = testing.mixture_problem()
+  with pytest.raises(ValueError, match="method"):
+    oj.fit_olss(traj, 3, denoise_fn=den, method="magic")
+  with pytest.raises(ValueError, match="denoise_fn"):
+    oj.fit_olss(traj, 3, method="olss-p-cl")
+  with pytest.raises(ValueError, match="denoise_fn"):
+    oj.fit_olss(traj, 3, refine=True)
+  with pytest.raises(TypeError, match="uniform"):
+    oj.fit_olss(traj, 3, method="olss", uniform=True)
+  with pytest.raises(ValueError, match="num_steps"):
+    oj.fit_olss(traj, 0)
+  with pytest.raises(TypeError, match="traj"):
+    oj.fit_olss(np.zeros(3), 3)
