@@ -22,9 +22,9 @@ PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 # Chunks have 3 or 4 noises (sizes may differ); the noises depend only on the chunk index.
 SETUP = textwrap.dedent("""
     import jax
-    from olss_jax._src import analytic, ddim, store
+    from olss_jax._src import analytic, noise, store
 
-    ALPHAS = ddim.scaled_linear_alphas_cumprod()
+    ALPHAS = noise.scaled_linear_alphas_cumprod()
     DENOISE = analytic.mixture_denoiser(
         analytic.make_gaussian_mixture(jax.random.PRNGKey(0), 4, (8,)), ALPHAS)
     KEY = jax.random.PRNGKey(42)
@@ -65,7 +65,8 @@ exec(SETUP, ENV)  # pylint: disable=exec-used
 
 
 def _assert_same_trajectory(a, b):
-  for field in ("timesteps", "x_T", "model_outputs", "alphas"):
+  assert a.teacher.kind == b.teacher.kind and a.teacher.config == b.teacher.config
+  for field in ("timesteps", "x_T", "model_outputs", "levels"):
     x, y = np.asarray(getattr(a, field)), np.asarray(getattr(b, field))
     assert x.dtype == y.dtype and x.shape == y.shape, field
     np.testing.assert_array_equal(x, y, err_msg=field)
@@ -100,7 +101,7 @@ def test_reference_matches_one_collect_trajectory_per_chunk(reference):
                                   np.asarray(traj.model_outputs))
     start += b
   assert reference.x_T.shape == (start, 8) and reference.model_outputs.shape == (40, start, 8)
-  np.testing.assert_array_equal(reference.timesteps, oj.ddim_timesteps(40))
+  np.testing.assert_array_equal(reference.timesteps, oj.baselines.ddim_timesteps(40))
 
 
 def test_killed_collection_resumes_without_recomputing(tmp_path, reference):
@@ -178,7 +179,7 @@ def test_config_mismatch_raises_and_touches_nothing(tmp_path):
   alphas, noises, denoise = ENV["ALPHAS"], ENV["noises"], ENV["DENOISE"]
   cases = [
       (dict(config={"model_name": "other", "seed": 42}), "model_name"),
-      (dict(alphas_cumprod=oj.linear_alphas_cumprod()), "alphas_cumprod_sha256"),
+      (dict(alphas_cumprod=oj.linear_alphas_cumprod()), "levels_sha256"),
       (dict(num_teacher_steps=50), "num_teacher_steps"),
       (dict(num_chunks=7), "num_chunks"),
       (dict(final_alpha_cumprod=float(alphas[0])), "final_alpha_cumprod"),
@@ -258,11 +259,48 @@ def test_stray_files_locks_and_foreign_directories(tmp_path):
 
 def test_store_to_fit_to_file_to_sampler(tmp_path, reference):
   # The whole pipeline through files: loaded teacher -> fit -> saved schedule -> sample.
-  schedule = oj.fit_weights(reference, oj.uniform_path(reference, 5))
-  oj.save_schedule(tmp_path / "olss5.olss", schedule)
-  loaded = oj.load_schedule(tmp_path / "olss5.olss")
+  schedule, _ = oj.fit_weights(reference, oj.uniform_path(reference, 5))
+  oj.save_schedule(tmp_path / "olss5.safetensors", schedule)
+  loaded = oj.load_schedule(tmp_path / "olss5.safetensors")
   assert loaded.metadata == schedule.metadata
   x_T = jax.random.normal(jax.random.PRNGKey(7), (5, 8))  # held-out noises
   for run in (oj.sample, jax.jit(oj.sample)):
     np.testing.assert_array_equal(np.asarray(run(ENV["DENOISE"], loaded, x_T)),
                                   np.asarray(run(ENV["DENOISE"], schedule, x_T)))
+
+
+def test_statistics_of_a_store_equal_those_of_the_loaded_trajectory(tmp_path, reference):
+  ENV["collect"](tmp_path, [])
+  streamed = store.stats_from_store(tmp_path)
+  whole = oj.trajectory_stats(reference)
+  np.testing.assert_allclose(streamed.gram, whole.gram, rtol=1e-12)
+  assert streamed.num_images == reference.batch_size and streamed.factor is not None
+
+
+def test_version_1_stores_load_and_are_not_appended_to(tmp_path, reference):
+  """A store of olss_jax 0.1 (v1 manifest, v1 container chunks) still loads."""
+  from olss_jax._src import container  # pylint: disable=import-outside-toplevel
+  sizes = [3 + i % 2 for i in range(2)]
+  chunks, start = {}, 0
+  for i, b in enumerate(sizes):
+    arrays = [("timesteps", np.asarray(reference.timesteps, np.int32)),
+              ("x_T", np.asarray(reference.x_T[start:start + b])),
+              ("model_outputs", np.asarray(reference.model_outputs[:, start:start + b])),
+              ("alphas", np.asarray(reference.levels, np.float64))]
+    with open(tmp_path / f"chunk-{i:05d}.olss", "wb") as f:
+      digest = container.write_container(f, "olss_jax.trajectory", arrays,
+                                         {"chunk_index": i, "store_config": {"v": 1}})
+    chunks[str(i)] = {"file": f"chunk-{i:05d}.olss", "sha256": digest, "batch_size": b,
+                      "size": os.path.getsize(tmp_path / f"chunk-{i:05d}.olss")}
+    start += b
+  manifest = {"format": "olss_jax.store", "version": 1,
+              "config": {"v": 1, "num_chunks": 2, "num_teacher_steps": 40},
+              "data": {"dtype": "float32", "sample_shape": [8]}, "chunks": chunks}
+  (tmp_path / store.MANIFEST).write_text(json.dumps(manifest))
+  loaded = store.load_store(tmp_path)
+  np.testing.assert_array_equal(loaded.model_outputs, reference.model_outputs[:, :7])
+  assert loaded.teacher.kind == "ddim"
+  np.testing.assert_allclose(store.stats_from_store(tmp_path).gram,
+                             oj.trajectory_stats(loaded).gram, rtol=1e-12)
+  with pytest.raises(ValueError, match="version 1 store"):
+    ENV["collect"](tmp_path, [])

@@ -1,6 +1,12 @@
-"""The olss_jax file container: versioned, checksummed, no pickle (numpy and stdlib only).
+"""The version-1 olss_jax container (olss_jax 0.1): read-only support, plus shared helpers.
 
-Layout (all integers little-endian)::
+Files are written as safetensors since format version 2 (`io.py`); this module keeps what
+is needed to *read* version-1 files, which `io.py` dispatches to when a file starts with
+`MAGIC`. It also holds the dtype table and the metadata encoder that `io.py` and `store.py`
+share. NumPy and the standard library only (no JAX), so that a child process can load it by
+path.
+
+Version-1 layout (all integers little-endian)::
 
   offset 0   8 bytes   magic b"\\x89OLSSJAX"
   offset 8   uint32    format version (1)
@@ -10,12 +16,14 @@ Layout (all integers little-endian)::
   20 + h     32 bytes  SHA-256 of bytes [0, 20 + h): the header is verified before any
                        array is allocated
   ...        raw C-order little-endian array data, in header order, no padding
-  end - 32   32 bytes  SHA-256 of every byte before it
+  end - 32   32 bytes  SHA-256 of every byte before it (the "trailer")
 
-Arrays are streamed in blocks on both sides: writing makes no copy of a contiguous
-little-endian array, reading fills the final array in place while hashing. Every problem with
-the bytes (truncation, bit flips, a wrong magic or version, a malformed header, trailing data)
+Reading streams every array into its final buffer while hashing. Every problem with the
+bytes (truncation, bit flips, a wrong magic or version, a malformed header, trailing data)
 raises `ValueError` naming the source; I/O failures stay `OSError`.
+
+`write_container` (the version-1 writer) is kept only so that tests can produce version-1
+files; nothing in the package writes them.
 """
 from __future__ import annotations
 
@@ -55,7 +63,7 @@ if _BFLOAT16 is not None:
 
 
 def dtype_name(dtype) -> str | None:
-  """The container's name for a numpy dtype, or None if it cannot be stored."""
+  """The numpy name ("float32", "bfloat16", ...) of a storable dtype, or None."""
   dtype = np.dtype(dtype)
   for name, stored in DTYPES.items():
     if dtype == stored or (dtype.byteorder == ">" and dtype.newbyteorder("<") == stored):
@@ -76,6 +84,9 @@ def encode_metadata(metadata: Mapping[str, Any] | None, name: str = "metadata") 
 
   Tuples become lists and numpy scalars Python numbers (what a load returns). NaN and
   infinities are refused (JSON has no spelling for them).
+
+  Raises:
+    TypeError: naming ``name``.
   """
   if metadata is None:
     return {}
@@ -85,13 +96,13 @@ def encode_metadata(metadata: Mapping[str, Any] | None, name: str = "metadata") 
     text = json.dumps(dict(metadata), allow_nan=False, default=_json_default)
   except (TypeError, ValueError, RecursionError) as e:
     raise TypeError(f"{name}: expected JSON-serialisable values (str keys, numbers, strings, "
-                    f"lists, dicts; no NaN), got an error: {e}") from None
+                    f"lists, dicts; no NaN or infinity), got an error: {e}") from None
   return json.loads(text)
 
 
 def write_container(f: IO[bytes], kind: str, arrays: Sequence[tuple[str, Any]],
                     metadata: Mapping[str, Any] | None = None) -> str:
-  """Streams a container to a binary file object.
+  """Streams a version-1 container to a binary file object (for tests of old files only).
 
   Args:
     f: writable binary file object (positioned where the container starts).
@@ -100,7 +111,7 @@ def write_container(f: IO[bytes], kind: str, arrays: Sequence[tuple[str, Any]],
     metadata: JSON-serialisable dict.
 
   Returns:
-    The hex SHA-256 of the whole container (its trailer).
+    The hex SHA-256 trailer (of every byte before it).
   """
   entries, prepared = [], []
   for name, value in arrays:
@@ -161,7 +172,7 @@ def _parse_header(raw: bytes, source: str, kind: str | None) -> dict:
   if not isinstance(header, dict) or header.get("format") != "olss_jax":
     raise _bad(source, "malformed header: not an olss_jax container header")
   if kind is not None and header.get("kind") != kind:
-    raise _bad(source, f"holds {header.get('kind')!r}, expected {kind!r}")
+    raise _bad(source, f"holds {header.get('kind')!r:.100}, expected {kind!r}")
   if not isinstance(header.get("metadata"), dict):
     raise _bad(source, "malformed header: 'metadata' is not a dict")
   entries = header.get("arrays")
@@ -186,30 +197,24 @@ def _parse_header(raw: bytes, source: str, kind: str | None) -> dict:
   return header
 
 
-def _read_head(f: IO[bytes], source: str, kind: str | None) -> tuple[dict, bytes]:
-  prefix = b""
-  while len(prefix) < _PREFIX.size:
-    chunk = f.read(_PREFIX.size - len(prefix))
-    if not chunk:
-      break
-    prefix += chunk
-  if len(prefix) < _PREFIX.size:
-    what = ("truncated file" if prefix and MAGIC.startswith(prefix[:len(MAGIC)])
-            else "not an olss_jax file")
-    raise _bad(source, f"{what}: only {len(prefix)} bytes, fewer than the "
-               f"{_PREFIX.size}-byte prefix")
-  magic, version, header_len = _PREFIX.unpack(prefix)
+def _read_head(f: IO[bytes], source: str, kind: str | None,
+               magic: bytes | None) -> tuple[dict, bytes]:
+  if magic is None:
+    magic = _read_exact(f, len(MAGIC), source, "magic bytes")
   if magic != MAGIC:
     raise _bad(source, f"not an olss_jax file: magic bytes {magic!r}, expected {MAGIC!r}")
+  rest = _read_exact(f, _PREFIX.size - len(MAGIC), source, "version-1 prefix")
+  _, version, header_len = _PREFIX.unpack(magic + rest)
   if version != VERSION:
-    hint = "written by a newer olss_jax; upgrade" if version > VERSION else "unknown version"
-    raise _bad(source, f"unsupported format version {version} (this olss_jax reads "
-               f"{VERSION}): {hint}")
+    hint = ("written by a newer olss_jax; upgrade" if version > VERSION
+            else "unknown version")
+    raise _bad(source, f"unsupported container version {version} after the version-1 magic "
+               f"bytes: {hint}")
   if not 0 < header_len <= MAX_HEADER_BYTES:
     raise _bad(source, f"corrupted: header length {header_len} outside (0, {MAX_HEADER_BYTES}]")
   raw = _read_exact(f, header_len, source, "header")
   digest = _read_exact(f, DIGEST_SIZE, source, "header checksum")
-  head = prefix + raw
+  head = magic + rest + raw
   if hashlib.sha256(head).digest() != digest:
     raise _bad(source, "corrupted: header checksum mismatch")
   return _parse_header(raw, source, kind), head + digest
@@ -227,25 +232,34 @@ def _remaining(f: IO[bytes]) -> int | None:
     return None
 
 
-def read_header(f: IO[bytes], source: str, kind: str | None = None) -> dict:
+def read_header(f: IO[bytes], source: str, kind: str | None = None, *,
+                magic: bytes | None = None) -> dict:
   """Reads and verifies only the header: {"kind", "arrays", "metadata", ...}.
 
   Checks the magic, version and header checksum, not the array data.
+
+  Args:
+    f: readable binary file object at the container's start, or just after its 8 magic
+      bytes when the caller has read them already (then pass them as ``magic``).
+    source: how to name the file in error messages.
+    kind: the expected kind, or None for any.
+    magic: the 8 bytes already read from ``f``.
   """
-  header, _ = _read_head(f, source, kind)
+  header, _ = _read_head(f, source, kind, magic)
   return header
 
 
-def read_container(f: IO[bytes], source: str, kind: str,
-                   names: Sequence[str]) -> tuple[dict[str, np.ndarray], dict, str]:
-  """Reads and fully verifies a container.
+def read_container(f: IO[bytes], source: str, kind: str, names: Sequence[str], *,
+                   magic: bytes | None = None) -> tuple[dict[str, np.ndarray], dict, str]:
+  """Reads and fully verifies a version-1 container.
 
   Args:
-    f: readable binary file object positioned at the container's start; the container must
-      run to its end.
+    f: readable binary file object at the container's start (or after ``magic``); the
+      container must run to its end.
     source: how to name the file in error messages.
     kind: the expected kind.
     names: the expected array names, in order.
+    magic: the 8 bytes already read from ``f``, if any.
 
   Returns:
     (arrays: name -> native-endian numpy array, metadata dict, hex SHA-256 trailer).
@@ -253,7 +267,7 @@ def read_container(f: IO[bytes], source: str, kind: str,
   Raises:
     ValueError: the bytes are not a valid, intact container of this kind.
   """
-  header, head = _read_head(f, source, kind)
+  header, head = _read_head(f, source, kind, magic)
   entries = header["arrays"]
   found = [e["name"] for e in entries]
   if found != list(names):

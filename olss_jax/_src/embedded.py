@@ -72,3 +72,77 @@ def embedded_model(name: str = "default", *,
   if guidance_scale is not None:
     raise ValueError("guidance_scale: the analytic model has no classifier-free guidance")
   return compare.analytic_comparison_model()
+
+
+def model_record(model: compare.ComparisonModel, name: str) -> dict:
+  """What a store records to rebuild an embedded model: its name and guidance scale."""
+  return {"source": "embedded", "name": name, "model_name": model.name,
+          "guidance_scale": model.guidance_scale}
+
+
+def schedule_metadata(model: compare.ComparisonModel) -> dict:
+  """The facts a schedule fitted on this model records (checked by `check_schedule_compatible`)."""
+  meta = {"model_name": model.name, "sample_shape": list(model.sample_shape),
+          "num_train_timesteps": int(np.shape(model.alphas_cumprod)[0])}
+  if model.guidance_scale is not None:
+    meta["guidance_scale"] = float(model.guidance_scale)
+  return meta
+
+
+def collect_embedded_to_directory(directory, name: str = "default", *, num_images: int = 32,
+                                  images_per_chunk: int = 8, seed: int = 1,
+                                  guidance_scale: float | None = None,
+                                  num_teacher_steps: int = 1000,
+                                  steps_per_chunk: int | None = 50, callback=None):
+  """The 1000-step DDIM teacher of an embedded model into a resumable store (`store`).
+
+  Chunk i holds images ``[i * images_per_chunk, ...)``: starting noises
+  ``normal(fold_in(key(seed), i))`` and, for the digits model, class labels drawn per chunk
+  (recorded in the chunk's metadata as ``conditions``). The manifest records the model
+  (``config["model"]``) so that `store_denoiser` can rebuild it for closed-loop fits.
+
+  Args:
+    directory: the store (created if missing; rerun the same call to resume).
+    name: ``"default"``, ``"digits"`` or ``"analytic"`` (`embedded_model`).
+    num_images: N fitting noises.
+    images_per_chunk: noises per chunk file.
+    seed: seed of the noises and labels.
+    guidance_scale: the digits model's classifier-free guidance (its default if None).
+    num_teacher_steps: K teacher steps.
+    steps_per_chunk: teacher steps per jitted call (progress granularity).
+    callback: `StoreProgress` hook.
+
+  Returns:
+    The `store.CollectInfo`.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from olss_jax._src import noise  # pylint: disable=import-outside-toplevel
+  from olss_jax._src import store  # pylint: disable=import-outside-toplevel
+  num_images = noise.check_count(num_images, "num_images")
+  images_per_chunk = noise.check_count(images_per_chunk, "images_per_chunk")
+  model = embedded_model(name, guidance_scale=guidance_scale)
+  resolved = "digits" if model.name == "digits-unet" else "analytic"
+  num_chunks = -(-num_images // images_per_chunk)
+  sizes = [min(images_per_chunk, num_images - i * images_per_chunk) for i in range(num_chunks)]
+  key = jax.random.key(seed)
+
+  def conditions_for(i):
+    return model.draw_conditions(seed * 100_003 + i, sizes[i])
+
+  def noises_for(i):
+    return jax.random.normal(jax.random.fold_in(key, i), (sizes[i],) + tuple(model.sample_shape),
+                             jnp.float32)
+
+  def meta_for(i):
+    conditions = conditions_for(i)
+    return {} if conditions is None else {"conditions": np.asarray(conditions).tolist()}
+
+  config = {"model": model_record(model, resolved), "seed": int(seed),
+            "images_per_chunk": images_per_chunk, "num_images": num_images,
+            "schedule_metadata": schedule_metadata(model)}
+  return store.collect_to_directory(
+      directory, lambda i: model.denoiser(conditions_for(i)), noises_for, model.alphas_cumprod,
+      num_chunks=num_chunks, num_teacher_steps=num_teacher_steps,
+      steps_per_chunk=steps_per_chunk, config=config, chunk_metadata=meta_for,
+      callback=callback)

@@ -6,12 +6,14 @@ chunk and saves it atomically as its own file, so an interrupted run (Ctrl-C, a 
 machine) resumes where it stopped: finished chunks are verified by checksum and skipped,
 never recomputed. `load_store` concatenates the chunks along the batch axis.
 
-Directory layout::
+Directory layout (store version 2; version 1 stores, with ``chunk-*.olss`` files, still load)::
 
-  manifest.json        config of the collection + the finished chunks and their SHA-256
-  chunk-00000.olss     one `save_trajectory` file per chunk (metadata: chunk index, config)
-  ...
-  .lock                held (flock) by the collecting process; one collector at a time
+  manifest.json              the collection's config (teacher, number of chunks, the model and
+                             conditions it ran, the caller's own config) + the finished chunks
+                             and their SHA-256
+  chunk-00000.safetensors    one `save_trajectory` file per chunk (metadata: chunk index,
+  ...                        config, the chunk's conditions: class labels or prompts)
+  .lock                      held (flock) by the collecting process; one collector at a time
 """
 from __future__ import annotations
 
@@ -27,7 +29,9 @@ import numpy as np
 
 from olss_jax._src import atomic
 from olss_jax._src import container
-from olss_jax._src import ddim
+from olss_jax._src import noise
+from olss_jax._src import stats as stats_lib
+from olss_jax._src import teacher as teacher_lib
 from olss_jax._src import io as io_lib
 from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src import validation
@@ -39,13 +43,20 @@ except ImportError:  # pragma: no cover - Windows: no advisory locks; single col
 
 MANIFEST = "manifest.json"
 STORE_FORMAT = "olss_jax.store"
-STORE_VERSION = 1
+STORE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _LOCK = ".lock"
 
 
 def chunk_file_name(chunk_index: int) -> str:
-  """The file name of chunk ``chunk_index``: ``chunk-00000.olss``."""
-  return f"chunk-{chunk_index:05d}.olss"
+  """The file name of chunk ``chunk_index`` in a version 2 store: ``chunk-00000.safetensors``."""
+  return f"chunk-{chunk_index:05d}.safetensors"
+
+
+def chunk_path(directory: str, manifest: dict, chunk_index: int) -> str:
+  """The file of a chunk: as the manifest records it (version 1: ``chunk-00000.olss``)."""
+  record = manifest["chunks"].get(str(chunk_index)) or {}
+  return os.path.join(directory, record.get("file") or chunk_file_name(chunk_index))
 
 
 class StoreProgress(NamedTuple):
@@ -102,9 +113,9 @@ def _read_manifest(directory: str) -> dict | None:
       or not isinstance(manifest.get("config"), dict)
       or not isinstance(manifest.get("chunks"), dict)):
     raise ValueError(f"{path!r}: not an olss_jax store manifest")
-  if manifest.get("version") != STORE_VERSION:
+  if manifest.get("version") not in READABLE_VERSIONS:
     raise ValueError(f"{path!r}: unsupported store version {manifest.get('version')!r} (this "
-                     f"olss_jax reads {STORE_VERSION})")
+                     f"olss_jax reads versions {READABLE_VERSIONS})")
   config, data = manifest["config"], manifest.get("data")
   ok = (all(type(config.get(k)) is int and config[k] >= 1  # pylint: disable=unidiomatic-typecheck
             for k in ("num_chunks", "num_teacher_steps"))
@@ -113,6 +124,8 @@ def _read_manifest(directory: str) -> dict | None:
                               and all(type(d) is int and d >= 0 for d in data["sample_shape"])))
         and all(isinstance(r, dict) and isinstance(r.get("sha256"), str)
                 and type(r.get("batch_size")) is int and r["batch_size"] >= 1
+                and isinstance(r.get("file", ""), str) and os.sep not in r.get("file", "")
+                and not r.get("file", "").startswith(".")
                 for r in manifest["chunks"].values()))
   if not ok:
     raise ValueError(f"{path!r}: corrupted manifest (malformed config, data or chunk records)")
@@ -165,7 +178,7 @@ def _config_mismatch(found: dict, wanted: dict) -> list[str]:
 
 
 def _check_chunk(directory: str, index: int, manifest: dict, config: dict, noises,
-                 timesteps: np.ndarray, alphas: np.ndarray, verify: bool) -> str:
+                 teacher: teacher_lib.Teacher, verify: bool) -> str:
   """Verifies a finished chunk file; returns its digest. ValueError if it is corrupt."""
   path = os.path.join(directory, chunk_file_name(index))
   record = manifest["chunks"].get(str(index))
@@ -179,12 +192,13 @@ def _check_chunk(directory: str, index: int, manifest: dict, config: dict, noise
     digest = record["sha256"]
     stored_noise = None
   else:
-    traj, traj_meta, digest = io_lib._load_trajectory(path)  # pylint: disable=protected-access
+    traj, traj_meta, digest = io_lib.read_trajectory(path)
     if record is not None and record.get("sha256") != digest:
       raise ValueError(f"{path!r}: checksum {digest} differs from the manifest's "
                        f"{record.get('sha256')}")
-    if not (np.array_equal(traj.timesteps, timesteps) and np.array_equal(traj.alphas, alphas)):
-      raise _Mismatch(f"{path!r}: its teacher timesteps or alphas differ from this call's")
+    if not same_teacher(traj.teacher, teacher):
+      raise _Mismatch(f"{path!r}: its teacher (timesteps, levels or kind) differs from this "
+                      "call's")
     stored_noise = traj.x_T
   if traj_meta.get("store_config") != config or traj_meta.get("chunk_index") != index:
     raise _Mismatch(f"{path!r}: was collected for another configuration or chunk index "
@@ -198,6 +212,22 @@ def _check_chunk(directory: str, index: int, manifest: dict, config: dict, noise
                       f"(shape {stored_noise.shape}, {stored_noise.dtype}); did the seed "
                       "change? Use a new directory")
   return digest
+
+
+def same_teacher(a: teacher_lib.Teacher, b: teacher_lib.Teacher) -> bool:
+  """Two concrete teachers with the same kind, timesteps and levels (bit for bit)."""
+  return (a.kind == b.kind and np.array_equal(np.asarray(a.timesteps), np.asarray(b.timesteps))
+          and np.array_equal(np.asarray(a.levels), np.asarray(b.levels)))
+
+
+def teacher_record(teacher: teacher_lib.Teacher) -> dict:
+  """What a manifest records of a teacher: kind, config and digests of its arrays."""
+  def digest(x, dtype):
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(x), dtype).tobytes()).hexdigest()
+  ts = np.asarray(teacher.timesteps)
+  return {"kind": teacher.kind, "config": teacher.config,
+          "timesteps_sha256": digest(ts, ts.dtype.newbyteorder("<")),
+          "levels_sha256": digest(teacher.levels, "<f8")}
 
 
 class _Mismatch(ValueError):
@@ -224,17 +254,18 @@ def _check_noises(x_T, index: int, data: dict | None):
 
 def collect_to_directory(directory: str | os.PathLike,
                          denoise_fn_for_chunk: Callable[[int], trajectory_lib.DenoiseFn],
-                         noises_for_chunk: Callable[[int], Any], alphas_cumprod, *,
-                         num_chunks: int, num_teacher_steps: int = 1000, steps_offset: int = 0,
-                         final_alpha_cumprod: float = 1.0, steps_per_chunk: int | None = None,
+                         noises_for_chunk: Callable[[int], Any], teacher, *,
+                         num_chunks: int, num_teacher_steps: int | None = None,
+                         steps_offset: int = 0, final_alpha_cumprod: float = 1.0,
+                         steps_per_chunk: int | None = None,
                          config: Mapping[str, Any] | None = None,
                          chunk_metadata: Callable[[int], Mapping[str, Any]] | None = None,
                          callback: Callable[[StoreProgress], None] | None = None,
                          verify: bool = True) -> CollectInfo:
   """Collects the teacher (paper Sec. 3.3) chunk by chunk into ``directory``, resumably.
 
-  Chunk i runs ``collect_trajectory(denoise_fn_for_chunk(i), noises_for_chunk(i), ...)`` and
-  is saved atomically as ``chunk-0000i.olss``; the manifest records it afterwards. Running
+  Chunk i runs ``collect_trajectory(denoise_fn_for_chunk(i), noises_for_chunk(i), teacher)``
+  and is saved atomically as ``chunk-0000i.safetensors``; the manifest records it afterwards. Running
   the same call again after an interruption skips every finished chunk (verified by SHA-256,
   and its stored noises compared with ``noises_for_chunk(i)``) and never calls
   ``denoise_fn_for_chunk`` for it. A chunk file written just before a crash but not yet in
@@ -249,10 +280,12 @@ def collect_to_directory(directory: str | os.PathLike,
     noises_for_chunk: ``chunk_index -> x_T (B_i, ...)``, deterministic in the index (e.g.
       ``jax.random.normal(jax.random.fold_in(key, i), ...)``). B_i may vary; the sample shape
       and dtype must not.
-    alphas_cumprod: (T,) the model's training alpha_bar.
+    teacher: a `Teacher`, or the model's (T,) ``alphas_cumprod`` for the DDIM teacher (with
+      ``num_teacher_steps``, ``steps_offset`` and ``final_alpha_cumprod``, as in
+      `collect_trajectory`).
     num_chunks: how many chunks make the collection.
-    num_teacher_steps: K, as in `collect_trajectory` (also steps_offset,
-      final_alpha_cumprod and steps_per_chunk).
+    num_teacher_steps, steps_offset, final_alpha_cumprod, steps_per_chunk: as in
+      `collect_trajectory`.
     config: a JSON-serialisable description of everything else that defines the data (model
       name, guidance scale, prompt file hash, seed, ...). Recorded; a later call with another
       config raises instead of mixing data.
@@ -274,14 +307,14 @@ def collect_to_directory(directory: str | os.PathLike,
 
     key = jax.random.PRNGKey(0)
     prompts = [all_prompts[i:i + 4] for i in range(0, len(all_prompts), 4)]
-    info = oj.collect_to_directory(
+    info = oj.store.collect_to_directory(
         "teacher/", lambda i: make_guided_denoiser(prompts[i]),
         lambda i: jax.random.normal(jax.random.fold_in(key, i), (len(prompts[i]), 4, 64, 64)),
         alphas_cumprod, num_chunks=len(prompts), steps_offset=1, steps_per_chunk=50,
         config={"model_name": name, "guidance_scale": 7.5, "seed": 0},
         chunk_metadata=lambda i: {"prompts": prompts[i]},
         callback=lambda p: print(p.chunk_index, p.steps_done, p.status))
-    traj = oj.load_store("teacher/")   # after an interruption: run the same call again
+    traj = oj.store.load_store("teacher/")   # after an interruption: run the same call again
   """
   if not callable(denoise_fn_for_chunk) or not callable(noises_for_chunk):
     raise TypeError("denoise_fn_for_chunk and noises_for_chunk: expected callables of the "
@@ -290,18 +323,14 @@ def collect_to_directory(directory: str | os.PathLike,
   num_chunks = validation._as_int(num_chunks, "num_chunks")  # pylint: disable=protected-access
   if num_chunks < 1:
     raise ValueError(f"num_chunks: expected >= 1, got {num_chunks}")
-  alphas_np = ddim.check_alphas_cumprod(alphas_cumprod)
-  timesteps = ddim.ddim_timesteps(num_teacher_steps, alphas_np.shape[0],
-                                  steps_offset=steps_offset)
-  state_alphas = ddim.state_alphas(alphas_np, timesteps, final_alpha_cumprod)
+  teacher = trajectory_lib.resolve_teacher(teacher, num_teacher_steps, steps_offset=steps_offset,
+                                           final_alpha_cumprod=final_alpha_cumprod)
+  if noise.is_traced(teacher.levels):
+    raise TypeError("teacher: expected concrete values (a store records them), got traced")
   store_config = container.encode_metadata({
-      "teacher": "ddim-eta0",
+      "teacher": teacher_record(teacher),
       "num_chunks": num_chunks,
-      "num_teacher_steps": int(num_teacher_steps),
-      "steps_offset": int(steps_offset),
-      "final_alpha_cumprod": float(final_alpha_cumprod),
-      "num_train_timesteps": int(alphas_np.shape[0]),
-      "alphas_cumprod_sha256": hashlib.sha256(alphas_np.astype("<f8").tobytes()).hexdigest(),
+      "num_teacher_steps": teacher.num_steps,
       "user": container.encode_metadata(config, "config"),
   }, "config")
   directory = os.fspath(directory)
@@ -311,7 +340,8 @@ def collect_to_directory(directory: str | os.PathLike,
     atomic.remove_temp_files(directory)
     manifest = _read_manifest(directory)
     if manifest is None:
-      strays = [n for n in os.listdir(directory) if n.startswith("chunk-") and n.endswith(".olss")]
+      strays = [n for n in os.listdir(directory) if n.startswith("chunk-")
+                and n.endswith((".olss", ".safetensors"))]
       if strays:
         raise ValueError(f"directory: {directory!r} holds chunk files ({strays[0]}, ...) but no "
                          f"{MANIFEST}; refusing to mix data, use an empty directory")
@@ -319,6 +349,10 @@ def collect_to_directory(directory: str | os.PathLike,
                   "data": None, "chunks": {}}
       _write_manifest(directory, manifest)
     else:
+      if manifest.get("version") != STORE_VERSION:
+        raise ValueError(f"directory: {directory!r} is a version {manifest.get('version')} "
+                         f"store; this olss_jax reads it (load_store) but collects only into "
+                         f"version {STORE_VERSION} stores: use a new directory")
       problems = _config_mismatch(manifest["config"], store_config)
       if problems:
         raise ValueError(f"directory: {directory!r} was collected with another configuration; "
@@ -329,8 +363,7 @@ def collect_to_directory(directory: str | os.PathLike,
       data = _check_noises(x_T, index, manifest["data"])
       if os.path.exists(path):
         try:
-          digest = _check_chunk(directory, index, manifest, store_config, x_T, timesteps,
-                                state_alphas, verify)
+          digest = _check_chunk(directory, index, manifest, store_config, x_T, teacher, verify)
         except _Mismatch:
           raise
         except ValueError as e:
@@ -348,18 +381,17 @@ def collect_to_directory(directory: str | os.PathLike,
             _write_manifest(directory, manifest)
           skipped.append(index)
           if callback is not None:
-            callback(StoreProgress(index, num_chunks, int(num_teacher_steps),
-                                   int(num_teacher_steps), "skipped"))
+            callback(StoreProgress(index, num_chunks, teacher.num_steps, teacher.num_steps,
+                                   "skipped"))
           continue
       denoise_fn = denoise_fn_for_chunk(index)
       step_hook = None
       if callback is not None:
         step_hook = lambda done, total, i=index: callback(  # noqa: E731
             StoreProgress(i, num_chunks, int(done), int(total), "step"))
-      traj = trajectory_lib.collect_trajectory(
-          denoise_fn, x_T, alphas_np, num_teacher_steps, steps_offset=steps_offset,
-          final_alpha_cumprod=final_alpha_cumprod, steps_per_chunk=steps_per_chunk,
-          callback=step_hook)
+      traj = trajectory_lib.collect_trajectory(denoise_fn, x_T, teacher,
+                                               steps_per_chunk=steps_per_chunk,
+                                               callback=step_hook)
       meta = container.encode_metadata(chunk_metadata(index) if chunk_metadata else None,
                                        f"chunk_metadata({index})")
       meta.update({"store_config": store_config, "chunk_index": index})
@@ -376,8 +408,7 @@ def collect_to_directory(directory: str | os.PathLike,
       if index not in recovered:
         collected.append(index)
       if callback is not None:
-        callback(StoreProgress(index, num_chunks, int(num_teacher_steps),
-                               int(num_teacher_steps), "done"))
+        callback(StoreProgress(index, num_chunks, teacher.num_steps, teacher.num_steps, "done"))
   return CollectInfo(directory, num_chunks, tuple(collected), tuple(skipped), tuple(recovered))
 
 
@@ -418,24 +449,47 @@ def load_store(directory: str | os.PathLike, *,
   k = int(manifest["config"]["num_teacher_steps"])
   x_T = np.empty((total,) + sample_shape, dtype)
   outputs = np.empty((k, total) + sample_shape, dtype)
-  timesteps = alphas = None
+  teacher = None
   start = 0
   for index, size in zip(finished, sizes):
-    path = os.path.join(directory, chunk_file_name(index))
-    traj, meta, digest = io_lib._load_trajectory(path)  # pylint: disable=protected-access
+    path = chunk_path(directory, manifest, index)
+    traj, meta, digest = io_lib.read_trajectory(path)
     record = manifest["chunks"][str(index)]
     if digest != record.get("sha256") or meta.get("chunk_index") != index:
       raise ValueError(f"{path!r}: does not match the manifest's record of chunk {index}")
     if traj.x_T.shape != (size,) + sample_shape or traj.x_T.dtype != dtype:
       raise ValueError(f"{path!r}: x_T {traj.x_T.shape} {traj.x_T.dtype} differs from the "
                        f"manifest's ({size}, *{sample_shape}) {dtype}")
-    if timesteps is None:
-      timesteps, alphas = traj.timesteps, traj.alphas
-    elif not (np.array_equal(timesteps, traj.timesteps) and np.array_equal(alphas, traj.alphas)):
-      raise ValueError(f"{path!r}: teacher timesteps or alphas differ from chunk {finished[0]}")
+    if teacher is None:
+      teacher = traj.teacher
+    elif not same_teacher(teacher, traj.teacher):
+      raise ValueError(f"{path!r}: its teacher differs from chunk {finished[0]}'s")
     x_T[start:start + size] = traj.x_T
     outputs[:, start:start + size] = traj.model_outputs
     start += size
     del traj
-  return trajectory_lib.Trajectory(timesteps=timesteps, x_T=x_T, model_outputs=outputs,
-                                   alphas=alphas)
+  return trajectory_lib.Trajectory(x_T, outputs, teacher)
+
+
+def stats_from_store(directory: str | os.PathLike) -> stats_lib.TrajectoryStats:
+  """Statistics of a store (`stats.stats_from_chunks`), loading one verified chunk at a time.
+
+  Memory is one chunk plus the (K + 1)^2 Gram, whatever the number of images in the store.
+  Every chunk is checked against the manifest's SHA-256, as `load_store` does.
+  """
+  directory = os.fspath(directory)
+  manifest = read_manifest(directory)
+  finished = sorted(int(k) for k in manifest["chunks"])
+  if not finished:
+    raise ValueError(f"directory: {directory!r} holds no finished chunks")
+
+  def chunks():
+    for index in finished:
+      path = chunk_path(directory, manifest, index)
+      traj, meta, digest = io_lib.read_trajectory(path)
+      if digest != manifest["chunks"][str(index)].get("sha256") or \
+          meta.get("chunk_index") != index:
+        raise ValueError(f"{path!r}: does not match the manifest's record of chunk {index}")
+      yield traj
+
+  return stats_lib.stats_from_chunks(chunks())

@@ -23,15 +23,14 @@ def main():
   parser.add_argument("--dir", default=None)
   args = parser.parse_args()
   shape = (4, 32, 32)
-  timesteps = oj.ddim_timesteps(args.steps)
-  alphas = np.concatenate([oj.scaled_linear_alphas_cumprod()[timesteps], [1.0]])
+  teacher = oj.ddim_teacher(oj.scaled_linear_alphas_cumprod(), args.steps)
   rng = np.random.default_rng(0)
   outputs = rng.standard_normal((args.steps, args.batch) + shape, dtype=np.float32)
-  traj = oj.Trajectory(timesteps, rng.standard_normal((args.batch,) + shape, dtype=np.float32),
-                       outputs, alphas)
+  traj = oj.Trajectory(rng.standard_normal((args.batch,) + shape, dtype=np.float32), outputs,
+                       teacher)
   mb = outputs.nbytes / 2**20
   with tempfile.TemporaryDirectory(dir=args.dir) as directory:
-    path = os.path.join(directory, "teacher.olss")
+    path = os.path.join(directory, "teacher.safetensors")
     tracemalloc.start()
     start = time.perf_counter()
     oj.save_trajectory(path, traj)
