@@ -1,39 +1,33 @@
 """olss_jax: Optimal Linear Subspace Search (Duan et al., CIKM 2023) in pure JAX.
 
-The four verbs: `collect_trajectory` (the teacher), `search_path` (Algorithms 1-3),
-`fit_weights` (Eq. 12 by least squares) and `sample` (the n-step sampler).
+The verbs of the paper, each a JAX function (``jax.jit`` / ``vmap`` / ``grad`` compose with
+them): `collect_trajectory` (the teacher), `trajectory_stats` (its compressed statistics),
+`search_path` (Algorithms 1-3), `fit_weights` (Eq. 12 by least squares) and `sample` (the
+n-step sampler); beyond the paper, `closed_loop_search` / `closed_loop_fit` (the same on the
+sampler's own states) and `refine`; `fit_olss` is the one recipe that chooses among them.
+
+Sub-namespaces: `olss_jax.baselines` (every classical scheduler as a `Schedule`),
+`olss_jax.stable_diffusion`, `olss_jax.digits` (the shipped model), `olss_jax.analytic`
+(closed-form models), `olss_jax.stats` (streaming statistics), `olss_jax.store` (resumable
+collection), `olss_jax.figures`, `olss_jax.compare`, `olss_jax.validation` and
+`olss_jax.testing` (fixtures for tests).
 """
-from olss_jax._src.quiet import silence_flax_deprecations as _silence
-
-_silence()
-
-# --- core (schedule, teacher, sampler, DDIM) ---
+from olss_jax._src.noise import linear_alphas_cumprod, scaled_linear_alphas_cumprod
 from olss_jax._src.schedule import Schedule, make_schedule
+from olss_jax._src.teacher import Teacher, ddim_teacher
 from olss_jax._src.trajectory import Trajectory, collect_trajectory
-from olss_jax._src.sampler import sample
-from olss_jax._src.fit import fit_weights
+from olss_jax._src.stats import TrajectoryStats, trajectory_stats
+from olss_jax._src.sampler import sample, sample_states
 from olss_jax._src.search import SearchInfo, path_errors, search_path, uniform_path
-# --- scale: statistics, streaming, sharding (issue 6) ---
-from olss_jax._src.stats import (
-    TrajectoryStats,
-    accumulate_stats,
-    merge_stats,
-    stats_from_chunks,
-    stats_from_store,
-    trajectory_stats,
+from olss_jax._src.fit import FitInfo, fit_weights
+from olss_jax._src.closed_loop import (
+    ClosedLoopFitInfo,
+    ClosedLoopSearchInfo,
+    closed_loop_fit,
+    closed_loop_search,
 )
-from olss_jax._src.sharding import batch_mesh
-# --- beyond the paper: closed-loop fit/search, end-to-end refinement (issue 8) ---
-from olss_jax._src.closed_loop import ClosedLoopSearchInfo, closed_loop_fit, closed_loop_search
 from olss_jax._src.refine import RefineInfo, refine
-from olss_jax._src.fit_olss import fit_olss
-from olss_jax._src.ddim import (
-    ddim_schedule,
-    ddim_timesteps,
-    linear_alphas_cumprod,
-    scaled_linear_alphas_cumprod,
-)
-# --- files, validation, resumable collection (reliability) ---
+from olss_jax._src.recipe import METHODS, fit_olss
 from olss_jax._src.io import (
     load_schedule,
     load_trajectory,
@@ -41,174 +35,58 @@ from olss_jax._src.io import (
     save_schedule,
     save_trajectory,
 )
-from olss_jax._src.store import (
-    CollectInfo,
-    StoreProgress,
-    collect_to_directory,
-    load_store,
-    read_manifest,
-)
-from olss_jax._src.validation import (
-    check_finite,
-    check_num_steps,
-    check_path,
-    check_schedule,
-    check_schedule_compatible,
-    check_trajectory,
-    find_nonfinite,
-)
-# --- analytic models ---
-from olss_jax._src.analytic import (
-    GaussianMixture,
-    gaussian,
-    make_gaussian_mixture,
-    mixture_denoiser,
-    sample_data,
-)
+from olss_jax._src.baselines.registry import baseline_schedule
+from olss_jax._src.validation import ScheduleMismatchWarning
 
-# --- the embedded digits model and its evaluation network (issue 4) ---
-from olss_jax._src.digits.data import images_to_grid, images_to_uint8, load_digits_dataset
-from olss_jax._src.digits.model import DigitsModel, load_digits_model
-from olss_jax._src.digits.classifier import DigitsClassifier, load_digits_classifier
-from olss_jax._src.frechet import frechet_distance
-
-# --- classical baselines as schedules (paper Section 3.1, Eq. 8-9) ---
-from olss_jax._src.baselines.registry import BASELINES, baseline_schedule, ddim_baseline_schedule
-from olss_jax._src.baselines.euler import euler_schedule
-from olss_jax._src.baselines.pndm import pndm_schedule
-from olss_jax._src.baselines.deis import deis_schedule
-from olss_jax._src.baselines.dpm_solver import dpm_solver_pp_schedule, dpm_solver_schedule
-from olss_jax._src.baselines.unipc import unipc_schedule
-from olss_jax._src.baselines.ipndm import ipndm_schedule
-
-# --- Stable Diffusion (diffusers' Flax classes; imported on use) ---
-from olss_jax._src.stable_diffusion.model import ModelInfo, StableDiffusion
-from olss_jax._src.stable_diffusion.noise_config import NoiseConfig, read_noise_config
-from olss_jax._src.stable_diffusion.loading import load_stable_diffusion
-from olss_jax._src.stable_diffusion.text import encode_prompts, tokenize
-from olss_jax._src.stable_diffusion.denoiser import prediction_to_epsilon, sd_denoiser
-from olss_jax._src.stable_diffusion.generate import decode_latents, generate
-from olss_jax._src.stable_diffusion.provenance import ScheduleMismatchWarning, check_schedule_for
-from olss_jax._src.stable_diffusion.collect import (
-    SDTeacher,
-    collect_sd_to_directory,
-    collect_sd_trajectory,
-    fit_sd_schedule,
-    load_sd_teacher,
-)
-
-# --- the workbench: embedded models, figures, tiny SD pipeline (issue 5; CLI in olss_jax.cli) ---
-from olss_jax._src.embedded import embedded_model
-from olss_jax._src.figures import (
-    correlation_figure,
-    correlation_matrix,
-    error_vs_steps_figure,
-    generation_paths_figure,
-    image_grid_figure,
-    save_image_grid,
-    to_display_images,
-    weights_figure,
-)
-from olss_jax._src.workbench import paper_figures
-from olss_jax._src.tiny_pipeline import save_tiny_stable_diffusion
+from olss_jax import analytic
+from olss_jax import baselines
+from olss_jax import compare
+from olss_jax import digits
+from olss_jax import figures
+from olss_jax import stable_diffusion
+from olss_jax import stats
+from olss_jax import store
+from olss_jax import testing
+from olss_jax import validation
 
 __all__ = [
-    "TrajectoryStats",
-    "accumulate_stats",
-    "merge_stats",
-    "stats_from_chunks",
-    "stats_from_store",
+    # the verbs
+    "collect_trajectory",
     "trajectory_stats",
-    "batch_mesh",
-    "DigitsClassifier",
-    "DigitsModel",
-    "frechet_distance",
-    "images_to_grid",
-    "images_to_uint8",
-    "load_digits_classifier",
-    "load_digits_dataset",
-    "load_digits_model",
-    "embedded_model",
-    "correlation_figure",
-    "correlation_matrix",
-    "error_vs_steps_figure",
-    "generation_paths_figure",
-    "image_grid_figure",
-    "save_image_grid",
-    "to_display_images",
-    "weights_figure",
-    "paper_figures",
-    "save_tiny_stable_diffusion",
-    "load_schedule",
-    "load_trajectory",
-    "read_metadata",
-    "save_schedule",
-    "save_trajectory",
-    "CollectInfo",
-    "StoreProgress",
-    "collect_to_directory",
-    "load_store",
-    "read_manifest",
-    "check_finite",
-    "check_num_steps",
-    "check_path",
-    "check_schedule",
-    "check_schedule_compatible",
-    "check_trajectory",
-    "find_nonfinite",
-    "ModelInfo",
-    "StableDiffusion",
-    "NoiseConfig",
-    "read_noise_config",
-    "load_stable_diffusion",
-    "encode_prompts",
-    "tokenize",
-    "prediction_to_epsilon",
-    "sd_denoiser",
-    "decode_latents",
-    "generate",
-    "ScheduleMismatchWarning",
-    "check_schedule_for",
-    "SDTeacher",
-    "collect_sd_trajectory",
-    "fit_sd_schedule",
-    "collect_sd_to_directory",
-    "load_sd_teacher",
-    "SearchInfo",
+    "search_path",
     "fit_weights",
-    "ClosedLoopSearchInfo",
-    "closed_loop_fit",
+    "sample",
+    "sample_states",
     "closed_loop_search",
-    "RefineInfo",
+    "closed_loop_fit",
     "refine",
     "fit_olss",
-    "path_errors",
-    "search_path",
+    "METHODS",
     "uniform_path",
-    "BASELINES",
-    "baseline_schedule",
-    "ddim_baseline_schedule",
-    "euler_schedule",
-    "pndm_schedule",
-    "deis_schedule",
-    "dpm_solver_pp_schedule",
-    "dpm_solver_schedule",
-    "unipc_schedule",
-    "ipndm_schedule",
-    "GaussianMixture",
+    "path_errors",
+    # the data
     "Schedule",
-    "Trajectory",
-    "collect_trajectory",
-    "ddim_schedule",
-    "ddim_timesteps",
-    "gaussian",
-    "linear_alphas_cumprod",
-    "make_gaussian_mixture",
     "make_schedule",
-    "mixture_denoiser",
-    "sample",
-    "sample_data",
+    "Teacher",
+    "ddim_teacher",
+    "Trajectory",
+    "TrajectoryStats",
+    "SearchInfo",
+    "FitInfo",
+    "ClosedLoopSearchInfo",
+    "ClosedLoopFitInfo",
+    "RefineInfo",
+    # files
+    "save_schedule",
+    "load_schedule",
+    "save_trajectory",
+    "load_trajectory",
+    "read_metadata",
+    # noise schedules and the classical schedulers
     "scaled_linear_alphas_cumprod",
+    "linear_alphas_cumprod",
+    "baseline_schedule",
+    "ScheduleMismatchWarning",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

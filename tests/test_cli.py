@@ -1,8 +1,10 @@
-"""The olss-jax command line: help, exit codes, one-line errors, collect -> fit -> sample."""
+"""olss_jax.cli: help, exit codes, one-line errors, collect -> fit -> sample, one store layout."""
 import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 import olss_jax as oj
@@ -38,7 +40,7 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fitted(store, tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("fit") / "olss4.olss")
+  path = str(tmp_path_factory.mktemp("fit") / "olss4.safetensors")
   assert cli.main(["fit", store, "--steps", "4", "-o", path, "-q"]) == 0
   return path
 
@@ -47,53 +49,55 @@ def test_help_everywhere_with_examples(capsys):
   rc, out, _ = run(capsys, "--help")
   assert rc == 0 and "examples:" in out
   for command in cli.COMMANDS:
-    if command == "demo" and cli._demo_module() is not None:  # the lead's parser: its own text
-      rc, out, _ = run(capsys, command, "--help")
-      assert rc == 0 and "usage: olss-jax demo" in out
-      continue
     rc, out, _ = run(capsys, command, "--help")
     assert rc == 0, command
     assert "examples:" in out and f"olss-jax {command}" in out, command
+  rc, out, _ = run(capsys, "fit", "--help")
+  assert all(m in out for m in oj.METHODS)
 
 
 def test_bad_option_exits_2(capsys):
-  rc, _, err = run(capsys, "fit", "somewhere", "--steps", "three", "-o", "x.olss")
+  rc, _, err = run(capsys, "fit", "somewhere", "--steps", "three", "-o", "x.safetensors")
   assert rc == 2 and "invalid int value" in err
   rc, _, err = run(capsys, "fit", "--frobnicate")
   assert rc == 2 and "error:" in err
+  rc, _, err = run(capsys, "fit", "t/", "--steps", "3", "-o", "x", "--method", "closed-loop")
+  assert rc == 2 and "invalid choice" in err
 
 
 def test_missing_files_are_one_line_errors(capsys, tmp_path):
-  rc, _, err = run(capsys, "fit", tmp_path / "nowhere", "--steps", "3", "-o", tmp_path / "x.olss")
+  rc, _, err = run(capsys, "fit", tmp_path / "nowhere", "--steps", "3", "-o", tmp_path / "x")
   assert rc == 1
   assert_one_line_error(err, "nowhere", "does not exist")
-  rc, _, err = run(capsys, "sample", tmp_path / "none.olss", "-o", tmp_path / "x.png")
+  rc, _, err = run(capsys, "sample", tmp_path / "none.safetensors", "-o", tmp_path / "x.png")
   assert rc == 1
-  assert_one_line_error(err, "none.olss")
-  rc, _, err = run(capsys, "sample", tmp_path / "none.olss", "-o", tmp_path / "x.png",
+  assert_one_line_error(err, "none.safetensors")
+  rc, _, err = run(capsys, "sample", tmp_path / "none.safetensors", "-o", tmp_path / "x.png",
                    "--model", tmp_path / "no-sd-here")
   assert rc == 1
   assert_one_line_error(err)
 
 
 def test_collect_fit_sample_round_trip(capsys, store, fitted, tmp_path):
-  traj = oj.load_store(store)
+  traj = oj.store.load_store(store)
   assert traj.batch_size == 6 and traj.num_teacher_steps == 30
   schedule = oj.load_schedule(fitted)
   assert schedule.num_steps == 4
   meta = schedule.metadata
-  # A directory from 'collect' gets the measured-best closed-loop fit by default.
-  assert meta["method"] == "closed-loop" and meta["model_name"].startswith("gaussian-mixture")
+  # A store records its model: the library's best method (closed loop) by default.
+  assert meta["method"] == "olss-cl" and meta["model_name"].startswith("gaussian-mixture")
   assert meta["sample_shape"] == [16]
+  expected = oj.fit_olss(traj, 4, denoise_fn=oj.store.store_denoiser(store), method="olss-cl")
+  np.testing.assert_array_equal(schedule.weights, expected.weights)
 
-  rc, out, _ = run(capsys, "fit", store, "--steps", "3", "--method", "olss", "--uniform", "-o",
-                   tmp_path / "p.olss", "-q")
+  rc, out, _ = run(capsys, "fit", store, "--steps", "3", "--method", "olss-p", "-o",
+                   tmp_path / "p.safetensors", "-q")
   assert rc == 0
-  timesteps = oj.load_schedule(tmp_path / "p.olss").timesteps
+  timesteps = oj.load_schedule(tmp_path / "p.safetensors").timesteps
   assert f"timesteps: {' '.join(str(int(t)) for t in timesteps)}" in out
   step_lines = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
   assert len(step_lines) == 3          # one line per step with its error
-  assert "olss-p" in out and "max error" in out
+  assert out.startswith("olss-p: 3 steps") and "max error" in out
 
   png = tmp_path / "samples.png"
   rc, out, _ = run(capsys, "sample", fitted, "-o", png, "--model", "analytic",
@@ -101,17 +105,15 @@ def test_collect_fit_sample_round_trip(capsys, store, fitted, tmp_path):
   assert rc == 0 and png.stat().st_size > 100 and "4 samples" in out
 
 
-def test_fit_closed_loop_is_one_flag_away(capsys, store, tmp_path):
-  rc, out, _ = run(capsys, "fit", store, "--steps", "3", "--method", "closed-loop", "-o",
-                   tmp_path / "cl.olss", "-q")
-  assert rc == 0 and out.startswith("closed-loop: 3 steps")
-  schedule = oj.load_schedule(tmp_path / "cl.olss")
-  assert schedule.metadata["method"] == "closed-loop" and schedule.num_steps == 3
-  assert schedule.metadata["model_name"].startswith("gaussian-mixture")
-  single = tmp_path / "one.olss"
-  oj.save_trajectory(single, oj.load_store(store))
-  rc, _, err = run(capsys, "fit", single, "--steps", "3", "--method", "closed-loop", "-o",
-                   tmp_path / "x.olss", "-q")
+def test_a_single_trajectory_file_gets_the_papers_fit(capsys, store, tmp_path):
+  single = tmp_path / "one.safetensors"
+  oj.save_trajectory(single, oj.store.load_store(store),
+                     metadata={"schedule_metadata": {"model_name": "mixture"}})
+  rc, out, _ = run(capsys, "fit", single, "--steps", "3", "-o", tmp_path / "s.safetensors", "-q")
+  assert rc == 0 and out.startswith("olss: 3 steps")
+  assert oj.load_schedule(tmp_path / "s.safetensors").metadata["model_name"] == "mixture"
+  rc, _, err = run(capsys, "fit", single, "--steps", "3", "--method", "olss-cl", "-o",
+                   tmp_path / "x.safetensors", "-q")
   assert rc == 1
   assert_one_line_error(err, "directory written by 'olss-jax collect'")
 
@@ -122,6 +124,7 @@ def test_collect_resumes_without_redoing_chunks(capsys, tmp_path, monkeypatch):
 
   def interrupt_after_first_chunk(bar):
     inner = real(bar)
+
     def callback(event):
       inner(event)
       if event.status == "done" and event.chunk_index == 0:
@@ -132,9 +135,9 @@ def test_collect_resumes_without_redoing_chunks(capsys, tmp_path, monkeypatch):
   rc, _, err = run(capsys, "collect", directory, "--num-images", "4", "--chunk-size", "2", "-q",
                    *TINY)
   assert rc == 130 and "rerun" in err
-  first = directory / "chunk-00000.olss"
+  first = directory / "chunk-00000.safetensors"
   stamp = first.stat().st_mtime_ns
-  assert not (directory / "chunk-00001.olss").exists()
+  assert not (directory / "chunk-00001.safetensors").exists()
   monkeypatch.setattr(progress, "store_callback", real)
   rc, out, _ = run(capsys, "collect", directory, "--num-images", "4", "--chunk-size", "2", "-q",
                    *TINY)
@@ -148,13 +151,13 @@ def test_collect_resumes_without_redoing_chunks(capsys, tmp_path, monkeypatch):
 
 def test_mismatched_schedule(capsys, fitted, tmp_path):
   schedule = oj.load_schedule(fitted)
-  wrong_shape = tmp_path / "wrong-shape.olss"
+  wrong_shape = tmp_path / "wrong-shape.safetensors"
   oj.save_schedule(wrong_shape, schedule.with_metadata(sample_shape=[1, 8, 8]))
   rc, _, err = run(capsys, "sample", wrong_shape, "-o", tmp_path / "x.png", "--model",
                    "analytic", "-q")
   assert rc == 1
   assert_one_line_error(err, "sample shape")
-  other_model = tmp_path / "other-model.olss"
+  other_model = tmp_path / "other-model.safetensors"
   oj.save_schedule(other_model, schedule.with_metadata(model_name="someone-else"))
   rc, _, err = run(capsys, "sample", other_model, "-o", tmp_path / "y.png", "--model",
                    "analytic", "--num-images", "2", "-q")
@@ -170,9 +173,12 @@ def test_mismatched_schedule(capsys, fitted, tmp_path):
 
 def test_compare_prints_a_table(capsys, fitted):
   rc, out, _ = run(capsys, "compare", fitted, "--model", "analytic", "--baselines", "ddim",
-                   "--num-eval", "4", "--teacher-steps", "30", "-q")
+                   "--num-eval", "4", "--teacher-steps", "30", "--refit", "olss-p", "-q")
   assert rc == 0
-  assert "| olss4.olss (closed-loop) |" in out and "| ddim |" in out and "| method | 4 steps |" in out
+  rows = [line for line in out.splitlines() if line.startswith("| ")]
+  assert [r.split("|")[1].strip() for r in rows[1:]] == [
+      "olss4.safetensors (olss-cl)", "ddim", "olss-p"]
+  assert rows[0] == "| method | 4 steps |"
   rc, _, err = run(capsys, "compare", fitted, "--model", "analytic", "--baselines", "nope")
   assert rc == 1
   assert_one_line_error(err, "nope")
@@ -189,15 +195,27 @@ def test_progress_bars_go_to_stderr_and_quiet_silences_them(capsys, tmp_path):
   rc, out, err = run(capsys, "collect", directory, "--num-images", "2", "--chunk-size", "2",
                      *TINY)
   assert rc == 0 and "teacher" in err and "30/30" in err and "%" not in out
-  rc, _, err = run(capsys, "fit", directory, "--steps", "2", "-o", tmp_path / "s.olss", "-q")
+  rc, _, err = run(capsys, "fit", directory, "--steps", "2", "-o", tmp_path / "s.safetensors",
+                   "-q")
   assert rc == 0 and err == ""
+
+
+def test_no_command_runs_the_demo(capsys, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)  # the demo writes its PNGs into the working directory
+  rc, out, _ = run(capsys, "-q", "--model", "analytic", "--steps", "5", "--num-fit", "4",
+                   "--num-eval", "4", "--teacher-steps", "20", "--methods", "ddim", "olss")
+  assert rc == 0 and "| ddim |" in out and "| olss |" in out
+  assert (tmp_path / "olss_jax_demo" / "error_vs_steps.png").exists()
+  rc, _, err = run(capsys, "demo", "-q", "--methods", "heun")
+  assert rc == 1
+  assert_one_line_error(err, "heun")
 
 
 def test_python_dash_m_runs_in_a_fresh_process(tmp_path):
   """The real entry point: one line on stderr, no traceback, no library deprecation noise."""
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
   proc = subprocess.run([sys.executable, "-m", "olss_jax", "fit", str(tmp_path / "missing"),
-                         "--steps", "3", "-o", str(tmp_path / "x.olss")],
+                         "--steps", "3", "-o", str(tmp_path / "x.safetensors")],
                         capture_output=True, text=True, env=env, timeout=300, check=False)
   assert proc.returncode == 1, proc.stderr
   assert proc.stderr.strip().count("\n") == 0, proc.stderr
@@ -205,39 +223,59 @@ def test_python_dash_m_runs_in_a_fresh_process(tmp_path):
   assert "deprecat" not in proc.stderr.lower()
 
 
-@pytest.mark.slow
-def test_stable_diffusion_collect_fit_sample(capsys, tmp_path):
-  """--model DIR --prompts FILE on a tiny random pipeline; no deprecation notice reaches stderr."""
-  model = oj.save_tiny_stable_diffusion(tmp_path / "tiny-sd")
+# --- one store layout: the library's and the command line's stores cross both ways ----------
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+  directory = oj.stable_diffusion.save_tiny_stable_diffusion(tmp_path_factory.mktemp("sd") / "tiny-sd")
+  return directory, oj.stable_diffusion.load_stable_diffusion(directory)
+
+
+def test_a_library_sd_store_is_fitted_closed_loop_by_the_command_line(capsys, tiny_sd, tmp_path):
+  directory, sd = tiny_sd
+  store = tmp_path / "sd-store"
+  oj.stable_diffusion.collect_sd_to_directory(store, sd, ["a cat", "the dog"],
+                                              key=jax.random.key(0), num_images=4,
+                                              images_per_chunk=2, num_teacher_steps=20,
+                                              steps_per_chunk=10)
+  rc, out, err = run(capsys, "fit", store, "--steps", "3", "--model", directory, "-o",
+                     tmp_path / "sd3.safetensors", "-q")
+  assert rc == 0, err
+  schedule = oj.load_schedule(tmp_path / "sd3.safetensors")
+  assert schedule.metadata["method"] == "olss-cl" and out.startswith("olss-cl: 3 steps")
+  assert schedule.metadata["model"] == "tiny-sd" and schedule.metadata["latent_shape"] == [4, 8, 8]
+  # without the model the command line names what it needs
+  rc, _, err = run(capsys, "fit", store, "--steps", "3", "-o", tmp_path / "x", "-q")
+  assert rc == 1
+  assert_one_line_error(err, "--model")
+
+
+def test_a_command_line_sd_store_is_read_by_the_library(capsys, tiny_sd, tmp_path):
+  directory, sd = tiny_sd
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("a cat\n\nthe dog\n")
-  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  store = tmp_path / "sd-teacher"
-  proc = subprocess.run([sys.executable, "-m", "olss_jax", "collect", str(store), "--model", model,
-                         "--prompts", str(prompts), "--num-images", "4", "--chunk-size", "2",
-                         "--teacher-steps", "20", "--steps-per-chunk", "10", "-q"],
-                        capture_output=True, text=True, env=env, timeout=600, check=False)
-  assert proc.returncode == 0, proc.stderr
-  assert proc.stderr == "", proc.stderr          # no deprecation or safety-checker notices
-  manifest = oj.read_manifest(store)
-  assert manifest["config"]["user"]["schedule_metadata"]["guidance_scale"] == 7.0
-  rc, _, _ = run(capsys, "fit", store, "--steps", "3", "-o", tmp_path / "sd3.olss", "-q")
-  assert rc == 0
-  schedule = oj.load_schedule(tmp_path / "sd3.olss")
-  assert schedule.metadata["model"] == "tiny-sd" and schedule.metadata["latent_shape"] == [4, 8, 8]
+  store = tmp_path / "cli-sd-store"
+  rc, _, err = run(capsys, "collect", store, "--model", directory, "--prompts", prompts,
+                   "--num-images", "4", "--chunk-size", "2", "--teacher-steps", "20",
+                   "--steps-per-chunk", "10", "-q")
+  assert rc == 0, err
+  assert oj.store.read_manifest(store)["config"]["user"]["schedule_metadata"]["guidance_scale"] == 7.0
+  teacher = oj.stable_diffusion.load_sd_teacher(store)
+  paper = oj.stable_diffusion.fit_sd_schedule(teacher, 3)
+  closed = oj.stable_diffusion.fit_sd_schedule(
+      teacher, 3, method="olss-cl", denoise_fn=oj.store.store_denoiser(store, sd=sd))
+  assert paper.metadata["model"] == closed.metadata["model"] == "tiny-sd"
+  assert closed.metadata["fit"] == "closed_loop"
   png = tmp_path / "sd.png"
-  rc, _, err = run(capsys, "sample", tmp_path / "sd3.olss", "--model", model, "--prompt", "a cat",
-                   "--num-images", "2", "-o", png, "-q")
+  oj.save_schedule(tmp_path / "closed.safetensors", closed)
+  rc, _, err = run(capsys, "sample", tmp_path / "closed.safetensors", "--model", directory,
+                   "--prompt", "a cat", "--num-images", "2", "-o", png, "-q")
   assert rc == 0 and png.stat().st_size > 100 and "deprecat" not in err.lower()
-  rc, _, err = run(capsys, "sample", tmp_path / "sd3.olss", "--model", model, "-o", png, "-q")
+  rc, _, err = run(capsys, "sample", tmp_path / "closed.safetensors", "--model", directory,
+                   "-o", png, "-q")
   assert rc == 1
   assert_one_line_error(err, "--prompts")
-
-
-def test_no_command_runs_the_demo(capsys, tmp_path, monkeypatch):
-  monkeypatch.chdir(tmp_path)  # the demo may write its PNGs into the working directory
-  rc, out, _ = run(capsys, "-q", "--model", "analytic", "--steps", "5", "--num-fit", "4",
-                   "--num-eval", "4", "--teacher-steps", "20", "--methods", "ddim", "olss")
-  if rc == 2:
-    pytest.skip("the demo's options changed; the dispatch itself is covered by --help")
-  assert rc == 0 and "| ddim |" in out and "| olss |" in out
+  with pytest.raises(ValueError, match="tiny-sd"):
+    oj.store.store_denoiser(store, sd=oj.stable_diffusion.load_stable_diffusion(
+        oj.stable_diffusion.save_tiny_stable_diffusion(tmp_path / "other-sd")))

@@ -17,28 +17,6 @@ import numpy as np
 from olss_jax._src import compare
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-  """Adds the demo's options to an argparse parser."""
-  parser.add_argument("--model", choices=("default", "digits", "analytic"), default="default",
-                      help="embedded model: the trained digits UNet (default) or the analytic "
-                           "Gaussian mixture")
-  parser.add_argument("--guidance-scale", type=float, default=None,
-                      help="classifier-free guidance of the digits model (its default if unset)")
-  parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20],
-                      help="step counts to evaluate")
-  parser.add_argument("--num-fit", type=int, default=32,
-                      help="fitting noises for the teacher (the paper's 32)")
-  parser.add_argument("--num-eval", type=int, default=256,
-                      help="held-out evaluation noises, never used in any fit")
-  parser.add_argument("--teacher-steps", type=int, default=1000, help="teacher DDIM steps")
-  parser.add_argument("--methods", nargs="+", default=None,
-                      help="methods to compare (default: every baseline, olss-p, olss, "
-                           "olss-p-cl, olss-cl)")
-  parser.add_argument("--out", default="olss_jax_demo",
-                      help="directory for the PNGs (sample grid, error vs steps); '' for none")
-  parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
 def digits_metrics(model: compare.ComparisonModel) -> compare.ComparisonModel:
   """Adds the digits metrics: Frechet distance to the teacher's and to real test digits in the
   frozen classifier's features (``fd_teacher``, ``fd_real``) and class accuracy (``accuracy``)."""
@@ -83,7 +61,12 @@ def _write_figures(result: compare.Comparison, out: str) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-  """Runs the comparison and prints markdown tables. Returns the exit code."""
+  """Runs the comparison and prints markdown tables. Returns the exit code.
+
+  Args:
+    args: the ``olss-jax demo`` options (``model``, ``guidance_scale``, ``steps``,
+      ``num_fit``, ``num_eval``, ``teacher_steps``, ``methods``, ``out``, ``quiet``).
+  """
   from olss_jax._src import progress as progress_lib  # noqa: PLC0415
   start = time.perf_counter()
   model = build_model(args.model, args.guidance_scale)
@@ -109,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
         f"(seed {info['eval_seed']}), the same for every method\n")
   print("methods: the diffusers baselines; olss-p / olss = the paper (teacher-forced Eq. 12 fit "
         "on uniform / searched steps); olss-p-cl / olss-cl = closed-loop fit (beyond the paper; "
-        "olss-cl is the library's default)\n")
+        "olss-cl is the library's default with a model)\n")
   print("RMSE of the final sample against the teacher's on the same noise "
         "(mean [95% interval]; lowest in bold):\n")
   print(compare.format_markdown(result))
@@ -130,10 +113,3 @@ def main(args: argparse.Namespace) -> int:
   print(f"\ntotal {time.perf_counter() - start:.1f} s (teacher {info['teacher_fit_seconds']:.1f} s"
         f" + {info['teacher_eval_seconds']:.1f} s)")
   return 0
-
-
-def run(argv=None) -> int:
-  """Stand-alone entry: parses ``argv`` and runs `main`."""
-  parser = argparse.ArgumentParser(prog="olss-jax demo", description=__doc__)
-  add_arguments(parser)
-  return main(parser.parse_args(argv))

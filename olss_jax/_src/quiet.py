@@ -5,12 +5,13 @@ versions that have them (see pyproject.toml), so the notice is noise for our use
 notice is dropped: every other log record passes.
 
 The libraries attach their stream handler when they are first imported, and importing them is
-slow (diffusers imports torch when it is installed), so nothing is imported here: the package
-calls `silence_flax_deprecations` on import (covering handlers that already exist), and every
-olss_jax module that imports diffusers or transformers calls it again right after the import.
+slow (diffusers imports torch when it is installed), so nothing is imported by ``import
+olss_jax``: every olss_jax module that imports diffusers or transformers calls
+`silence_before_import` first. Nothing here installs a global warning filter.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 
@@ -30,7 +31,6 @@ class _DropFlaxDeprecation(logging.Filter):
 
 
 _DROP = _DropFlaxDeprecation()
-_warnings_installed = False
 
 
 def _attach(target) -> None:
@@ -39,19 +39,16 @@ def _attach(target) -> None:
 
 
 def silence_flax_deprecations() -> None:
-  """Drops the deprecation notice from the diffusers/transformers log handlers (idempotent)."""
-  global _warnings_installed
+  """Drops the deprecation notice from the diffusers/transformers loggers and handlers (idempotent).
+
+  A logging filter on those two libraries' own loggers, matching only their Flax notice: no
+  warning filter is installed and no other log record is touched.
+  """
   for name in ("diffusers", "transformers"):
     logger = logging.getLogger(name)
     _attach(logger)
     for handler in logger.handlers:
       _attach(handler)
-  if logging.lastResort is not None:
-    _attach(logging.lastResort)
-  if not _warnings_installed:
-    _warnings_installed = True
-    warnings.filterwarnings("ignore", message=".*Flax classes are deprecated.*")
-    warnings.filterwarnings("ignore", message=".*TensorFlow and JAX classes are deprecated.*")
 
 
 def silence_before_import() -> None:
@@ -59,11 +56,29 @@ def silence_before_import() -> None:
 
   diffusers logs its notice while its Flax modules are being imported (class bodies), so the
   filter must be on the handler before ``from diffusers import Flax...``: call this first.
-  Importing the two libraries' logging utilities is what creates their handlers.
+  Importing the two libraries' logging utilities is what creates their handlers; their
+  ``FutureWarning``s of the same notice are ignored only while they are imported.
   """
-  from diffusers.utils import logging as diffusers_logging  # noqa: PLC0415
-  from transformers.utils import logging as transformers_logging  # noqa: PLC0415
+  with warnings.catch_warnings():
+    for marker in _MARKERS:
+      warnings.filterwarnings("ignore", message=f".*{marker}.*")
+    from diffusers.utils import logging as diffusers_logging  # noqa: PLC0415
+    from transformers.utils import logging as transformers_logging  # noqa: PLC0415
 
-  diffusers_logging.get_verbosity()
-  transformers_logging.get_verbosity()
+    diffusers_logging.get_verbosity()
+    transformers_logging.get_verbosity()
   silence_flax_deprecations()
+
+
+@contextlib.contextmanager
+def flax_imports():
+  """``with flax_imports(): from diffusers import Flax...``: the import without its notices.
+
+  Filters the libraries' loggers (`silence_before_import`) and ignores the notice's warnings
+  for the duration of the block only.
+  """
+  silence_before_import()
+  with warnings.catch_warnings():
+    for marker in _MARKERS:
+      warnings.filterwarnings("ignore", message=f".*{marker}.*")
+    yield

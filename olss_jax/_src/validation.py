@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import teacher as teacher_lib
 from olss_jax._src import trajectory as trajectory_lib
 
 # Metadata keys a `Schedule` may carry that `check_schedule_compatible` understands.
@@ -76,6 +77,12 @@ def _check_int_dtype(arr, name: str) -> None:
     raise TypeError(f"{name}: expected an integer dtype, got {dtype}")
 
 
+def _check_time_dtype(arr, name: str) -> None:
+  dtype = np.dtype(arr.dtype)
+  if dtype == np.bool_ or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+    raise TypeError(f"{name}: expected an integer or float dtype, got {dtype}")
+
+
 def _check_float_dtype(arr, name: str) -> None:
   if not jnp.issubdtype(arr.dtype, jnp.floating):
     raise TypeError(f"{name}: expected a float dtype, got {arr.dtype}")
@@ -91,10 +98,16 @@ def check_path(path, num_teacher_steps, *, name: str = "path") -> np.ndarray:
 
   Returns:
     (n,) int32 host copy: strictly increasing, ``path[0] == 0``, every entry < K, n <= K.
+    A traced path (under jit) is checked for shape and dtype only and returned as int32.
   """
   k = _as_int(num_teacher_steps, "num_teacher_steps")
   if k < 1:
     raise ValueError(f"num_teacher_steps: expected >= 1, got {k}")
+  if _is_traced(path):  # under jit: what the shape and dtype can tell
+    _check_int_dtype(path, name)
+    if path.ndim != 1 or not 1 <= path.shape[0] <= k:
+      raise ValueError(f"{name}: expected shape (n,) with 1 <= n <= {k}, got {path.shape}")
+    return path.astype(jnp.int32)
   arr = _to_numpy(path, name)
   _check_int_dtype(arr, name)
   if arr.ndim != 1 or arr.shape[0] < 1:
@@ -166,41 +179,19 @@ def check_finite(array, name: str, *, axis_names: tuple[str, ...] = ()) -> None:
   raise ValueError(f"{name}: non-finite value ({float(value)}) {where}(index {idx})")
 
 
-def check_alphas(alphas, num_teacher_steps: int, *, name: str = "traj.alphas") -> None:
-  """Checks a trajectory's state alphas: (K + 1,), finite, in (0, 1], non-decreasing."""
-  if np.shape(alphas) != (num_teacher_steps + 1,):
-    raise ValueError(f"{name}: expected shape ({num_teacher_steps + 1},) (one per teacher "
-                     f"state), got {np.shape(alphas)}")
-  if _is_traced(alphas):
-    return
-  arr = _to_numpy(alphas, name)
-  _check_float_dtype(arr, name)
-  arr = arr.astype(np.float64)
-  if not np.all(np.isfinite(arr)) or np.any(arr <= 0) or np.any(arr > 1):
-    raise ValueError(f"{name}: expected every entry finite and in (0, 1], got range "
-                     f"[{np.nanmin(arr) if np.any(~np.isnan(arr)) else np.nan}, "
-                     f"{np.nanmax(arr) if np.any(~np.isnan(arr)) else np.nan}]")
-  if np.any(np.diff(arr) < 0):
-    raise ValueError(f"{name}: expected non-decreasing alpha_bar along the teacher states "
-                     "(noise decreases)")
-
-
 def check_trajectory(traj, *, name: str = "traj", check_finite_values: bool = True) -> None:
   """Checks a `Trajectory` (paper Sec. 3.3's recorded teacher) before fitting or saving.
 
-  Shapes: timesteps (K,) integer strictly decreasing and >= 0; x_T (B, ...) float with B >= 1;
-  model_outputs (K, B, ...) float; alphas (K + 1,) in (0, 1], non-decreasing. With
-  ``check_finite_values`` x_T and model_outputs must be finite (the message names the first
-  step and sample with a NaN or infinity).
+  Shapes and dtypes always (also under jit): x_T (B, ...) float with B >= 1; model_outputs
+  (K, B, ...) float; the teacher (`teacher.check_teacher`: timesteps (K,) strictly
+  decreasing, levels (K + 1,) valid for its kind). With ``check_finite_values`` concrete x_T
+  and model_outputs must be finite (the message names the first step and sample with a NaN
+  or infinity).
   """
   if not isinstance(traj, trajectory_lib.Trajectory):
     raise TypeError(f"{name}: expected an olss_jax Trajectory, got {type(traj).__name__}")
-  ts_shape = np.shape(traj.timesteps)
-  if len(ts_shape) != 1 or ts_shape[0] < 1:
-    raise ValueError(f"{name}.timesteps: expected shape (K,) with K >= 1, got {ts_shape}")
-  k = ts_shape[0]
-  _check_int_dtype(jnp.asarray(traj.timesteps) if _is_traced(traj.timesteps)
-                   else _to_numpy(traj.timesteps, f"{name}.timesteps"), f"{name}.timesteps")
+  teacher_lib.check_teacher(traj.teacher, name=f"{name}.teacher")
+  k = traj.teacher.num_steps
   x_shape = np.shape(traj.x_T)
   if len(x_shape) < 1 or x_shape[0] < 1:
     raise ValueError(f"{name}.x_T: expected shape (B, ...) with B >= 1, got {x_shape}")
@@ -213,14 +204,6 @@ def check_trajectory(traj, *, name: str = "traj", check_finite_values: bool = Tr
   outputs = traj.model_outputs
   _check_float_dtype(outputs if hasattr(outputs, "dtype") else np.asarray(outputs),
                      f"{name}.model_outputs")
-  check_alphas(traj.alphas, k, name=f"{name}.alphas")
-  if not _is_traced(traj.timesteps):
-    ts = np.asarray(traj.timesteps)
-    if np.any(ts < 0):
-      raise ValueError(f"{name}.timesteps: expected non-negative training timesteps, got "
-                       f"minimum {ts.min()}")
-    if k > 1 and np.any(np.diff(ts) >= 0):
-      raise ValueError(f"{name}.timesteps: expected strictly decreasing timesteps")
   if check_finite_values:
     check_finite(traj.x_T, f"{name}.x_T", axis_names=("sample",))
     check_finite(outputs, f"{name}.model_outputs", axis_names=("step", "sample"))
@@ -230,8 +213,9 @@ def check_schedule(schedule, *, name: str = "schedule",
                    num_train_timesteps: int | None = None) -> None:
   """Checks a `Schedule` (paper Eq. 12's weights): shapes, dtypes, structure, finiteness.
 
-  timesteps (n,) integer, n >= 1, each in [0, num_train_timesteps) (>= 0 if not given);
-  weights (n, n + 1) float, finite, zero above the diagonal (row i uses x_T, e_0..e_i only).
+  timesteps (n,) integer or float (finite), n >= 1, each in [0, num_train_timesteps) (>= 0
+  if not given); weights (n, n + 1) float, finite, zero above the diagonal (row i uses x_T,
+  e_0..e_i only). Traced schedules (under jit) get the shape checks only.
   """
   if not isinstance(schedule, schedule_lib.Schedule):
     raise TypeError(f"{name}: expected an olss_jax Schedule, got {type(schedule).__name__}")
@@ -246,8 +230,10 @@ def check_schedule(schedule, *, name: str = "schedule",
     return
   ts = _to_numpy(schedule.timesteps, f"{name}.timesteps")
   weights = _to_numpy(schedule.weights, f"{name}.weights")
-  _check_int_dtype(ts, f"{name}.timesteps")
+  _check_time_dtype(ts, f"{name}.timesteps")
   _check_float_dtype(weights, f"{name}.weights")
+  if np.issubdtype(ts.dtype, np.floating) and not np.all(np.isfinite(ts)):
+    raise ValueError(f"{name}.timesteps: contains non-finite values")
   if np.any(ts < 0):
     raise ValueError(f"{name}.timesteps: expected non-negative training timesteps, got "
                      f"minimum {ts.min()}")

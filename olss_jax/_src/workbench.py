@@ -98,8 +98,7 @@ def paper_figures(model: compare.ComparisonModel, out_dir, *,
       histories = {}
       for method in ("olss-cl", "olss", "dpm_solver_pp", "ddim"):
         if (method, n0) in result.schedules:
-          _, hist = jax.jit(sampler.sample, static_argnames="return_history")(
-              denoise, result.schedules[(method, n0)], x_T, return_history=True)
+          hist = jax.jit(sampler.sample_states)(denoise, result.schedules[(method, n0)], x_T)
           histories[method] = np.asarray(hist)
       figures.generation_paths_figure(histories, np.asarray(teacher.states),
                                       samples=range(shown), path=path)

@@ -1,15 +1,7 @@
-"""Property tests: loaders and validators raise only their documented exception types.
-
-Loaders (`load_schedule`, `load_trajectory`, `read_metadata`) may raise only `ValueError` on
-any bytes; validators only `TypeError` / `ValueError` (plus `ScheduleMismatchWarning`
-warnings), and they accept exactly the inputs an independent oracle calls valid.
-Each test runs 500 generated cases.
+"""olss_jax._src.validation: validators raise only TypeError / ValueError, named, and accept exactly
+the inputs an independent oracle calls valid (hypothesis, 500 generated cases per test).
 """
-import hashlib
-import io
-import json
 import operator
-import struct
 import warnings
 
 import jax
@@ -20,8 +12,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import olss_jax as oj
-from olss_jax._src import container
-from olss_jax._src import io as oio
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src import validation
 
@@ -37,216 +27,6 @@ def _schedule(n, seed):
   weights[~schedule_lib.lower_triangular_mask(n)] = 0.0
   return oj.make_schedule(np.sort(rng.choice(1000, n, replace=False))[::-1], weights,
                           {"method": "olss", "n": n})
-
-
-def _trajectory(k, b, seed, dtype=np.float32):
-  rng = np.random.default_rng(seed)
-  timesteps = oj.ddim_timesteps(k)
-  return oj.Trajectory(timesteps=timesteps, x_T=rng.standard_normal((b, 3)).astype(dtype),
-                       model_outputs=rng.standard_normal((k, b, 3)).astype(dtype),
-                       alphas=np.concatenate([ALPHAS[timesteps], [1.0]]))
-
-
-def _bytes(save, obj):
-  buf = io.BytesIO()
-  save(buf, obj)
-  return buf.getvalue()
-
-
-VALID_FILES = ([("schedule", _bytes(oio.save_schedule, _schedule(n, n))) for n in (1, 2, 4)]
-               + [("trajectory", _bytes(oio.save_trajectory, _trajectory(k, b, k)))
-                  for k, b in ((1, 1), (3, 2))])
-LOADERS = {"schedule": oio.load_schedule, "trajectory": oio.load_trajectory}
-
-
-def _load_outcome(load, data):
-  """Runs a loader on bytes; returns the result or the ValueError. Anything else fails."""
-  try:
-    return load(io.BytesIO(data))
-  except ValueError as e:
-    assert str(e), "an error without a message"
-    return e
-
-
-# --------------------------------------------------------------------------- loaders
-
-
-@CASES
-@given(data=st.one_of(st.binary(max_size=300),
-                      st.binary(max_size=300).map(lambda b: container.MAGIC + b),
-                      st.binary(max_size=300).map(
-                          lambda b: container.MAGIC + struct.pack("<IQ", 1, len(b)) + b)),
-       which=st.sampled_from(["schedule", "trajectory", "metadata"]))
-def test_random_bytes_are_value_errors(data, which):
-  load = LOADERS.get(which, oio.read_metadata)
-  assert isinstance(_load_outcome(load, data), ValueError)
-
-
-@CASES
-@given(file=st.sampled_from(VALID_FILES), kind=st.sampled_from(["cut", "flip", "insert", "tail"]),
-       where=st.floats(0, 1), bit=st.integers(0, 7), extra=st.binary(min_size=1, max_size=8))
-def test_truncations_bit_flips_and_insertions_of_valid_files_are_value_errors(
-    file, kind, where, bit, extra):
-  name, data = file
-  pos = min(int(where * len(data)), len(data) - 1)
-  if kind == "cut":
-    mutated = data[:pos]
-  elif kind == "flip":
-    mutated = data[:pos] + bytes([data[pos] ^ (1 << bit)]) + data[pos + 1:]
-  elif kind == "insert":
-    mutated = data[:pos] + extra + data[pos:]
-  else:
-    mutated = data + extra
-  assert mutated != data
-  outcome = _load_outcome(LOADERS[name], mutated)
-  assert isinstance(outcome, ValueError), f"{kind} at {pos} was not detected"
-  assert _load_outcome(LOADERS[name], data) is not None  # the original still loads
-
-
-DTYPE_NAMES = sorted(container.DTYPES)
-shapes = st.lists(st.integers(0, 4), max_size=3)
-
-
-@st.composite
-def random_arrays(draw, names):
-  arrays = []
-  for name in draw(st.permutations(names)) if draw(st.integers(0, 4)) == 0 else names:
-    if draw(st.integers(0, 9)) == 0:
-      continue  # a missing array
-    dtype = container.DTYPES[draw(st.sampled_from(DTYPE_NAMES))]
-    shape = tuple(draw(shapes))
-    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-    pool = [0.0, 0.0, 1.0, -2.0, 999.0, 0.5] + ([np.nan, np.inf] if draw(st.booleans()) else [])
-    arr = rng.choice(pool, size=shape)
-    if draw(st.booleans()) and len(shape) == 2:
-      rows, cols = np.indices(shape)
-      arr = np.where(cols <= rows + 1, arr, 0.0)
-    if draw(st.booleans()) and len(shape) == 1:
-      arr = np.sort(arr)[::-1] if draw(st.booleans()) else np.sort(arr)
-    with np.errstate(invalid="ignore", over="ignore"):
-      arr = (np.nan_to_num(arr, nan=0, posinf=5, neginf=-5) if dtype.kind == "i"
-             else arr).astype(dtype)
-    arrays.append((name, arr))
-  return arrays
-
-
-def _schedule_oracle(arrays):
-  names = [n for n, _ in arrays]
-  if names != ["timesteps", "weights"]:
-    return False
-  ts, w = arrays[0][1], arrays[1][1]
-  if ts.dtype != np.int32 or w.dtype != np.float64 or ts.ndim != 1 or ts.shape[0] < 1:
-    return False
-  n = ts.shape[0]
-  return (w.shape == (n, n + 1) and bool(np.all(ts >= 0)) and bool(np.all(np.isfinite(w)))
-          and all(w[i, j] == 0 for i in range(n) for j in range(i + 2, n + 1)))
-
-
-@st.composite
-def schedule_arrays(draw):
-  """Valid schedule arrays with one random defect (or none), else fully random arrays."""
-  if draw(st.integers(0, 3)) == 0:
-    return draw(random_arrays(["timesteps", "weights"]))
-  sched = draw(valid_schedules())
-  ts, w = np.asarray(sched.timesteps), np.asarray(sched.weights)
-  defect = draw(st.sampled_from(["none", "order", "missing", "extra", "ts_int64", "w_float32",
-                                 "w_shape", "w_upper", "w_nan", "ts_negative"]))
-  if defect == "w_upper" and w.shape[0] > 1:
-    w = w.copy()
-    w[0, -1] = 1.0
-  elif defect == "w_nan":
-    w = np.where(w == w.max(), np.nan, w)
-  elif defect == "ts_negative":
-    ts = ts - 1000
-  elif defect == "ts_int64":
-    ts = ts.astype(np.int64)
-  elif defect == "w_float32":
-    w = w.astype(np.float32)
-  elif defect == "w_shape":
-    w = w[:, :-1]
-  arrays = [("timesteps", ts), ("weights", w)]
-  if defect == "order":
-    arrays = arrays[::-1]
-  elif defect == "missing":
-    arrays = arrays[:1]
-  elif defect == "extra":
-    arrays.append(("alphas", np.ones(3)))
-  return arrays
-
-
-@CASES
-@given(arrays=schedule_arrays(),
-       meta=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3))
-def test_well_formed_containers_with_random_shapes_and_dtypes_match_the_oracle(arrays, meta):
-  buf = io.BytesIO()
-  container.write_container(buf, oio.SCHEDULE_KIND, arrays, meta)
-  outcome = _load_outcome(oio.load_schedule, buf.getvalue())
-  valid = _schedule_oracle(arrays)
-  event(f"valid: {valid}")
-  assert isinstance(outcome, ValueError) != valid, (arrays, outcome)
-  if valid:
-    np.testing.assert_array_equal(outcome.weights, arrays[1][1])
-    assert outcome.metadata == meta
-
-
-@CASES
-@given(arrays=random_arrays(["timesteps", "x_T", "model_outputs", "alphas"]))
-def test_random_trajectory_containers_load_valid_or_raise_value_error(arrays):
-  buf = io.BytesIO()
-  container.write_container(buf, oio.TRAJECTORY_KIND, arrays)
-  outcome = _load_outcome(oio.load_trajectory, buf.getvalue())
-  event(f"loaded: {not isinstance(outcome, ValueError)}")
-  if not isinstance(outcome, ValueError):
-    validation.check_trajectory(outcome)  # whatever loads is a valid trajectory
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=6),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
-                                                                 max_size=3),
-    max_leaves=4)
-# Cheap stand-ins for "any JSON value" in header fields (generation speed matters at 500 cases).
-odd_json = st.sampled_from([None, True, 0, -1, 2**70, 1.5, -0.0, "", "x", [], {}, [1, "a"],
-                            {"a": [1]}, [[2, 3]], {"shape": [1]}])
-entries = st.fixed_dictionaries(
-    {"name": st.sampled_from(["timesteps", "weights"]) | odd_json,
-     "dtype": st.sampled_from(DTYPE_NAMES) | odd_json,
-     "shape": st.lists(st.integers(-1, 3) | st.sampled_from([2**40, 2**61, 2**63]), max_size=20)
-              | odd_json})
-
-
-@CASES
-@given(header=st.fixed_dictionaries(
-    {"format": st.just("olss_jax") | odd_json,
-     "kind": st.just(oio.SCHEDULE_KIND) | odd_json,
-     "arrays": st.lists(entries, max_size=3) | odd_json,
-     "metadata": st.dictionaries(st.text(max_size=4), odd_json, max_size=2) | odd_json}),
-    payload=st.binary(max_size=64))
-def test_checksummed_but_malformed_headers_are_value_errors(header, payload):
-  # A crafted file with correct checksums: only the header's content is wrong.
-  raw = json.dumps(header).encode()
-  head = struct.pack("<8sIQ", container.MAGIC, container.VERSION, len(raw)) + raw
-  head += hashlib.sha256(head).digest()
-  data = head + payload
-  data += hashlib.sha256(data).digest()
-  outcome = _load_outcome(oio.load_schedule, data)
-  meta = _load_outcome(oio.read_metadata, data)
-  event(f"header accepted: {not isinstance(meta, ValueError)}")
-  if not isinstance(outcome, ValueError):
-    validation.check_schedule(outcome)
-    assert not isinstance(meta, ValueError)
-
-
-@CASES
-@given(n=st.integers(1, 6), seed=st.integers(0, 2**32 - 1),
-       meta=st.dictionaries(st.text(max_size=8), json_values, max_size=4))
-def test_save_load_round_trip_is_exact(n, seed, meta):
-  sched = _schedule(n, seed).replace(metadata=meta)
-  loaded = oio.load_schedule(io.BytesIO(_bytes(oio.save_schedule, sched)))
-  np.testing.assert_array_equal(loaded.weights.view(np.uint64), sched.weights.view(np.uint64))
-  np.testing.assert_array_equal(loaded.timesteps, sched.timesteps)
-  assert loaded.metadata == json.loads(json.dumps(meta))
 
 
 # ------------------------------------------------------------------------- validators
@@ -361,8 +141,8 @@ def schedules(draw):
   sched = draw(valid_schedules())
   ts, w = np.asarray(sched.timesteps), np.asarray(sched.weights)
   defect = draw(st.sampled_from(["none", "none", "none", "ts_2d", "ts_empty", "w_shape",
-                                 "ts_float", "ts_bool", "w_int", "ts_negative", "ts_big", "w_nan",
-                                 "w_inf", "w_upper", "w_float32", "ts_uint16"]))
+                                 "ts_float", "ts_nan", "ts_bool", "w_int", "ts_negative", "ts_big",
+                                 "w_nan", "w_inf", "w_upper", "w_float32", "ts_uint16"]))
   with np.errstate(all="ignore"):
     if defect == "ts_2d":
       ts = ts[:, None]
@@ -370,8 +150,10 @@ def schedules(draw):
       ts, w = ts[:0], w[:0, :1]
     elif defect == "w_shape":
       w = w[:, :-1] if draw(st.booleans()) else np.concatenate([w, w[:1]])
-    elif defect == "ts_float":
-      ts = ts.astype(np.float32)
+    elif defect == "ts_float":  # continuous timesteps are valid
+      ts = ts.astype(np.float32) + np.float32(0.5)
+    elif defect == "ts_nan":
+      ts = np.where(ts == ts.max(), np.nan, ts.astype(np.float32))
     elif defect == "ts_bool":
       ts = ts > 500
     elif defect == "w_int":
@@ -398,7 +180,10 @@ def _schedule_valid(s, t_max):
   ts, w = np.asarray(s.timesteps), np.asarray(s.weights)
   if ts.ndim != 1 or ts.shape[0] < 1 or w.shape != (ts.shape[0], ts.shape[0] + 1):
     return False
-  if ts.dtype == np.bool_ or not np.issubdtype(ts.dtype, np.integer):
+  if ts.dtype == np.bool_ or not (np.issubdtype(ts.dtype, np.integer)
+                                  or np.issubdtype(ts.dtype, np.floating)):
+    return False
+  if not np.all(np.isfinite(ts.astype(np.float64))):
     return False
   if not np.issubdtype(w.dtype, np.floating) or not np.all(np.isfinite(w)):
     return False
@@ -425,7 +210,7 @@ def trajectories(draw):
   """A valid trajectory with one random defect (or none)."""
   k, b = draw(st.integers(1, 4)), draw(st.integers(1, 3))
   dtype = draw(st.sampled_from([np.float32, np.float64, np.float16, ml_dtypes.bfloat16]))
-  ts = oj.ddim_timesteps(k)
+  ts = oj.baselines.ddim_timesteps(k)
   alphas = np.concatenate([ALPHAS[ts], [1.0]])
   x_T = np.ones((b, 2), dtype)
   outputs = np.full((k, b, 2), 0.5, dtype)
@@ -445,8 +230,8 @@ def trajectories(draw):
       ts = ts[::-1].copy()
     elif defect == "ts_negative":
       ts = ts - 1000
-    elif defect == "ts_float":
-      ts = ts.astype(np.float32)
+    elif defect == "ts_float":  # continuous teacher times are valid
+      ts = ts.astype(np.float32) + np.float32(0.5)
     elif defect == "ts_2d":
       ts = ts[None]
     elif defect == "al_len":
@@ -463,14 +248,15 @@ def trajectories(draw):
     elif defect == "x_inf":
       x_T = x_T.copy()
       x_T[-1, 0] = np.inf
-  return oj.Trajectory(timesteps=ts, x_T=x_T, model_outputs=outputs, alphas=alphas)
+  return oj.Trajectory(x_T, outputs, oj.Teacher(ts, alphas, "ddim"))
 
 
 def _trajectory_valid(t):
-  ts, x_T, out, al = (np.asarray(t.timesteps), t.x_T, t.model_outputs, np.asarray(t.alphas))
+  ts, x_T, out, al = (np.asarray(t.timesteps), t.x_T, t.model_outputs, np.asarray(t.levels))
   k = ts.shape[0] if ts.ndim == 1 else -1
   floats = ("float16", "bfloat16", "float32", "float64")
-  return (k >= 1 and x_T.shape[0] >= 1 and np.issubdtype(ts.dtype, np.integer)
+  return (k >= 1 and x_T.shape[0] >= 1 and (np.issubdtype(ts.dtype, np.integer)
+                                            or np.issubdtype(ts.dtype, np.floating))
           and x_T.dtype.name in floats and out.dtype.name in floats
           and out.shape == (k,) + x_T.shape and al.shape == (k + 1,)
           and np.all((al > 0) & (al <= 1)) and np.all(np.diff(al) >= 0)
@@ -482,14 +268,38 @@ def _trajectory_valid(t):
 @CASES
 @given(traj=trajectories())
 def test_check_trajectory_matches_oracle(traj):
-  event(f"valid: {bool(_trajectory_valid(traj))}")
+  valid = bool(_trajectory_valid(traj))
+  event(f"valid: {valid}")
   try:
     validation.check_trajectory(traj)
   except VALIDATOR_ERRORS as e:
-    assert not _trajectory_valid(traj), e
+    assert not valid, e
     assert "traj" in str(e)
   else:
-    assert _trajectory_valid(traj)
+    assert valid
+
+
+def test_traced_inputs_get_the_checks_possible_at_trace_time():
+  traj = oj.testing.random_trajectory(5, 2, (3,))
+
+  @jax.jit
+  def run(path, outputs):
+    validation.check_trajectory(traj.replace(model_outputs=outputs))  # shapes and dtypes
+    return validation.check_path(path, 5)
+
+  np.testing.assert_array_equal(run(jnp.asarray([0, 2]), jnp.asarray(traj.model_outputs)), [0, 2])
+  try:  # a traced path of the wrong dtype or shape is still refused by name
+    run(jnp.asarray([0.0, 2.0]), jnp.asarray(traj.model_outputs))
+  except TypeError as e:
+    assert "path" in str(e)
+  else:
+    raise AssertionError("a float path was accepted under jit")
+  try:
+    run(jnp.asarray([0, 1]), jnp.asarray(traj.model_outputs)[:, :1])
+  except ValueError as e:
+    assert "model_outputs" in str(e)
+  else:
+    raise AssertionError("outputs of the wrong shape were accepted under jit")
 
 
 @CASES
@@ -543,7 +353,7 @@ def test_check_schedule_compatible_errors_and_warnings(fitted_shape, x_shape, fi
 
 
 def test_sample_checks_concrete_schedules_and_still_jits():
-  denoise = oj.mixture_denoiser(oj.make_gaussian_mixture(jax.random.PRNGKey(0), 2, (3,)), ALPHAS)
+  denoise = oj.analytic.mixture_denoiser(oj.analytic.make_gaussian_mixture(jax.random.PRNGKey(0), 2, (3,)), ALPHAS)
   x_T = jnp.ones((2, 3))
   good = _schedule(3, 1)
   bad = schedule_lib.Schedule(good.timesteps, np.where(good.weights == good.weights[1, 1],

@@ -1,0 +1,280 @@
+"""The ``olss-jax`` commands: each parses nothing and decides nothing the library does not.
+
+Every command is a few calls into the library (`olss_jax.store`, `olss_jax.fit_olss`,
+`olss_jax.sample`, `olss_jax.compare`, `olss_jax.figures`, `olss_jax.stable_diffusion`), plus
+printing. Imports are inside the functions so that ``olss-jax --help`` stays fast.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+FIGURES = ("correlation", "paths", "errors", "weights", "grid")
+
+
+def is_stable_diffusion(spec: str) -> bool:
+  """``--model`` names a Stable Diffusion directory rather than an embedded model."""
+  from olss_jax._src import embedded  # pylint: disable=import-outside-toplevel
+  return spec not in embedded.EMBEDDED_MODELS
+
+
+def load_sd(spec: str):
+  """The Stable Diffusion of a ``--model DIR`` (diffusers' notices silenced)."""
+  from olss_jax import stable_diffusion  # pylint: disable=import-outside-toplevel
+  if not os.path.isdir(spec):
+    raise FileNotFoundError(f"--model: {spec!r} is neither an embedded model (default, digits, "
+                            "analytic) nor a Stable Diffusion directory")
+  return stable_diffusion.load_stable_diffusion(spec)
+
+
+def read_prompts(path: str | None, prompt: str | None = None) -> list[str]:
+  """``--prompt TEXT`` or the non-empty lines of ``--prompts FILE``."""
+  if prompt is not None:
+    return [prompt]
+  if path is None:
+    raise ValueError("--prompts: a Stable Diffusion model needs a prompt file (one prompt a "
+                     "line) or --prompt TEXT")
+  with open(path, encoding="utf-8") as f:
+    prompts = [line.strip() for line in f if line.strip()]
+  if not prompts:
+    raise ValueError(f"--prompts: {path!r} holds no prompts (one prompt a line)")
+  return prompts
+
+
+def progress_messages(bar):
+  """A ``say(message)`` callback advancing a progress bar by one task per message."""
+  def say(message: str) -> None:
+    bar.set_postfix_str(message[:60], refresh=False)
+    bar.update(1)
+  return say
+
+
+def int_list(text: str, name: str) -> list[int]:
+  """Comma-separated positive integers."""
+  try:
+    values = [int(v) for v in text.split(",") if v.strip()]
+  except ValueError:
+    raise ValueError(f"{name}: expected comma-separated integers, got {text!r}") from None
+  if not values or min(values) < 1:
+    raise ValueError(f"{name}: expected positive integers, got {text!r}")
+  return values
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def demo(args) -> int:
+  """The main job: the scheduler comparison on an embedded model (`olss_jax._src.demo`)."""
+  from olss_jax._src import demo as demo_lib  # pylint: disable=import-outside-toplevel
+  return int(demo_lib.main(args) or 0)
+
+
+def collect(args) -> int:
+  """The teacher into a resumable store (`collect_embedded_to_directory` / `collect_sd_to_directory`)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from olss_jax import stable_diffusion, store  # pylint: disable=import-outside-toplevel
+  from olss_jax._src import progress  # pylint: disable=import-outside-toplevel
+
+  for name, value in (("--num-images", args.num_images), ("--chunk-size", args.chunk_size),
+                      ("--teacher-steps", args.teacher_steps)):
+    if value < 1:
+      raise ValueError(f"{name}: expected a positive integer, got {value}")
+  num_chunks = -(-args.num_images // args.chunk_size)
+  total = num_chunks * args.teacher_steps
+  t0 = time.perf_counter()
+  with progress.progress_bar(total, f"teacher ({args.teacher_steps} steps x {args.num_images} "
+                             "noises)", enabled=not args.quiet, unit="step") as bar:
+    callback = progress.store_callback(bar)
+    if is_stable_diffusion(args.model):
+      sd = load_sd(args.model)
+      info = stable_diffusion.collect_sd_to_directory(
+          args.out_dir, sd, read_prompts(args.prompts), key=jax.random.key(args.seed),
+          num_images=args.num_images, images_per_chunk=args.chunk_size,
+          num_teacher_steps=args.teacher_steps,
+          guidance_scale=7.0 if args.guidance_scale is None else args.guidance_scale,
+          height=args.height, width=args.width, steps_per_chunk=args.steps_per_chunk,
+          callback=callback)
+      name = sd.name
+    else:
+      info = store.collect_embedded_to_directory(
+          args.out_dir, args.model, num_images=args.num_images, images_per_chunk=args.chunk_size,
+          seed=args.seed, guidance_scale=args.guidance_scale,
+          num_teacher_steps=args.teacher_steps, steps_per_chunk=args.steps_per_chunk,
+          callback=callback)
+      name = store.model_record(args.out_dir)["model_name"]
+  print(f"{args.out_dir}: {num_chunks} chunks of {name} teacher trajectories "
+        f"({args.num_images} noises x {args.teacher_steps} steps); collected "
+        f"{len(info.collected) + len(info.recovered)}, already done {len(info.skipped)} "
+        f"({time.perf_counter() - t0:.1f} s)")
+  return 0
+
+
+def _load_teacher(path: str):
+  """A store or a trajectory file -> (Trajectory, schedule metadata to record)."""
+  import olss_jax as oj  # pylint: disable=import-outside-toplevel
+  from olss_jax import store  # pylint: disable=import-outside-toplevel
+  if os.path.isdir(path):
+    return store.load_store(path), store.schedule_metadata(path)
+  if os.path.exists(path):
+    meta = oj.read_metadata(path)
+    return oj.load_trajectory(path), dict(meta.get("schedule_metadata") or {})
+  raise FileNotFoundError(f"trajectories: {path!r} does not exist (expected a directory "
+                          "written by 'olss-jax collect' or a trajectory file)")
+
+
+def fit(args) -> int:
+  """A store (or trajectory file) -> a schedule file, by `fit_olss` with the method named."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import olss_jax as oj  # pylint: disable=import-outside-toplevel
+  from olss_jax import store  # pylint: disable=import-outside-toplevel
+  from olss_jax._src import progress, recipe  # pylint: disable=import-outside-toplevel
+
+  traj, meta = _load_teacher(args.trajectories)
+  oj.validation.check_num_steps(args.steps, traj.num_teacher_steps, name="--steps")
+  has_model = os.path.isdir(args.trajectories)
+  if has_model:
+    try:
+      store.model_record(args.trajectories)
+    except ValueError:
+      has_model = False
+  method = args.method or (recipe.DEFAULT_MODEL_METHOD if has_model else recipe.DEFAULT_PAPER_METHOD)
+  needs_model = method in recipe.MODEL_METHODS or args.refine
+  if needs_model and not os.path.isdir(args.trajectories):
+    raise ValueError(f"--method {method}: needs the teacher's model and conditions; pass a "
+                     "directory written by 'olss-jax collect', not a single trajectory file")
+  denoise = None
+  if needs_model:
+    sd = load_sd(args.model) if is_stable_diffusion(args.model) else None
+    denoise = store.store_denoiser(args.trajectories, sd=sd)
+  with progress.progress_bar(1, f"fit {method}, {args.steps} steps", enabled=not args.quiet,
+                             unit="fit") as bar:
+    t0 = time.perf_counter()
+    schedule = oj.fit_olss(traj, args.steps, denoise_fn=denoise, method=method,
+                           refine=args.refine)
+    bar.update(1)
+    seconds = time.perf_counter() - t0
+  schedule = schedule.with_metadata(**meta)
+  oj.save_schedule(args.output, schedule)
+  timesteps = np.asarray(schedule.timesteps)
+  errors = np.asarray(schedule.metadata["step_errors"], np.float64)
+  teacher_index = {int(t): k for k, t in enumerate(np.asarray(traj.timesteps))}
+  note = " (the uniform path beat the search)" if schedule.metadata.get(
+      "search_chose_uniform") else ""
+  print(f"{schedule.metadata['method']}: {args.steps} steps fitted on {traj.batch_size} teacher "
+        f"runs of {traj.num_teacher_steps} steps ({seconds:.1f} s){note}")
+  print(f"timesteps: {' '.join(str(int(t)) for t in timesteps)}")
+  print("step  timestep  teacher step  error (MSE per element)")
+  for i, (t, e) in enumerate(zip(timesteps, errors)):
+    print(f"{i + 1:4d}  {int(t):8d}  {teacher_index.get(int(t), -1):12d}  {e:.4e}")
+  print(f"max error {np.max(errors):.4e}; schedule written to {args.output}")
+  return 0
+
+
+def sample(args) -> int:
+  """A schedule + a model -> a PNG grid of samples."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import olss_jax as oj  # pylint: disable=import-outside-toplevel
+
+  if args.num_images < 1:
+    raise ValueError(f"--num-images: expected a positive integer, got {args.num_images}")
+  schedule = oj.load_schedule(args.schedule)
+  key = jax.random.key(args.seed)
+  if is_stable_diffusion(args.model):
+    sd = load_sd(args.model)
+    prompts = read_prompts(args.prompts, args.prompt)
+    prompts = [prompts[i % len(prompts)] for i in range(args.num_images)]
+    g = schedule.metadata.get("guidance_scale", 7.0) if args.guidance_scale is None else (
+        args.guidance_scale)
+    images = np.asarray(oj.stable_diffusion.generate(sd, schedule, prompts, key=key,
+                                                     guidance_scale=float(g)))
+  else:
+    model = oj.compare.embedded_model(args.model, guidance_scale=args.guidance_scale)
+    if args.labels is not None and model.draw_conditions(0, 1) is None:
+      raise ValueError(f"--labels: the model {model.name!r} is unconditional")
+    if args.labels is not None:
+      labels = _labels(args.labels)
+      conditions = np.asarray([labels[i % len(labels)] for i in range(args.num_images)], np.int32)
+    else:
+      conditions = model.draw_conditions(args.seed, args.num_images)
+    x_T = jax.random.normal(key, (args.num_images,) + tuple(model.sample_shape), jnp.float32)
+    oj.validation.check_schedule_compatible(
+        schedule, x_T, model_name=model.name, guidance_scale=model.guidance_scale,
+        num_train_timesteps=int(np.shape(model.alphas_cumprod)[0]))
+    images = np.asarray(jax.jit(oj.sample)(model.denoiser(conditions), schedule, x_T))
+  oj.figures.save_image_grid(images, args.output, ncols=args.columns)
+  print(f"{args.output}: {args.num_images} samples, {schedule.num_steps} steps "
+        f"({schedule.metadata.get('method', '?')})")
+  return 0
+
+
+def _labels(text: str) -> list[int]:
+  try:
+    return [int(v) for v in text.split(",")]
+  except ValueError:
+    raise ValueError(f"--labels: expected comma-separated integers, got {text!r}") from None
+
+
+def compare(args) -> int:
+  """A schedule against the chosen baselines on held-out noises (`olss_jax.compare`)."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import olss_jax as oj  # pylint: disable=import-outside-toplevel
+  from olss_jax._src import progress  # pylint: disable=import-outside-toplevel
+
+  if is_stable_diffusion(args.model):
+    raise ValueError("--model: compare runs on the embedded models (default, digits, analytic); "
+                     "for Stable Diffusion use the stable_diffusion notebook")
+  names = [n.strip() for n in args.baselines.split(",") if n.strip()] if args.baselines else []
+  unknown = [n for n in names if n not in oj.baselines.BASELINES]
+  if unknown:
+    raise ValueError(f"--baselines: unknown {unknown}; expected names from "
+                     f"{sorted(oj.baselines.BASELINES)}")
+  schedule = oj.load_schedule(args.schedule)
+  model = oj.compare.embedded_model(args.model, guidance_scale=args.guidance_scale)
+  oj.validation.check_schedule_compatible(
+      schedule, jnp.zeros((1,) + tuple(model.sample_shape)), model_name=model.name,
+      guidance_scale=model.guidance_scale,
+      num_train_timesteps=int(np.shape(model.alphas_cumprod)[0]))
+  label = f"{os.path.basename(args.schedule)} ({schedule.metadata.get('method', '?')})"
+  methods = {label: lambda ctx, n: schedule}
+  available = oj.compare.default_methods(baselines=names)
+  refit = [args.refit] if args.refit else []
+  methods.update({name: fn for name, fn in available.items() if name in names + refit})
+  with progress.progress_bar(2 + len(methods), "compare", enabled=not args.quiet,
+                             unit="task") as bar:
+    result = oj.compare.run_comparison(
+        model, steps=(schedule.num_steps,), num_fit=args.num_fit, num_eval=args.num_eval,
+        num_teacher_steps=args.teacher_steps, methods=methods, keep_samples=False,
+        progress=progress_messages(bar))
+  print(f"model {model.name}: RMSE to the {args.teacher_steps}-step teacher on {args.num_eval} "
+        f"held-out noises (mean [95% interval])")
+  print(oj.compare.format_markdown(result))
+  return 0
+
+
+def figures(args) -> int:
+  """The paper's figures as PNGs (`olss_jax.figures.paper_figures`)."""
+  import olss_jax as oj  # pylint: disable=import-outside-toplevel
+  if is_stable_diffusion(args.model):
+    raise ValueError("--model: figures run on the embedded models (default, digits, analytic)")
+  which = [w.strip() for w in args.only.split(",") if w.strip()] if args.only else list(FIGURES)
+  unknown = [w for w in which if w not in FIGURES]
+  if unknown:
+    raise ValueError(f"--only: unknown figures {unknown}; expected names from {list(FIGURES)}")
+  model = oj.compare.embedded_model(args.model, guidance_scale=args.guidance_scale)
+  written = oj.figures.paper_figures(model, args.out_dir, which=which,
+                                     steps=int_list(args.steps, "--steps"), num_fit=args.num_fit,
+                                     num_eval=args.num_eval,
+                                     num_teacher_steps=args.teacher_steps, quiet=args.quiet)
+  for path in written:
+    print(path)
+  return 0
+
+
+def warn_line(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
+  """Warnings as one ``olss-jax: warning: ...`` line on stderr."""
+  del category, filename, lineno, line
+  print(f"olss-jax: warning: {' '.join(str(message).split())}", file=file or sys.stderr)

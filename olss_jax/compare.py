@@ -1,0 +1,17 @@
+"""Held-out comparison of schedulers against the teacher (the paper's Table 1 / Figure 4 protocol)."""
+from olss_jax._src.compare import (
+    Comparison,
+    ComparisonModel,
+    FitContext,
+    default_methods,
+    draw_noises,
+    format_markdown,
+    mean_interval,
+    per_sample_rmse,
+    run_comparison,
+)
+from olss_jax._src.embedded import EMBEDDED_MODELS, embedded_model
+
+__all__ = ["Comparison", "ComparisonModel", "EMBEDDED_MODELS", "FitContext", "default_methods",
+           "draw_noises", "embedded_model", "format_markdown", "mean_interval",
+           "per_sample_rmse", "run_comparison"]
