@@ -15,5 +15,5 @@ def max_rel_err(ours, ref) -> float:
 
 def mixture_denoiser_float64(alphas, *shape_args):
   """The exact mixture model; under `jax.enable_x64` it computes in float64."""
-  mixture = oj.make_gaussian_mixture(jax.random.PRNGKey(MIXTURE_SEED), *shape_args)
-  return oj.mixture_denoiser(mixture, alphas)
+  mixture = oj.analytic.make_gaussian_mixture(jax.random.PRNGKey(MIXTURE_SEED), *shape_args)
+  return oj.analytic.mixture_denoiser(mixture, alphas)

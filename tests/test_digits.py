@@ -1,6 +1,8 @@
 """The shipped digits models: loading, the guided denoiser, the classifier and the Frechet distance."""
 from __future__ import annotations
 
+import importlib.resources
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -26,12 +28,12 @@ TEACHER_MIN_CLASS_ACCURACY = 0.75
 
 @pytest.fixture(scope="module")
 def model():
-  return oj.load_digits_model()
+  return oj.digits.load_digits_model()
 
 
 @pytest.fixture(scope="module")
 def classifier():
-  return oj.load_digits_classifier()
+  return oj.digits.load_digits_classifier()
 
 
 def test_load_model_fields(model):
@@ -49,9 +51,9 @@ def test_load_model_fields(model):
 
 
 def test_dataset_splits():
-  x_tr, y_tr = oj.load_digits_dataset("train")
-  x_te, y_te = oj.load_digits_dataset("test")
-  x_all, _ = oj.load_digits_dataset("all")
+  x_tr, y_tr = oj.digits.load_digits_dataset("train")
+  x_te, y_te = oj.digits.load_digits_dataset("test")
+  x_all, _ = oj.digits.load_digits_dataset("all")
   chex.assert_shape(x_tr, (1437, 1, 8, 8))
   chex.assert_shape(x_te, (360, 1, 8, 8))
   chex.assert_shape(x_all, (1797, 1, 8, 8))
@@ -61,13 +63,13 @@ def test_dataset_splits():
   train_rows = {(r.tobytes(), int(y)) for r, y in zip(x_tr, y_tr)}
   assert sum((r.tobytes(), int(y)) in train_rows for r, y in zip(x_te, y_te)) < 5  # sklearn has a few duplicates
   with pytest.raises(ValueError, match="split"):
-    oj.load_digits_dataset("validation")
+    oj.digits.load_digits_dataset("validation")
 
 
 def test_images_to_uint8_and_grid():
   x = np.array([[[[-1.0, 0.0], [1.0, 2.0]]]])  # (1, 1, 2, 2)
-  np.testing.assert_array_equal(oj.images_to_uint8(x), [[[0, 128], [255, 255]]])
-  grid = oj.images_to_grid(np.zeros((5, 1, 8, 8)), ncols=3, pad=1)
+  np.testing.assert_array_equal(oj.digits.images_to_uint8(x), [[[0, 128], [255, 255]]])
+  grid = oj.digits.images_to_grid(np.zeros((5, 1, 8, 8)), ncols=3, pad=1)
   chex.assert_shape(grid, (2 * 9 + 1, 3 * 9 + 1))
   assert grid.dtype == np.uint8
 
@@ -107,7 +109,7 @@ def test_denoiser_params_and_labels_are_traced(model):
 
   out_a = call(model.denoiser(jnp.array([1, 2]), guidance_scale=2.0), x)
   other = jax.tree_util.tree_map(lambda a: a * 1.01, model.params)
-  out_b = call(oj.DigitsModel(other, model.config).denoiser(jnp.array([1, 2]), guidance_scale=2.0), x)
+  out_b = call(oj.digits.DigitsModel(other, model.config).denoiser(jnp.array([1, 2]), guidance_scale=2.0), x)
   out_c = call(model.denoiser(jnp.array([5, 9]), guidance_scale=4.0), x)  # labels, g traced too
   assert not np.allclose(out_a, out_b)
   assert not np.allclose(out_a, out_c)
@@ -125,7 +127,7 @@ def test_denoiser_bad_input(model):
 
 
 def test_classifier_held_out_accuracy(classifier):
-  x, y = oj.load_digits_dataset("test")
+  x, y = oj.digits.load_digits_dataset("test")
   acc = float(np.mean(np.asarray(classifier.predict(x)) == y))
   assert acc >= CLASSIFIER_MIN_TEST_ACCURACY, acc
   assert abs(acc - classifier.config["test_accuracy"]) < 1e-6
@@ -178,11 +180,11 @@ def test_frechet_distance_known_gaussians():
     return mu + z * np.sqrt(var)
   mu_a, var_a = np.array([0.0, 1.0, 2.0, -1.0]), np.array([1.0, 2.0, 0.5, 3.0])
   mu_b, var_b = np.array([0.5, 1.0, 0.0, 0.0]), np.array([4.0, 2.0, 1.0, 0.1])
-  d = oj.frechet_distance(exact_set(mu_a, var_a), exact_set(mu_b, var_b, n=50))
+  d = oj.digits.frechet_distance(exact_set(mu_a, var_a), exact_set(mu_b, var_b, n=50))
   expected = np.sum((mu_a - mu_b) ** 2) + np.sum((np.sqrt(var_a) - np.sqrt(var_b)) ** 2)
   np.testing.assert_allclose(d, expected, rtol=1e-9)
   same = exact_set(mu_a, var_a)
-  assert abs(oj.frechet_distance(same, same)) < 1e-9
+  assert abs(oj.digits.frechet_distance(same, same)) < 1e-9
 
 
 def test_frechet_distance_matches_scipy_sqrtm():
@@ -195,16 +197,34 @@ def test_frechet_distance_matches_scipy_sqrtm():
   covmean = scipy_linalg.sqrtm(sa @ sb).real
   expected = (np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(sa) + np.trace(sb)
               - 2 * np.trace(covmean))
-  np.testing.assert_allclose(oj.frechet_distance(a, b), expected, rtol=1e-8)
+  np.testing.assert_allclose(oj.digits.frechet_distance(a, b), expected, rtol=1e-8)
 
 
 def test_frechet_distance_bad_input():
   with pytest.raises(ValueError, match="features_b"):
-    oj.frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
+    oj.digits.frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
   with pytest.raises(ValueError, match="features_a"):
-    oj.frechet_distance(np.zeros((1, 3)), np.zeros((5, 3)))
+    oj.digits.frechet_distance(np.zeros((1, 3)), np.zeros((5, 3)))
   with pytest.raises(ValueError, match="features_a"):
-    oj.frechet_distance(np.full((3, 2), np.nan), np.zeros((5, 2)))
+    oj.digits.frechet_distance(np.full((3, 2), np.nan), np.zeros((5, 2)))
+
+
+@pytest.mark.slow
+def test_training_the_classifier_reproduces_the_shipped_asset(tmp_path):
+  """The full classifier recipe (44 s) writes the shipped weights byte for byte."""
+  from olss_jax._src.digits import train  # pylint: disable=import-outside-toplevel
+  train.train_classifier(out_dir=tmp_path, log=lambda *a, **k: None)
+  shipped = importlib.resources.files("olss_jax").joinpath("assets", "digits_classifier.msgpack")
+  assert (tmp_path / "digits_classifier.msgpack").read_bytes() == shipped.read_bytes()
+
+
+@pytest.mark.slow
+def test_training_the_unet_reproduces_the_shipped_asset(tmp_path):
+  """The full UNet recipe (about 11 minutes on 2 cores) writes the shipped weights byte for byte."""
+  from olss_jax._src.digits import train  # pylint: disable=import-outside-toplevel
+  train.train_unet(out_dir=tmp_path, log=lambda *a, **k: None)
+  shipped = importlib.resources.files("olss_jax").joinpath("assets", "digits_unet.msgpack")
+  assert (tmp_path / "digits_unet.msgpack").read_bytes() == shipped.read_bytes()
 
 
 @pytest.mark.slow
@@ -218,7 +238,7 @@ def test_training_is_deterministic(tmp_path):
     train.train_unet(out_dir=tmp_path / run, log=quiet, steps=3, warmup_steps=1)
   for name in ("digits_classifier.msgpack", "digits_unet.msgpack"):
     assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
-  loaded = oj.load_digits_model(tmp_path / "a" / "digits_unet.msgpack")
+  loaded = oj.digits.load_digits_model(tmp_path / "a" / "digits_unet.msgpack")
   assert loaded.config["recipe"]["steps"] == 3
 
 
@@ -227,7 +247,7 @@ def test_no_deprecation_notice_reaches_the_user():
   import subprocess
   import sys
   code = ("import numpy as np, jax, olss_jax as oj\n"
-          "m = oj.load_digits_model()\n"
+          "m = oj.digits.load_digits_model()\n"
           "f = m.denoiser(np.arange(2), guidance_scale=2.0)\n"
           "print(f(jax.numpy.zeros((2,) + m.sample_shape), 10).shape)\n")
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

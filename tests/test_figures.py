@@ -32,7 +32,7 @@ def traj(model):
 
 
 def test_correlation_matrix_is_a_correlation(traj):
-  corr, steps = oj.correlation_matrix(traj, num_points=5)
+  corr, steps = oj.figures.correlation_matrix(traj, num_points=5)
   assert corr.shape == (2 * steps.size, 2 * steps.size)
   np.testing.assert_allclose(np.diag(corr), 1.0, atol=1e-6)
   np.testing.assert_allclose(corr, corr.T, atol=1e-12)
@@ -44,21 +44,21 @@ def test_correlation_matrix_is_a_correlation(traj):
 
 def test_correlation_figure_png(traj, tmp_path):
   path = tmp_path / "corr.png"
-  oj.correlation_figure(traj, num_points=8, path=path, figsize=(4, 3), dpi=50)
+  oj.figures.correlation_figure(traj, num_points=8, path=path, figsize=(4, 3), dpi=50)
   assert _png_size(path) == (200, 150)
   assert path.stat().st_size > 1000
 
 
 def test_generation_paths_figure_png(model, traj, tmp_path):
   denoise = model.denoiser(None)
-  sched = oj.ddim_schedule(model.alphas_cumprod, [999, 500, 0])
-  _, hist = oj.sample(denoise, sched, traj.x_T, return_history=True)
+  sched = oj.baselines.ddim_schedule(model.alphas_cumprod, [999, 500, 0])
+  hist = oj.sample_states(denoise, sched, traj.x_T)
   path = tmp_path / "paths.png"
-  oj.generation_paths_figure({"ddim": hist}, traj.states, samples=(0, 1), path=path,
+  oj.figures.generation_paths_figure({"ddim": hist}, traj.states, samples=(0, 1), path=path,
                              figsize=(6, 3), dpi=40)
   assert _png_size(path) == (240, 120)
   with pytest.raises(ValueError, match="histories"):
-    oj.generation_paths_figure({}, traj.states)
+    oj.figures.generation_paths_figure({}, traj.states)
 
 
 def test_error_vs_steps_figure_png(tmp_path):
@@ -67,17 +67,17 @@ def test_error_vs_steps_figure_png(tmp_path):
   comparison = compare.Comparison(rows=rows, schedules={}, samples={}, eval_conditions=None,
                                   info={})
   path = tmp_path / "errors.png"
-  oj.error_vs_steps_figure(comparison, path=path, figsize=(5, 4), dpi=30)
+  oj.figures.error_vs_steps_figure(comparison, path=path, figsize=(5, 4), dpi=30)
   assert _png_size(path) == (150, 120)
   with pytest.raises(ValueError, match="metric"):
-    oj.error_vs_steps_figure(rows, metric="fid")
+    oj.figures.error_vs_steps_figure(rows, metric="fid")
 
 
 def test_weights_figure_png(model, traj, tmp_path):
-  fitted = oj.fit_weights(traj, oj.uniform_path(traj, 4))
-  ddim = oj.ddim_baseline_schedule(model.alphas_cumprod, 4)
+  fitted, _ = oj.fit_weights(traj, oj.uniform_path(traj, 4))
+  ddim = oj.baselines.ddim_baseline_schedule(model.alphas_cumprod, 4)
   path = tmp_path / "weights.png"
-  oj.weights_figure({"olss": fitted, "ddim": ddim}, path=path, figsize=(6, 3), dpi=40)
+  oj.figures.weights_figure({"olss": fitted, "ddim": ddim}, path=path, figsize=(6, 3), dpi=40)
   assert _png_size(path) == (240, 120)
 
 
@@ -85,25 +85,25 @@ def test_image_grid_figure_and_mosaic(tmp_path):
   rng = np.random.default_rng(0)
   rows = {"teacher": rng.uniform(-1, 1, (4, 1, 8, 8)), "olss": rng.uniform(-1, 1, (4, 1, 8, 8))}
   path = tmp_path / "grid.png"
-  oj.image_grid_figure(rows, path=path, cell_inches=0.5, dpi=40)
+  oj.figures.image_grid_figure(rows, path=path, cell_inches=0.5, dpi=40)
   width, height = _png_size(path)
   assert (width, height) == (round((4 + 1.4) * 0.5 * 40), round((2 + 0.5) * 0.5 * 40))
   mosaic = tmp_path / "mosaic.png"
-  grid = oj.save_image_grid(rng.uniform(-1, 1, (5, 1, 8, 8)), mosaic, ncols=3, scale=2)
+  grid = oj.figures.save_image_grid(rng.uniform(-1, 1, (5, 1, 8, 8)), mosaic, ncols=3, scale=2)
   assert _png_size(mosaic) == (grid.shape[1], grid.shape[0]) == ((3 * 9 + 1) * 2, (2 * 9 + 1) * 2)
-  rgb = oj.to_display_images(np.zeros((2, 16, 16, 3), np.uint8))
+  rgb = oj.figures.to_display_images(np.zeros((2, 16, 16, 3), np.uint8))
   assert rgb.shape == (2, 16, 16, 3) and rgb.max() == 0
-  vectors = oj.to_display_images(np.arange(10.0).reshape(2, 5))
+  vectors = oj.figures.to_display_images(np.arange(10.0).reshape(2, 5))
   assert vectors.shape == (2, 3, 3) and vectors.max() == 1.0
 
 
 def test_bad_inputs_name_the_argument(tmp_path):
   with pytest.raises(ValueError, match="images"):
-    oj.to_display_images(np.zeros(3))
+    oj.figures.to_display_images(np.zeros(3))
   with pytest.raises(ValueError, match="ncols"):
-    oj.save_image_grid(np.zeros((2, 4)), tmp_path / "x.png", ncols=0)
+    oj.figures.save_image_grid(np.zeros((2, 4)), tmp_path / "x.png", ncols=0)
   with pytest.raises(ValueError, match="rows"):
-    oj.image_grid_figure({})
+    oj.figures.image_grid_figure({})
 
 
 def test_paths_figure_draws_held_out_noises_and_their_teacher(model, tmp_path, monkeypatch):

@@ -1,8 +1,8 @@
 """Stable Diffusion end to end on a tiny random pipeline, checked against diffusers itself.
 
-The pipeline is built here (random weights, tiny UNet / VAE / CLIP configs, a tokenizer from a
-vocabulary written by the test), saved with diffusers' ``save_pretrained`` and loaded back
-through `olss_jax.load_stable_diffusion`, the path a user takes. The ground truth for
+The pipeline is the library's tiny one (`olss_jax.stable_diffusion.save_tiny_stable_diffusion`:
+random weights, tiny UNet / VAE / CLIP configs), written by diffusers' own ``save_pretrained``
+and loaded back through `load_stable_diffusion`, the path a user takes. The ground truth for
 generation is diffusers' own `FlaxStableDiffusionPipeline` with `FlaxDDIMScheduler`.
 """
 import importlib.util
@@ -20,12 +20,10 @@ from flax import serialization
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 import olss_jax as oj
-from olss_jax._src import tiny_pipeline
-from olss_jax._src import io as io_lib
 from olss_jax._src.stable_diffusion import generate as generate_lib
 
-# Final latents of diffusers' pipeline vs ours (float32): the issue's bound.
-LATENT_ATOL = {jnp.float32: 1e-4}
+# Final latents of diffusers' pipeline vs ours (float32; latents up to 32): measured 2.56e-5.
+LATENT_ATOL = {jnp.float32: 3e-5}
 # The same arithmetic in another order (denoiser vs a hand-written closed form).
 EPS_RTOL = {jnp.float32: 1e-5, jnp.float64: 1e-12}
 # Eq. 12 solved through the float64 Gram vs by Householder QR (issue 6's 1e-6 requirement).
@@ -35,60 +33,7 @@ BF16_REL = 0.1
 
 PROMPTS = ["a cat", "the dog"]
 NUM_STEPS = 10
-SEQ_LEN = 16
-VOCAB = (["<|startoftext|>", "<|endoftext|>", "<unk>"] + list("abcdefghijklmnopqrstuvwxyz")
-         + [c + "</w>" for c in "abcdefghijklmnopqrstuvwxyz"]
-         + ["ca", "do", "th", "cat</w>", "dog</w>", "the</w>"])
-MERGES = ["#version: 0.2", "c a", "d o", "t h", "ca t</w>", "do g</w>", "th e</w>"]
-
-
-# Random weights of a shape tree, scaled so activations stay O(1) (shared with the notebook).
-_random_params = tiny_pipeline._random_params  # pylint: disable=protected-access
-
-
-def _build_tiny_pipeline(directory, prediction_type="epsilon"):
-  """Saves a tiny random Flax Stable Diffusion with diffusers' own `save_pretrained`."""
-  from diffusers import (FlaxAutoencoderKL, FlaxDDIMScheduler, FlaxStableDiffusionPipeline,
-                         FlaxUNet2DConditionModel)
-  from transformers import CLIPTextConfig, CLIPTokenizer, FlaxCLIPTextModel
-  vocab_dir = os.path.join(directory, "_vocab")
-  os.makedirs(vocab_dir, exist_ok=True)
-  with open(os.path.join(vocab_dir, "vocab.json"), "w") as f:
-    json.dump({token: i for i, token in enumerate(VOCAB)}, f)
-  with open(os.path.join(vocab_dir, "merges.txt"), "w") as f:
-    f.write("\n".join(MERGES) + "\n")
-  tokenizer = CLIPTokenizer(os.path.join(vocab_dir, "vocab.json"),
-                            os.path.join(vocab_dir, "merges.txt"), model_max_length=SEQ_LEN)
-  unet = FlaxUNet2DConditionModel(
-      sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32,), layers_per_block=1,
-      down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
-      cross_attention_dim=32, attention_head_dim=8)
-  vae = FlaxAutoencoderKL(
-      in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-      up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 32), latent_channels=4,
-      sample_size=16)
-  text_encoder = FlaxCLIPTextModel(
-      CLIPTextConfig(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=37,
-                     num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=SEQ_LEN,
-                     bos_token_id=0, eos_token_id=1, pad_token_id=1), _do_init=False)
-  # Stable Diffusion's own scheduler settings.
-  scheduler = FlaxDDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                                prediction_type=prediction_type)
-  key = jax.random.PRNGKey(0)
-  params = {
-      "unet": _random_params(jax.eval_shape(unet.init_weights, key), 1),
-      "vae": _random_params(jax.eval_shape(vae.init_weights, key), 2),
-      "text_encoder": _random_params(
-          jax.eval_shape(lambda k: text_encoder.init_weights(k, (1, SEQ_LEN)), key), 3),
-      "scheduler": scheduler.create_state(),
-  }
-  pipeline = FlaxStableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                         unet=unet, scheduler=scheduler, safety_checker=None,
-                                         feature_extractor=None)
-  pipeline.save_pretrained(directory, params=params)
-  shutil.rmtree(vocab_dir)
-  return directory
+SEQ_LEN = 16  # the tiny pipeline's tokenizer length
 
 
 def _with_prediction_type(src, dst, prediction_type):
@@ -105,12 +50,12 @@ def _with_prediction_type(src, dst, prediction_type):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-  return _build_tiny_pipeline(str(tmp_path_factory.mktemp("sd") / "tiny-sd"))
+  return oj.stable_diffusion.save_tiny_stable_diffusion(tmp_path_factory.mktemp("sd") / "tiny-sd")
 
 
 @pytest.fixture(scope="module")
 def sd(tiny_dir):
-  return oj.load_stable_diffusion(tiny_dir)
+  return oj.stable_diffusion.load_stable_diffusion(tiny_dir)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +67,7 @@ def tiny_v_dir(tiny_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sd_v(tiny_v_dir):
-  return oj.load_stable_diffusion(tiny_v_dir)
+  return oj.stable_diffusion.load_stable_diffusion(tiny_v_dir)
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +92,8 @@ def _eval_latents(sd, seed):
 
 def _ddim(sd, num_steps, **meta):
   noise = sd.info.noise
-  return oj.ddim_schedule(sd.alphas_cumprod,
-                          oj.ddim_timesteps(num_steps, steps_offset=noise.steps_offset),
+  return oj.baselines.ddim_schedule(sd.alphas_cumprod,
+                          oj.baselines.ddim_timesteps(num_steps, steps_offset=noise.steps_offset),
                           final_alpha_cumprod=noise.final_alpha_cumprod, metadata=meta)
 
 
@@ -219,7 +164,7 @@ def test_noise_config_rejects_unsupported():
 # --- loading ------------------------------------------------------------------------------
 
 def test_load_reads_the_directory(sd, tiny_dir):
-  assert isinstance(sd, oj.StableDiffusion)
+  assert isinstance(sd, oj.stable_diffusion.StableDiffusion)
   assert sd.name == "tiny-sd" and sd.info.path == os.path.abspath(tiny_dir)
   assert sd.prediction_type == "epsilon"
   assert sd.info.noise.steps_offset == 1
@@ -236,13 +181,13 @@ def test_load_reads_the_directory(sd, tiny_dir):
 def test_missing_directory_and_files(tmp_path, tiny_dir):
   missing = tmp_path / "nowhere"
   with pytest.raises(FileNotFoundError, match="nowhere.*does not exist"):
-    oj.load_stable_diffusion(missing)
+    oj.stable_diffusion.load_stable_diffusion(missing)
   broken = tmp_path / "broken"
   shutil.copytree(tiny_dir, broken)
   os.remove(broken / "unet" / "config.json")
   os.remove(broken / "tokenizer" / "merges.txt")
   with pytest.raises(FileNotFoundError) as err:
-    oj.load_stable_diffusion(broken)
+    oj.stable_diffusion.load_stable_diffusion(broken)
   message = str(err.value)
   assert str(broken) in message and "unet/config.json" in message
   assert "tokenizer/merges.txt" in message and "vae/" not in message
@@ -251,9 +196,9 @@ def test_missing_directory_and_files(tmp_path, tiny_dir):
   os.remove(torch_only / "vae" / "diffusion_flax_model.msgpack")
   (torch_only / "vae" / "diffusion_pytorch_model.bin").write_bytes(b"")
   with pytest.raises(FileNotFoundError, match="vae/diffusion_flax_model.msgpack.*PyTorch"):
-    oj.load_stable_diffusion(torch_only)
+    oj.stable_diffusion.load_stable_diffusion(torch_only)
   with pytest.raises(TypeError, match="dtype"):
-    oj.load_stable_diffusion(tiny_dir, dtype=jnp.int32)
+    oj.stable_diffusion.load_stable_diffusion(tiny_dir, dtype=jnp.int32)
 
 
 def test_incomplete_weights(tmp_path, tiny_dir):
@@ -265,7 +210,7 @@ def test_incomplete_weights(tmp_path, tiny_dir):
   del flat[dropped]
   weights.write_bytes(serialization.msgpack_serialize(unflatten_dict(flat)))
   with pytest.raises(ValueError, match=f"lacks 1 parameters.*{'/'.join(dropped)}"):
-    oj.load_stable_diffusion(cut)
+    oj.stable_diffusion.load_stable_diffusion(cut)
 
 
 # --- generation against diffusers -----------------------------------------------------------
@@ -274,7 +219,7 @@ def test_ddim_generation_matches_diffusers_pipeline(sd, tiny_dir, traced_generat
   del traced_generate
   latents = _eval_latents(sd, 5)
   reference = _diffusers_latents(tiny_dir, PROMPTS, latents, NUM_STEPS, 7.0)
-  images, final = oj.generate(sd, _ddim(sd, NUM_STEPS), PROMPTS, latents=latents,
+  images, final = oj.stable_diffusion.generate(sd, _ddim(sd, NUM_STEPS), PROMPTS, latents=latents,
                               guidance_scale=7.0, return_latents=True)
   chex.assert_shape(images, (2, 16, 16, 3))
   assert images.dtype == jnp.uint8
@@ -283,17 +228,16 @@ def test_ddim_generation_matches_diffusers_pipeline(sd, tiny_dir, traced_generat
   print(f"max |ours - diffusers| = {error:.3g} (latents up to {np.max(np.abs(reference)):.3g})")
   assert error <= LATENT_ATOL[jnp.float32]
   # The decode is diffusers' formula on the same VAE.
-  expected = oj.decode_latents(sd, jnp.asarray(reference))
+  expected = oj.stable_diffusion.decode_latents(sd, jnp.asarray(reference))
   assert np.max(np.abs(np.asarray(images, int) - np.asarray(expected, int))) <= 1
 
 
-@pytest.mark.slow
 def test_v_prediction_generation_matches_diffusers_pipeline(tiny_dir, tmp_path):
   v_dir = _with_prediction_type(tiny_dir, str(tmp_path / "tiny-v"), "v_prediction")
-  sd_v = oj.load_stable_diffusion(v_dir)
+  sd_v = oj.stable_diffusion.load_stable_diffusion(v_dir)
   latents = _eval_latents(sd_v, 6)
   reference = _diffusers_latents(v_dir, PROMPTS, latents, NUM_STEPS, 7.0)
-  _, final = oj.generate(sd_v, _ddim(sd_v, NUM_STEPS), PROMPTS, latents=latents,
+  _, final = oj.stable_diffusion.generate(sd_v, _ddim(sd_v, NUM_STEPS), PROMPTS, latents=latents,
                          guidance_scale=7.0, return_latents=True)
   assert float(np.max(np.abs(np.asarray(final) - reference))) <= LATENT_ATOL[jnp.float32]
 
@@ -302,11 +246,11 @@ def test_no_recompilation_across_schedules(sd, traced_generate):
   del traced_generate
   latents = _eval_latents(sd, 7)
   ddim = _ddim(sd, NUM_STEPS)
-  other = oj.ddim_schedule(sd.alphas_cumprod, np.linspace(961, 1, NUM_STEPS).astype(np.int32),
+  other = oj.baselines.ddim_schedule(sd.alphas_cumprod, np.linspace(961, 1, NUM_STEPS).astype(np.int32),
                            final_alpha_cumprod=sd.info.noise.final_alpha_cumprod)
-  first = oj.generate(sd, ddim, PROMPTS, latents=latents, return_latents=True)[1]
-  second = oj.generate(sd, other, PROMPTS, latents=latents, return_latents=True)[1]
-  third = oj.generate(sd, ddim, PROMPTS, latents=latents, guidance_scale=3.0,
+  first = oj.stable_diffusion.generate(sd, ddim, PROMPTS, latents=latents, return_latents=True)[1]
+  second = oj.stable_diffusion.generate(sd, other, PROMPTS, latents=latents, return_latents=True)[1]
+  third = oj.stable_diffusion.generate(sd, ddim, PROMPTS, latents=latents, guidance_scale=3.0,
                       return_latents=True)[1]
   # Traced, not baked in: each schedule and guidance scale changes the result.
   assert not np.allclose(first, second) and not np.allclose(first, third)
@@ -323,13 +267,13 @@ def test_prediction_to_epsilon_closed_form(dtype):
     ab = jnp.asarray([0.0047, 0.5, 0.999], dtype)[:, None, None, None]  # one per sample
     x_t = jnp.sqrt(ab) * x0 + jnp.sqrt(1 - ab) * eps
     v = jnp.sqrt(ab) * eps - jnp.sqrt(1 - ab) * x0
-    for fn in (oj.prediction_to_epsilon, jax.jit(oj.prediction_to_epsilon, static_argnums=3)):
+    for fn in (oj.stable_diffusion.prediction_to_epsilon, jax.jit(oj.stable_diffusion.prediction_to_epsilon, static_argnums=3)):
       got = fn(v, x_t, ab, "v_prediction")
       assert got.dtype == dtype
       chex.assert_trees_all_close(got, eps, rtol=EPS_RTOL[dtype], atol=EPS_RTOL[dtype])
       chex.assert_trees_all_equal(fn(eps, x_t, ab, "epsilon"), eps)
     with pytest.raises(ValueError, match="prediction_type"):
-      oj.prediction_to_epsilon(eps, x_t, ab, "sample")
+      oj.stable_diffusion.prediction_to_epsilon(eps, x_t, ab, "sample")
 
 
 def test_v_prediction_denoiser_against_closed_form(sd, sd_v):
@@ -339,11 +283,13 @@ def test_v_prediction_denoiser_against_closed_form(sd, sd_v):
   output v unchanged.
   """
   assert sd_v.prediction_type == "v_prediction"
-  embeds, negative = sd.encode_prompts(PROMPTS, negative_prompts="dog")
+  embeds, negative = oj.stable_diffusion.encode_prompts(sd, PROMPTS, negative_prompts="dog")
   x = _eval_latents(sd, 8)
   t, g = 741, 5.0
-  denoise_v = sd_v.denoiser(embeds, guidance_scale=g, negative_embeds=negative)
-  denoise_raw = sd.denoiser(embeds, guidance_scale=g, negative_embeds=negative)
+  denoise_v = oj.stable_diffusion.sd_denoiser(sd_v, embeds, guidance_scale=g,
+                                              negative_embeds=negative)
+  denoise_raw = oj.stable_diffusion.sd_denoiser(sd, embeds, guidance_scale=g,
+                                                negative_embeds=negative)
   assert isinstance(denoise_v, jax.tree_util.Partial)
   # The UNet parameters are leaves of the denoiser: traced under jit, never constants.
   assert any(leaf is sd_v.params["unet"]["conv_in"]["kernel"]
@@ -358,12 +304,13 @@ def test_v_prediction_denoiser_against_closed_form(sd, sd_v):
 
 
 def test_bfloat16_params_run(sd, tiny_dir):
-  sd16 = oj.load_stable_diffusion(tiny_dir, dtype=jnp.bfloat16)
+  sd16 = oj.stable_diffusion.load_stable_diffusion(tiny_dir, dtype=jnp.bfloat16)
   assert sd16.info.dtype == "bfloat16"
   assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree_util.tree_leaves(sd16.params))
   x = _eval_latents(sd, 9)
-  denoise16 = sd16.denoiser(sd16.encode_prompts(PROMPTS)[0])
-  denoise32 = sd.denoiser(sd.encode_prompts(PROMPTS)[0])
+  denoise16 = oj.stable_diffusion.sd_denoiser(
+      sd16, oj.stable_diffusion.encode_prompts(sd16, PROMPTS)[0])
+  denoise32 = oj.stable_diffusion.sd_denoiser(sd, oj.stable_diffusion.encode_prompts(sd, PROMPTS)[0])
   eps16, eps32 = jax.jit(lambda a, b: (a(x, jnp.int32(500)), b(x, jnp.int32(500))))(denoise16,
                                                                                   denoise32)
   assert eps16.dtype == jnp.float32 and eps16.shape == x.shape
@@ -386,25 +333,26 @@ def test_collect_search_fit_generate_roundtrip(sd_v, tmp_path):
   sd = sd_v
   teacher_steps = 50
   done = []
-  teacher = oj.collect_sd_trajectory(
+  teacher = oj.stable_diffusion.collect_sd_trajectory(
       sd, PROMPTS, key=jax.random.PRNGKey(1), num_images=4, num_teacher_steps=teacher_steps,
       images_per_chunk=2, steps_per_chunk=25, callback=lambda d, total: done.append((d, total)))
   traj = teacher.trajectory
   assert traj.model_outputs.shape == (teacher_steps, 4, 4, 8, 8)
   assert isinstance(traj.model_outputs, np.ndarray) and traj.model_outputs.dtype == np.float32
   assert done[-1] == (4 * teacher_steps, 4 * teacher_steps)
-  np.testing.assert_array_equal(traj.timesteps, oj.ddim_timesteps(teacher_steps, steps_offset=1))
+  np.testing.assert_array_equal(traj.timesteps, oj.baselines.ddim_timesteps(teacher_steps, steps_offset=1))
   np.testing.assert_allclose(traj.alphas[-1], sd.alphas_cumprod[0])  # set_alpha_to_one=False
   chex.assert_tree_all_finite(traj.model_outputs)
   # The second image chunk (prompts cycled: "a cat", "the dog") is the plain core teacher.
-  embeds, negative = sd.encode_prompts(PROMPTS)
-  direct = oj.collect_trajectory(sd.denoiser(embeds, negative_embeds=negative), traj.x_T[2:],
+  embeds, negative = oj.stable_diffusion.encode_prompts(sd, PROMPTS)
+  direct = oj.collect_trajectory(oj.stable_diffusion.sd_denoiser(sd, embeds, negative_embeds=negative),
+                                 traj.x_T[2:],
                                  sd.alphas_cumprod, teacher_steps, steps_offset=1,
                                  final_alpha_cumprod=sd.info.noise.final_alpha_cumprod,
                                  steps_per_chunk=25)
   np.testing.assert_array_equal(direct.model_outputs, traj.model_outputs[:, 2:])
 
-  schedule = oj.fit_sd_schedule(teacher, NUM_STEPS)
+  schedule = oj.stable_diffusion.fit_sd_schedule(teacher, NUM_STEPS)
   meta = schedule.metadata
   assert meta["model"] == sd.name and meta["guidance_scale"] == 7.0
   assert meta["resolution"] == [16, 16] and meta["prediction_type"] == "v_prediction"
@@ -413,37 +361,35 @@ def test_collect_search_fit_generate_roundtrip(sd_v, tmp_path):
 
   # Evaluation noises are disjoint from the fitting ones (another seed).
   latents = _eval_latents(sd, 11)
-  images, final = oj.generate(sd, schedule, PROMPTS, latents=latents, return_latents=True)
+  images, final = oj.stable_diffusion.generate(sd, schedule, PROMPTS, latents=latents, return_latents=True)
   chex.assert_shape(images, (2, 16, 16, 3))
   assert images.dtype == jnp.uint8
   chex.assert_tree_all_finite(final)
 
   # OLSS beats DDIM with as many steps at reproducing the teacher, off the fitting set.
-  target = oj.collect_sd_trajectory(sd, PROMPTS, latents=latents,
+  target = oj.stable_diffusion.collect_sd_trajectory(sd, PROMPTS, latents=latents,
                                     num_teacher_steps=teacher_steps,
                                     steps_per_chunk=25).trajectory.states[-1]
-  ddim_final = oj.generate(sd, _ddim(sd, NUM_STEPS), PROMPTS, latents=latents,
+  ddim_final = oj.stable_diffusion.generate(sd, _ddim(sd, NUM_STEPS), PROMPTS, latents=latents,
                            return_latents=True)[1]
   olss_mse = float(jnp.mean((final - target) ** 2))
   ddim_mse = float(jnp.mean((ddim_final - target) ** 2))
   print(f"held-out MSE to the {teacher_steps}-step teacher (latent variance "
         f"{float(jnp.var(target)):.3g}): OLSS {olss_mse:.3g}, DDIM {ddim_mse:.3g}")
-  assert olss_mse < ddim_mse
+  assert olss_mse < ddim_mse / 5  # measured 10.8x
 
-  save_schedule = getattr(oj, "save_schedule", io_lib.save_schedule)
-  load_schedule = getattr(oj, "load_schedule", io_lib.load_schedule)
-  save_schedule(tmp_path / "sd.olss", schedule)
-  reloaded = load_schedule(tmp_path / "sd.olss")
+  oj.save_schedule(tmp_path / "sd.safetensors", schedule)
+  reloaded = oj.load_schedule(tmp_path / "sd.safetensors")
   assert reloaded.metadata == schedule.metadata
   with warnings.catch_warnings():
     warnings.simplefilter("error", oj.ScheduleMismatchWarning)
-    again, final_again = oj.generate(sd, reloaded, PROMPTS, latents=latents,
+    again, final_again = oj.stable_diffusion.generate(sd, reloaded, PROMPTS, latents=latents,
                                      return_latents=True)
   np.testing.assert_array_equal(again, images)
   np.testing.assert_array_equal(final_again, final)
 
   # OLSS-P: the uniform path, same fit.
-  uniform = oj.fit_sd_schedule(teacher, NUM_STEPS, method="olss-p")
+  uniform = oj.stable_diffusion.fit_sd_schedule(teacher, NUM_STEPS, method="olss-p")
   assert uniform.metadata["method"] == "olss-p"
   np.testing.assert_array_equal(uniform.timesteps,
                                 traj.timesteps[oj.uniform_path(traj, NUM_STEPS)])
@@ -460,7 +406,7 @@ def test_collect_to_directory_resumes_and_refuses_mixing(sd_v, tmp_path, monkeyp
   assert teacher.trajectory.model_outputs.shape == (50, 4, 4, 8, 8)
   assert teacher.info["model"] == sd_v.name and teacher.info["num_fit_images"] == 4
   # Chunk 1 holds images 2 and 3 (prompts cycled): the in-memory teacher on its latents.
-  direct = oj.collect_sd_trajectory(sd_v, PROMPTS, latents=teacher.trajectory.x_T[2:],
+  direct = oj.stable_diffusion.collect_sd_trajectory(sd_v, PROMPTS, latents=teacher.trajectory.x_T[2:],
                                     num_teacher_steps=50, steps_per_chunk=25)
   np.testing.assert_array_equal(direct.trajectory.model_outputs,
                                 teacher.trajectory.model_outputs[:, 2:])
@@ -468,18 +414,22 @@ def test_collect_to_directory_resumes_and_refuses_mixing(sd_v, tmp_path, monkeyp
   assert again.collected == () and again.skipped == (0, 1)
   with pytest.raises(ValueError, match="another configuration"):
     collect_lib.collect_sd_to_directory(store, sd_v, PROMPTS, guidance_scale=3.0, **kwargs)
-  schedule = oj.fit_sd_schedule(teacher, 4)
+  schedule = oj.stable_diffusion.fit_sd_schedule(teacher, 4)
   assert schedule.metadata["num_fit_images"] == 4 and schedule.metadata["model"] == sd_v.name
   # At Stable Diffusion's size one Gram serves the search and the fit: same schedule.
-  from olss_jax._src import search as search_lib
-  monkeypatch.setattr(search_lib, "QR_FLOPS_LIMIT", 0.0)
-  by_gram = oj.fit_sd_schedule(teacher, 4)
+  from olss_jax._src import regression
+  monkeypatch.setattr(regression, "QR_FLOPS_LIMIT", 0.0)
+  by_gram = oj.stable_diffusion.fit_sd_schedule(teacher, 4)
   np.testing.assert_array_equal(by_gram.timesteps, schedule.timesteps)
   chex.assert_trees_all_close(by_gram.weights, schedule.weights, rtol=GRAM_VS_QR_RTOL_F64,
                               atol=GRAM_VS_QR_RTOL_F64)
   np.testing.assert_allclose(by_gram.metadata["step_errors"], schedule.metadata["step_errors"],
                              rtol=GRAM_VS_QR_RTOL_F64)
-  assert by_gram.metadata == schedule.metadata | {"step_errors": by_gram.metadata["step_errors"]}
+  numeric = ("step_errors", "search_max_error")
+  np.testing.assert_allclose(by_gram.metadata["search_max_error"],
+                             schedule.metadata["search_max_error"], rtol=GRAM_VS_QR_RTOL_F64)
+  assert ({k: v for k, v in by_gram.metadata.items() if k not in numeric}
+          == {k: v for k, v in schedule.metadata.items() if k not in numeric})
 
 
 # --- mismatches -------------------------------------------------------------------------------
@@ -489,8 +439,8 @@ def test_mismatch_warnings_and_errors(sd):
       sd, guidance_scale=7.0, height=16, width=16))
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    oj.check_schedule_for(sd, fitted, guidance_scale=7.0, height=16, width=16)
-    oj.check_schedule_for(sd, _ddim(sd, 4), guidance_scale=2.0, height=32, width=16)
+    oj.stable_diffusion.check_schedule_for(sd, fitted, guidance_scale=7.0, height=16, width=16)
+    oj.stable_diffusion.check_schedule_for(sd, _ddim(sd, 4), guidance_scale=2.0, height=32, width=16)
   cases = [
       (fitted.with_metadata(model="sd-2-1"), {}, "model 'sd-2-1'"),
       (fitted, {"guidance_scale": 3.0}, "guidance_scale 7.0 \\(now 3.0\\)"),
@@ -500,13 +450,13 @@ def test_mismatch_warnings_and_errors(sd):
   for schedule, changes, pattern in cases:
     use = {"guidance_scale": 7.0, "height": 16, "width": 16, **changes}
     with pytest.warns(oj.ScheduleMismatchWarning, match=pattern):
-      oj.check_schedule_for(sd, schedule, **use)
+      oj.stable_diffusion.check_schedule_for(sd, schedule, **use)
   with pytest.raises(ValueError, match="latent channels"):
-    oj.check_schedule_for(sd, fitted.with_metadata(latent_shape=[3, 8, 8]), guidance_scale=7.0,
+    oj.stable_diffusion.check_schedule_for(sd, fitted.with_metadata(latent_shape=[3, 8, 8]), guidance_scale=7.0,
                           height=16, width=16)
   late = oj.make_schedule(np.array([1000, 10]), np.tril(np.ones((2, 3)), 1))
   with pytest.raises(ValueError, match="timesteps must lie in"):
-    oj.check_schedule_for(sd, late, guidance_scale=7.0, height=16, width=16)
+    oj.stable_diffusion.check_schedule_for(sd, late, guidance_scale=7.0, height=16, width=16)
 
 
 def test_generate_warns_and_rejects(sd, traced_generate):
@@ -514,17 +464,17 @@ def test_generate_warns_and_rejects(sd, traced_generate):
   fitted = _ddim(sd, NUM_STEPS).with_metadata(model=sd.name, guidance_scale=7.0)
   latents = _eval_latents(sd, 12)
   with pytest.warns(oj.ScheduleMismatchWarning, match="guidance_scale"):
-    oj.generate(sd, fitted, PROMPTS, latents=latents, guidance_scale=4.0)
+    oj.stable_diffusion.generate(sd, fitted, PROMPTS, latents=latents, guidance_scale=4.0)
   with pytest.raises(ValueError, match="latents: expected shape \\(2, 4, 8, 8\\)"):
-    oj.generate(sd, fitted, PROMPTS, latents=latents[:, :, :4])
+    oj.stable_diffusion.generate(sd, fitted, PROMPTS, latents=latents[:, :, :4])
   with pytest.raises(ValueError, match="exactly one"):
-    oj.generate(sd, fitted, PROMPTS, latents=latents, key=jax.random.PRNGKey(0))
+    oj.stable_diffusion.generate(sd, fitted, PROMPTS, latents=latents, key=jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match="negative_prompts: expected 2 prompts"):
-    oj.generate(sd, fitted, PROMPTS, latents=latents, negative_prompts=["a", "b", "c"])
+    oj.stable_diffusion.generate(sd, fitted, PROMPTS, latents=latents, negative_prompts=["a", "b", "c"])
   with pytest.raises(ValueError, match="height"):
-    oj.generate(sd, fitted, PROMPTS, key=jax.random.PRNGKey(0), height=15)
+    oj.stable_diffusion.generate(sd, fitted, PROMPTS, key=jax.random.PRNGKey(0), height=15)
   with pytest.raises(TypeError, match="prompts"):
-    oj.generate(sd, fitted, [1, 2], key=jax.random.PRNGKey(0))
+    oj.stable_diffusion.generate(sd, fitted, [1, 2], key=jax.random.PRNGKey(0))
 
 
 # --- the GPU benchmark script at toy size ----------------------------------------------------
@@ -556,8 +506,14 @@ def test_benchmark_script_at_toy_size(sd, traced_generate):
   assert bench.SD15_UNET["block_out_channels"] == (320, 640, 1280, 1280)
 
 
-@pytest.mark.slow
-def test_benchmark_script_main_tiny(capsys):
-  rows = _benchmark_module().main(["--tiny"])
-  assert "| steps | batch |" in capsys.readouterr().out
-  assert rows and all(r["seconds_per_image"] > 0 for r in rows)
+def test_gpu_script_runs_every_part_at_toy_size(capsys):
+  """The one prepared GPU script (issue: GPU figures) end to end on the CPU at toy size."""
+  out = _benchmark_module().main(["--tiny"])
+  text = capsys.readouterr().out
+  assert "| steps | batch | s / image |" in text and "compile s" in text
+  assert out["generate"] and all(r["seconds_per_image"] > 0 for r in out["generate"])
+  fit = out["fit"]
+  assert len(fit) == 1 and fit[0]["device"].startswith("cpu")  # no accelerator here
+  assert fit[0]["cold"]["total_s"] > 0 and fit[0]["warm"]["total_s"] > 0
+  assert "same path on every device: True" in text
+  assert out["main-job"] > 0 and "main job" in text

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from olss_jax._src import ddim
+from olss_jax._src import noise
 
 
 @jax.tree_util.register_dataclass
@@ -68,9 +68,9 @@ def sample_data(key: jax.Array, mixture: GaussianMixture, num_samples: int) -> j
   """Draws (num_samples, *sample_shape) exact samples of x_0."""
   k_comp, k_noise = jax.random.split(key)
   comp = jax.random.categorical(k_comp, mixture.log_weights, shape=(num_samples,))
-  noise = jax.random.normal(k_noise, (num_samples,) + mixture.sample_shape, mixture.means.dtype)
+  eps = jax.random.normal(k_noise, (num_samples,) + mixture.sample_shape, mixture.means.dtype)
   scale = mixture.stds[comp].reshape((num_samples,) + (1,) * len(mixture.sample_shape))
-  return mixture.means[comp] + scale * noise
+  return mixture.means[comp] + scale * eps
 
 
 def mixture_noise_prediction(mixture: GaussianMixture, alphas_cumprod: jax.Array, x_t: jax.Array,
@@ -81,7 +81,7 @@ def mixture_noise_prediction(mixture: GaussianMixture, alphas_cumprod: jax.Array
     mixture: the data distribution.
     alphas_cumprod: (T,) training alpha_bar.
     x_t: (B, *sample_shape) noisy samples.
-    t: int32 scalar timestep (indexes alphas_cumprod).
+    t: scalar timestep: int (indexes alphas_cumprod) or float (`noise.alpha_bar_at`).
 
   Returns:
     (B, *sample_shape) the noise prediction, in x_t's dtype (computed in float64 for float64
@@ -89,7 +89,7 @@ def mixture_noise_prediction(mixture: GaussianMixture, alphas_cumprod: jax.Array
   """
   dtype = x_t.dtype
   work = jnp.promote_types(dtype, jnp.float32)  # float64 inputs are computed in float64
-  ab = jnp.asarray(alphas_cumprod)[t].astype(work)
+  ab = noise.alpha_bar_at(jnp.asarray(alphas_cumprod), t).astype(work)
   x = x_t.astype(work).reshape(x_t.shape[0], -1)                          # (B, D)
   mu = mixture.means.reshape(mixture.means.shape[0], -1).astype(work)     # (M, D)
   dim = x.shape[1]
@@ -113,7 +113,7 @@ def mixture_denoiser(mixture: GaussianMixture, alphas_cumprod=None) -> jax.tree_
     ``denoise_fn(x_t, t) -> e`` for `collect_trajectory` and `sample`.
   """
   if alphas_cumprod is None:
-    alphas_cumprod = ddim.scaled_linear_alphas_cumprod()
+    alphas_cumprod = noise.scaled_linear_alphas_cumprod()
   # A float64 host leaf: float32 under jit by default, full precision under jax.enable_x64.
-  alphas = ddim.check_alphas_cumprod(alphas_cumprod)
+  alphas = noise.check_alphas_cumprod(alphas_cumprod)
   return jax.tree_util.Partial(mixture_noise_prediction, mixture, alphas)

@@ -15,12 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from olss_jax._src import ddim
-from olss_jax._src import fit
+from olss_jax._src import noise
 from olss_jax._src import sampler
 from olss_jax._src import schedule as schedule_lib
-from olss_jax._src import search
+from olss_jax._src import recipe
 from olss_jax._src import trajectory as trajectory_lib
+from olss_jax._src.baselines import registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,52 +59,40 @@ class FitContext:
 MethodFn = Callable[[FitContext, int], schedule_lib.Schedule]
 
 
-def _olss_paper(searched: bool) -> MethodFn:
-  def method(ctx: FitContext, n: int) -> schedule_lib.Schedule:
-    path = search.search_path(ctx.traj, n) if searched else search.uniform_path(ctx.traj, n)
-    return fit.fit_weights(ctx.traj, path)
-  return method
-
-
-def _olss_closed_loop(uniform: bool) -> MethodFn:
-  def method(ctx: FitContext, n: int) -> schedule_lib.Schedule:
-    from olss_jax._src import fit_olss  # noqa: PLC0415
-    return fit_olss.fit_olss(ctx.traj, n, denoise_fn=ctx.denoise_fn, method="closed_loop",
-                             uniform=uniform)
-  return method
+def _olss(method: str) -> MethodFn:
+  def fit(ctx: FitContext, n: int) -> schedule_lib.Schedule:
+    model = ctx.denoise_fn if method in recipe.MODEL_METHODS else None
+    return recipe.fit_olss(ctx.traj, n, denoise_fn=model, method=method)
+  return fit
 
 
 def _baseline(name: str) -> MethodFn:
   def method(ctx: FitContext, n: int) -> schedule_lib.Schedule:
-    from olss_jax._src.baselines import registry  # noqa: PLC0415
     return registry.baseline_schedule(name, ctx.model.alphas_cumprod, n)
   return method
 
 
 def default_methods(*, baselines: Sequence[str] | None = None,
                     closed_loop: bool = True) -> dict[str, MethodFn]:
-  """The methods of the comparison table.
+  """The methods of the comparison table, named as everywhere in olss_jax (`recipe.METHODS`).
 
-  Every baseline; the paper's OLSS-P ("olss-p", uniform path) and OLSS ("olss", searched
-  path), both fitted teacher-forced (Eq. 12); and, beyond the paper, the closed-loop fits
-  (issue 8) on the uniform ("olss-p-cl") and the closed-loop searched path ("olss-cl", the
-  library's default method).
+  Every baseline (`baselines.BASELINES`); the paper's OLSS-P ("olss-p", uniform path) and
+  OLSS ("olss", searched path), both fitted teacher-forced (Eq. 12); and, beyond the paper,
+  the closed-loop fits on the uniform ("olss-p-cl") and the closed-loop searched path
+  ("olss-cl").
 
   Args:
-    baselines: baseline names (keys of `olss_jax.BASELINES`); all of them by default.
+    baselines: baseline names (keys of `olss_jax.baselines.BASELINES`); all by default.
     closed_loop: include the closed-loop methods.
 
   Returns:
     An ordered ``{name: (FitContext, n) -> Schedule}``.
   """
-  from olss_jax._src.baselines import registry  # noqa: PLC0415
   names = list(registry.BASELINES) if baselines is None else list(baselines)
   methods: dict[str, MethodFn] = {name: _baseline(name) for name in names}
-  methods["olss-p"] = _olss_paper(searched=False)
-  methods["olss"] = _olss_paper(searched=True)
-  if closed_loop:
-    methods["olss-p-cl"] = _olss_closed_loop(uniform=True)
-    methods["olss-cl"] = _olss_closed_loop(uniform=False)
+  for method in recipe.METHODS:
+    if closed_loop or method in recipe.PAPER_METHODS:
+      methods[method] = _olss(method)
   return methods
 
 
@@ -264,7 +252,7 @@ def analytic_comparison_model(*, seed: int = 0, num_components: int = 8, dim: in
                               std: float = 0.1) -> ComparisonModel:
   """The analytic default: a sharp isotropic Gaussian mixture with exact noise prediction."""
   from olss_jax._src import analytic  # noqa: PLC0415
-  alphas = ddim.scaled_linear_alphas_cumprod()
+  alphas = noise.scaled_linear_alphas_cumprod()
   mixture = analytic.make_gaussian_mixture(jax.random.key(seed), num_components, (dim,), std=std)
   denoise_fn = analytic.mixture_denoiser(mixture, alphas)
   return ComparisonModel(name=f"gaussian-mixture-{num_components}x{dim}d-std{std}",

@@ -149,7 +149,7 @@ def generation_paths_figure(histories: Mapping[str, np.ndarray], teacher_states=
   of all the points of that sample.
 
   Args:
-    histories: ``{name: (n + 1, B, ...) states}`` from ``sample(..., return_history=True)``.
+    histories: ``{name: (n + 1, B, ...) states}`` from `olss_jax.sample_states`.
     teacher_states: (K + 1, B, ...) the teacher's states on the same noises (`Trajectory.states`).
     samples: which of the B noises to draw (one panel each).
     path: write a PNG here when given.

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from olss_jax._src import ddim
+from olss_jax._src import noise as noise_lib
+from olss_jax._src import teacher as teacher_lib
 from olss_jax._src import trajectory as trajectory_lib
 
 
@@ -39,9 +40,10 @@ def synthetic_trajectory(image_indices, sample_shape=(4, 8, 8), num_teacher_step
   if isinstance(image_indices, (int, np.integer)):
     image_indices = range(int(image_indices))
   image_indices = list(image_indices)
-  alphas_cumprod = ddim.scaled_linear_alphas_cumprod(num_train_timesteps)
-  timesteps = ddim.ddim_timesteps(num_teacher_steps, num_train_timesteps)
-  alphas = ddim.state_alphas(np.asarray(alphas_cumprod, np.float64), timesteps, 1.0)
+  teacher = teacher_lib.ddim_teacher(noise_lib.scaled_linear_alphas_cumprod(num_train_timesteps),
+                                     num_teacher_steps)
+  timesteps = np.asarray(teacher.timesteps)
+  alphas = np.asarray(teacher.levels)
   tau = np.asarray(timesteps, np.float64) / num_train_timesteps                   # (K,)
   k = tau.shape[0]
   coef_rng = np.random.default_rng([seed, 1 << 30])
@@ -67,7 +69,5 @@ def synthetic_trajectory(image_indices, sample_shape=(4, 8, 8), num_teacher_step
     x_T[i] = x
     outputs[:, i] = mix
   return trajectory_lib.Trajectory(
-      timesteps=np.asarray(timesteps, np.int32),
-      x_T=x_T.reshape((len(image_indices),) + tuple(sample_shape)),
-      model_outputs=outputs.reshape((k, len(image_indices)) + tuple(sample_shape)),
-      alphas=np.asarray(alphas, np.float64))
+      x_T.reshape((len(image_indices),) + tuple(sample_shape)),
+      outputs.reshape((k, len(image_indices)) + tuple(sample_shape)), teacher)

@@ -41,16 +41,20 @@ def _random_params(shapes, seed: int):
   return unflatten_dict(out)
 
 
-def save_tiny_stable_diffusion(directory, *, seed: int = 0) -> str:
+def save_tiny_stable_diffusion(directory, *, seed: int = 0,
+                               prediction_type: str = "epsilon") -> str:
   """Writes a tiny random Flax Stable Diffusion in diffusers' layout to ``directory``.
 
-  Load it with `olss_jax.load_stable_diffusion`: latents (B, 4, 8, 8), images
+  Written by diffusers' own ``FlaxStableDiffusionPipeline.save_pretrained``. Load it with
+  `olss_jax.stable_diffusion.load_stable_diffusion`: latents (B, 4, 8, 8), images
   (B, 16, 16, 3), prompts of at most 16 tokens, SD 1.x's noise schedule (scaled linear,
-  ``steps_offset=1``, ``set_alpha_to_one=False``, epsilon prediction).
+  ``steps_offset=1``, ``set_alpha_to_one=False``).
 
   Args:
     directory: where to write (created; must not hold another model).
     seed: seed of the random weights.
+    prediction_type: the scheduler config's ``"epsilon"`` or ``"v_prediction"`` (the same
+      weights read as another parametrisation, as Stable Diffusion 2.x at 768 px).
 
   Returns:
     The directory, as a str.
@@ -58,10 +62,10 @@ def save_tiny_stable_diffusion(directory, *, seed: int = 0) -> str:
   import jax  # pylint: disable=import-outside-toplevel
   from diffusers.utils import logging as diffusers_logging  # pylint: disable=import-outside-toplevel
   from olss_jax._src import quiet  # pylint: disable=import-outside-toplevel
-  quiet.silence_before_import()
-  from diffusers import (FlaxAutoencoderKL, FlaxDDIMScheduler,  # pylint: disable=import-outside-toplevel
-                         FlaxStableDiffusionPipeline, FlaxUNet2DConditionModel)
-  from transformers import CLIPTextConfig, CLIPTokenizer, FlaxCLIPTextModel  # pylint: disable=import-outside-toplevel
+  with quiet.flax_imports():
+    from diffusers import (FlaxAutoencoderKL, FlaxDDIMScheduler,  # pylint: disable=import-outside-toplevel
+                           FlaxStableDiffusionPipeline, FlaxUNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTokenizer, FlaxCLIPTextModel  # pylint: disable=import-outside-toplevel
   directory = os.fspath(directory)
   if os.path.exists(os.path.join(directory, "model_index.json")):
     raise ValueError(f"directory: {directory!r} already holds a model")
@@ -89,7 +93,7 @@ def save_tiny_stable_diffusion(directory, *, seed: int = 0) -> str:
     scheduler = FlaxDDIMScheduler(beta_start=0.00085, beta_end=0.012,
                                   beta_schedule="scaled_linear", clip_sample=False,
                                   set_alpha_to_one=False, steps_offset=1,
-                                  prediction_type="epsilon")
+                                  prediction_type=prediction_type)
     key = jax.random.PRNGKey(seed)
     params = {
         "unet": _random_params(jax.eval_shape(unet.init_weights, key), seed + 1),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from olss_jax._src import ddim
+from olss_jax._src import noise
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src.baselines import linear
 from olss_jax._src.baselines import spacing as spacing_lib
@@ -81,7 +81,7 @@ def deis_schedule(alphas_cumprod, num_steps: int, *, solver_order: int = 2,
   Returns:
     A `Schedule` with (n,) timesteps and (n, n + 1) weights; ``metadata["method"] == "deis"``.
   """
-  alphas = ddim.check_alphas_cumprod(alphas_cumprod)
+  alphas = noise.check_alphas_cumprod(alphas_cumprod)
   if solver_order not in (1, 2, 3):
     raise ValueError(f"solver_order: expected 1, 2 or 3, got {solver_order!r}")
   timesteps, alpha, sigma, lam = spacing_lib.multistep_levels(

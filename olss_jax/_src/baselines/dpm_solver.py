@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from olss_jax._src import ddim
+from olss_jax._src import noise
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src.baselines import linear
 from olss_jax._src.baselines import spacing as spacing_lib
@@ -77,7 +77,7 @@ def _dpm_program(alpha, sigma, lam, timesteps, *, plus_plus: bool, solver_order:
 
 def _dpm_schedule(alphas_cumprod, num_steps, *, plus_plus, solver_order, solver_type,
                   lower_order_final, final_sigmas_type, timestep_spacing, steps_offset, method):
-  alphas = ddim.check_alphas_cumprod(alphas_cumprod)
+  alphas = noise.check_alphas_cumprod(alphas_cumprod)
   if solver_order not in (1, 2, 3):
     raise ValueError(f"solver_order: expected 1, 2 or 3, got {solver_order!r}")
   if solver_type not in ("midpoint", "heun"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from olss_jax._src import ddim
+from olss_jax._src import noise
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src.baselines import linear
 from olss_jax._src.baselines import spacing as spacing_lib
@@ -61,7 +61,7 @@ def euler_schedule(alphas_cumprod, num_steps: int, *, timestep_spacing: str = "l
   Returns:
     A `Schedule` with (n,) timesteps and (n, n + 1) weights; ``metadata["method"] == "euler"``.
   """
-  alphas = ddim.check_alphas_cumprod(alphas_cumprod)
+  alphas = noise.check_alphas_cumprod(alphas_cumprod)
   timesteps = spacing_lib.single_step_timesteps(num_steps, alphas.shape[0], spacing=timestep_spacing,
                                                 steps_offset=steps_offset)
   ab = alphas[timesteps]

@@ -4,7 +4,7 @@ diffusers' ``IPNDMScheduler`` update as a `Schedule` on a discrete VP model's ti
 """
 from __future__ import annotations
 
-from olss_jax._src import ddim
+from olss_jax._src import noise
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src.baselines import linear
 from olss_jax._src.baselines import spacing as spacing_lib
@@ -55,7 +55,7 @@ def ipndm_schedule(alphas_cumprod, num_steps: int, *, timestep_spacing: str = "l
   Returns:
     A `Schedule` with (n,) timesteps and (n, n + 1) weights; ``metadata["method"] == "ipndm"``.
   """
-  alphas = ddim.check_alphas_cumprod(alphas_cumprod)
+  alphas = noise.check_alphas_cumprod(alphas_cumprod)
   timesteps, alpha, sigma, _ = spacing_lib.multistep_levels(
       alphas, num_steps, spacing=timestep_spacing, steps_offset=steps_offset,
       final_alpha_cumprod=final_alpha_cumprod)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from olss_jax._src import ddim
+from olss_jax._src import noise
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src.baselines import linear
 
@@ -100,7 +100,7 @@ def pndm_schedule(alphas_cumprod, num_steps: int, *, steps_offset: int = 0,
   Returns:
     A `Schedule` with (n,) timesteps and (n, n + 1) weights; ``metadata["method"] == "pndm"``.
   """
-  alphas = ddim.check_alphas_cumprod(alphas_cumprod)
+  alphas = noise.check_alphas_cumprod(alphas_cumprod)
   if not isinstance(num_steps, (int, np.integer)) or isinstance(num_steps, bool):
     raise TypeError(f"num_steps: expected an int, got {type(num_steps).__name__}")
   if num_steps == 2 or num_steps < 1:

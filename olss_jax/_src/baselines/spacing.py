@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from olss_jax._src import ddim
+from olss_jax._src import noise
 
 SINGLE_STEP_SPACINGS = ("leading", "trailing")
 MULTISTEP_SPACINGS = ("linspace", "leading", "trailing")
@@ -97,7 +97,7 @@ def vp_levels(alphas_cumprod, timesteps, final_alpha_cumprod: float):
     ``sigma = sqrt(1 - alpha_bar)`` and the half log-SNR ``lam = log(alpha / sigma)`` (+inf
     where sigma = 0).
   """
-  ab = ddim.state_alphas(alphas_cumprod, timesteps, final_alpha_cumprod)
+  ab = noise.state_alphas(alphas_cumprod, timesteps, final_alpha_cumprod)
   alpha = np.sqrt(ab)
   sigma = np.sqrt(1.0 - ab)
   with np.errstate(divide="ignore"):

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from olss_jax._src import ddim
+from olss_jax._src import noise
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src.baselines import linear
 from olss_jax._src.baselines import spacing as spacing_lib
@@ -140,7 +140,7 @@ def unipc_schedule(alphas_cumprod, num_steps: int, *, solver_order: int = 2,
   Returns:
     A `Schedule` with (n,) timesteps and (n, n + 1) weights; ``metadata["method"] == "unipc"``.
   """
-  alphas = ddim.check_alphas_cumprod(alphas_cumprod)
+  alphas = noise.check_alphas_cumprod(alphas_cumprod)
   if not isinstance(solver_order, (int, np.integer)) or solver_order < 1:
     raise ValueError(f"solver_order: expected an int >= 1, got {solver_order!r}")
   if solver_type not in ("bh1", "bh2"):

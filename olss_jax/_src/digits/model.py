@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from olss_jax._src import ddim
+from olss_jax._src import noise
 from olss_jax._src.digits import data as data_lib
 
 NUM_CLASSES = 10
@@ -69,8 +69,8 @@ def pixel_shuffle(x: jax.Array, factor: int = PATCH) -> jax.Array:
 def _unet_module(config_items: tuple):
   from olss_jax._src import quiet  # noqa: PLC0415
 
-  quiet.silence_before_import()  # diffusers logs its notice while importing the Flax classes
-  from diffusers import FlaxUNet2DConditionModel  # noqa: PLC0415  (slow import, done once)
+  with quiet.flax_imports():  # diffusers logs its notice while importing the Flax classes
+    from diffusers import FlaxUNet2DConditionModel  # noqa: PLC0415  (slow import, done once)
 
   return FlaxUNet2DConditionModel(**dict(config_items))
 
@@ -96,7 +96,7 @@ def apply_unet(config_items: tuple, params, x_t: jax.Array, t: jax.Array,
     config_items: the frozen UNet config (`_freeze_config(UNET_CONFIG)`), static.
     params: ``{"unet", "label_embedding"}``.
     x_t: (B, 1, 8, 8) noisy images.
-    t: int scalar or (B,) training timesteps.
+    t: scalar or (B,) training timesteps, integer or continuous (float).
     labels: (B,) int labels in 0..10 (10 is the null class).
 
   Returns:
@@ -104,7 +104,9 @@ def apply_unet(config_items: tuple, params, x_t: jax.Array, t: jax.Array,
   """
   unet = _unet_module(config_items)
   b = x_t.shape[0]
-  t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (b,))
+  t = jnp.asarray(t)
+  t = jnp.broadcast_to(t.astype(jnp.int32 if jnp.issubdtype(t.dtype, jnp.integer) else jnp.float32),
+                       (b,))
   context = params["label_embedding"][labels].astype(jnp.float32)  # (B, NUM_TOKENS, D)
   h = pixel_unshuffle(x_t.astype(jnp.float32))
   out = unet.apply({"params": params["unet"]}, h, t, context).sample
@@ -152,7 +154,7 @@ class DigitsModel:
   def alphas_cumprod(self) -> np.ndarray:
     """(1000,) float64: Stable Diffusion's scaled-linear schedule (betas 0.00085..0.012)."""
     sched = self.config.get("noise_schedule", {})
-    return ddim.scaled_linear_alphas_cumprod(sched.get("num_train_timesteps", 1000),
+    return noise.scaled_linear_alphas_cumprod(sched.get("num_train_timesteps", 1000),
                                              sched.get("beta_start", 0.00085),
                                              sched.get("beta_end", 0.012))
 
@@ -192,7 +194,7 @@ class DigitsModel:
         conditional prediction: one batch of B, half the cost; equal to g = 1 up to rounding).
 
     Returns:
-      A `jax.tree_util.Partial` ``denoise_fn(x_t (B, 1, 8, 8), t int32 scalar) -> eps
+      A `jax.tree_util.Partial` ``denoise_fn(x_t (B, 1, 8, 8), t scalar) -> eps
       (B, 1, 8, 8)`` whose leaves are the parameters, the labels and g (all traced under jit,
       so one compiled sampler serves any labels, guidance or weights of the same shapes).
     """

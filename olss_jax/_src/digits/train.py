@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax import serialization
 
-from olss_jax._src import ddim
+from olss_jax._src import noise
 from olss_jax._src.digits import classifier as clf_lib
 from olss_jax._src.digits import data as data_lib
 from olss_jax._src.digits import model as model_lib
@@ -82,7 +82,7 @@ def train_unet(*, out_dir=None, log=print, **overrides) -> dict:
   config_items = model_lib._freeze_config(model_lib.UNET_CONFIG)  # pylint: disable=protected-access
   x_train, y_train = data_lib.load_digits_dataset(recipe["train_split"])
   x_test, y_test = data_lib.load_digits_dataset("test")
-  alphas = ddim.scaled_linear_alphas_cumprod()
+  alphas = noise.scaled_linear_alphas_cumprod()
   sqrt_ab = jnp.asarray(np.sqrt(alphas), jnp.float32)
   sqrt_1m_ab = jnp.asarray(np.sqrt(1.0 - alphas), jnp.float32)
   x_train_d, y_train_d = jnp.asarray(x_train), jnp.asarray(y_train)

@@ -26,7 +26,6 @@ from olss_jax._src.stable_diffusion import text as text_lib
 DEFAULT_TEACHER_STEPS = 1000
 DEFAULT_GUIDANCE_SCALE = 7.0
 DEFAULT_NUM_FIT_IMAGES = 32
-FIT_METHODS = ("olss", "olss-p")
 
 
 class SDTeacher(NamedTuple):
@@ -210,14 +209,23 @@ def collect_sd_to_directory(directory, sd: model_lib.StableDiffusion, prompts, *
 
   info = _teacher_info(sd, guidance_scale, height, width, num_teacher_steps, num_images,
                        prompt_set, negative_set, negative_prompts is not None)
-  info["latent_key"] = _key_list(key)
+  config = {"model": {"source": "stable_diffusion", "name": sd.name,
+                      "guidance_scale": float(guidance_scale)},
+            "latent_key": _key_list(key), "images_per_chunk": int(images_per_chunk),
+            "num_images": int(num_images), "schedule_metadata": info}
+
+  def chunk_metadata(i):
+    images = chunk_images(i)
+    return {"images": [images.start, images.stop],
+            "prompts": [prompt_set[j % len(prompt_set)] for j in images],
+            "negative_prompts": [negative_set[j % len(negative_set)] for j in images]}
+
   noise = sd.info.noise
   return store.collect_to_directory(
       directory, denoiser, noises, noise.alphas_cumprod, num_chunks=len(starts),
       num_teacher_steps=num_teacher_steps, steps_offset=noise.steps_offset,
       final_alpha_cumprod=noise.final_alpha_cumprod, steps_per_chunk=steps_per_chunk,
-      config=info, callback=callback,
-      chunk_metadata=lambda i: {"images": [chunk_images(i).start, chunk_images(i).stop]})
+      config=config, callback=callback, chunk_metadata=chunk_metadata)
 
 
 def load_sd_teacher(directory, *, allow_partial: bool = False) -> SDTeacher:
@@ -232,46 +240,49 @@ def load_sd_teacher(directory, *, allow_partial: bool = False) -> SDTeacher:
   """
   from olss_jax._src import store  # pylint: disable=import-outside-toplevel
   trajectory = store.load_store(directory, allow_partial=allow_partial)
-  info = dict(store.read_manifest(directory)["config"].get("user") or {})
-  if "model" not in info:
+  user = store.read_manifest(directory)["config"].get("user") or {}
+  record = user.get("model")
+  if isinstance(record, dict) and record.get("source") == "stable_diffusion":
+    info = dict(user.get("schedule_metadata") or {})
+  elif isinstance(user.get("model"), str) and "resolution" in user:  # a store of olss_jax 0.1
+    info = dict(user)
+  else:
     raise ValueError(f"directory: {directory!r} was not written by collect_sd_to_directory "
-                     "(its config names no model)")
+                     "(its config records no Stable Diffusion model)")
   info["num_fit_images"] = trajectory.batch_size
   return SDTeacher(trajectory, info)
 
 
 def fit_sd_schedule(teacher: SDTeacher, num_steps: int, *, method: str = "olss",
-                    path=None) -> schedule_lib.Schedule:
-  """Searches a path and fits OLSS weights on a Stable Diffusion teacher (Algorithms 1-3, Eq. 12).
+                    denoise_fn=None) -> schedule_lib.Schedule:
+  """Fits an OLSS schedule on a Stable Diffusion teacher (`olss_jax.fit_olss`) and records its use.
+
+  At Stable Diffusion's size the paper's methods search and fit on the trajectory's float64
+  statistics (one Gram serves both: `trajectory_stats`).
 
   Args:
-    teacher: from `collect_sd_trajectory`.
+    teacher: from `collect_sd_trajectory` or `load_sd_teacher`.
     num_steps: n, the number of model calls of the fitted sampler.
-    method: ``"olss"`` (path by `olss_jax.search_path`, Algorithms 1-3) or ``"olss-p"``
-      (uniformly spaced path, `olss_jax.uniform_path`).
-    path: an explicit (n,) path of teacher-step indices, overriding ``method``'s search.
+    method: a name of `olss_jax.METHODS` (the paper's ``"olss"`` by default; the closed-loop
+      ones need ``denoise_fn``).
+    denoise_fn: the guided model on the teacher's prompts (`sd_denoiser`), for the
+      closed-loop methods.
 
   Returns:
-    The fitted `Schedule`; its metadata holds `fit_weights`' entries, the teacher's info
+    The fitted `Schedule`; its metadata holds the fit's entries and the teacher's info
     (model, resolution, guidance scale, prediction type, teacher steps, number of fitting
-    images, ...) and ``method``. `generate` warns when it is used for something else.
+    images, ...). `generate` warns when it is used for something else.
   """
-  # The fit and search modules are imported on use: this file must import without them.
-  from olss_jax._src import fit  # pylint: disable=import-outside-toplevel
+  # The fitting modules are imported on use: this file must import without them.
+  from olss_jax._src import recipe  # pylint: disable=import-outside-toplevel
+  from olss_jax._src import regression  # pylint: disable=import-outside-toplevel
+  from olss_jax._src import stats  # pylint: disable=import-outside-toplevel
   if not isinstance(teacher, SDTeacher):
     raise TypeError(f"teacher: expected an SDTeacher from collect_sd_trajectory, got "
                     f"{type(teacher).__name__}")
-  if method not in FIT_METHODS:
-    raise ValueError(f"method: expected one of {FIT_METHODS}, got {method!r}")
-  traj = teacher.trajectory
-  if path is None:
-    from olss_jax._src import search  # pylint: disable=import-outside-toplevel
-    if method == "olss":
-      traj = search.compress_if_large(traj)  # at SD size one Gram serves search and fit
-      path = search.search_path(traj, num_steps)
-    else:
-      path = search.uniform_path(traj, num_steps)
-  elif np.shape(path) != (num_steps,):
-    raise ValueError(f"path: expected shape ({num_steps},), got {np.shape(path)}")
-  fitted = fit.fit_weights(traj, path)
+  method = recipe.resolve_method(method, has_model=denoise_fn is not None)
+  data = teacher.trajectory
+  if method in recipe.PAPER_METHODS and regression.qr_flops(data) > regression.QR_FLOPS_LIMIT:
+    data = stats.trajectory_stats(data)  # one Gram serves search and fit
+  fitted = recipe.fit_olss(data, num_steps, denoise_fn=denoise_fn, method=method)
   return fitted.with_metadata(**teacher.info, method=method)

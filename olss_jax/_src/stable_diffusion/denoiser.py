@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from olss_jax._src import noise
 from olss_jax._src.stable_diffusion import model as model_lib
 from olss_jax._src.stable_diffusion import noise_config as noise_config_lib
 from olss_jax._src.stable_diffusion import text as text_lib
@@ -43,14 +44,20 @@ def _make_guided_fn(unet, prediction_type: str):
       raise ValueError(f"x_t: batch {batch} does not match the {context.shape[0] // 2} prompt "
                        "embeddings of this denoiser")
     x32 = x.astype(jnp.float32)
-    t = jnp.asarray(t, jnp.int32)
+    t = jnp.asarray(t)
+    t = t.astype(jnp.int32 if jnp.issubdtype(t.dtype, jnp.integer) else jnp.float32)
     out = unet.apply({"params": unet_params}, jnp.concatenate([x32, x32]),
                      jnp.broadcast_to(t, (2 * batch,)), encoder_hidden_states=context).sample
     out = out.astype(jnp.float32)
     uncond, cond = out[:batch], out[batch:]
     guided = uncond + guidance_scale * (cond - uncond)
     if prediction_type == "v_prediction":
-      guided = sqrt_ab[t] * guided + sqrt_one_minus_ab[t] * x32
+      if jnp.issubdtype(t.dtype, jnp.integer):
+        s_ab, s_one = sqrt_ab[t], sqrt_one_minus_ab[t]
+      else:  # continuous t: alpha_bar between the table's entries (`noise.alpha_bar_at`)
+        ab = noise.alpha_bar_at(jnp.square(sqrt_ab), t)
+        s_ab, s_one = jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
+      guided = s_ab * guided + s_one * x32
     return guided.astype(x.dtype)
 
   return guided_epsilon
@@ -72,7 +79,8 @@ def sd_denoiser(sd: model_lib.StableDiffusion, prompt_embeds, *, guidance_scale=
     negative_embeds: (B, L, D), or None for the empty prompt (diffusers' default).
 
   Returns:
-    A `jax.tree_util.Partial` taking ``(x_t (B, C, h, w) float, t int32 scalar)`` and
+    A `jax.tree_util.Partial` taking ``(x_t (B, C, h, w) float, t scalar)`` (an int
+    training timestep or a continuous float one) and
     returning eps of x_t's shape and dtype. Its leaves are the UNet parameters, the
     embeddings, g and the alpha_bar tables, so under jit they are traced arguments, and two
     denoisers of the same model and shapes share one compiled sampler.

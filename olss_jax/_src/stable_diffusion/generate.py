@@ -95,7 +95,7 @@ def generate(sd: model_lib.StableDiffusion, schedule: schedule_lib.Schedule, pro
 
   Args:
     sd: the model (`load_stable_diffusion`).
-    schedule: the `Schedule` (e.g. from `fit_sd_schedule`, or `olss_jax.ddim_schedule`).
+    schedule: the `Schedule` (e.g. from `fit_sd_schedule`, or `olss_jax.baselines.ddim_schedule`).
     prompts: a str or a sequence of B str.
     key: PRNG key for x_T ~ N(0, I); or pass ``latents``.
     latents: (B, C, h, w) starting noise.

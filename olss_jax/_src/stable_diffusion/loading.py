@@ -102,9 +102,9 @@ def load_stable_diffusion(path: str | os.PathLike, *, dtype=jnp.float32,
   # Imported here: importing diffusers / transformers costs seconds and prints deprecation
   # notices; users of the core verbs never pay for it.
   from olss_jax._src import quiet  # pylint: disable=import-outside-toplevel
-  quiet.silence_before_import()  # diffusers logs its notice while importing the Flax classes
-  from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel  # pylint: disable=import-outside-toplevel
-  from transformers import CLIPTokenizer, FlaxCLIPTextModel  # pylint: disable=import-outside-toplevel
+  with quiet.flax_imports():  # diffusers logs its notice while importing the Flax classes
+    from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel  # pylint: disable=import-outside-toplevel
+    from transformers import CLIPTokenizer, FlaxCLIPTextModel  # pylint: disable=import-outside-toplevel
 
   try:
     dtype_name = jnp.dtype(dtype).name

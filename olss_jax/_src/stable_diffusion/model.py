@@ -134,23 +134,6 @@ class StableDiffusion:
     """The same model with other parameters (same static part: no recompilation)."""
     return self._from_static(self._static, params)
 
-  # Convenience methods; the functions live in their own modules.
-  def encode_prompts(self, prompts, negative_prompts=None):
-    """See `olss_jax.encode_prompts`."""
-    from olss_jax._src.stable_diffusion import text  # pylint: disable=import-outside-toplevel
-    return text.encode_prompts(self, prompts, negative_prompts=negative_prompts)
-
-  def denoiser(self, prompt_embeds, *, guidance_scale: float = 7.0, negative_embeds=None):
-    """See `olss_jax.sd_denoiser`."""
-    from olss_jax._src.stable_diffusion import denoiser  # pylint: disable=import-outside-toplevel
-    return denoiser.sd_denoiser(self, prompt_embeds, guidance_scale=guidance_scale,
-                                negative_embeds=negative_embeds)
-
-  def decode(self, latents):
-    """See `olss_jax.decode_latents`."""
-    from olss_jax._src.stable_diffusion import generate  # pylint: disable=import-outside-toplevel
-    return generate.decode_latents(self, latents)
-
   def __repr__(self) -> str:
     return (f"StableDiffusion(name={self.name!r}, dtype={self.info.dtype}, "
             f"prediction_type={self.prediction_type!r}, resolution={self.default_resolution})")

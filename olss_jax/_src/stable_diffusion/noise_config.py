@@ -13,7 +13,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from olss_jax._src import ddim
+from olss_jax._src import noise
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -90,7 +90,7 @@ def noise_config_from_dict(config: Mapping[str, Any], *, source: str = "config")
   if config.get("rescale_betas_zero_snr", False):
     raise ValueError(f"{source}: rescale_betas_zero_snr=True (alpha_bar = 0 at the last "
                      "timestep) is not supported: the epsilon parametrisation is singular there")
-  alphas_cumprod = ddim.check_alphas_cumprod(np.cumprod(1.0 - betas))
+  alphas_cumprod = noise.check_alphas_cumprod(np.cumprod(1.0 - betas))
   prediction_type = config.get("prediction_type", "epsilon")
   if prediction_type not in PREDICTION_TYPES:
     raise ValueError(f"{source}: prediction_type {prediction_type!r} is not supported; "
