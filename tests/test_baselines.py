@@ -26,7 +26,7 @@ from olss_jax._src.baselines import spacing
 from olss_jax._src.baselines import unipc as unipc_lib
 
 # Max |ours - reference| / max |reference| on the final sample.
-RTOL = {jnp.float32: 1e-4, jnp.float64: 1e-10}
+RTOL = {jnp.float32: 1e-4, jnp.float64: 1e-13}
 
 
 _sample_jit = jax.jit(oj.sample)  # one cache for the whole file: compiles once per (n, dtype)
@@ -47,29 +47,29 @@ def _programs(alphas, n):
   sig = np.sqrt((1 - alphas[ts_euler]) / alphas[ts_euler])
   return {
       "euler": (euler_lib._euler_program(np.append(sig, 0.0), ts_euler),
-                oj.euler_schedule(alphas, n)),
+                oj.baselines.euler_schedule(alphas, n)),
       "pndm": (pndm_lib._pndm_program(alphas, n - 1, 0, float(alphas[0])),
-               oj.pndm_schedule(alphas, n)),
+               oj.baselines.pndm_schedule(alphas, n)),
       "deis": (deis_lib._deis_program(*lv_min, ts_multi, solver_order=2, lower_order_final=True),
-               oj.deis_schedule(alphas, n)),
+               oj.baselines.deis_schedule(alphas, n)),
       "dpm_solver": (dpm_lib._dpm_program(*lv_min, ts_multi, plus_plus=False, solver_order=2,
                                           solver_type="midpoint", lower_order_final=True,
                                           zero_final=False),
-                     oj.dpm_solver_schedule(alphas, n)),
+                     oj.baselines.dpm_solver_schedule(alphas, n)),
       "dpm_solver_pp": (dpm_lib._dpm_program(*lv_zero, ts_multi, plus_plus=True, solver_order=2,
                                              solver_type="midpoint", lower_order_final=True,
                                              zero_final=True),
-                        oj.dpm_solver_pp_schedule(alphas, n)),
+                        oj.baselines.dpm_solver_pp_schedule(alphas, n)),
       "unipc": (unipc_lib._unipc_program(*lv_zero, ts_multi, solver_order=2, solver_type="bh2",
                                          predict_x0=True, lower_order_final=True,
                                          disable_corrector=()),
-                oj.unipc_schedule(alphas, n)),
-      "ipndm": (ipndm_lib._ipndm_program(*lv_zero[:2], ts_multi), oj.ipndm_schedule(alphas, n)),
+                oj.baselines.unipc_schedule(alphas, n)),
+      "ipndm": (ipndm_lib._ipndm_program(*lv_zero[:2], ts_multi), oj.baselines.ipndm_schedule(alphas, n)),
   }
 
 
 @pytest.mark.parametrize("n", (1, 3, 5, 10, 20))
-@pytest.mark.parametrize("name", sorted(oj.BASELINES))
+@pytest.mark.parametrize("name", sorted(oj.baselines.BASELINES))
 def test_schedule_structure(name, n):
   schedule = oj.baseline_schedule(name, ALPHAS, n)
   weights, timesteps = np.asarray(schedule.weights), np.asarray(schedule.timesteps)
@@ -112,7 +112,7 @@ def test_jit_sample_equals_reference_loop(name, n):
 @pytest.mark.parametrize("n", (1, 5, 10, 20))
 def test_ddim_baseline_is_core_ddim_schedule(n):
   ours = oj.baseline_schedule("ddim", ALPHAS, n)
-  core = oj.ddim_schedule(ALPHAS, oj.ddim_timesteps(n))
+  core = oj.baselines.ddim_schedule(ALPHAS, oj.baselines.ddim_timesteps(n))
   np.testing.assert_array_equal(np.asarray(ours.timesteps), np.asarray(core.timesteps))
   np.testing.assert_array_equal(np.asarray(ours.weights), np.asarray(core.weights))
 
@@ -121,34 +121,34 @@ def test_ddim_baseline_is_core_ddim_schedule(n):
 def test_first_order_solvers_are_ddim(n):
   """Euler in sigma space, DEIS-1, DPM-Solver-1 and DPM-Solver++-1 are all DDIM (exact algebra)."""
   tol = 1e-10
-  euler = oj.euler_schedule(ALPHAS, n, steps_offset=1)
-  ddim_leading = oj.ddim_schedule(ALPHAS, oj.ddim_timesteps(n, steps_offset=1))
+  euler = oj.baselines.euler_schedule(ALPHAS, n, steps_offset=1)
+  ddim_leading = oj.baselines.ddim_schedule(ALPHAS, oj.baselines.ddim_timesteps(n, steps_offset=1))
   np.testing.assert_allclose(euler.weights, ddim_leading.weights, rtol=tol, atol=tol)
   ts = spacing.multistep_timesteps(n)
-  ddim_min = oj.ddim_schedule(ALPHAS, ts, final_alpha_cumprod=ALPHAS[0])
-  for schedule in (oj.deis_schedule(ALPHAS, n, solver_order=1),
-                   oj.dpm_solver_schedule(ALPHAS, n, solver_order=1),
-                   oj.dpm_solver_pp_schedule(ALPHAS, n, solver_order=1,
+  ddim_min = oj.baselines.ddim_schedule(ALPHAS, ts, final_alpha_cumprod=ALPHAS[0])
+  for schedule in (oj.baselines.deis_schedule(ALPHAS, n, solver_order=1),
+                   oj.baselines.dpm_solver_schedule(ALPHAS, n, solver_order=1),
+                   oj.baselines.dpm_solver_pp_schedule(ALPHAS, n, solver_order=1,
                                              final_sigmas_type="sigma_min")):
     np.testing.assert_array_equal(np.asarray(schedule.timesteps), ts)
     np.testing.assert_allclose(schedule.weights, ddim_min.weights, rtol=tol, atol=tol)
-  ddim_zero = oj.ddim_schedule(ALPHAS, ts, final_alpha_cumprod=1.0)
-  np.testing.assert_allclose(oj.dpm_solver_pp_schedule(ALPHAS, n, solver_order=1).weights,
+  ddim_zero = oj.baselines.ddim_schedule(ALPHAS, ts, final_alpha_cumprod=1.0)
+  np.testing.assert_allclose(oj.baselines.dpm_solver_pp_schedule(ALPHAS, n, solver_order=1).weights,
                              ddim_zero.weights, rtol=tol, atol=tol)
 
 
 def test_pndm_model_calls():
   """PLMS-only PNDM calls its second timestep twice: num_steps = diffusers' N + 1."""
-  schedule = oj.pndm_schedule(ALPHAS, 5, steps_offset=1)
+  schedule = oj.baselines.pndm_schedule(ALPHAS, 5, steps_offset=1)
   np.testing.assert_array_equal(np.asarray(schedule.timesteps), [751, 501, 501, 251, 1])
   assert schedule.metadata["num_inference_steps"] == 4
-  assert oj.pndm_schedule(ALPHAS, 1).num_steps == 1
+  assert oj.baselines.pndm_schedule(ALPHAS, 1).num_steps == 1
   with pytest.raises(ValueError, match="num_steps"):
-    oj.pndm_schedule(ALPHAS, 2)
+    oj.baselines.pndm_schedule(ALPHAS, 2)
 
 
 def test_one_compiled_sampler_serves_every_baseline():
-  denoise_fn = oj.mixture_denoiser(oj.make_gaussian_mixture(jax.random.PRNGKey(MIXTURE_SEED)),
+  denoise_fn = oj.analytic.mixture_denoiser(oj.analytic.make_gaussian_mixture(jax.random.PRNGKey(MIXTURE_SEED)),
                                    ALPHAS)
   x_T = jax.random.normal(jax.random.PRNGKey(NOISE_SEED), (8, 16), jnp.float32)
 
@@ -157,7 +157,7 @@ def test_one_compiled_sampler_serves_every_baseline():
   def run(denoise_fn, schedule, x_T):
     return oj.sample(denoise_fn, schedule, x_T)
 
-  for name in sorted(oj.BASELINES):
+  for name in sorted(oj.baselines.BASELINES):
     chex.assert_tree_all_finite(run(denoise_fn, oj.baseline_schedule(name, ALPHAS, 5), x_T))
 
 
@@ -165,16 +165,16 @@ def test_bad_input_raises():
   with pytest.raises(ValueError, match="name"):
     oj.baseline_schedule("heun", ALPHAS, 5)
   with pytest.raises(ValueError, match="timestep_spacing"):
-    oj.euler_schedule(ALPHAS, 5, timestep_spacing="linspace")
+    oj.baselines.euler_schedule(ALPHAS, 5, timestep_spacing="linspace")
   with pytest.raises(ValueError, match="num_steps"):
-    oj.unipc_schedule(ALPHAS, 0)
+    oj.baselines.unipc_schedule(ALPHAS, 0)
   with pytest.raises(TypeError, match="num_steps"):
-    oj.deis_schedule(ALPHAS, 5.0)
+    oj.baselines.deis_schedule(ALPHAS, 5.0)
   with pytest.raises(ValueError, match="solver_order"):
-    oj.dpm_solver_pp_schedule(ALPHAS, 5, solver_order=4)
+    oj.baselines.dpm_solver_pp_schedule(ALPHAS, 5, solver_order=4)
   with pytest.raises(ValueError, match="final_sigmas_type"):
-    oj.unipc_schedule(ALPHAS, 5, final_sigmas_type="one")
+    oj.baselines.unipc_schedule(ALPHAS, 5, final_sigmas_type="one")
   with pytest.raises(ValueError, match="alphas_cumprod"):
-    oj.ipndm_schedule(ALPHAS[::-1], 5)
+    oj.baselines.ipndm_schedule(ALPHAS[::-1], 5)
   with pytest.raises(ValueError, match="model calls"):
     linear.schedule_from_program(lambda model, x: model(model(x, 9), 8), 3)

@@ -3,7 +3,9 @@
 Runs when the optional torch extra is installed (CPU torch) and skips cleanly otherwise. The
 oracle is diffusers' own ``set_timesteps`` / ``scale_model_input`` / ``step`` loop on float64
 torch tensors; the model is the closed-form Gaussian-mixture noise prediction evaluated in float64
-(numpy via JAX x64) and fed to both sides. Agreement target: 1e-5 relative on the final sample.
+(numpy via JAX x64) and fed to both sides. Agreement: at most 1e-5 relative on the final sample as
+diffusers ships (measured max 8.0e-6, DEIS-3 at 5 steps), and 1e-13 once diffusers' float32 noise
+levels are redone in float64 (measured max 4.9e-14).
 
 diffusers' PyTorch schedulers build alpha_bar in float32 and several of them (Euler, DPM-Solver)
 cast the sample to float32 inside ``step``; both sides therefore use the scheduler's own float32
@@ -25,7 +27,7 @@ diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.torch
 
 RTOL = 1e-5          # max |ours - diffusers| / max |diffusers|, final sample, float64 tensors
-RTOL_FLOAT64_LEVELS = 1e-10   # the same, with diffusers' float32 noise levels redone in float64
+RTOL_FLOAT64_LEVELS = 1e-13   # the same, with diffusers' float32 noise levels redone in float64
 STEP_COUNTS = (5, 10, 20)
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 BATCH, DIM = 32, 16
@@ -89,47 +91,47 @@ def _euler_trailing_start(scheduler_kwargs, n):
 # name -> (scheduler factory(n), our schedule(alphas, n), extra options)
 CASES = {
     "ddim": (lambda n: diffusers.DDIMScheduler(**SD, clip_sample=False, set_alpha_to_one=True),
-             lambda ab, n: oj.ddim_baseline_schedule(ab, n), {}),
+             lambda ab, n: oj.baselines.ddim_baseline_schedule(ab, n), {}),
     "ddim_sd": (lambda n: diffusers.DDIMScheduler(**SD, clip_sample=False, steps_offset=1,
                                                   set_alpha_to_one=False),
-                lambda ab, n: oj.ddim_baseline_schedule(ab, n, steps_offset=1,
+                lambda ab, n: oj.baselines.ddim_baseline_schedule(ab, n, steps_offset=1,
                                                         final_alpha_cumprod=ab[0]), {}),
     "euler": (lambda n: diffusers.EulerDiscreteScheduler(**SD, timestep_spacing="leading",
                                                          steps_offset=1),
-              lambda ab, n: oj.euler_schedule(ab, n, steps_offset=1), {}),
+              lambda ab, n: oj.baselines.euler_schedule(ab, n, steps_offset=1), {}),
     "pndm_sd": (lambda n: diffusers.PNDMScheduler(**SD, skip_prk_steps=True, steps_offset=1),
-                lambda ab, n: oj.pndm_schedule(ab, n, steps_offset=1),
+                lambda ab, n: oj.baselines.pndm_schedule(ab, n, steps_offset=1),
                 {"num_inference_steps": lambda n: n - 1}),
     "pndm_alpha_one": (lambda n: diffusers.PNDMScheduler(**SD, skip_prk_steps=True,
                                                          set_alpha_to_one=True),
-                       lambda ab, n: oj.pndm_schedule(ab, n, final_alpha_cumprod=1.0),
+                       lambda ab, n: oj.baselines.pndm_schedule(ab, n, final_alpha_cumprod=1.0),
                        {"num_inference_steps": lambda n: n - 1}),
     "deis": (lambda n: diffusers.DEISMultistepScheduler(**SD),
-             lambda ab, n: oj.deis_schedule(ab, n), {}),
+             lambda ab, n: oj.baselines.deis_schedule(ab, n), {}),
     "deis_3": (lambda n: diffusers.DEISMultistepScheduler(**SD, solver_order=3),
-               lambda ab, n: oj.deis_schedule(ab, n, solver_order=3), {}),
+               lambda ab, n: oj.baselines.deis_schedule(ab, n, solver_order=3), {}),
     "dpm_solver": (lambda n: diffusers.DPMSolverMultistepScheduler(
         **SD, algorithm_type="dpmsolver", final_sigmas_type="sigma_min"),
-                   lambda ab, n: oj.dpm_solver_schedule(ab, n), {}),
+                   lambda ab, n: oj.baselines.dpm_solver_schedule(ab, n), {}),
     "dpm_solver_pp": (lambda n: diffusers.DPMSolverMultistepScheduler(
         **SD, algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True),
-                      lambda ab, n: oj.dpm_solver_pp_schedule(ab, n), {}),
+                      lambda ab, n: oj.baselines.dpm_solver_pp_schedule(ab, n), {}),
     "dpm_solver_pp_sigma_min_3": (lambda n: diffusers.DPMSolverMultistepScheduler(
         **SD, algorithm_type="dpmsolver++", solver_order=3, final_sigmas_type="sigma_min"),
-                                  lambda ab, n: oj.dpm_solver_pp_schedule(
+                                  lambda ab, n: oj.baselines.dpm_solver_pp_schedule(
                                       ab, n, solver_order=3, final_sigmas_type="sigma_min"), {}),
     "unipc": (lambda n: diffusers.UniPCMultistepScheduler(**SD),
-              lambda ab, n: oj.unipc_schedule(ab, n), {}),
+              lambda ab, n: oj.baselines.unipc_schedule(ab, n), {}),
     # bh1 with final sigma 0 gives NaN in diffusers 0.39 (B(h) = h = -inf times a zero residual
     # on the last step); ours gives the finite limit (the data prediction), so compare at
     # sigma_min, and check the NaN separately below.
     "unipc_3_bh1": (lambda n: diffusers.UniPCMultistepScheduler(
         **SD, solver_order=3, solver_type="bh1", final_sigmas_type="sigma_min"),
-                    lambda ab, n: oj.unipc_schedule(ab, n, solver_order=3, solver_type="bh1",
+                    lambda ab, n: oj.baselines.unipc_schedule(ab, n, solver_order=3, solver_type="bh1",
                                                     final_sigmas_type="sigma_min"), {}),
     "unipc_eps_sigma_min": (lambda n: diffusers.UniPCMultistepScheduler(
         **SD, predict_x0=False, final_sigmas_type="sigma_min", disable_corrector=[0]),
-                            lambda ab, n: oj.unipc_schedule(
+                            lambda ab, n: oj.baselines.unipc_schedule(
                                 ab, n, predict_x0=False, final_sigmas_type="sigma_min",
                                 disable_corrector=[0]), {}),
 }
@@ -173,7 +175,7 @@ def test_matches_torch_scheduler_with_float64_levels(case, n):
 def test_euler_trailing_matches_torch(n):
   kwargs = dict(**SD, timestep_spacing="trailing")
   err = _check(diffusers.EulerDiscreteScheduler(**kwargs),
-               lambda ab, n: oj.euler_schedule(ab, n, timestep_spacing="trailing"), n,
+               lambda ab, n: oj.baselines.euler_schedule(ab, n, timestep_spacing="trailing"), n,
                init_scale=_euler_trailing_start(kwargs, n))
   assert err <= RTOL, f"euler trailing n={n}: max relative error {err:.2e}"
 
@@ -188,7 +190,7 @@ def test_ipndm_matches_torch(n):
   that diffusers' ``ets = sigma x + alpha v`` is the epsilon again.
   """
   alphas = oj.scaled_linear_alphas_cumprod()
-  schedule = oj.ipndm_schedule(alphas, n)
+  schedule = oj.baselines.ipndm_schedule(alphas, n)
   timesteps = np.asarray(schedule.timesteps)
   sigmas = np.append(np.sqrt(1.0 - alphas[timesteps]), 0.0)
   scheduler = diffusers.IPNDMScheduler(trained_betas=sigmas.tolist())
@@ -213,7 +215,7 @@ def test_ipndm_matches_torch(n):
     ours = np.asarray(_sample_jit(denoise_fn, schedule, jnp.asarray(x_T)))
   assert len(scheduler.timesteps) == n == len(calls)
   err = max_rel_err(ours, ref)
-  assert err <= RTOL, f"ipndm n={n}: max relative error {err:.2e}"
+  assert err <= RTOL_FLOAT64_LEVELS, f"ipndm n={n}: max relative error {err:.2e}"
 
 
 def test_unipc_bh1_final_sigma_zero_is_nan_in_diffusers_finite_here():
@@ -221,7 +223,7 @@ def test_unipc_bh1_final_sigma_zero_is_nan_in_diffusers_finite_here():
   n = 5
   scheduler = diffusers.UniPCMultistepScheduler(**SD, solver_type="bh1")
   alphas = scheduler.alphas_cumprod.numpy().astype(np.float64)
-  schedule = oj.unipc_schedule(alphas, n, solver_type="bh1")
+  schedule = oj.baselines.unipc_schedule(alphas, n, solver_type="bh1")
   with jax.enable_x64(True):
     denoise_fn = mixture_denoiser_float64(alphas, 8, (DIM,))
     model = lambda x, t: np.asarray(denoise_fn(jnp.asarray(x), jnp.int32(t)))
