@@ -1,4 +1,4 @@
-"""Issue 8 evidence: paper fit vs closed-loop fit vs end-to-end refinement, held-out noises.
+"""The paper's fit vs the closed-loop fit vs end-to-end refinement, on held-out noises.
 
 For each analytic model (exact Gaussian-mixture noise prediction) and step count it prints a
 markdown table of the RMSE (and median per-sample RMSE) of the n-step sample against the
@@ -38,7 +38,7 @@ def _errors(den, sched, x_eval, ref):
 def _problem(name, num_fit, num_eval):
   """(fit denoiser, eval denoiser, alphas_cumprod, sample shape, description)."""
   if name == "digits":
-    model = oj.load_digits_model()
+    model = oj.digits.load_digits_model()
     # Class-conditional: the labels are part of the model call, cycled 0..9 over the noises.
     den_fit = model.denoiser(jnp.arange(num_fit) % 10)
     den_eval = model.denoiser(jnp.arange(num_eval) % 10)
@@ -46,8 +46,8 @@ def _problem(name, num_fit, num_eval):
             f"digits UNet (guidance {model.default_guidance_scale})")
   shape, comps, std = MODELS[name]
   alphas = oj.scaled_linear_alphas_cumprod()
-  mix = oj.make_gaussian_mixture(jax.random.key(0), comps, shape, std=std)
-  den = oj.mixture_denoiser(mix, alphas)
+  mix = oj.analytic.make_gaussian_mixture(jax.random.key(0), comps, shape, std=std)
+  den = oj.analytic.mixture_denoiser(mix, alphas)
   return den, den, alphas, shape, name
 
 
@@ -87,22 +87,21 @@ def run(small: bool = False, models=None, steps=None, refine_iters=None, num_eva
         return sched
 
       add("DDIM", lambda: (oj.baseline_schedule("ddim", alphas, n), 0))
-      add("OLSS-P (paper fit, uniform)", lambda: (oj.fit_weights(traj, uniform), 0))
-      add("OLSS (paper fit, searched)",
-          lambda: (oj.fit_weights(traj, oj.search_path(traj, n, num_bisection_steps=bisect)), 0))
-      add("closed-loop, uniform", lambda: (oj.fit_weights(traj, uniform, denoise_fn=den), n))
+      add("OLSS-P (paper fit, uniform)", lambda: (oj.fit_weights(traj, uniform)[0], 0))
+      add("OLSS (paper fit, searched)", lambda: (oj.fit_weights(
+          traj, oj.search_path(traj, n, num_bisection_steps=bisect)[0])[0], 0))
+      add("closed-loop, uniform", lambda: (oj.closed_loop_fit(traj, uniform, den)[0], n))
 
       def closed_searched():
-        path, info = oj.search_path(traj, n, denoise_fn=den, num_bisection_steps=bisect,
-                                    return_info=True)
-        return oj.fit_weights(traj, path, denoise_fn=den), info.num_model_calls + n
+        path, info = oj.closed_loop_search(traj, n, den, num_bisection_steps=bisect)
+        return oj.closed_loop_fit(traj, path, den)[0], int(info.num_model_calls) + n
 
       cl = add("closed-loop, searched", closed_searched)
 
       def refined():
-        out = oj.refine(den, traj, cl, optimizer=optax.adam(1e-3), num_iters=iters)
+        out, info = oj.refine(den, traj, cl, optimizer=optax.adam(1e-3), num_iters=iters)
         # Forward and (checkpointed) backward: about 3 model passes per iteration and step.
-        return out, 3 * (out.metadata["refine_iters"] + 1) * n
+        return out, 3 * (len(info.train_losses)) * n
 
       add("closed-loop, searched + refined", refined)
   return rows

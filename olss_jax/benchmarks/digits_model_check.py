@@ -22,7 +22,7 @@ def main():
   parser.add_argument("--per-class", type=int, default=6)
   parser.add_argument("--guidance", default="1,2,3,5")
   args = parser.parse_args()
-  model, clf = oj.load_digits_model(), oj.load_digits_classifier()
+  model, clf = oj.digits.load_digits_model(), oj.digits.load_digits_classifier()
   d = model.denoiser(jnp.arange(256) % 10, guidance_scale=2.0)
   x = jax.random.normal(jax.random.PRNGKey(1), (256, 1, 8, 8))
   f = jax.jit(lambda d, x, t: d(x, t))
@@ -35,10 +35,10 @@ def main():
     cpus.append(time.process_time() - c)
   print(f"forward, UNet batch 512 (CFG on 256): wall min {1e3 * min(walls):.1f} ms, median "
         f"{1e3 * np.median(walls):.1f} ms; process CPU median {1e3 * np.median(cpus):.1f} ms")
-  x_tr, _ = oj.load_digits_dataset("train")
-  x_te, _ = oj.load_digits_dataset("test")
+  x_tr, _ = oj.digits.load_digits_dataset("train")
+  x_te, _ = oj.digits.load_digits_dataset("test")
   f_tr = clf.features(x_tr)
-  print(f"FD(real test, real train) {oj.frechet_distance(clf.features(x_te), f_tr):.3f}")
+  print(f"FD(real test, real train) {oj.digits.frechet_distance(clf.features(x_te), f_tr):.3f}")
   labels = jnp.tile(jnp.arange(10), args.per_class)
   x_T = jax.random.normal(jax.random.PRNGKey(2024), (labels.shape[0], 1, 8, 8))
   for g in (float(v) for v in args.guidance.split(",")):
@@ -46,7 +46,7 @@ def main():
                                  model.alphas_cumprod, 1000)
     final = np.asarray(traj.states[-1])
     acc = np.mean(np.asarray(clf.predict(final)) == np.asarray(labels))
-    fd = oj.frechet_distance(clf.features(final), f_tr)
+    fd = oj.digits.frechet_distance(clf.features(final), f_tr)
     print(f"g={g:.1f}: class accuracy {acc:.3f}, FD to real train digits {fd:.2f}")
 
 

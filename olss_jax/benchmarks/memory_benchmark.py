@@ -26,8 +26,11 @@ import time
 import numpy as np
 
 
-from olss_jax._src import fit  # pylint: disable=wrong-import-position
-from olss_jax._src import lstsq  # pylint: disable=wrong-import-position
+import jax
+import jax.numpy as jnp
+
+from olss_jax._src import linalg  # pylint: disable=wrong-import-position
+from olss_jax._src import regression  # pylint: disable=wrong-import-position
 from olss_jax._src import search  # pylint: disable=wrong-import-position
 from olss_jax._src import stats as stats_lib  # pylint: disable=wrong-import-position
 from olss_jax._src import synthetic  # pylint: disable=wrong-import-position
@@ -55,23 +58,20 @@ def chunks(num_images, chunk, sample_shape, k, log_every):
 
 
 def run_fit(num_images, chunk, sample_shape=(4, 64, 64), k=1000, n=10, log_every=64):
-  path = search.uniform_path(k, n)
-  traj0 = synthetic.synthetic_trajectory(1, (1,), k)
-  coeffs = traj0.state_coefficients()[fit.path_targets(path, k)]
-
-  def blocks():
+  """Eq. 12 on a fixed path, streamed: each chunk's (2n + 1)^2 factor merged by TSQR."""
+  path = jnp.asarray(search.uniform_path(k, n))
+  with jax.enable_x64(True):
+    r = jnp.zeros((2 * n + 1, 2 * n + 1), jnp.float64)
     for c in chunks(num_images, chunk, sample_shape, k, log_every):
-      yield fit.path_rows(c.x_T, c.model_outputs, path, coeffs)
-
-  r = lstsq.streamed_r_factor(blocks(), 2 * n + 1)
-  ws, residuals, _ = lstsq.nested_solves(r, n + 1, [(n + 1 + i, i + 2) for i in range(n)])
-  errors = residuals / (num_images * int(np.prod(sample_shape)))
-  return path, ws, errors
+      r = linalg.stack_rows(r, regression.path_factor(c, path))
+    ws, residuals, _ = linalg.nested_solves(r, n + 1, [i + 2 for i in range(n)])
+  errors = np.asarray(residuals) / (num_images * int(np.prod(sample_shape)))
+  return np.asarray(path), np.asarray(ws), errors
 
 
 def run_stats(num_images, chunk, sample_shape=(4, 64, 64), k=1000, n=10, log_every=16):
   st = stats_lib.stats_from_chunks(chunks(num_images, chunk, sample_shape, k, log_every))
-  path, info = search.search_path(st, n, return_info=True)
+  path, info = search.search_path(st, n)
   return st, path, info
 
 
@@ -96,7 +96,7 @@ def main(argv=None):
   else:
     st, path, info = run_stats(args.images, args.chunk, shape, args.teacher_steps)
     print(f"statistics of {st.num_images} images; searched path {path.tolist()} "
-          f"(max step error {info.max_error:.3e})")
+          f"(max step error {float(info.max_error):.3e})")
   wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
   print(f"RESULT mode={args.mode} images={args.images} chunk={args.chunk}: wall {wall:.0f} s, "
         f"CPU {cpu:.0f} s ({cpu / args.images:.2f} CPU s per image, generation included), "

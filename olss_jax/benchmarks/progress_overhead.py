@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--steps-per-chunk", type=int, default=50)
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args(argv)
-  model = _digits_random() if args.model == "digits-random" else oj.embedded_model(args.model)
+  model = _digits_random() if args.model == "digits-random" else oj.compare.embedded_model(args.model)
   x_T = jax.random.normal(jax.random.key(0), (args.batch,) + tuple(model.sample_shape))
   denoise = model.denoiser(model.draw_conditions(0, args.batch))
   k = args.teacher_steps

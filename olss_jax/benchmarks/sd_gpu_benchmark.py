@@ -1,19 +1,25 @@
-"""Seconds per image of n-step OLSS generation with Stable Diffusion 1.5 in Flax, on one device.
+"""The GPU figures in one run: SD 1.5 generation, the SD-sized fit on the device, the main job.
 
-On a GPU, builds the real Stable Diffusion 1.5 architecture at 512 px (its published configs,
-written below; random bfloat16 weights, since timing does not depend on their values) and
-times `olss_jax.generate` (text encoding, the n-step sampler with classifier-free guidance,
-VAE decode, all under one jit) for 5, 10 and 20 steps at batch 1 and 8. Also times the parts
-alone to report the share of the UNet and of the sampler's own overhead, and the peak device
-memory. The sampler is the same for every schedule (OLSS and DDIM differ only in the weight
-values), so a DDIM schedule of n steps stands in for a fitted one.
+Three parts, each printed as it finishes (``--parts`` picks a subset):
+
+* ``generate``: builds the real Stable Diffusion 1.5 architecture at 512 px (its published
+  configs, written below; random bfloat16 weights, since timing does not depend on their
+  values) and times `olss_jax.stable_diffusion.generate` (text encoding, the n-step sampler
+  with classifier-free guidance, VAE decode, all under one jit) for 5, 10 and 20 steps at batch
+  1 and 8: seconds per image, compile time separately, the parts alone (the UNet's share and
+  the sampler's own overhead) and the peak device memory. The sampler is the same for every
+  schedule (OLSS and DDIM differ only in the weight values), so a DDIM schedule of n steps
+  stands in for a fitted one.
+* ``fit``: a synthetic Stable-Diffusion-sized teacher (32 x 4x64x64 latents, 1000 steps) ->
+  `trajectory_stats` + `search_path` + `fit_weights` (n = 10) on the default device and on
+  the host CPU, same data, same run; cold (with compilation) and warm.
+* ``main-job``: the wall time of the main job (`olss-jax demo` on the digits model) on the
+  default device.
 
 Usage:
-  python -m olss_jax.benchmarks.sd_gpu_benchmark                     # SD 1.5 at 512 px, bfloat16
+  python -m olss_jax.benchmarks.sd_gpu_benchmark                     # everything, full size
   python -m olss_jax.benchmarks.sd_gpu_benchmark --model /path/sd15  # real Flax weights from disk
   python -m olss_jax.benchmarks.sd_gpu_benchmark --tiny              # toy size on the CPU (tests)
-
-Prints a markdown table.
 """
 from __future__ import annotations
 
@@ -137,9 +143,15 @@ def build_random_sd(*, tiny: bool, dtype) -> model_lib.StableDiffusion:
   return model_lib.StableDiffusion(unet, vae, text_encoder, tokenizer, params, info)
 
 
-def _timed(fn, repeats: int) -> float:
-  """Median wall seconds of ``fn()`` (which blocks), after one warm-up (compile) call."""
+def _timed(fn, repeats: int, *, first=None) -> float:
+  """Median wall seconds of ``fn()`` (which blocks), after one warm-up (compile) call.
+
+  ``first`` (a list) receives the seconds of the warm-up call (compilation plus one run).
+  """
+  start = time.perf_counter()
   jax.block_until_ready(fn())
+  if first is not None:
+    first.append(time.perf_counter() - start)
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
@@ -150,8 +162,8 @@ def _timed(fn, repeats: int) -> float:
 
 def _unet_loop(sd, embeds, negative, latents, num_steps):
   """n guided UNet calls alone (no sampler weights), with a data dependency between calls."""
-  denoise = sd.denoiser(embeds, negative_embeds=negative)
-  t = jnp.asarray(oj.ddim_timesteps(num_steps, steps_offset=1))
+  denoise = oj.stable_diffusion.sd_denoiser(sd, embeds, negative_embeds=negative)
+  t = jnp.asarray(oj.baselines.ddim_timesteps(num_steps, steps_offset=1))
 
   def body(i, x):
     return 0.9 * x + 0.1 * denoise(x, t[i])
@@ -185,10 +197,12 @@ def benchmark(sd, *, steps, batches, repeats: int):
     decode = jax.jit(generate_lib.decode_latents)
     vae_s = _timed(lambda: decode(sd, latents), repeats)
     for num_steps in steps:
-      schedule = oj.ddim_schedule(sd.alphas_cumprod,
-                                  oj.ddim_timesteps(num_steps, steps_offset=noise.steps_offset),
+      schedule = oj.baselines.ddim_schedule(sd.alphas_cumprod,
+                                  oj.baselines.ddim_timesteps(num_steps, steps_offset=noise.steps_offset),
                                   final_alpha_cumprod=noise.final_alpha_cumprod)
-      total_s = _timed(lambda: oj.generate(sd, schedule, prompts, latents=latents), repeats)
+      first = []
+      total_s = _timed(lambda: oj.stable_diffusion.generate(sd, schedule, prompts,
+                                                            latents=latents), repeats, first=first)
       unet_s = _timed(lambda: _unet_loop_jit(sd, embeds, negative, latents, num_steps), repeats)
       overhead_s = total_s - unet_s - text_s - vae_s
       rows.append({
@@ -196,6 +210,7 @@ def benchmark(sd, *, steps, batches, repeats: int):
           "total_s": total_s, "unet_s": unet_s, "text_s": text_s, "vae_s": vae_s,
           "overhead_s": overhead_s, "unet_share": unet_s / total_s,
           "overhead_share": overhead_s / total_s, "peak_gib": peak_memory_gib(),
+          "compile_s": first[0] - total_s,
       })
   return rows
 
@@ -205,22 +220,83 @@ def markdown(rows, device: str, dtype: str, title: str) -> str:
   lines = [f"{title} on {device} ({dtype}); median of the timed repeats, after compilation.",
            "",
            "| steps | batch | s / image | total s | UNet s (share) | text s | VAE s "
-           "| sampler overhead s (share) | peak GiB |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| sampler overhead s (share) | peak GiB | compile s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     peak = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
     lines.append(
         f"| {r['steps']} | {r['batch']} | {r['seconds_per_image']:.4f} | {r['total_s']:.4f} "
         f"| {r['unet_s']:.4f} ({100 * r['unet_share']:.1f}%) | {r['text_s']:.4f} "
         f"| {r['vae_s']:.4f} | {r['overhead_s']:.4f} ({100 * r['overhead_share']:.1f}%) "
-        f"| {peak} |")
+        f"| {peak} | {r['compile_s']:.1f} |")
   return "\n".join(lines)
 
 
+def fit_benchmark(*, num_images: int, sample_shape, num_teacher_steps: int, num_steps: int,
+                  devices) -> list[dict]:
+  """Statistics + search + fit of one synthetic teacher on each device; cold and warm seconds."""
+  traj = oj.testing.synthetic_trajectory(num_images, sample_shape, num_teacher_steps)
+  rows = []
+  for device in devices:
+    with jax.default_device(device):
+      on_device = traj.replace(x_T=jax.device_put(traj.x_T, device),
+                               model_outputs=jax.device_put(traj.model_outputs, device))
+      jax.block_until_ready(on_device.model_outputs)
+      row = {"device": f"{device.platform}:{device.device_kind}"}
+      for label in ("cold", "warm"):
+        start = time.perf_counter()
+        stats = oj.trajectory_stats(on_device)
+        jax.block_until_ready(stats.factor)
+        t_stats = time.perf_counter() - start
+        path, info = oj.search_path(stats, num_steps)
+        t_search = time.perf_counter() - start - t_stats
+        schedule, _ = oj.fit_weights(stats, path)
+        total = time.perf_counter() - start
+        row[label] = {"stats_s": t_stats, "search_s": t_search,
+                      "fit_s": total - t_stats - t_search, "total_s": total}
+      row.update(path=np.asarray(path).tolist(), max_error=float(info.max_error),
+                 weights=np.asarray(schedule.weights))
+      rows.append(row)
+  return rows
+
+
+def fit_markdown(rows, title: str) -> str:
+  """The fit rows as a markdown table (and whether every device found the same path)."""
+  lines = [title, "", "| device | run | statistics s | search s | fit s | total s |",
+           "|---|---|---|---|---|---|"]
+  for r in rows:
+    for label in ("cold", "warm"):
+      t = r[label]
+      lines.append(f"| {r['device']} | {label} | {t['stats_s']:.3f} | {t['search_s']:.3f} | "
+                   f"{t['fit_s']:.3f} | {t['total_s']:.3f} |")
+  same = all(r["path"] == rows[0]["path"] for r in rows)
+  diff = max(float(np.max(np.abs(r["weights"] - rows[0]["weights"]))) for r in rows)
+  lines += ["", f"same path on every device: {same} ({rows[0]['path']}); max weight "
+            f"difference {diff:.2e}"]
+  return "\n".join(lines)
+
+
+def main_job_seconds(*, tiny: bool) -> float:
+  """Wall seconds of the main job (`olss-jax demo`, digits) on the default device."""
+  from olss_jax.cli import main as cli_main  # pylint: disable=import-outside-toplevel
+  argv = ["demo", "-q", "--out", ""]
+  if tiny:
+    argv += ["--model", "analytic", "--steps", "3", "--num-fit", "4", "--num-eval", "4",
+             "--teacher-steps", "20", "--methods", "ddim", "olss"]
+  start = time.perf_counter()
+  if cli_main(argv) != 0:
+    raise RuntimeError("the main job failed")
+  return time.perf_counter() - start
+
+
+PARTS = ("generate", "fit", "main-job")
+
+
 def main(argv=None):
-  """Runs the benchmark and prints the table; returns the rows."""
+  """Runs the chosen parts and prints their tables; returns {part: rows or seconds}."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--tiny", action="store_true", help="toy size (CPU smoke test)")
+  parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
   parser.add_argument("--model", help="load real Flax weights from this directory instead")
   parser.add_argument("--steps", type=int, nargs="+", default=None)
   parser.add_argument("--batch", type=int, nargs="+", default=None)
@@ -228,12 +304,37 @@ def main(argv=None):
   parser.add_argument("--dtype", default=None, choices=["bfloat16", "float32", "float16"],
                       help="default bfloat16; float32 with --tiny (bfloat16 is slow on CPUs)")
   args = parser.parse_args(argv)
+  out = {}
+  device = jax.devices()[0]
+  print(f"JAX {jax.__version__}, default device {device.platform}:{device.device_kind}, "
+        f"{len(jax.devices())} device(s)", flush=True)
+  if "generate" in args.parts:
+    out["generate"] = _generate_part(args)
+  if "fit" in args.parts:
+    size = dict(num_images=2, sample_shape=(4, 8, 8), num_teacher_steps=50, num_steps=4) \
+        if args.tiny else dict(num_images=32, sample_shape=(4, 64, 64), num_teacher_steps=1000,
+                               num_steps=10)
+    devices = [device] if device.platform == "cpu" else [device, jax.devices("cpu")[0]]
+    rows = fit_benchmark(devices=devices, **size)
+    print(fit_markdown(rows, f"Statistics + search + fit of a synthetic teacher {size}"),
+          flush=True)
+    out["fit"] = rows
+  if "main-job" in args.parts:
+    seconds = main_job_seconds(tiny=args.tiny)
+    print(f"main job (olss-jax demo{' at toy size' if args.tiny else ''}) on "
+          f"{device.platform}: {seconds:.1f} s wall", flush=True)
+    out["main-job"] = seconds
+  return out
+
+
+def _generate_part(args):
+  """The generation part: builds (or loads) the model, times it, prints the table."""
   steps = args.steps or ([2] if args.tiny else [5, 10, 20])
   batches = args.batch or ([1] if args.tiny else [1, 8])
   repeats = args.repeats or (1 if args.tiny else 5)
   dtype = jnp.dtype(args.dtype or ("float32" if args.tiny else "bfloat16"))
   if args.model:
-    sd = oj.load_stable_diffusion(args.model, dtype=dtype)
+    sd = oj.stable_diffusion.load_stable_diffusion(args.model, dtype=dtype)
     title = f"OLSS generation with {sd.name}"
   else:
     sd = build_random_sd(tiny=args.tiny, dtype=dtype)
@@ -243,7 +344,7 @@ def main(argv=None):
   title += f" at {height}x{width} px, text encoding and VAE decode included,"
   device = jax.devices()[0]
   rows = benchmark(sd, steps=steps, batches=batches, repeats=repeats)
-  print(markdown(rows, f"{device.platform}:{device.device_kind}", dtype.name, title))
+  print(markdown(rows, f"{device.platform}:{device.device_kind}", dtype.name, title), flush=True)
   return rows
 
 

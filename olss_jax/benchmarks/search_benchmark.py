@@ -1,49 +1,45 @@
-"""Path search + fit at Stable Diffusion's size: the paper's direct search vs olss_jax's.
+"""Path search + fit at Stable Diffusion's size: the published code's cost vs olss_jax's, one run.
 
-On one synthetic trajectory with a real teacher's correlations (`olss_jax._src.synthetic`:
-32 images of 4x64x64 latents, 1000 teacher steps, neighbouring outputs correlated > 0.99),
-it runs side by side, each timed on the same data in the same process:
+On one synthetic trajectory with a real teacher's correlations (`olss_jax.testing.
+synthetic_trajectory`: 32 images of 4x64x64 latents, 1000 teacher steps, neighbouring outputs
+correlated > 0.99), it measures side by side:
 
-  (b)  olss_jax: `trajectory_stats` (float64 Gram by BLAS syrk, streamed over images), then
-       `search_path(stats, n)` and `fit_weights(stats, path)`;
-  (a)  the paper's search as published (Algorithms 1-3 with the reference implementation's
-       choices: bound D bisected 30 times on [0, 10], Algorithm 1's binary search over all
-       remaining teacher steps, the path of the final upper bound, then its n fits), every
-       candidate step error its own tall float64 least squares over all B * D rows (LAPACK
-       gelsy, the reference code's torch.linalg.lstsq driver);
-  (a') the same per-candidate least squares driven by `search_path`'s own control flow
-       (bracket from an always-feasible walk, jump caps, best-of-feasible, uniform fallback):
-       it must give (b)'s path and step errors (to 1e-6 relative), walk by walk.
+  (b)  olss_jax, pure JAX: `trajectory_stats` (the float64 Gram, a jitted symmetric product in
+       XLA over blocks of rows), `search_path(stats, n)` and `fit_weights(stats, path)`;
+  (a)  the published reference code's search and fit (alibaba/EasyNLP olss.py, re-implemented
+       here to cost what it costs): the teacher's states x and outputs e held as float32
+       tensors; every candidate of Algorithm 1 builds its basis [x_current, e_path...] and
+       target, casts them to float64 and solves `torch.linalg.lstsq` (gelsy on the CPU),
+       predicts and takes the MSE; Algorithm 3 bisects D on [0, 10] 30 times; then the n fits.
+       It runs in a child process (torch with as many threads as this machine has cores) so
+       its CPU seconds and peak RSS are its own.
+  (a') the same torch oracle driven by `search_path`'s control flow (reference_search) with the
+       paper's Eq. 12 basis [x_T, e_path...]: it must give (b)'s path and step errors to 1e-6
+       relative (`--verify`, on by default; also in the child).
 
-It reports wall and CPU times, the ratios, peak RSS, and whether the paths agree.
+It prints wall seconds, CPU seconds and peak RSS of each, and the ratio (a)/(b).
 
-  python -m olss_jax.benchmarks.search_benchmark            # full size, all measured (~5 min)
-  python -m olss_jax.benchmarks.search_benchmark --small    # seconds; run by tests/test_stats.py
-  python -m olss_jax.benchmarks.search_benchmark --reference-sample 200   # (a) and (a') timed
-                       # on 200 of their tall least squares drawn at random from the calls
-                       # their full searches make; totals EXTRAPOLATED (the output says so)
+  python -m olss_jax.benchmarks.search_benchmark           # full size (a few minutes)
+  python -m olss_jax.benchmarks.search_benchmark --small   # seconds; run by the tests
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
-import scipy.linalg
 
 
-from olss_jax._src import fit  # pylint: disable=wrong-import-position
-from olss_jax._src import search  # pylint: disable=wrong-import-position
-from olss_jax._src import stats as stats_lib  # pylint: disable=wrong-import-position
-from olss_jax._src import synthetic  # pylint: disable=wrong-import-position
-
-
-def cpu_seconds() -> float:
-  """User + system CPU time of this process (all threads) so far."""
-  usage = resource.getrusage(resource.RUSAGE_SELF)
+def cpu_seconds(children: bool = False) -> float:
+  """User + system CPU time of this process (or of its finished children) so far."""
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
   return usage.ru_utime + usage.ru_stime
 
 
@@ -54,7 +50,7 @@ def peak_rss_gib() -> float:
 
 def reference_search(error_fn, num_teacher_steps: int, num_steps: int, *,
                      num_bisection_steps: int = 30, log=None):
-  """`search_path`'s control flow (Algorithms 1-3 with its changes) on any error oracle.
+  """`search_path`'s control flow (Algorithms 1-3 with its changes), plainly, on any oracle.
 
   Args:
     error_fn: ``(path_prefix list[int], target int) -> float``, the per-element MSE of
@@ -135,7 +131,7 @@ def paper_search(error_fn, num_teacher_steps: int, num_steps: int, *,
   D, Algorithm 2 walks greedily from step 0, Algorithm 1 binary-searching the farthest next
   teacher state (one past the current at least, the farthest the final state K) whose step
   error is <= D; a walk that reaches K within n calls is feasible (its path may be shorter).
-  The path of the final upper bound is then fitted: its n step errors are n more solves.
+  The path of the final upper bound is then fitted: its step errors are more solves.
 
   Returns:
     (path (n',) int32 with n' <= n, step errors (n',), number of walks).
@@ -172,54 +168,84 @@ def paper_search(error_fn, num_teacher_steps: int, num_steps: int, *,
   return np.asarray(path, np.int32), errors, num_bisection_steps + 1
 
 
-def direct_error_fn(x_T_flat, outputs_flat, states):
-  """The paper's oracle: a tall float64 least squares over all rows per candidate.
+def torch_oracle(x_path, e_path, *, published_basis: bool):
+  """The published code's candidate error: a float64 `torch.linalg.lstsq` per call.
 
   Args:
-    x_T_flat: (B * D,) float32; outputs_flat: (K, B * D) float32; states: (K + 1, B * D)
-      float64 teacher states.
+    x_path: (K + 1, N) torch tensor of the teacher's states (float32 as the code stores them;
+      float64 exact states to check step errors).
+    e_path: (K, N) float32 torch tensor of the model outputs.
+    published_basis: True: the reference code's basis [x at the current node, e_path...]
+      (its search); False: the paper's Eq. 12 basis [x_T, e_path...].
+
+  Returns:
+    ``error(prefix list[int], target int) -> float`` counting its calls in ``error.calls``.
   """
-  m = x_T_flat.shape[0]
+  import torch  # pylint: disable=import-outside-toplevel
+
   calls = [0]
 
   def error(prefix, target):
     calls[0] += 1
-    basis = np.stack([x_T_flat] + [outputs_flat[p] for p in prefix], axis=1).astype(np.float64)
-    w = scipy.linalg.lstsq(basis, states[target], lapack_driver="gelsy", check_finite=False)[0]
-    resid = states[target] - basis @ w
-    return float(resid @ resid) / m
+    first = x_path[prefix[-1]:prefix[-1] + 1] if published_basis else x_path[0:1]
+    xe = torch.concat([first.to(e_path.dtype), e_path[list(prefix)]], dim=0)  # (1 + len, N)
+    x = x_path[target]
+    coef = torch.linalg.lstsq(xe.T.to(torch.float64), x.to(torch.float64)).solution
+    pred = torch.matmul(coef.unsqueeze(0), xe.to(torch.float64)).squeeze(0)
+    return float(torch.nn.functional.mse_loss(pred, x.to(torch.float64)))
 
   error.calls = calls
   return error
 
 
-def teacher_states(traj) -> np.ndarray:
-  """(K + 1, B * D) float64 teacher states by the DDIM recurrence in float64."""
-  a, b = traj.step_coefficients()
-  k = traj.num_teacher_steps
-  x = np.asarray(traj.x_T, np.float64).reshape(-1)
-  out = np.empty((k + 1, x.shape[0]), np.float64)
-  out[0] = x
-  e = np.asarray(traj.model_outputs).reshape(k, -1)
-  for i in range(k):
-    out[i + 1] = a[i] * out[i] + b[i] * e[i]
+def run_reference(data_path: str, num_steps: int, num_bisection_steps: int, verify: bool):
+  """(a) and (a') on the saved data, in this process; returns their measurements."""
+  import torch  # pylint: disable=import-outside-toplevel
+
+  torch.set_num_threads(os.cpu_count() or 1)
+  data = np.load(data_path)
+  x_path = torch.from_numpy(data["states"])         # (K + 1, N) float32, as the code stores
+  e_path = torch.from_numpy(data["outputs"])        # (K, N) float32
+  k = e_path.shape[0]
+  out = {}
+  oracle = torch_oracle(x_path, e_path, published_basis=True)
+  c0, t0 = cpu_seconds(), time.perf_counter()
+  path, errors, walks = paper_search(oracle, k, num_steps,
+                                     num_bisection_steps=num_bisection_steps)
+  fit_oracle = torch_oracle(x_path, e_path, published_basis=False)  # its fit uses x_T
+  fit_errors = [fit_oracle(list(path[:i + 1]), int(t))
+                for i, t in enumerate(list(path[1:]) + [k])]
+  out["a"] = dict(wall=time.perf_counter() - t0, cpu=cpu_seconds() - c0,
+                  calls=oracle.calls[0] + fit_oracle.calls[0], walks=walks,
+                  path=path.tolist(), errors=[float(e) for e in fit_errors])
+  if verify:
+    # The exact float64 teacher states (the paper's targets; the code above keeps float32).
+    a_k, b_k = data["step_a"], data["step_b"]
+    states64 = np.empty((k + 1, e_path.shape[1]), np.float64)
+    states64[0] = data["states"][0]
+    for i in range(k):
+      states64[i + 1] = a_k[i] * states64[i] + b_k[i] * data["outputs"][i]
+    oracle = torch_oracle(torch.from_numpy(states64), e_path, published_basis=False)
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    path, errors, walks = reference_search(oracle, k, num_steps,
+                                           num_bisection_steps=num_bisection_steps)
+    out["a_ours"] = dict(wall=time.perf_counter() - t0, cpu=cpu_seconds() - c0,
+                         calls=oracle.calls[0], walks=len(walks), path=path.tolist(),
+                         errors=[float(e) for e in errors])
+  out["rss"] = peak_rss_gib()
   return out
 
 
-def _time(fn):
-  """(result, wall seconds, CPU seconds) of ``fn()``."""
-  c0, t0 = cpu_seconds(), time.perf_counter()
-  out = fn()
-  return out, time.perf_counter() - t0, cpu_seconds() - c0
-
-
 def run(num_images, sample_shape, num_teacher_steps, num_steps, *, num_bisection_steps=30,
-        reference_sample=None, noise=0.002, seed=0, verbose=True):
-  """Runs (b), then (a) and (a') on the same data; returns a dict of the measurements."""
+        noise=0.002, seed=0, verify=True, verbose=True):
+  """Runs (b) here and (a), (a') in a child process on the same data; returns the figures."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import olss_jax as oj  # pylint: disable=import-outside-toplevel
+
   say = print if verbose else (lambda *a, **k: None)
   t0 = time.perf_counter()
-  traj = synthetic.synthetic_trajectory(num_images, sample_shape, num_teacher_steps,
-                                        noise=noise, seed=seed)
+  traj = oj.testing.synthetic_trajectory(num_images, sample_shape, num_teacher_steps,
+                                         noise=noise, seed=seed)
   k, n = num_teacher_steps, num_steps
   e = traj.model_outputs.reshape(k, -1)
   corr = [float(np.corrcoef(e[i, :65536], e[i + 1, :65536])[0, 1])
@@ -228,118 +254,67 @@ def run(num_images, sample_shape, num_teacher_steps, num_steps, *, num_bisection
       f"{k + 1} columns (float32 outputs {traj.model_outputs.nbytes / 2**30:.2f} GiB), generated "
       f"in {time.perf_counter() - t0:.1f} s; neighbouring outputs' correlation (sampled pairs) "
       f"min {min(corr):.4f}, median {float(np.median(corr)):.4f}")
+  say(f"machine: {os.cpu_count()} CPUs, JAX {jax.__version__} on {jax.default_backend()}, load "
+      f"average {os.getloadavg()[0]:.1f} (other users may share it)", flush=True)
   rss_data = peak_rss_gib()
-  say(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other users "
-      "may share it; wall times scale with the load, CPU seconds much less)", flush=True)
 
   # (b) olss_jax, cold (compilation included, as a user's first call)
   c0 = cpu_seconds()
-  st, t_stats, _ = _time(lambda: stats_lib.trajectory_stats(traj))
-  (path_b, info_b), t_search, _ = _time(lambda: search.search_path(
-      st, n, num_bisection_steps=num_bisection_steps, return_info=True))
-  schedule, t_fit, _ = _time(lambda: fit.fit_weights(st, path_b))
+  t0 = time.perf_counter()
+  st = oj.trajectory_stats(traj)
+  jax.block_until_ready(st.factor)
+  t_stats = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  path_b, info_b = oj.search_path(st, n, num_bisection_steps=num_bisection_steps)
+  t_search = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  schedule, fit_info = oj.fit_weights(st, path_b)
+  t_fit = time.perf_counter() - t0
   t_b, cpu_b = t_stats + t_search + t_fit, cpu_seconds() - c0
   rss_b = peak_rss_gib()
   say(f"(b) olss_jax: {t_b:.2f} s wall, {cpu_b:.1f} CPU s (statistics {t_stats:.2f} s, search "
-      f"{t_search:.2f} s over {info_b.num_walks} walks, fit {t_fit:.2f} s); peak RSS "
-      f"{rss_b:.2f} GiB (after data: {rss_data:.2f} GiB)")
-  say(f"    path {path_b.tolist()}  max step error {info_b.max_error:.6e}")
+      f"{t_search:.2f} s over {int(info_b.num_walks)} walks, fit {t_fit:.2f} s); peak RSS "
+      f"{rss_b:.2f} GiB ({rss_data:.2f} GiB of it the data)")
+  say(f"    path {path_b.tolist()}  max step error {float(info_b.max_error):.6e}", flush=True)
 
-  # The calls each control flow makes, from (b)'s own (exact, fast) oracle.
-  proj = search.ProjectionErrors(st)
-  calls = []
-
-  def fast_error(prefix, target):
-    calls.append((tuple(int(p) for p in prefix), int(target)))
-    q = proj.start()
-    for p in prefix:
-      q = proj.add(q, int(p) + 1)
-    return proj.error(q, int(target))
-
-  path_f, _, walks_f = reference_search(fast_error, k, n, num_bisection_steps=num_bisection_steps)
-  assert np.array_equal(path_f, path_b), (path_f, path_b)
-  calls_ours = list(calls)
-  calls.clear()
-  path_pf, errors_pf, _ = paper_search(fast_error, k, n, num_bisection_steps=num_bisection_steps)
-  calls_paper = list(calls)
-  say(f"the paper's search (same oracle as (b)) makes {len(calls_paper)} least-squares calls "
-      f"and finds {path_pf.tolist()} (max step error {np.max(errors_pf):.6e}); search_path's "
-      f"control flow makes {len(calls_ours)}")
-
-  t0 = time.perf_counter()
-  states = teacher_states(traj)
-  say(f"teacher states in float64 for the direct oracle: {time.perf_counter() - t0:.1f} s "
-      f"({states.nbytes / 2**30:.2f} GiB; the reference code stores them; not counted)",
-      flush=True)
-  oracle = direct_error_fn(traj.x_T.reshape(-1), e, states)
-  out = dict(t_b=t_b, cpu_b=cpu_b, t_stats=t_stats, rss_b=rss_b, rss_data=rss_data,
-             path_b=path_b, walks=info_b.num_walks, schedule=schedule,
-             calls_paper=len(calls_paper), calls_ours=len(calls_ours))
-
-  if reference_sample is not None:
-    rng = np.random.default_rng(seed)
-    for name, pool in (("(a)", calls_paper), ("(a')", calls_ours)):
-      pick = rng.choice(len(pool), min(reference_sample, len(pool)), replace=False)
-      rel = 0.0
-
-      def timed_calls():
-        return [oracle(list(pool[j][0]), pool[j][1]) for j in pick]
-
-      got, t_s, cpu_s = _time(timed_calls)
-      for j, value in zip(pick, got):
-        want = fast_error(list(pool[j][0]), pool[j][1])
-        rel = max(rel, abs(value - want) / want)
-      t_a, cpu_a = t_s / len(pick) * len(pool), cpu_s / len(pick) * len(pool)
-      say(f"{name} EXTRAPOLATED: timed {len(pick)} of its {len(pool)} tall least squares (uniform "
-          f"random sample) in {t_s:.1f} s wall ({cpu_s:.1f} CPU s); estimate for all: "
-          f"{t_a:.0f} s wall, {cpu_a:.0f} CPU s; max relative difference to (b)'s errors "
-          f"{rel:.2e}")
-      say(f"RATIO {name}/(b) = {t_a / t_b:.1f}x wall, {cpu_a / cpu_b:.1f}x CPU   [{name} "
-          f"EXTRAPOLATED from a {len(pick)}-call sample, (b) measured]")
-      key = "a" if name == "(a)" else "a_ours"
-      out.update({f"t_{key}": t_a, f"cpu_{key}": cpu_a, f"rel_{key}": rel})
-    out["finished"] = False
-    say(f"peak RSS of the whole run (incl. the float64 states): {peak_rss_gib():.2f} GiB")
-    return out
-
-  # (a) the paper's search, measured
-  (path_a, errors_a, walks_a), t_a, cpu_a = _time(
-      lambda: paper_search(oracle, k, n, num_bisection_steps=num_bisection_steps))
-  calls_a = oracle.calls[0]
-  say(f"(a) paper's direct search: {t_a:.1f} s wall, {cpu_a:.1f} CPU s over {walks_a} walks, "
-      f"{calls_a} tall least squares; path {path_a.tolist()} (max step error "
-      f"{np.max(errors_a):.6e}); same path as with (b)'s oracle: "
-      f"{np.array_equal(path_a, path_pf)}", flush=True)
-
-  # (a') the same oracle in search_path's control flow, walk by walk against (b)'s
-  agree = []
-
-  def log(i, bound, result, seconds):
-    other = walks_f[i - 1] if i - 1 < len(walks_f) else None
-    same = other is not None and (
-        (result is None and other[1] is None)
-        or (result is not None and other[1] is not None
-            and np.array_equal(result[0], other[1][0])))
-    agree.append(same)
-
-  oracle.calls[0] = 0
-  (path_o, errors_o, walks_o), t_o, cpu_o = _time(lambda: reference_search(
-      oracle, k, n, num_bisection_steps=num_bisection_steps, log=log))
-  rel = float(np.max(np.abs(errors_o - info_b.step_errors) / errors_o))
-  out.update(finished=True, t_a=t_a, cpu_a=cpu_a, path_a=path_a, t_a_ours=t_o, cpu_a_ours=cpu_o,
-             paths_equal=bool(np.array_equal(path_o, path_b)), walks_agree=all(agree),
-             max_rel_error_diff=rel)
-  say(f"(a') direct oracle in search_path's control flow: {t_o:.1f} s wall, {cpu_o:.1f} CPU s "
-      f"over {len(walks_o)} walks, {oracle.calls[0]} tall least squares; path "
-      f"{path_o.tolist()}")
-  say(f"(a') vs (b): paths equal {out['paths_equal']}, every walk equal {all(agree)}, max "
-      f"relative difference of the path's step errors {rel:.2e}")
-  say(f"RATIO (a)/(b) = {t_a / t_b:.1f}x wall, {cpu_a / cpu_b:.1f}x CPU   "
-      f"[(a) {t_a:.1f} s, (b) {t_b:.2f} s, both measured]")
-  say(f"RATIO (a')/(b) = {t_o / t_b:.1f}x wall, {cpu_o / cpu_b:.1f}x CPU   "
-      f"[(a') {t_o:.1f} s, (b) {t_b:.2f} s, both measured]")
-  say(f"load average at the end: {os.getloadavg()[0]:.1f}; peak RSS of the whole run (incl. "
-      f"the float64 states): {peak_rss_gib():.2f} GiB")
+  # (a), (a') in a child: the teacher's states and outputs as the published code holds them
+  states = np.asarray(traj.states, np.float32).reshape(k + 1, -1)
+  with tempfile.TemporaryDirectory() as tmp:
+    data_path = os.path.join(tmp, "teacher.npz")
+    a_k, b_k = (np.asarray(c) for c in traj.step_coefficients())
+    np.savez(data_path, states=states, outputs=e, step_a=a_k, step_b=b_k)
+    del states
+    c_children = cpu_seconds(children=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__),  # no JAX in the child
+                           "--reference", data_path, "--steps", str(n), "--bisection",
+                           str(num_bisection_steps)] + ([] if verify else ["--no-verify"]),
+                          capture_output=True, text=True, check=False)
+    child_wall = time.perf_counter() - t0
+  if proc.returncode != 0:
+    raise RuntimeError(f"reference run failed: {proc.stderr[-3000:]}")
+  ref = json.loads(proc.stdout.strip().splitlines()[-1])
+  a = ref["a"]
+  say(f"(a) the published code's search and fit (torch.linalg.lstsq float64 per candidate, "
+      f"{os.cpu_count()} threads): {a['wall']:.1f} s wall, {a['cpu']:.1f} CPU s, "
+      f"{a['calls']} tall least squares; path {a['path']}; child peak RSS {ref['rss']:.2f} GiB "
+      f"(the states and outputs it holds: {2 * e.nbytes / 2**30:.2f} GiB)")
+  out = dict(t_b=t_b, cpu_b=cpu_b, t_stats=t_stats, t_search=t_search, t_fit=t_fit, rss_b=rss_b,
+             rss_data=rss_data, path_b=path_b, walks=int(info_b.num_walks), schedule=schedule,
+             t_a=a["wall"], cpu_a=a["cpu"], calls_a=a["calls"], path_a=a["path"],
+             rss_a=ref["rss"], child_wall=child_wall,
+             child_cpu=cpu_seconds(children=True) - c_children)
+  if verify:
+    ao = ref["a_ours"]
+    rel = float(np.max(np.abs(np.asarray(ao["errors"]) - np.asarray(fit_info.step_errors))
+                       / np.asarray(ao["errors"])))
+    out.update(paths_equal=ao["path"] == path_b.tolist(), max_rel_error_diff=rel,
+               t_a_ours=ao["wall"], calls_a_ours=ao["calls"])
+    say(f"(a') the torch oracle in search_path's control flow: {ao['wall']:.1f} s wall, "
+        f"{ao['calls']} tall least squares; path equal to (b)'s: {out['paths_equal']}; max "
+        f"relative difference of the step errors {rel:.2e}")
+  say(f"RATIO (a)/(b) = {a['wall'] / t_b:.1f}x wall, {a['cpu'] / cpu_b:.1f}x CPU   "
+      f"[(a) {a['wall']:.1f} s, (b) {t_b:.2f} s, both measured in this run]")
   return out
 
 
@@ -349,14 +324,18 @@ def main(argv=None):
   parser.add_argument("--images", type=int, default=32)
   parser.add_argument("--steps", type=int, default=10, help="n, model calls of the sampler")
   parser.add_argument("--teacher-steps", type=int, default=1000)
-  parser.add_argument("--reference-sample", type=int, default=None,
-                      help="time (a) and (a') on this many randomly drawn calls of their full "
-                      "searches and extrapolate (default: run them in full)")
+  parser.add_argument("--bisection", type=int, default=30, help="bisection rounds")
+  parser.add_argument("--no-verify", action="store_true", help="skip (a')")
+  parser.add_argument("--reference", default=None, help=argparse.SUPPRESS)  # the child's mode
   args = parser.parse_args(argv)
+  if args.reference:
+    print(json.dumps(run_reference(args.reference, args.steps, args.bisection,
+                                   not args.no_verify)))
+    return None
   if args.small:
-    return run(4, (4, 8, 8), 100, 5)
+    return run(4, (4, 8, 8), 100, 5, verify=not args.no_verify)
   return run(args.images, (4, 64, 64), args.teacher_steps, args.steps,
-             reference_sample=args.reference_sample)
+             num_bisection_steps=args.bisection, verify=not args.no_verify)
 
 
 if __name__ == "__main__":
