@@ -31,26 +31,34 @@ import numpy as np
 import olss_jax as oj
 
 start = time.perf_counter()
-model = oj.embedded_model()  # "digits" if its weights are installed, else "analytic"
-print(model.name, "sample shape", model.sample_shape)"""),
+model = oj.compare.embedded_model()  # "digits" if its weights are installed, else "analytic"
+# OLSS_NOTEBOOK_SIZE=small runs every cell at a reduced size in seconds (the test suite does).
+SMALL = os.environ.get("OLSS_NOTEBOOK_SIZE") == "small"
+print(model.name, "sample shape", model.sample_shape, "(small)" if SMALL else "")"""),
     ("md", """## 1. The teacher: the complete generation process on 16 noises
 `collect_trajectory` records the model output of every one of the 1000 DDIM steps. It runs in
 jitted chunks of 100 steps here, so a progress callback could report between chunks. The paper
 fits on 32 noises; 16 keep this notebook under two minutes on a CPU."""),
-    ("code", """NUM_FIT, TEACHER_STEPS = 16, 1000
+    ("code", """NUM_FIT, TEACHER_STEPS = (8, 200) if SMALL else (16, 1000)
 x_fit = jax.random.normal(jax.random.key(1), (NUM_FIT,) + tuple(model.sample_shape))
 denoise_fit = model.denoiser(model.draw_conditions(1, NUM_FIT))
 traj = oj.collect_trajectory(denoise_fit, x_fit, model.alphas_cumprod, TEACHER_STEPS,
                              steps_per_chunk=100)
 print("model outputs", traj.model_outputs.shape)"""),
     ("md", """## 2. Search the path and fit the weights
-`search_path` picks which teacher steps the 10-step sampler calls the model at (minimising
-the largest per-step least-squares error); `fit_weights` solves Eq. 12 for each step."""),
+The paper's two verbs: `search_path` picks which teacher steps the 10-step sampler calls the
+model at (Algorithms 1-3: minimising the largest per-step least-squares error) and
+`fit_weights` solves Eq. 12 for each step. Both are JAX functions (`jax.jit`, `vmap` and
+`grad` compose with them) and return their diagnostics beside the result. `fit_olss` is the
+one recipe: with the model it runs the library's default, the closed-loop fit (Eq. 12 on the
+sampler's own states)."""),
     ("code", """STEPS = 10
-path, info = oj.search_path(traj, STEPS, return_info=True)
-schedule = oj.fit_weights(traj, path)
+path, info = oj.search_path(traj, STEPS)
+schedule, fit_info = oj.fit_weights(traj, path)
 print("timesteps:", np.asarray(schedule.timesteps))
-print("largest step error %.3e (uniform path: %.3e)" % (info.max_error, info.uniform_max_error))"""),
+print("largest step error %.3e (uniform path: %.3e)" % (info.max_error, info.uniform_max_error))
+closed = oj.fit_olss(traj, STEPS, denoise_fn=denoise_fit)  # method "olss-cl"
+print("closed loop:", closed.metadata["method"], np.asarray(closed.timesteps))"""),
     ("md", """## 3. Sample new images and compare with DDIM
 Every scheduler is a weight matrix run by the same `sample`. The reference is the teacher
 run on the same held-out noises."""),
@@ -60,31 +68,32 @@ conditions = model.draw_conditions(2, NUM_EVAL)
 denoise_eval = model.denoiser(conditions)
 reference = oj.collect_trajectory(denoise_eval, x_eval, model.alphas_cumprod, TEACHER_STEPS,
                                   steps_per_chunk=100).states[-1]
-ddim = oj.ddim_baseline_schedule(model.alphas_cumprod, STEPS)
+ddim = oj.baselines.ddim_baseline_schedule(model.alphas_cumprod, STEPS)
 sample = jax.jit(oj.sample)
 samples = {"teacher (1000)": np.asarray(reference)}
-for name, sched in {"ddim": ddim, "olss": schedule}.items():
+for name, sched in {"ddim": ddim, "olss": schedule, "olss-cl": closed}.items():
   out = np.asarray(sample(denoise_eval, sched, x_eval))
   rmse = np.sqrt(np.mean((out - np.asarray(reference)) ** 2))
-  print(f"{name:5s} {STEPS} steps: RMSE to the teacher {rmse:.4f}")
+  print(f"{name:7s} {STEPS} steps: RMSE to the teacher {rmse:.4f}")
   samples[f"{name} ({STEPS})"] = out"""),
-    ("code", """oj.image_grid_figure(samples, max_columns=8)"""),
+    ("code", """oj.figures.image_grid_figure(samples, max_columns=8)"""),
     ("md", """## 4. Save the schedule and load it back
-Schedule files are checksummed and versioned; the metadata records what it was fitted for."""),
+Schedule files are safetensors files, checksummed and versioned; the metadata records what
+the schedule was fitted for."""),
     ("code", """folder = tempfile.mkdtemp()
-file = os.path.join(folder, "olss10.olss")
-oj.save_schedule(file, schedule.with_metadata(model_name=model.name))
+file = os.path.join(folder, "olss10.safetensors")
+oj.save_schedule(file, closed.with_metadata(model_name=model.name))
 loaded = oj.load_schedule(file)
-assert np.array_equal(loaded.weights, schedule.weights)
+assert np.array_equal(loaded.weights, closed.weights)
 print(loaded, {k: loaded.metadata[k] for k in ("method", "teacher_steps", "num_fit_images")})
 print(f"total {time.perf_counter() - start:.0f} s")"""),
     ("md", """The same from the shell:
 
 ```
 olss-jax collect teacher/ --num-images 32
-olss-jax fit teacher/ --steps 10 -o olss10.olss
-olss-jax sample olss10.olss -o samples.png
-olss-jax compare olss10.olss
+olss-jax fit teacher/ --steps 10 -o olss10.safetensors
+olss-jax sample olss10.safetensors -o samples.png
+olss-jax compare olss10.safetensors
 ```"""),
 ]
 
@@ -93,7 +102,7 @@ ANALYSIS = [
 
 Figure 2 (correlation of the teacher's states and outputs), Figure 4 (error against steps),
 Figure 5 (generation paths by PCA), Figure 6 (samples per scheduler) and the fitted weight
-matrix beside DDIM's. `olss_jax.paper_figures` runs one held-out comparison and writes them
+matrix beside DDIM's. `olss_jax.figures.paper_figures` runs one held-out comparison and writes them
 all; the cells below also show the individual figure functions."""),
     ("code", """import os
 import tempfile
@@ -104,11 +113,17 @@ from IPython.display import Image, display
 
 import olss_jax as oj
 
-model = oj.embedded_model()
+model = oj.compare.embedded_model()
 out_dir = tempfile.mkdtemp()
-print(model.name)"""),
-    ("code", """written = oj.paper_figures(model, out_dir, steps=(5, 10, 20), num_fit=32, num_eval=64,
-                          num_teacher_steps=1000)
+# OLSS_NOTEBOOK_SIZE=small runs every cell at a reduced size in seconds (the test suite does).
+SMALL = os.environ.get("OLSS_NOTEBOOK_SIZE") == "small"
+TEACHER = 200 if SMALL else 1000
+print(model.name, "(small)" if SMALL else "")"""),
+    ("code", """written = oj.figures.paper_figures(model, out_dir, steps=(5,) if SMALL else (5, 10, 20),
+                                   num_fit=8 if SMALL else 32, num_eval=16 if SMALL else 64,
+                                   num_teacher_steps=TEACHER,
+                                   baselines=("ddim", "dpm_solver_pp") if SMALL else
+                                   oj.figures.FIGURE_BASELINES)
 for path in written:
   print(path)
   display(Image(filename=path))"""),
@@ -117,19 +132,19 @@ Each takes plain arrays (or a `Trajectory`, `Schedule`s, a comparison) and retur
 figure; `path=` also writes a PNG."""),
     ("code", """x_T = jax.random.normal(jax.random.key(3), (8,) + tuple(model.sample_shape))
 denoise = model.denoiser(model.draw_conditions(3, 8))
-traj = oj.collect_trajectory(denoise, x_T, model.alphas_cumprod, 1000, steps_per_chunk=250)
-oj.correlation_figure(traj, num_points=60)"""),
-    ("code", """olss = oj.fit_weights(traj, oj.search_path(traj, 6))
-ddim = oj.ddim_baseline_schedule(model.alphas_cumprod, 6)
-oj.weights_figure({"OLSS (6 steps)": olss, "DDIM (6 steps)": ddim})"""),
+traj = oj.collect_trajectory(denoise, x_T, model.alphas_cumprod, TEACHER, steps_per_chunk=100)
+oj.figures.correlation_figure(traj, num_points=60)"""),
+    ("code", """olss, _ = oj.fit_weights(traj, oj.search_path(traj, 6)[0])
+ddim = oj.baselines.ddim_baseline_schedule(model.alphas_cumprod, 6)
+oj.figures.weights_figure({"OLSS (6 steps)": olss, "DDIM (6 steps)": ddim})"""),
     ("code", """# The paths on three held-out noises (seed 4; the fit used seed 3) and their own teacher.
 x_new = jax.random.normal(jax.random.key(4), (3,) + tuple(model.sample_shape))
 denoise_new = model.denoiser(model.draw_conditions(4, 3))
-teacher_new = oj.collect_trajectory(denoise_new, x_new, model.alphas_cumprod, 1000)
+teacher_new = oj.collect_trajectory(denoise_new, x_new, model.alphas_cumprod, TEACHER)
 histories = {}
 for name, sched in {"olss": olss, "ddim": ddim}.items():
-  _, histories[name] = oj.sample(denoise_new, sched, x_new, return_history=True)
-oj.generation_paths_figure(histories, teacher_new.states, samples=(0, 1, 2))"""),
+  histories[name] = oj.sample_states(denoise_new, sched, x_new)
+oj.figures.generation_paths_figure(histories, teacher_new.states, samples=(0, 1, 2))"""),
 ]
 
 STABLE_DIFFUSION = [
@@ -150,11 +165,11 @@ import olss_jax as oj
 
 weights = os.environ.get("OLSS_SD_WEIGHTS")
 if weights:
-  sd = oj.load_stable_diffusion(weights)
+  sd = oj.stable_diffusion.load_stable_diffusion(weights)
   TEACHER_STEPS, NUM_FIT, STEPS = 1000, 32, 10
 else:
-  weights = oj.save_tiny_stable_diffusion(os.path.join(tempfile.mkdtemp(), "tiny-sd"))
-  sd = oj.load_stable_diffusion(weights)
+  weights = oj.stable_diffusion.save_tiny_stable_diffusion(os.path.join(tempfile.mkdtemp(), "tiny-sd"))
+  sd = oj.stable_diffusion.load_stable_diffusion(weights)
   TEACHER_STEPS, NUM_FIT, STEPS = 50, 4, 5
 print(sd)
 prompts = ["a cat", "the dog", "a castle on a hill at sunset", "a wolf in the snow"]"""),
@@ -162,30 +177,30 @@ prompts = ["a cat", "the dog", "a castle on a hill at sunset", "a wolf in the sn
 `collect_sd_trajectory` runs the guided 1000-step DDIM teacher (paper Sec. 3.3) on the prompts;
 `fit_sd_schedule` searches the path and fits the weights, recording the model, resolution and
 guidance scale in the schedule's metadata."""),
-    ("code", """teacher = oj.collect_sd_trajectory(sd, prompts, key=jax.random.key(0), num_images=NUM_FIT,
+    ("code", """teacher = oj.stable_diffusion.collect_sd_trajectory(sd, prompts, key=jax.random.key(0), num_images=NUM_FIT,
                                    num_teacher_steps=TEACHER_STEPS, guidance_scale=7.0,
                                    images_per_chunk=8, steps_per_chunk=50)
-schedule = oj.fit_sd_schedule(teacher, STEPS)
+schedule = oj.stable_diffusion.fit_sd_schedule(teacher, STEPS)
 print("timesteps:", np.asarray(schedule.timesteps))
 print({k: schedule.metadata[k] for k in ("model", "resolution", "guidance_scale")})
-file = os.path.join(tempfile.mkdtemp(), f"sd-olss{STEPS}.olss")
+file = os.path.join(tempfile.mkdtemp(), f"sd-olss{STEPS}.safetensors")
 oj.save_schedule(file, schedule)"""),
     ("md", """## Generate with OLSS and with DDIM from the same noises"""),
     ("code", """noise = sd.info.noise
-ddim = oj.ddim_baseline_schedule(sd.alphas_cumprod, STEPS, steps_offset=noise.steps_offset,
+ddim = oj.baselines.ddim_baseline_schedule(sd.alphas_cumprod, STEPS, steps_offset=noise.steps_offset,
                                  final_alpha_cumprod=noise.final_alpha_cumprod)
 key = jax.random.key(42)
-rows = {name: np.asarray(oj.generate(sd, sched, prompts, key=key, guidance_scale=7.0))
+rows = {name: np.asarray(oj.stable_diffusion.generate(sd, sched, prompts, key=key, guidance_scale=7.0))
         for name, sched in {f"DDIM ({STEPS})": ddim,
                             f"OLSS ({STEPS})": oj.load_schedule(file)}.items()}
-oj.image_grid_figure(rows, title="same prompts and noises: " + ", ".join(prompts))"""),
+oj.figures.image_grid_figure(rows, title="same prompts and noises: " + ", ".join(prompts))"""),
     ("md", """A schedule is specific to the model, resolution and guidance scale it was fitted for:
 `generate` warns (`ScheduleMismatchWarning`) when it is used for something else."""),
     ("code", """import warnings
 
 with warnings.catch_warnings(record=True) as caught:
   warnings.simplefilter("always")
-  oj.generate(sd, oj.load_schedule(file), prompts[:1], key=key, guidance_scale=3.0)
+  oj.stable_diffusion.generate(sd, oj.load_schedule(file), prompts[:1], key=key, guidance_scale=3.0)
 print([str(w.message)[:100] for w in caught])"""),
 ]
 

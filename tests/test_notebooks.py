@@ -31,7 +31,8 @@ def test_committed_without_outputs(name):
       assert "_src" not in cell.source, f"{name}: notebooks use only the public API"
 
 
-def test_quickstart_runs(monkeypatch):
+def test_quickstart_runs_at_reduced_size(monkeypatch):
+  monkeypatch.setenv("OLSS_NOTEBOOK_SIZE", "small")
   nb, _ = execute("quickstart.ipynb", monkeypatch)
   text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
   assert "timesteps:" in text and "RMSE to the teacher" in text
@@ -41,11 +42,27 @@ def test_quickstart_runs(monkeypatch):
 
 
 @pytest.mark.slow
-def test_analysis_runs(monkeypatch):
-  execute("analysis.ipynb", monkeypatch, timeout=1800)
+def test_quickstart_runs(monkeypatch):
+  monkeypatch.delenv("OLSS_NOTEBOOK_SIZE", raising=False)
+  nb, _ = execute("quickstart.ipynb", monkeypatch)
+  text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+  assert "timesteps:" in text and "RMSE to the teacher" in text
+
+
+def test_analysis_runs_at_reduced_size(monkeypatch):
+  monkeypatch.setenv("OLSS_NOTEBOOK_SIZE", "small")
+  nb, _ = execute("analysis.ipynb", monkeypatch)
+  images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if "image/png" in o.get("data", {})]
+  assert len(images) >= 3, "the figures were not drawn"
 
 
 @pytest.mark.slow
+def test_analysis_runs(monkeypatch):
+  monkeypatch.delenv("OLSS_NOTEBOOK_SIZE", raising=False)
+  execute("analysis.ipynb", monkeypatch, timeout=1800)
+
+
 def test_stable_diffusion_runs(monkeypatch):
   monkeypatch.delenv("OLSS_SD_WEIGHTS", raising=False)
   nb, _ = execute("stable_diffusion.ipynb", monkeypatch)
