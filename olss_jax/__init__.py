@@ -14,7 +14,7 @@ collection), `olss_jax.figures`, `olss_jax.compare`, `olss_jax.validation` and
 """
 from olss_jax._src.noise import linear_alphas_cumprod, scaled_linear_alphas_cumprod
 from olss_jax._src.schedule import Schedule, make_schedule
-from olss_jax._src.teacher import Teacher, ddim_teacher
+from olss_jax._src.teacher import Teacher, ddim_teacher, flow_teacher, karras_teacher
 from olss_jax._src.trajectory import Trajectory, collect_trajectory
 from olss_jax._src.stats import TrajectoryStats, trajectory_stats
 from olss_jax._src.sampler import sample, sample_states
@@ -69,6 +69,8 @@ __all__ = [
     "make_schedule",
     "Teacher",
     "ddim_teacher",
+    "karras_teacher",
+    "flow_teacher",
     "Trajectory",
     "TrajectoryStats",
     "SearchInfo",

@@ -4,9 +4,13 @@ from olss_jax._src.analytic import (
     gaussian,
     make_gaussian_mixture,
     mixture_denoiser,
+    flow_mixture_denoiser,
     mixture_noise_prediction,
+    mixture_posterior,
+    mixture_velocity,
     sample_data,
 )
 
-__all__ = ["GaussianMixture", "gaussian", "make_gaussian_mixture", "mixture_denoiser",
-           "mixture_noise_prediction", "sample_data"]
+__all__ = ["GaussianMixture", "flow_mixture_denoiser", "gaussian", "make_gaussian_mixture",
+           "mixture_denoiser", "mixture_noise_prediction", "mixture_posterior",
+           "mixture_velocity", "sample_data"]

@@ -10,13 +10,16 @@ ALPHAS = oj.scaled_linear_alphas_cumprod()
 F64_RTOL = 1e-10
 
 
-def _log_density(mixture, ab, x):
-  """log p_t(x) of the noised mixture in float64, written from the definition:
-  x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps, x_0 ~ sum_m pi_m N(mu_m, s_m^2 I)."""
+def _log_density(mixture, ab, x, alpha=None, sigma=None):
+  """log p(x) of the noised mixture in float64, written from the definition:
+  x = alpha x_0 + sigma eps, x_0 ~ sum_m pi_m N(mu_m, s_m^2 I) (VP: alpha = sqrt(ab),
+  sigma = sqrt(1 - ab))."""
+  if alpha is None:
+    alpha, sigma = jnp.sqrt(ab), jnp.sqrt(1 - ab)
   mu = mixture.means.reshape(mixture.means.shape[0], -1)
   d = mu.shape[1]
-  var = ab * mixture.stds**2 + (1 - ab)
-  diff = x.reshape(-1)[None] - jnp.sqrt(ab) * mu
+  var = alpha**2 * mixture.stds**2 + sigma**2
+  diff = x.reshape(-1)[None] - alpha * mu
   log_components = (mixture.log_weights - 0.5 * d * jnp.log(2 * jnp.pi * var)
                     - 0.5 * jnp.sum(diff**2, axis=1) / var)
   return jax.scipy.special.logsumexp(log_components)
@@ -35,6 +38,44 @@ def test_mixture_noise_prediction_is_minus_sigma_times_the_score(t):
     got = oj.analytic.mixture_denoiser(mixture, ALPHAS)(x, jnp.int32(t))
     assert got.dtype == jnp.float64
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=F64_RTOL, atol=1e-12)
+
+
+def _mixture64(seed=0):
+  mixture = oj.analytic.make_gaussian_mixture(jax.random.key(seed), 5, (2, 3), std=0.2)
+  return jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), mixture)
+
+
+@pytest.mark.parametrize("t", [999, 500, 120, 3])
+def test_mixture_v_and_x0_predictions_follow_from_the_score(t):
+  """Tweedie: E[x_0 | x] = (x + sigma^2 grad log p) / alpha; v = alpha eps - sigma x_0."""
+  with jax.enable_x64(True):
+    mixture = _mixture64()
+    x = jax.random.normal(jax.random.key(1), (6, 2, 3), jnp.float64)
+    ab = jnp.asarray(ALPHAS[t], jnp.float64)
+    alpha, sigma = jnp.sqrt(ab), jnp.sqrt(1 - ab)
+    score = jax.vmap(jax.grad(lambda xi: _log_density(mixture, ab, xi)))(x)
+    eps = -sigma * score
+    x0 = (x + sigma**2 * score) / alpha
+    for kind, want in (("sample", x0), ("v_prediction", alpha * eps - sigma * x0)):
+      got = oj.analytic.mixture_denoiser(mixture, ALPHAS, prediction_type=kind)(x, jnp.int32(t))
+      assert got.dtype == jnp.float64
+      np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=F64_RTOL, atol=1e-11)
+
+
+@pytest.mark.parametrize("s", [0.999, 0.7, 0.3, 0.01])
+def test_flow_velocity_follows_from_the_score(s):
+  """x_s = (1 - s) x_0 + s eps: E[eps | x] = -s grad log p_s, x_0 = (x - s eps) / (1 - s),
+  v = eps - x_0, with the model called at t = 1000 s."""
+  with jax.enable_x64(True):
+    mixture = _mixture64(7)
+    x = jax.random.normal(jax.random.key(8), (6, 2, 3), jnp.float64)
+    a, sg = jnp.asarray(1 - s, jnp.float64), jnp.asarray(s, jnp.float64)
+    score = jax.vmap(jax.grad(lambda xi: _log_density(mixture, None, xi, a, sg)))(x)
+    eps = -sg * score
+    want = eps - (x - sg * eps) / a
+    got = oj.analytic.flow_mixture_denoiser(mixture)(x, jnp.asarray(1000.0 * s, jnp.float64))
+    assert got.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=F64_RTOL, atol=1e-11)
 
 
 def test_one_component_is_the_closed_form_gaussian():
@@ -76,6 +117,11 @@ def test_continuous_timesteps_interpolate_the_integer_ones():
 
 
 def test_bad_arguments():
+  mixture = oj.analytic.make_gaussian_mixture(jax.random.key(0), 2)
+  with pytest.raises(ValueError, match="prediction_type"):
+    oj.analytic.mixture_denoiser(mixture, ALPHAS, prediction_type="flow")
+  with pytest.raises(ValueError, match="num_train_timesteps"):
+    oj.analytic.flow_mixture_denoiser(mixture, num_train_timesteps=0)
   with pytest.raises(ValueError, match="num_components"):
     oj.analytic.make_gaussian_mixture(jax.random.key(0), 0)
   with pytest.raises(ValueError, match="std"):

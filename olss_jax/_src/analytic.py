@@ -1,10 +1,16 @@
-"""Closed-form diffusion models: Gaussian-mixture data with exact noise prediction.
+"""Closed-form diffusion models: Gaussian-mixture data with exact model outputs.
 
-For data ``x_0 ~ sum_m pi_m N(mu_m, s_m^2 I)`` and ``x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps``,
-the marginal is the mixture ``N(sqrt(ab_t) mu_m, v_m I)`` with ``v_m = ab_t s_m^2 + 1 - ab_t``
-and the optimal noise prediction is ``E[eps | x_t] = sqrt(1 - ab_t) sum_m r_m(x_t) (x_t -
-sqrt(ab_t) mu_m) / v_m`` with posterior responsibilities r_m. These are the ground truth of
-the property tests and the models of the fast demo.
+For data ``x_0 ~ sum_m pi_m N(mu_m, s_m^2 I)`` and a state ``x = alpha x_0 + sigma eps``
+(VP: ``alpha = sqrt(ab_t)``, ``sigma = sqrt(1 - ab_t)``; rectified flow at level s:
+``alpha = 1 - s``, ``sigma = s``), the marginal is the mixture ``N(alpha mu_m, v_m I)`` with
+``v_m = alpha^2 s_m^2 + sigma^2``, and with posterior responsibilities r_m(x)
+
+  E[eps | x] = sigma sum_m r_m (x - alpha mu_m) / v_m,
+  E[x_0 | x] = sum_m r_m (mu_m + alpha s_m^2 (x - alpha mu_m) / v_m).
+
+Every model output is a fixed combination of these two: epsilon, x_0 ("sample"),
+``v = alpha eps - sigma x_0`` ("v_prediction") and the flow velocity ``eps - x_0``. These are
+the ground truth of the property tests and the models of the fast demo.
 """
 from __future__ import annotations
 
@@ -73,47 +79,138 @@ def sample_data(key: jax.Array, mixture: GaussianMixture, num_samples: int) -> j
   return mixture.means[comp] + scale * eps
 
 
+def mixture_posterior(mixture: GaussianMixture, alpha, sigma, x):
+  """``(E[eps | x], E[x_0 | x])`` for a state ``x = alpha x_0 + sigma eps`` of mixture data.
+
+  Args:
+    mixture: the data distribution.
+    alpha, sigma: scalars (in the working dtype).
+    x: (B, D) flattened states.
+
+  Returns:
+    Two (B, D) arrays in x's dtype (see the module docstring).
+  """
+  work = x.dtype
+  mu = mixture.means.reshape(mixture.means.shape[0], -1).astype(work)     # (M, D)
+  s2 = mixture.stds.astype(work) ** 2
+  dim = x.shape[1]
+  var = alpha**2 * s2 + sigma**2                                         # (M,)
+  diff = x[:, None, :] - alpha * mu[None]                                # (B, M, D)
+  logits = (mixture.log_weights.astype(work)[None] - 0.5 * dim * jnp.log(var)[None]
+            - 0.5 * jnp.sum(diff**2, axis=-1) / var[None])
+  resp = jax.nn.softmax(logits, axis=-1)                                 # (B, M)
+  eps = sigma * jnp.einsum("bm,bmd->bd", resp / var[None], diff)
+  x0 = (jnp.einsum("bm,md->bd", resp, mu)
+        + alpha * jnp.einsum("bm,bmd->bd", resp * (s2 / var)[None], diff))
+  return eps, x0
+
+
+def _output(mixture, alpha, sigma, x_t, prediction_type: str):
+  dtype = x_t.dtype
+  work = jnp.promote_types(dtype, jnp.float32)  # float64 inputs are computed in float64
+  alpha, sigma = jnp.asarray(alpha).astype(work), jnp.asarray(sigma).astype(work)
+  x = x_t.astype(work).reshape(x_t.shape[0], -1)
+  eps, x0 = mixture_posterior(mixture, alpha, sigma, x)
+  if prediction_type == "epsilon":
+    out = eps
+  elif prediction_type == "sample":
+    out = x0
+  elif prediction_type == "v_prediction":
+    out = alpha * eps - sigma * x0
+  else:   # flow_prediction
+    out = eps - x0
+  return out.reshape(x_t.shape).astype(dtype)
+
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
 def mixture_noise_prediction(mixture: GaussianMixture, alphas_cumprod: jax.Array, x_t: jax.Array,
-                             t: jax.Array) -> jax.Array:
-  """Exact E[eps | x_t] for Gaussian-mixture data.
+                             t: jax.Array, prediction_type: str = "epsilon") -> jax.Array:
+  """The exact output of a VP model of Gaussian-mixture data (E[eps | x_t] for epsilon).
 
   Args:
     mixture: the data distribution.
     alphas_cumprod: (T,) training alpha_bar.
     x_t: (B, *sample_shape) noisy samples.
     t: scalar timestep: int (indexes alphas_cumprod) or float (`noise.alpha_bar_at`).
+    prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"`` (x_0).
 
   Returns:
-    (B, *sample_shape) the noise prediction, in x_t's dtype (computed in float64 for float64
+    (B, *sample_shape) the prediction, in x_t's dtype (computed in float64 for float64
     inputs, else float32).
   """
-  dtype = x_t.dtype
-  work = jnp.promote_types(dtype, jnp.float32)  # float64 inputs are computed in float64
+  work = jnp.promote_types(x_t.dtype, jnp.float32)
   ab = noise.alpha_bar_at(jnp.asarray(alphas_cumprod), t).astype(work)
-  x = x_t.astype(work).reshape(x_t.shape[0], -1)                          # (B, D)
-  mu = mixture.means.reshape(mixture.means.shape[0], -1).astype(work)     # (M, D)
-  dim = x.shape[1]
-  var = ab * mixture.stds.astype(work) ** 2 + (1.0 - ab)                 # (M,)
-  diff = x[:, None, :] - jnp.sqrt(ab) * mu[None]                         # (B, M, D)
-  logits = (mixture.log_weights.astype(work)[None] - 0.5 * dim * jnp.log(var)[None]
-            - 0.5 * jnp.sum(diff**2, axis=-1) / var[None])
-  resp = jax.nn.softmax(logits, axis=-1)                                 # (B, M)
-  eps = jnp.sqrt(1.0 - ab) * jnp.einsum("bm,bmd->bd", resp / var[None], diff)
-  return eps.reshape(x_t.shape).astype(dtype)
+  return _output(mixture, jnp.sqrt(ab), jnp.sqrt(1.0 - ab), x_t, prediction_type)
 
 
-def mixture_denoiser(mixture: GaussianMixture, alphas_cumprod=None) -> jax.tree_util.Partial:
-  """The exact noise predictor as a `denoise_fn` (a `Partial`: mixture arrays stay traced).
+def mixture_velocity(mixture: GaussianMixture, num_train_timesteps, x_t: jax.Array,
+                     t: jax.Array) -> jax.Array:
+  """The exact rectified-flow velocity ``E[eps - x_0 | x_s]``, ``s = t / T``.
+
+  Args:
+    mixture: the data distribution.
+    num_train_timesteps: T (the model's time scale: t = T s).
+    x_t: (B, *sample_shape) states ``x_s = (1 - s) x_0 + s eps``.
+    t: scalar float time in [0, T].
+
+  Returns:
+    (B, *sample_shape) the velocity, in x_t's dtype.
+  """
+  work = jnp.promote_types(x_t.dtype, jnp.float32)
+  s = jnp.asarray(t).astype(work) / jnp.asarray(num_train_timesteps).astype(work)
+  return _output(mixture, 1.0 - s, s, x_t, "flow_prediction")
+
+
+def mixture_denoiser(mixture: GaussianMixture, alphas_cumprod=None, *,
+                     prediction_type: str = "epsilon") -> jax.tree_util.Partial:
+  """The exact VP model as a `denoise_fn` (a `Partial`: mixture arrays stay traced).
 
   Args:
     mixture: the data distribution.
     alphas_cumprod: (T,) training alpha_bar; Stable Diffusion's schedule by default.
+    prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
 
   Returns:
     ``denoise_fn(x_t, t) -> e`` for `collect_trajectory` and `sample`.
   """
+  if prediction_type not in PREDICTION_TYPES:
+    raise ValueError(f"prediction_type: expected one of {PREDICTION_TYPES}, got "
+                     f"{prediction_type!r}")
   if alphas_cumprod is None:
     alphas_cumprod = noise.scaled_linear_alphas_cumprod()
   # A float64 host leaf: float32 under jit by default, full precision under jax.enable_x64.
   alphas = noise.check_alphas_cumprod(alphas_cumprod)
-  return jax.tree_util.Partial(mixture_noise_prediction, mixture, alphas)
+  return jax.tree_util.Partial(_VP_DENOISERS[prediction_type], mixture, alphas)
+
+
+def _vp_epsilon(mixture, alphas, x_t, t):
+  return mixture_noise_prediction(mixture, alphas, x_t, t, "epsilon")
+
+
+def _vp_v(mixture, alphas, x_t, t):
+  return mixture_noise_prediction(mixture, alphas, x_t, t, "v_prediction")
+
+
+def _vp_sample(mixture, alphas, x_t, t):
+  return mixture_noise_prediction(mixture, alphas, x_t, t, "sample")
+
+
+# One module-level function per output (a `Partial`'s function is static: no retracing).
+_VP_DENOISERS = {"epsilon": _vp_epsilon, "v_prediction": _vp_v, "sample": _vp_sample}
+
+
+def flow_mixture_denoiser(mixture: GaussianMixture, *,
+                          num_train_timesteps: int = 1000) -> jax.tree_util.Partial:
+  """The exact rectified-flow model (velocity) as a `denoise_fn`, for `flow_teacher`.
+
+  Args:
+    mixture: the data distribution.
+    num_train_timesteps: T; the model is called at ``t = T s``.
+
+  Returns:
+    ``denoise_fn(x_s, t) -> v`` with ``v = E[eps - x_0 | x_s]``.
+  """
+  t = noise.check_count(num_train_timesteps, "num_train_timesteps")
+  return jax.tree_util.Partial(mixture_velocity, mixture, np.float64(t))

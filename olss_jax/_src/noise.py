@@ -154,3 +154,90 @@ def state_alphas(alphas_cumprod, timesteps, final_alpha_cumprod: float = 1.0) ->
   if not 0 < final_alpha_cumprod <= 1:
     raise ValueError(f"final_alpha_cumprod: expected a value in (0, 1], got {final_alpha_cumprod}")
   return np.concatenate([alphas[timesteps], [float(final_alpha_cumprod)]])
+
+
+def vp_sigmas(alphas_cumprod) -> np.ndarray:
+  """Karras' sigmas of a VP table: ``sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t)``, (T,) float64."""
+  ab = np.asarray(alphas_cumprod, np.float64)
+  return np.sqrt((1.0 - ab) / ab)
+
+
+def sigma_to_t(sigmas, alphas_cumprod) -> np.ndarray:
+  """Continuous training timesteps of VP sigmas: diffusers' ``_sigma_to_t``, float64 numpy.
+
+  ``log sigma`` interpolated linearly between the table's neighbouring integer timesteps (the
+  inverse of `alpha_bar_at` on float t); sigmas outside the table clip to its ends.
+
+  Args:
+    sigmas: (m,) sigmas (``sqrt((1 - alpha_bar) / alpha_bar)``).
+    alphas_cumprod: (T,) the model's training alpha_bar.
+
+  Returns:
+    (m,) float64 timesteps in [0, T - 1].
+  """
+  log_sigmas = np.log(vp_sigmas(alphas_cumprod))
+  log_sigma = np.log(np.maximum(np.asarray(sigmas, np.float64), 1e-10))
+  dists = log_sigma - log_sigmas[:, None]
+  low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+  high = low + 1
+  w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[high]), 0, 1)
+  return ((1 - w) * low + w * high).reshape(np.shape(sigmas))
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, num_steps: int,
+                  rho: float = 7.0) -> np.ndarray:
+  """Karras et al. (2022) Eq. 5: ``(s_max^(1/rho) + i / (n - 1) (s_min^(1/rho) - s_max^(1/rho)))^rho``.
+
+  Returns:
+    (num_steps,) float64 sigmas from sigma_max down to sigma_min (diffusers'
+    ``_convert_to_karras``).
+  """
+  ramp = np.linspace(0, 1, num_steps)
+  lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+  return (hi + ramp * (lo - hi)) ** rho
+
+
+def flow_shift(sigmas, shift: float):
+  """The time shift of flow-matching schedulers: ``shift s / (1 + (shift - 1) s)``."""
+  sigmas = np.asarray(sigmas, np.float64)
+  return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def flow_euler_sigmas(num_steps: int, *, shift: float = 1.0,
+                      num_train_timesteps: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+  """diffusers' ``FlowMatchEulerDiscreteScheduler(shift=shift).set_timesteps(num_steps)``.
+
+  The training sigmas are ``shift(linspace(1, T, T)[::-1] / T)``; the inference ones are
+  ``linspace`` between the largest and the smallest of them, shifted again (as diffusers
+  does), then 0.
+
+  Returns:
+    (timesteps (n,) float32 = T sigma, sigmas (n + 1,) float32 ending at 0), diffusers'
+    values bit for bit.
+  """
+  num_steps = check_count(num_steps, "num_steps")
+  if not np.isfinite(shift) or shift <= 0:
+    raise ValueError(f"shift: expected a finite value > 0, got {shift}")
+  train = np.linspace(1, num_train_timesteps, num_train_timesteps, dtype=np.float32)[::-1]
+  train = (train / num_train_timesteps).astype(np.float32)   # torch float32 in diffusers
+  train = (shift * train / (1 + (shift - 1) * train)).astype(np.float32)
+  sigma_max, sigma_min = float(train[0]), float(train[-1])
+  ts = np.linspace(sigma_max * num_train_timesteps, sigma_min * num_train_timesteps, num_steps)
+  sigmas = flow_shift(ts / num_train_timesteps, shift).astype(np.float32)
+  timesteps = (sigmas * np.float32(num_train_timesteps)).astype(np.float32)
+  return timesteps, np.append(sigmas, np.float32(0.0))
+
+
+def flow_multistep_sigmas(num_steps: int, *, shift: float = 1.0,
+                          num_train_timesteps: int = 1000) -> np.ndarray:
+  """The flow sigmas of diffusers' multistep schedulers with ``use_flow_sigmas=True``.
+
+  ``alphas = linspace(1, 1 / T, n + 1)``, ``sigmas = shift(1 - alphas)`` reversed, the last
+  (0) dropped: (n,) float64 from high to low noise (diffusers then casts to float32 and
+  appends the final sigma).
+  """
+  num_steps = check_count(num_steps, "num_steps")
+  if not np.isfinite(shift) or shift <= 0:
+    raise ValueError(f"flow_shift: expected a finite value > 0, got {shift}")
+  alphas = np.linspace(1, 1 / num_train_timesteps, num_steps + 1)
+  return np.flip(flow_shift(1.0 - alphas, shift))[:-1].copy()

@@ -7,16 +7,28 @@ is a fixed combination of ``[x_T, e_0, ..., e_{K-1}]`` (Eq. 9): the rows of
 `Teacher.state_coefficients`. Everything downstream (statistics, search, fits, closed loop,
 refinement) reads those coefficients and never assumes a particular solver.
 
-Kinds:
+A kind is a noise process and what the model predicts. A state at a level is
+``x = alpha x_0 + sigma eps`` with
 
-* ``"ddim"``: deterministic DDIM (paper Eq. 2, eta = 0) on a VP model predicting epsilon;
-  levels are alpha_bar of the states. ``a = sqrt(ab'/ab)``,
-  ``b = sqrt(1 - ab') - sqrt(ab') sqrt(1 - ab) / sqrt(ab)``.
+* VP (``"ddim"``, ``"ddim_v"``, ``"ddim_x0"``): level alpha_bar, ``alpha = sqrt(alpha_bar)``,
+  ``sigma = sqrt(1 - alpha_bar)``; the model predicts epsilon, v = alpha eps - sigma x_0, or
+  x_0 (diffusers' ``prediction_type`` "epsilon", "v_prediction", "sample");
+* rectified flow (``"flow"``): level s, ``alpha = 1 - s``, ``sigma = s``; the model predicts
+  the velocity ``v = eps - x_0`` (diffusers' ``FlowMatchEulerDiscreteScheduler``).
+
+Each kind turns its output e into linear predictions ``x_0 = cx x + ce e`` and
+``eps = dx x + de e`` (`Kind.x0_coefficients`, `Kind.eps_coefficients`); the step is
+deterministic DDIM in the kind's coordinates, ``x' = alpha' x_0 + sigma' eps`` (Eq. 2 with
+eta = 0). For epsilon this is the paper's ``a = sqrt(ab'/ab)``,
+``b = sqrt(1 - ab') - sqrt(ab') sqrt(1 - ab) / sqrt(ab)``; for the flow it is Euler,
+``x' = x + (s' - s) v``; on VP sigmas it is also Euler in Karras' sigma coordinates, so a
+Karras-sigma (EDM) teacher is a ``"ddim"`` teacher on Karras levels (`karras_teacher`).
 
 The coefficient arithmetic is float64 (`jax.enable_x64`, scoped) and traceable.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping
 
 import jax
@@ -25,15 +37,47 @@ import numpy as np
 
 from olss_jax._src import noise
 
-# kind -> (levels_from, levels_to) -> (a, b): x_to = a * x_from + b * e(x_from).
-StepFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+Coefficients = tuple[jax.Array, jax.Array]
 
 
-def _ddim_step(ab, ab_next):
-  """Deterministic DDIM (Eq. 2) between alpha_bar levels, epsilon outputs."""
-  a = jnp.sqrt(ab_next / ab)
-  b = jnp.sqrt(1.0 - ab_next) - jnp.sqrt(ab_next) * jnp.sqrt(1.0 - ab) / jnp.sqrt(ab)
-  return a, b
+def _vp_alpha_sigma(level):
+  return jnp.sqrt(level), jnp.sqrt(1.0 - level)
+
+
+def _flow_alpha_sigma(level):
+  return 1.0 - level, level
+
+
+def _eps_to_x0(alpha, sigma):
+  return 1.0 / alpha, -sigma / alpha
+
+
+def _eps_to_eps(alpha, sigma):
+  return jnp.zeros_like(alpha), jnp.ones_like(alpha)
+
+
+def _v_to_x0(alpha, sigma):
+  return alpha, -sigma
+
+
+def _v_to_eps(alpha, sigma):
+  return sigma, alpha
+
+
+def _x0_to_x0(alpha, sigma):
+  return jnp.zeros_like(alpha), jnp.ones_like(alpha)
+
+
+def _x0_to_eps(alpha, sigma):
+  return 1.0 / sigma, -alpha / sigma
+
+
+def _flow_to_x0(alpha, sigma):
+  return jnp.ones_like(alpha), -sigma
+
+
+def _flow_to_eps(alpha, sigma):
+  return jnp.ones_like(alpha), alpha
 
 
 def _check_vp_levels(levels: np.ndarray, name: str) -> None:
@@ -46,10 +90,81 @@ def _check_vp_levels(levels: np.ndarray, name: str) -> None:
                      "(noise decreases)")
 
 
-# kind -> (step function, level check on concrete float64 levels, what the levels are)
-KINDS: dict[str, tuple[StepFn, Callable[[np.ndarray, str], None], str]] = {
-    "ddim": (_ddim_step, _check_vp_levels, "alpha_bar"),
+def _check_flow_levels(levels: np.ndarray, name: str) -> None:
+  if not np.all(np.isfinite(levels)) or np.any(levels < 0) or np.any(levels > 1):
+    raise ValueError(f"{name}: expected every flow sigma finite and in [0, 1], got range "
+                     f"[{np.nanmin(levels) if np.any(~np.isnan(levels)) else np.nan}, "
+                     f"{np.nanmax(levels) if np.any(~np.isnan(levels)) else np.nan}]")
+  if np.any(np.diff(levels) > 0):
+    raise ValueError(f"{name}: expected non-increasing flow sigmas along the teacher states "
+                     "(noise decreases)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+  """A noise process and model parametrisation (see the module docstring).
+
+  Attributes:
+    name: the key in `KINDS` (recorded in files).
+    process: ``"vp"`` or ``"flow"``.
+    prediction: diffusers' ``prediction_type``: ``"epsilon"``, ``"v_prediction"``,
+      ``"sample"`` or ``"flow_prediction"``.
+    level_name: what the levels are (``"alpha_bar"`` or ``"sigma"``).
+  """
+  name: str
+  process: str
+  prediction: str
+  level_name: str
+  alpha_sigma_fn: Callable = dataclasses.field(repr=False, compare=False)
+  to_x0_fn: Callable = dataclasses.field(repr=False, compare=False)
+  to_eps_fn: Callable = dataclasses.field(repr=False, compare=False)
+  check_fn: Callable = dataclasses.field(repr=False, compare=False)
+
+  def alpha_sigma(self, level) -> Coefficients:
+    """(alpha, sigma) of states at ``level``: ``x = alpha x_0 + sigma eps`` (float64)."""
+    with jax.enable_x64(True):
+      return self.alpha_sigma_fn(as_float64(level))
+
+  def x0_coefficients(self, level) -> Coefficients:
+    """(cx, ce): the data prediction ``x_0 = cx x + ce e`` from the state and output."""
+    with jax.enable_x64(True):
+      return self.to_x0_fn(*self.alpha_sigma_fn(as_float64(level)))
+
+  def eps_coefficients(self, level) -> Coefficients:
+    """(dx, de): the noise prediction ``eps = dx x + de e`` from the state and output."""
+    with jax.enable_x64(True):
+      return self.to_eps_fn(*self.alpha_sigma_fn(as_float64(level)))
+
+  def step(self, levels_from, levels_to) -> Coefficients:
+    """(a, b) of deterministic DDIM in this kind's coordinates: ``x' = a x + b e(x)``.
+
+    ``a = alpha' cx + sigma' dx``, ``b = alpha' ce + sigma' de`` (Eq. 2, eta = 0); for
+    ``"ddim"`` in the paper's closed form.
+    """
+    with jax.enable_x64(True):
+      lf, lt = as_float64(levels_from), as_float64(levels_to)
+      if self.name == "ddim":   # the paper's form, bit for bit as olss_jax 0.1 computed it
+        a = jnp.sqrt(lt / lf)
+        b = jnp.sqrt(1.0 - lt) - jnp.sqrt(lt) * jnp.sqrt(1.0 - lf) / jnp.sqrt(lf)
+        return a, b
+      alpha, sigma = self.alpha_sigma_fn(lf)
+      alpha_to, sigma_to = self.alpha_sigma_fn(lt)
+      cx, ce = self.to_x0_fn(alpha, sigma)
+      dx, de = self.to_eps_fn(alpha, sigma)
+      return alpha_to * cx + sigma_to * dx, alpha_to * ce + sigma_to * de
+
+
+KINDS: dict[str, Kind] = {
+    "ddim": Kind("ddim", "vp", "epsilon", "alpha_bar", _vp_alpha_sigma, _eps_to_x0,
+                 _eps_to_eps, _check_vp_levels),
+    "ddim_v": Kind("ddim_v", "vp", "v_prediction", "alpha_bar", _vp_alpha_sigma, _v_to_x0,
+                   _v_to_eps, _check_vp_levels),
+    "ddim_x0": Kind("ddim_x0", "vp", "sample", "alpha_bar", _vp_alpha_sigma, _x0_to_x0,
+                    _x0_to_eps, _check_vp_levels),
+    "flow": Kind("flow", "flow", "flow_prediction", "sigma", _flow_alpha_sigma, _flow_to_x0,
+                 _flow_to_eps, _check_flow_levels),
 }
+VP_PREDICTIONS = {"epsilon": "ddim", "v_prediction": "ddim_v", "sample": "ddim_x0"}
 
 
 class _Frozen(tuple):
@@ -86,8 +201,8 @@ class Teacher:
   Attributes:
     timesteps: (K,) model-call times in call order (int32 training timesteps, or float32).
     levels: (K + 1,) float64 noise level of every state in the kind's parametrisation
-      (alpha_bar for ``"ddim"``): ``levels[k]`` where the model is called at step k,
-      ``levels[K]`` the final state's.
+      (alpha_bar for VP kinds, sigma for ``"flow"``): ``levels[k]`` where the model is called
+      at step k, ``levels[K]`` the final state's.
     kind: the solver (a key of `KINDS`); static.
     config: static JSON-serialisable facts (``num_train_timesteps``, ``steps_offset``, ...),
       recorded in files and stores.
@@ -122,10 +237,14 @@ class Teacher:
     obj.kind, obj._config = aux
     return obj
 
+  @property
+  def parametrisation(self) -> Kind:
+    """The `Kind`: noise process, prediction type and output conversions."""
+    return KINDS[self.kind]
+
   def step(self, levels_from, levels_to):
     """(a, b) of the kind's one-step update between any levels: ``x' = a x + b e(x)``."""
-    with jax.enable_x64(True):
-      return KINDS[self.kind][0](as_float64(levels_from), as_float64(levels_to))
+    return KINDS[self.kind].step(levels_from, levels_to)
 
   def step_coefficients(self) -> tuple[jax.Array, jax.Array]:
     """(a, b), each (K,) float64: ``states[k + 1] = a[k] * states[k] + b[k] * e_k``."""
@@ -140,8 +259,8 @@ class Teacher:
     """(n, n + 1) float64 weights of the teacher's own solver jumping between states ``path``.
 
     Step i goes from state ``path[i]`` to ``path[i + 1]`` (the last to the final state K)
-    with the kind's update: for ``"ddim"`` this is DDIM on the path's timesteps (Eq. 2),
-    the classical scheduler on those steps. Row i is over [x_T, e_{path[0]}, ..., e_{path[i]}].
+    with the kind's update: DDIM on the path's timesteps (Eq. 2; Euler for the flow), the
+    classical scheduler on those steps. Row i is over [x_T, e_{path[0]}, ..., e_{path[i]}].
     """
     with jax.enable_x64(True):
       levels = as_float64(self.levels)
@@ -182,25 +301,37 @@ def _state_coefficients(a, b):
     return jnp.concatenate([eye[:1], rows], axis=0)
 
 
+def _vp_kind(prediction_type: str) -> str:
+  if prediction_type not in VP_PREDICTIONS:
+    raise ValueError(f"prediction_type: expected one of {sorted(VP_PREDICTIONS)}, got "
+                     f"{prediction_type!r}")
+  return VP_PREDICTIONS[prediction_type]
+
+
 def ddim_teacher(alphas_cumprod, num_teacher_steps: int = 1000, *, steps_offset: int = 0,
-                 final_alpha_cumprod: float = 1.0) -> Teacher:
+                 final_alpha_cumprod: float = 1.0,
+                 prediction_type: str = "epsilon") -> Teacher:
   """The paper's teacher: deterministic DDIM over a VP model's training timesteps (Eq. 1-2).
 
   The model is called at ``ddim_timesteps(num_teacher_steps, T, steps_offset)`` (with the
   defaults, 1000 of 1000 steps: every timestep 999, ..., 0, as in the paper), and the last
   step lands on ``final_alpha_cumprod`` (1.0: the clean sample, diffusers'
   ``set_alpha_to_one=True``; ``alphas_cumprod[0]`` for ``False``): each step is diffusers'
-  ``FlaxDDIMScheduler.step`` with eta = 0 and no clipping.
+  ``FlaxDDIMScheduler.step`` / ``DDIMScheduler.step`` with eta = 0 and no clipping, for a
+  model predicting ``prediction_type``.
 
   Args:
     alphas_cumprod: (T,) the model's training alpha_bar (may be traced).
     num_teacher_steps: K (static).
     steps_offset: diffusers' ``steps_offset`` (1 for Stable Diffusion's own configs).
     final_alpha_cumprod: alpha_bar after the last step.
+    prediction_type: what the model predicts, in diffusers' words: ``"epsilon"`` (kind
+      ``"ddim"``), ``"v_prediction"`` (``"ddim_v"``) or ``"sample"`` (x_0, ``"ddim_x0"``).
 
   Returns:
-    A ``"ddim"`` `Teacher` with int32 timesteps (K,) and float64 levels (K + 1,).
+    A VP `Teacher` with int32 timesteps (K,) and float64 levels (K + 1,).
   """
+  kind = _vp_kind(prediction_type)
   alphas = noise.check_alphas_cumprod(alphas_cumprod)
   num_train = int(alphas.shape[0])
   timesteps = noise.ddim_timesteps(num_teacher_steps, num_train, steps_offset=steps_offset)
@@ -213,7 +344,78 @@ def ddim_teacher(alphas_cumprod, num_teacher_steps: int = 1000, *, steps_offset:
   config = {"num_train_timesteps": num_train, "steps_offset": int(steps_offset)}
   if not noise.is_traced(final_alpha_cumprod):
     config["final_alpha_cumprod"] = float(final_alpha_cumprod)
-  return Teacher(jnp.asarray(timesteps), levels, "ddim", config)
+  return Teacher(jnp.asarray(timesteps), levels, kind, config)
+
+
+def karras_teacher(alphas_cumprod, num_teacher_steps: int = 1000, *, rho: float = 7.0,
+                   prediction_type: str = "epsilon") -> Teacher:
+  """An EDM-style teacher: Euler on Karras sigmas (Karras et al. 2022, Eq. 5) of a VP model.
+
+  diffusers' ``EulerDiscreteScheduler(use_karras_sigmas=True)`` (``"linspace"`` spacing, final
+  sigma 0) with ``set_timesteps(num_teacher_steps)``: sigmas from the table's largest to its
+  smallest, ``rho``-spaced, the model called at the continuous timesteps
+  `noise.sigma_to_t` gives them (float32). Euler in sigma coordinates,
+  ``x~' = x~ + (sigma' - sigma) eps`` on ``x~ = x sqrt(1 + sigma^2)``, is DDIM in the VP
+  coordinates the trajectory keeps (``x = x~ / sqrt(1 + sigma^2)``, the model's input after
+  diffusers' ``scale_model_input``), so this is a VP `Teacher` on the Karras levels
+  ``alpha_bar = 1 / (1 + sigma^2)`` (sigmas rounded to float32 as diffusers stores them; it
+  computes its sigma table in float32, so its values differ from these by ~1e-7 relative).
+  diffusers' pipelines start this scheduler at ``noise * sigma_max`` (its
+  ``init_noise_sigma`` for "linspace" spacing), which is the VP state
+  ``x_T = noise * sigma_max / sqrt(1 + sigma_max^2)``; pass that x_T to reproduce them.
+
+  Args:
+    alphas_cumprod: (T,) the model's training alpha_bar (concrete).
+    num_teacher_steps: K.
+    rho: the Karras exponent (7 in the paper and in diffusers).
+    prediction_type: as in `ddim_teacher`.
+
+  Returns:
+    A VP `Teacher` with float32 timesteps (K,) and float64 levels (K + 1,) ending at 1.
+  """
+  kind = _vp_kind(prediction_type)
+  alphas = noise.check_alphas_cumprod(alphas_cumprod)
+  if noise.is_traced(alphas):
+    raise TypeError("alphas_cumprod: karras_teacher needs a concrete table")
+  num_train = alphas.shape[0]
+  k = noise.check_count(num_teacher_steps, "num_teacher_steps")
+  if not np.isfinite(rho) or rho <= 0:
+    raise ValueError(f"rho: expected a finite value > 0, got {rho}")
+  table = noise.vp_sigmas(alphas)
+  sigmas = noise.karras_sigmas(float(table[0]), float(table[-1]), k, rho)
+  timesteps = noise.sigma_to_t(sigmas, alphas).astype(np.float32)
+  sigmas = np.append(sigmas, 0.0).astype(np.float32).astype(np.float64)
+  if k > 1 and np.any(np.diff(timesteps) >= 0):
+    raise ValueError(f"num_teacher_steps: {k} Karras steps give repeated float32 timesteps")
+  levels = 1.0 / (1.0 + sigmas**2)
+  config = {"num_train_timesteps": int(num_train), "sigmas": "karras", "rho": float(rho)}
+  return Teacher(jnp.asarray(timesteps), as_float64(levels), kind, config)
+
+
+def flow_teacher(num_teacher_steps: int = 1000, *, shift: float = 1.0,
+                 num_train_timesteps: int = 1000) -> Teacher:
+  """Euler on a rectified flow ``x_s = (1 - s) x_0 + s eps``, from s = 1 to s = 0.
+
+  diffusers' ``FlowMatchEulerDiscreteScheduler(shift=shift)`` with
+  ``set_timesteps(num_teacher_steps)`` (`noise.flow_euler_sigmas`, its float32 sigmas bit for
+  bit): the model is called as ``denoise_fn(x_s, t)`` with ``t = T s`` a float32 scalar and
+  predicts the velocity ``v = eps - x_0``; each step is ``x_{s'} = x_s + (s' - s) v``.
+
+  Args:
+    num_teacher_steps: K.
+    shift: the scheduler's time shift (1: none; SD3 uses 3).
+    num_train_timesteps: T, the model's time scale.
+
+  Returns:
+    A ``"flow"`` `Teacher` with float32 timesteps (K,) and float64 sigmas (K + 1,) ending at 0.
+  """
+  k = noise.check_count(num_teacher_steps, "num_teacher_steps")
+  t = noise.check_count(num_train_timesteps, "num_train_timesteps")
+  timesteps, sigmas = noise.flow_euler_sigmas(k, shift=shift, num_train_timesteps=t)
+  if k > 1 and np.any(np.diff(timesteps) >= 0):
+    raise ValueError(f"num_teacher_steps: {k} flow steps give repeated float32 timesteps")
+  config = {"num_train_timesteps": t, "shift": float(shift)}
+  return Teacher(jnp.asarray(timesteps), as_float64(sigmas.astype(np.float64)), "flow", config)
 
 
 def _dtype_of(x) -> np.dtype:
@@ -224,7 +426,8 @@ def check_teacher(teacher, *, name: str = "teacher") -> None:
   """Validates a `Teacher`: shapes and dtypes always; values when concrete.
 
   timesteps (K,) integer or float, strictly decreasing, non-negative; levels (K + 1,) float,
-  valid for the kind (``"ddim"``: alpha_bar finite in (0, 1], non-decreasing).
+  valid for the kind (VP: alpha_bar finite in (0, 1], non-decreasing; flow: sigma finite in
+  [0, 1], non-increasing).
   """
   if not isinstance(teacher, Teacher):
     raise TypeError(f"{name}: expected a Teacher, got {type(teacher).__name__}")
@@ -251,4 +454,4 @@ def check_teacher(teacher, *, name: str = "teacher") -> None:
     if k > 1 and np.any(np.diff(ts) >= 0):
       raise ValueError(f"{name}.timesteps: expected strictly decreasing timesteps")
   if not noise.is_traced(teacher.levels):
-    KINDS[teacher.kind][1](np.asarray(teacher.levels, np.float64), f"{name}.levels")
+    KINDS[teacher.kind].check_fn(np.asarray(teacher.levels, np.float64), f"{name}.levels")

@@ -65,6 +65,16 @@ class Trajectory:
     fields.update(changes)
     return Trajectory(**fields)
 
+  def take(self, indices) -> "Trajectory":
+    """The trajectory of a subset of its noises: ``x_T[indices]``, ``model_outputs[:, indices]``.
+
+    Args:
+      indices: (m,) ints into the batch (e.g. a validation split of the fitting noises).
+    """
+    idx = jnp.asarray(indices, jnp.int32)
+    return self.replace(x_T=jnp.asarray(self.x_T)[idx],
+                        model_outputs=jnp.asarray(self.model_outputs)[:, idx])
+
   @property
   def timesteps(self):
     """(K,) the teacher's model-call times."""
