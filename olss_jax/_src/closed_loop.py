@@ -21,7 +21,7 @@ enabled it), the algebra in float64.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +55,8 @@ class ClosedLoopFitInfo(NamedTuple):
     ridge: (n,) float64 the relative ridge strength each row used (0: plain least squares).
     states: (n + 1, B, ...) the states the fitted sampler visits on the fitting noises.
     num_model_calls: int32, model evaluations on the B fitting noises (n).
+    holdout_errors: (n,) float64 the same errors on the noises left out of the fit
+      (``fit_noises``), with the weights fitted on the others; NaN when none is left out.
   """
 
   step_errors: jax.Array
@@ -62,6 +64,7 @@ class ClosedLoopFitInfo(NamedTuple):
   ridge: jax.Array
   states: jax.Array
   num_model_calls: jax.Array
+  holdout_errors: jax.Array
 
 
 class ClosedLoopSearchInfo(NamedTuple):
@@ -173,15 +176,21 @@ def _row_fit(cols, y, ref, mask, grid, folds, num_rows: int):
   return jnp.where(mask, w, 0.0), lam, deficient
 
 
-def _solve(traj, path, denoise_fn, grid: tuple, x64: bool):
-  """The closed-loop fit (see `closed_loop_fit`); traceable, statics: grid and x64."""
+def _solve(traj, path, denoise_fn, grid: tuple, x64: bool, fit_noises: tuple | None = None):
+  """The closed-loop fit (see `closed_loop_fit`); traceable, statics: grid, x64, fit_noises."""
   n = path.shape[0]
   k = traj.num_teacher_steps
   x_T = jnp.asarray(traj.x_T)
   dtype = x_T.dtype
   num_rows = traj.num_elements
   elements = num_rows // traj.batch_size
-  folds = _fold_rows(traj.batch_size, elements)
+  fit_samples = np.arange(traj.batch_size) if fit_noises is None else np.asarray(fit_noises)
+  fit_rows = (fit_samples[:, None] * elements + np.arange(elements)[None]).reshape(-1)
+  hold = np.ones(traj.batch_size, bool)
+  hold[fit_samples] = False
+  hold_rows = np.repeat(hold, elements)
+  num_fit_rows, num_hold_rows = int(fit_rows.size), int(hold_rows.sum())
+  folds = _fold_rows(fit_samples.size, elements)
   with jax.enable_x64(True):
     ys = regression.teacher_states(traj, regression.path_targets(path, k))       # (n, N)
     refs = traj.teacher.path_weights(path)                                       # (n, n + 1)
@@ -189,32 +198,55 @@ def _solve(traj, path, denoise_fn, grid: tuple, x64: bool):
     basis = jnp.zeros((num_rows, n + 1), jnp.float64).at[:, 0].set(linalg.f64(x_T).reshape(-1))
     states = jnp.zeros((n + 1,) + x_T.shape, dtype).at[0].set(x_T)
     cols_idx = jnp.arange(n + 1)
+    fit_rows_j = jnp.asarray(fit_rows)
+    hold_rows_j = jnp.asarray(hold_rows)
 
     def row(i, carry):
-      basis, states, weights, errors, lams, deficient = carry
+      basis, states, weights, errors, hold_errors, lams, deficient = carry
       e = _model(denoise_fn, states[i], timesteps[i], x64)
       basis = jax.lax.dynamic_update_slice(basis, linalg.f64(e).reshape(-1, 1),
                                            (jnp.int32(0), (i + 1).astype(jnp.int32)))
       mask = cols_idx <= i + 1
       cols = jnp.where(mask[None, :], basis, 0.0)
       ref = jnp.where(mask, refs[i], 0.0)
-      w, lam, defic = _row_fit(cols, ys[i], ref, mask, grid, folds, num_rows)
+      if fit_noises is None:
+        w, lam, defic = _row_fit(cols, ys[i], ref, mask, grid, folds, num_fit_rows)
+      else:
+        w, lam, defic = _row_fit(cols[fit_rows_j], ys[i][fit_rows_j], ref, mask, grid, folds,
+                                 num_fit_rows)
       fitted = cols @ w
       states = states.at[i + 1].set(fitted.reshape(x_T.shape).astype(dtype))
-      return (basis, states, weights.at[i].set(w), errors.at[i].set(jnp.sum((fitted - ys[i]) ** 2)
-                                                                    / num_rows),
-              lams.at[i].set(lam), deficient.at[i].set(defic))
+      sq = (fitted - ys[i]) ** 2
+      err = jnp.sum(sq if fit_noises is None else sq[fit_rows_j]) / num_fit_rows
+      hold_err = (jnp.sum(jnp.where(hold_rows_j, sq, 0.0)) / num_hold_rows if num_hold_rows
+                  else jnp.asarray(jnp.nan, jnp.float64))
+      return (basis, states, weights.at[i].set(w), errors.at[i].set(err),
+              hold_errors.at[i].set(hold_err), lams.at[i].set(lam), deficient.at[i].set(defic))
 
     init = (basis, states, jnp.zeros((n, n + 1), jnp.float64), jnp.zeros((n,), jnp.float64),
-            jnp.zeros((n,), jnp.float64), jnp.zeros((n,), bool))
-    _, states, weights, errors, lams, deficient = jax.lax.fori_loop(0, n, row, init)
-    return weights, ClosedLoopFitInfo(errors, deficient, lams, states, jnp.asarray(n, jnp.int32))
+            jnp.zeros((n,), jnp.float64), jnp.zeros((n,), jnp.float64), jnp.zeros((n,), bool))
+    _, states, weights, errors, hold_errors, lams, deficient = jax.lax.fori_loop(0, n, row, init)
+    return weights, ClosedLoopFitInfo(errors, deficient, lams, states, jnp.asarray(n, jnp.int32),
+                                      hold_errors)
 
 
-_solve_jit = jax.jit(_solve, static_argnums=(3, 4))
+_solve_jit = jax.jit(_solve, static_argnums=(3, 4, 5))
 
 
-def _check_model_data(traj, name: str = "traj") -> None:
+def check_fit_noises(fit_noises, batch_size: int) -> tuple | None:
+  """``fit_noises`` as a sorted tuple of distinct indices into the batch (None: all)."""
+  if fit_noises is None:
+    return None
+  idx = np.asarray(fit_noises)
+  if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+    raise ValueError(f"fit_noises: expected a non-empty 1-D array of ints, got {fit_noises!r:.80}")
+  if np.any(idx < 0) or np.any(idx >= batch_size) or np.unique(idx).size != idx.size:
+    raise ValueError(f"fit_noises: expected distinct indices in [0, {batch_size}), got "
+                     f"{idx.tolist()!r:.80}")
+  return tuple(int(i) for i in np.sort(idx))
+
+
+def check_model_data(traj, name: str = "traj") -> None:
   if not isinstance(traj, trajectory_lib.Trajectory):
     raise TypeError(f"{name}: expected a Trajectory (the closed loop needs its noises and "
                     f"model outputs), got {type(traj).__name__}")
@@ -222,7 +254,7 @@ def _check_model_data(traj, name: str = "traj") -> None:
 
 
 def closed_loop_fit(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
-                    regularization="cv"):
+                    regularization="cv", fit_noises=None):
   """Fits OLSS weights on a path by closed-loop least squares (Eq. 12 on the sampler's basis).
 
   Row by row: call the model at the current predicted state (x_T for row 0) at timestep
@@ -251,18 +283,23 @@ def closed_loop_fit(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
       on the fitting noises' labels or prompts).
     regularization: "cv" (default), or a float: a fixed relative ridge strength (0.0: plain
       least squares, the unregularised closed-loop fit).
+    fit_noises: indices of the noises to fit on (default: all B). The model still runs on
+      the whole batch (per-noise conditioning stays aligned) and the others are held out:
+      their states follow the weights fitted on these, and `ClosedLoopFitInfo.holdout_errors`
+      reports their errors (a validation split at no extra model calls).
 
   Returns:
     (schedule, info): a `Schedule` (timesteps ``traj.timesteps[path]``, (n, n + 1) weights,
     metadata ``method="olss"``, ``fit="closed_loop"``, ...) and a `ClosedLoopFitInfo`.
   """
-  _check_model_data(traj)
+  check_model_data(traj)
   path = jnp.asarray(validation.check_path(path, traj.num_teacher_steps), jnp.int32)
   grid = _grid(regularization)
+  fit_noises = check_fit_noises(fit_noises, traj.batch_size)
   denoise_fn = trajectory_lib.as_denoise_pytree(denoise_fn)
   traced = noise.is_traced(path) or noise.is_traced(traj.x_T)
   solve = _solve if traced else _solve_jit
-  weights, info = solve(traj, path, denoise_fn, grid, _caller_x64())
+  weights, info = solve(traj, path, denoise_fn, grid, _caller_x64(), fit_noises)
   if not noise.is_traced(weights):
     with jax.enable_x64(True):
       finite = bool(jnp.all(jnp.isfinite(weights)))
@@ -275,6 +312,28 @@ def closed_loop_fit(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
       regularization)
   timesteps = jnp.asarray(traj.timesteps)[path]
   return noise.to_host((schedule_lib.Schedule(timesteps, weights, meta), info))
+
+
+def final_errors_fn(traj: trajectory_lib.Trajectory, denoise_fn, *, fit_noises,
+                    regularization="cv") -> Callable:
+  """``errors(path) -> (fit MSE, held-out MSE)`` of the final state, closed-loop fitted.
+
+  One jitted `closed_loop_fit` per call (n model calls on all B noises, weights fitted on
+  ``fit_noises``), for searches that score many paths of one length (`tune.tune_path`).
+  """
+  check_model_data(traj)
+  grid = _grid(regularization)
+  fit_noises = check_fit_noises(fit_noises, traj.batch_size)
+  denoise_fn = trajectory_lib.as_denoise_pytree(denoise_fn)
+  x64 = _caller_x64()
+
+  def errors(path):
+    path = jnp.asarray(validation.check_path(path, traj.num_teacher_steps), jnp.int32)
+    _, info = _solve_jit(traj, path, denoise_fn, grid, x64, fit_noises)
+    with jax.enable_x64(True):
+      return float(info.step_errors[-1]), float(info.holdout_errors[-1])
+
+  return errors
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,7 +532,7 @@ def closed_loop_search(traj: trajectory_lib.Trajectory, num_steps: int, denoise_
   Returns:
     (path, info): (n,) int32 path and a `ClosedLoopSearchInfo`.
   """
-  _check_model_data(traj)
+  check_model_data(traj)
   n = validation.check_num_steps(num_steps, traj.num_teacher_steps)
   bisections, prefer = search._search_options(num_bisection_steps,  # pylint: disable=protected-access
                                               prefer_uniform_if_better)

@@ -19,6 +19,7 @@ import optax
 from olss_jax._src import regression
 from olss_jax._src import sampler
 from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import split
 from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src import validation
 
@@ -61,21 +62,6 @@ def final_sample_loss(weights: jax.Array, timesteps: jax.Array, denoise_fn, x_T:
   sched = schedule_lib.Schedule(timesteps, weights)
   x = sampler.sample(model, sched, x_T)
   return jnp.mean((x.astype(jnp.float32) - target.astype(jnp.float32)) ** 2)
-
-
-def _split(num_samples: int, holdout) -> tuple[np.ndarray, np.ndarray]:
-  """Deterministic interleaved split: every k-th fitting noise goes to the hold-out."""
-  if isinstance(holdout, bool) or not isinstance(holdout, (int, float, np.integer, np.floating)):
-    raise TypeError(f"holdout: expected a fraction in [0, 1) or a count, got {holdout!r}")
-  count = int(round(holdout * num_samples)) if isinstance(holdout, float) else int(holdout)
-  if holdout < 0 or (isinstance(holdout, float) and holdout >= 1) or count >= num_samples:
-    raise ValueError(f"holdout: must leave at least one fitting noise for training "
-                     f"({num_samples} available), got {holdout!r}")
-  if count == 0:
-    return np.arange(num_samples), np.arange(0)
-  hold = np.unique(np.linspace(0, num_samples - 1, count).round().astype(int))
-  train = np.setdiff1d(np.arange(num_samples), hold)
-  return train, hold
 
 
 def refine(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedule_lib.Schedule, *,
@@ -130,7 +116,7 @@ def refine(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedule_lib.S
   if init_weights.shape != (n, n + 1):
     raise ValueError(f"schedule: expected weights ({n}, {n + 1}), got {init_weights.shape}")
   rows, cols = np.nonzero(schedule_lib.lower_triangular_mask(n))
-  train_idx, hold_idx = _split(traj.batch_size, holdout)
+  train_idx, hold_idx = split.holdout_split(traj.batch_size, holdout)
 
   x_T = jnp.asarray(traj.x_T)
   with jax.enable_x64(True):
