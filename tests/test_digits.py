@@ -24,11 +24,21 @@ CLASSIFIER_MIN_TEST_ACCURACY = 0.98
 # images allows for float32 round-off differences across machines and XLA versions that a
 # 1000-step solve can carry to a borderline sample; chance level is 0.10.
 TEACHER_MIN_CLASS_ACCURACY = 0.75
+# Class accuracy of the flow model's 20-step flow-Euler samples at the default guidance on the
+# test's 4 fixed noises: measured FLOW_MEASURED (and 20-step accuracy FLOW_MEASURED_256 on the
+# README's 256 evaluation noises). The threshold allows one borderline sample to flip across
+# machines; chance level is 0.10.
+FLOW_SHORT_RUN_MIN_CLASS_ACCURACY = 0.75
 
 
 @pytest.fixture(scope="module")
 def model():
   return oj.digits.load_digits_model()
+
+
+@pytest.fixture(scope="module")
+def flow_model():
+  return oj.digits.load_digits_model(objective="flow")
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +159,98 @@ def test_teacher_samples_are_their_class(model, classifier):
   assert acc >= TEACHER_MIN_CLASS_ACCURACY, acc
 
 
+# --- the rectified-flow model ---
+
+def test_flow_model_fields(model, flow_model):
+  assert model.prediction_type == "epsilon" and model.objective == "epsilon"
+  assert flow_model.prediction_type == "flow_prediction" and flow_model.objective == "flow"
+  assert flow_model.config["prediction_type"] == "flow_prediction"
+  assert flow_model.sample_shape == (1, 8, 8)
+  assert flow_model.num_train_timesteps == 1000
+  assert flow_model.config["unet"] == model.config["unet"]  # the same architecture
+  chex.assert_trees_all_equal_shapes(flow_model.params, model.params)
+  chex.assert_tree_all_finite(flow_model.params)
+  n = sum(np.size(a) for a in jax.tree_util.tree_leaves(flow_model.params))
+  assert n == flow_model.config["num_params"] == model.config["num_params"]
+  with pytest.raises(AttributeError, match="alphas_cumprod.*rectified flow"):
+    _ = flow_model.alphas_cumprod
+  assert not hasattr(flow_model, "alphas_cumprod")
+  shipped = importlib.resources.files("olss_jax").joinpath("assets", "digits_flow_unet.msgpack")
+  assert len(shipped.read_bytes()) < 1_000_000
+
+
+def test_load_model_objective_argument(flow_model):
+  with pytest.raises(ValueError, match="objective"):
+    oj.digits.load_digits_model(objective="v_prediction")
+  shipped = importlib.resources.files("olss_jax").joinpath("assets", "digits_flow_unet.msgpack")
+  with importlib.resources.as_file(shipped) as path:
+    by_path = oj.digits.load_digits_model(path)
+    assert by_path.objective == "flow"   # a path's JSON says what it holds
+    with pytest.raises(ValueError, match="objective"):
+      oj.digits.load_digits_model(path, objective="epsilon")
+  chex.assert_trees_all_equal(by_path.params, flow_model.params)
+
+
+def test_model_teacher_kinds(model, flow_model):
+  eps_teacher = model.teacher()
+  assert eps_teacher.kind == "ddim" and eps_teacher.num_steps == 1000
+  assert np.issubdtype(np.asarray(eps_teacher.timesteps).dtype, np.integer)
+  expected = oj.ddim_teacher(model.alphas_cumprod, 50)
+  got = model.teacher(50)
+  np.testing.assert_array_equal(got.timesteps, expected.timesteps)
+  np.testing.assert_array_equal(got.levels, expected.levels)
+  flow = flow_model.teacher()
+  assert flow.kind == "flow" and flow.num_steps == 1000
+  assert np.asarray(flow.timesteps).dtype == np.float32
+  expected = oj.flow_teacher(20)
+  got = flow_model.teacher(20)
+  assert got.kind == "flow"
+  np.testing.assert_array_equal(got.timesteps, expected.timesteps)
+  np.testing.assert_array_equal(got.levels, expected.levels)
+  assert float(got.timesteps[0]) == 1000.0 and float(got.levels[-1]) == 0.0
+
+
+def test_flow_denoiser_float_time_guidance_and_jit(flow_model):
+  labels = jnp.array([1, 4, 8])
+  x = jax.random.normal(jax.random.PRNGKey(3), (3, 1, 8, 8))
+  t = jnp.float32(612.5)   # t = 1000 s, between integers
+  cond = flow_model.denoiser(labels, guidance_scale=None)(x, t)
+  uncond = flow_model.denoiser(jnp.full((3,), 10), guidance_scale=None)(x, t)
+  guided_fn = flow_model.denoiser(labels, guidance_scale=2.0)
+  guided = guided_fn(x, t)
+  chex.assert_shape(guided, (3, 1, 8, 8))
+  chex.assert_tree_all_finite(guided)
+  tol = dict(rtol=1e-4, atol=1e-5)  # batched [x; x] vs separate calls: float32 summation order
+  chex.assert_trees_all_close(guided, uncond + 2.0 * (cond - uncond), **tol)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def call(d, x, t):
+    return d(x, t)
+
+  chex.assert_trees_all_close(call(guided_fn, x, t), guided, rtol=RTOL[jnp.float32],
+                              atol=ATOL[jnp.float32])
+  later = call(guided_fn, x, jnp.float32(612.0))   # t traced: the same compiled function
+  assert float(jnp.abs(later - guided).max()) > 1e-6   # the fractional time reaches the UNet
+  assert float(jnp.abs(cond - uncond).max()) > 1e-3   # guidance matters
+  # Near s = 1 the state is pure noise and v = eps - x_0 has unit-scale noise in it.
+  v = flow_model.denoiser(labels)(x, jnp.float32(1000.0))
+  assert 0.2 < float(jnp.corrcoef(v.ravel(), x.ravel())[0, 1]) <= 1.0
+
+
+def test_flow_teacher_short_run_samples_are_their_class(flow_model, classifier):
+  """20 flow-Euler steps at the default guidance already make recognisable digits."""
+  labels = jnp.array([0, 3, 6, 9])
+  x_T = jax.random.normal(jax.random.PRNGKey(4321), (4, 1, 8, 8))
+  traj = oj.collect_trajectory(flow_model.denoiser(labels), x_T, flow_model.teacher(20))
+  final = traj.states[-1]
+  chex.assert_shape(final, (4, 1, 8, 8))
+  chex.assert_tree_all_finite(final)
+  assert float(jnp.abs(final).max()) < 3.0   # in the data range [-1, 1], up to overshoot
+  acc = float(np.mean(np.asarray(classifier.predict(final)) == np.asarray(labels)))
+  assert acc >= FLOW_SHORT_RUN_MIN_CLASS_ACCURACY, acc
+
+
 # --- Frechet distance ---
 
 def _gaussian_samples(rng, mean, cov, n):
@@ -228,6 +330,16 @@ def test_training_the_unet_reproduces_the_shipped_asset(tmp_path):
 
 
 @pytest.mark.slow
+def test_training_the_flow_unet_reproduces_the_shipped_asset(tmp_path):
+  """The full rectified-flow recipe (about 11 minutes on 2 cores) writes the shipped weights
+  byte for byte."""
+  from olss_jax._src.digits import train  # pylint: disable=import-outside-toplevel
+  train.train_unet(objective="flow", out_dir=tmp_path, log=lambda *a, **k: None)
+  shipped = importlib.resources.files("olss_jax").joinpath("assets", "digits_flow_unet.msgpack")
+  assert (tmp_path / "digits_flow_unet.msgpack").read_bytes() == shipped.read_bytes()
+
+
+@pytest.mark.slow
 def test_training_is_deterministic(tmp_path):
   """Two seeded runs of the training script (shortened) write identical parameter files."""
   from olss_jax._src.digits import train  # pylint: disable=import-outside-toplevel
@@ -236,10 +348,17 @@ def test_training_is_deterministic(tmp_path):
   for run in ("a", "b"):
     train.train_classifier(out_dir=tmp_path / run, log=quiet, epochs=1)
     train.train_unet(out_dir=tmp_path / run, log=quiet, steps=3, warmup_steps=1)
-  for name in ("digits_classifier.msgpack", "digits_unet.msgpack"):
+    train.train_unet(objective="flow", out_dir=tmp_path / run, log=quiet, steps=3,
+                     warmup_steps=1)
+  for name in ("digits_classifier.msgpack", "digits_unet.msgpack", "digits_flow_unet.msgpack"):
     assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
   loaded = oj.digits.load_digits_model(tmp_path / "a" / "digits_unet.msgpack")
   assert loaded.config["recipe"]["steps"] == 3
+  flow = oj.digits.load_digits_model(tmp_path / "a" / "digits_flow_unet.msgpack")
+  assert flow.objective == "flow" and flow.config["recipe"]["steps"] == 3
+  # The two objectives differ from the first step on (same seed, same initial weights).
+  assert ((tmp_path / "a" / "digits_unet.msgpack").read_bytes()
+          != (tmp_path / "a" / "digits_flow_unet.msgpack").read_bytes())
 
 
 def test_no_deprecation_notice_reaches_the_user():

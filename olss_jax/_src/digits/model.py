@@ -1,4 +1,4 @@
-"""The shipped class-conditional digits diffusion model and its guided noise prediction.
+"""The shipped class-conditional digits diffusion models and their guided predictions.
 
 Architecture (see `UNET_CONFIG`): diffusers' `FlaxUNet2DConditionModel` run on the 8x8 image
 folded into 4x4x4 (pixel-unshuffle by 2, a "patch size 2" input layer), one resolution level of
@@ -6,7 +6,15 @@ folded into 4x4x4 (pixel-unshuffle by 2, a "patch size 2" input layer), one reso
 ``encoder_hidden_states``: a learned table of 11 rows (10 digits + the null class used for
 classifier-free guidance), each row `NUM_TOKENS` tokens of `CROSS_ATTENTION_DIM`. The single
 level keeps one forward pass on a batch of 512 cheap on a CPU (XLA's CPU convolutions are
-fast at 4x4 and slow at 2x2). Epsilon prediction, Stable Diffusion's noise schedule.
+fast at 4x4 and slow at 2x2).
+
+Two trainings of this architecture ship (`load_digits_model(objective=...)`):
+
+* ``"epsilon"`` (``digits_unet.msgpack``, the default): epsilon prediction on Stable
+  Diffusion's noise schedule, called at integer timesteps 0..999; its teacher is DDIM.
+* ``"flow"`` (``digits_flow_unet.msgpack``): rectified flow ``x_s = (1 - s) x_0 + s eps``,
+  called at ``t = 1000 s`` (float) and predicting the velocity ``v = eps - x_0`` (diffusers'
+  ``FlowMatchEulerDiscreteScheduler`` convention); its teacher is flow Euler.
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ import numpy as np
 from flax import serialization
 
 from olss_jax._src import noise
+from olss_jax._src import teacher as teacher_lib
 from olss_jax._src.digits import data as data_lib
 
 NUM_CLASSES = 10
@@ -48,6 +57,12 @@ UNET_CONFIG: Mapping[str, Any] = {
 # g = 2 gives the samples closest to real digits; larger g buys class accuracy with fidelity.
 DEFAULT_GUIDANCE_SCALE = 2.0
 UNET_FILE = "digits_unet.msgpack"
+FLOW_UNET_FILE = "digits_flow_unet.msgpack"
+# objective (what `load_digits_model` and the training script take) -> (asset, prediction_type)
+OBJECTIVES: Mapping[str, tuple[str, str]] = {
+    "epsilon": (UNET_FILE, "epsilon"),
+    "flow": (FLOW_UNET_FILE, "flow_prediction"),
+}
 
 
 def pixel_unshuffle(x: jax.Array, factor: int = PATCH) -> jax.Array:
@@ -90,7 +105,7 @@ def init_params(key: jax.Array, unet_config: Mapping[str, Any] = UNET_CONFIG) ->
 
 def apply_unet(config_items: tuple, params, x_t: jax.Array, t: jax.Array,
                labels: jax.Array) -> jax.Array:
-  """One conditional noise prediction (no guidance).
+  """One conditional prediction (no guidance): noise, or velocity for the flow model.
 
   Args:
     config_items: the frozen UNet config (`_freeze_config(UNET_CONFIG)`), static.
@@ -100,7 +115,7 @@ def apply_unet(config_items: tuple, params, x_t: jax.Array, t: jax.Array,
     labels: (B,) int labels in 0..10 (10 is the null class).
 
   Returns:
-    (B, 1, 8, 8) predicted noise, in x_t's dtype.
+    (B, 1, 8, 8) model output (predicted noise or velocity), in x_t's dtype.
   """
   unet = _unet_module(config_items)
   b = x_t.shape[0]
@@ -114,7 +129,10 @@ def apply_unet(config_items: tuple, params, x_t: jax.Array, t: jax.Array,
 
 
 class _GuidedEps:
-  """The static part of a digits denoiser: the UNet config (hashable, compares by value)."""
+  """The static part of a digits denoiser: the UNet config (hashable, compares by value).
+
+  The guidance formula is linear in the output, so it serves epsilon and velocity alike.
+  """
 
   def __init__(self, config_items: tuple, guided: bool):
     self.config_items = config_items
@@ -140,23 +158,61 @@ class _GuidedEps:
 
 @dataclasses.dataclass(frozen=True)
 class DigitsModel:
-  """The trained digits diffusion model.
+  """A trained digits diffusion model (epsilon or rectified-flow objective).
 
   Attributes:
     params: pytree ``{"unet": diffusers UNet params, "label_embedding": (11, 4, 32) float32}``.
-    config: the training JSON (UNet config, recipe, final loss, default guidance scale).
+    config: the training JSON (UNet config, prediction type, noise process, recipe, losses).
   """
 
   params: Any
   config: Mapping[str, Any]
 
   @property
+  def prediction_type(self) -> str:
+    """What the UNet predicts, in diffusers' words: ``"epsilon"`` or ``"flow_prediction"``
+    (the rectified-flow velocity ``v = eps - x_0``)."""
+    return str(self.config.get("prediction_type", "epsilon"))
+
+  @property
+  def objective(self) -> str:
+    """The training objective: ``"epsilon"`` or ``"flow"`` (`load_digits_model`'s argument)."""
+    return _objective_of(self.prediction_type)
+
+  @property
+  def num_train_timesteps(self) -> int:
+    """T = 1000: integer timesteps 0..T-1 (epsilon), or the time scale t = T s (flow)."""
+    return int(self.config.get("noise_schedule", {}).get("num_train_timesteps", 1000))
+
+  @property
   def alphas_cumprod(self) -> np.ndarray:
-    """(1000,) float64: Stable Diffusion's scaled-linear schedule (betas 0.00085..0.012)."""
+    """(1000,) float64: Stable Diffusion's scaled-linear schedule (betas 0.00085..0.012).
+
+    Epsilon model only: a rectified flow has no alpha_bar table (raises AttributeError; use
+    `teacher`).
+    """
+    if self.objective != "epsilon":
+      raise AttributeError(
+          f"alphas_cumprod: the {self.objective!r} digits model (prediction_type "
+          f"{self.prediction_type!r}) is a rectified flow x_s = (1 - s) x_0 + s eps with no "
+          "VP noise schedule, so alphas_cumprod has no meaning; use model.teacher(K) "
+          "(flow Euler) instead of a DDIM teacher")
     sched = self.config.get("noise_schedule", {})
     return noise.scaled_linear_alphas_cumprod(sched.get("num_train_timesteps", 1000),
                                              sched.get("beta_start", 0.00085),
                                              sched.get("beta_end", 0.012))
+
+  def teacher(self, num_teacher_steps: int = 1000) -> teacher_lib.Teacher:
+    """The model's reference solver with K steps, for `collect_trajectory`.
+
+    ``ddim_teacher(alphas_cumprod, K)`` for the epsilon model (the paper's teacher: integer
+    timesteps), ``flow_teacher(K)`` for the flow model (Euler from s = 1 to 0, float32
+    times ``t = 1000 s``).
+    """
+    if self.objective == "epsilon":
+      return teacher_lib.ddim_teacher(self.alphas_cumprod, num_teacher_steps)
+    return teacher_lib.flow_teacher(num_teacher_steps,
+                                    num_train_timesteps=self.num_train_timesteps)
 
   @property
   def sample_shape(self) -> tuple[int, int, int]:
@@ -183,10 +239,11 @@ class DigitsModel:
 
   def denoiser(self, labels, *,
                guidance_scale: float | None = DEFAULT_GUIDANCE_SCALE) -> jax.tree_util.Partial:
-    """The noise prediction for fixed labels, with classifier-free guidance.
+    """The model output for fixed labels, with classifier-free guidance.
 
-    ``eps = eps_uncond + g * (eps_cond - eps_uncond)`` (Ho & Salimans, 2022), computed in one
-    UNet call on the doubled batch [x_t; x_t] with labels [labels; null].
+    ``e = e_uncond + g * (e_cond - e_uncond)`` (Ho & Salimans, 2022) for the noise (epsilon
+    model) or the velocity (flow model), computed in one UNet call on the doubled batch
+    [x_t; x_t] with labels [labels; null].
 
     Args:
       labels: (B,) int labels in 0..9 (10, the null class, gives the unconditional model).
@@ -194,8 +251,9 @@ class DigitsModel:
         conditional prediction: one batch of B, half the cost; equal to g = 1 up to rounding).
 
     Returns:
-      A `jax.tree_util.Partial` ``denoise_fn(x_t (B, 1, 8, 8), t scalar) -> eps
-      (B, 1, 8, 8)`` whose leaves are the parameters, the labels and g (all traced under jit,
+      A `jax.tree_util.Partial` ``denoise_fn(x_t (B, 1, 8, 8), t scalar) -> e (B, 1, 8, 8)``
+      (t: an integer timestep for the epsilon model, a float ``1000 s`` for the flow model, as
+      `teacher` calls it) whose leaves are the parameters, the labels and g (all traced under jit,
       so one compiled sampler serves any labels, guidance or weights of the same shapes).
     """
     labels = jnp.asarray(labels)
@@ -241,15 +299,34 @@ def restore_params(blob: bytes):
   return jax.tree_util.tree_map(jnp.asarray, tree)
 
 
-def load_digits_model(path: str | os.PathLike | None = None) -> DigitsModel:
-  """Loads the shipped digits diffusion model (or one written by the training script).
+def _objective_of(prediction_type: str) -> str:
+  for objective, (_, pred) in OBJECTIVES.items():
+    if pred == prediction_type:
+      return objective
+  raise ValueError(f"prediction_type: expected one of "
+                   f"{sorted(p for _, p in OBJECTIVES.values())}, got {prediction_type!r}")
+
+
+def load_digits_model(path: str | os.PathLike | None = None, *,
+                      objective: str | None = None) -> DigitsModel:
+  """Loads a shipped digits diffusion model (or one written by the training script).
 
   Args:
-    path: None for the packaged ``olss_jax/assets/digits_unet.msgpack`` (read with
-      `importlib.resources`), or a ``.msgpack`` path with its ``.json`` beside it.
+    path: None for a packaged model (read with `importlib.resources`), or a ``.msgpack`` path
+      with its ``.json`` beside it.
+    objective: which packaged model: ``"epsilon"`` (``olss_jax/assets/digits_unet.msgpack``,
+      the default) or ``"flow"`` (the rectified-flow one, ``digits_flow_unet.msgpack``). With
+      a path, the JSON says what the file is; an objective given too must match it.
 
   Returns:
     A `DigitsModel`.
   """
-  blob, config = _read(UNET_FILE, path)
-  return DigitsModel(params=restore_params(blob), config=config)
+  if objective is not None and objective not in OBJECTIVES:
+    raise ValueError(f"objective: expected one of {tuple(OBJECTIVES)}, got {objective!r}")
+  name = OBJECTIVES["epsilon" if objective is None else objective][0]
+  blob, config = _read(name, path)
+  model = DigitsModel(params=restore_params(blob), config=config)
+  if objective is not None and model.objective != objective:
+    raise ValueError(f"objective: {path} holds a {model.objective!r} model "
+                     f"(prediction_type {model.prediction_type!r}), not {objective!r}")
+  return model

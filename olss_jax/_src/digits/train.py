@@ -1,13 +1,22 @@
-"""Trains the shipped digits models: ``python -m olss_jax.train_digits [--only unet|classifier]``.
+"""Trains the shipped digits models.
 
-Both runs are seeded and deterministic on a given machine (fixed split, fixed PRNG keys, no
-data-dependent host randomness). They write flax msgpack parameters plus a JSON with the
+``python -m olss_jax.train_digits [--only unet|classifier] [--objective epsilon|flow]``
+
+Every run is seeded and deterministic on a given machine (fixed split, fixed PRNG keys, no
+data-dependent host randomness). It writes flax msgpack parameters plus a JSON with the
 config, the recipe and the final losses into ``--out-dir`` (default: the package's assets).
 
-Diffusion recipe (epsilon prediction, DDPM's simple loss, Ho et al. 2020): uniform timesteps
-in 0..999 of Stable Diffusion's scaled-linear schedule, labels dropped to the null class with
-p = 0.1 (classifier-free guidance, Ho & Salimans 2022), AdamW with warmup and cosine decay,
-gradient clipping at 1, and an exponential moving average of the weights (the shipped ones).
+Diffusion recipe (one training loop, two objectives; `UNET_RECIPES`): labels dropped to the
+null class with p = 0.1 (classifier-free guidance, Ho & Salimans 2022), AdamW with warmup and
+cosine decay, gradient clipping at 1, and an exponential moving average of the weights (the
+shipped ones).
+
+* ``epsilon`` (``digits_unet.msgpack``): epsilon prediction, DDPM's simple loss (Ho et al.
+  2020), uniform timesteps in 0..999 of Stable Diffusion's scaled-linear schedule.
+* ``flow`` (``digits_flow_unet.msgpack``): rectified flow ``x_s = (1 - s) x_0 + s eps``, the
+  model called at ``t = 1000 s`` (float) and regressed on the velocity ``v = eps - x_0``
+  (diffusers' ``FlowMatchEulerDiscreteScheduler`` convention; Liu et al. 2022, Esser et al.
+  2024), s drawn as the recipe's ``time_sampling`` says.
 """
 from __future__ import annotations
 
@@ -40,6 +49,12 @@ UNET_RECIPE = {
     "p_uncond": 0.1,
     "train_split": "train",
 }
+# The flow model's recipe: the epsilon one plus how s is drawn. "logit_normal" is SD3's
+# s = sigmoid(logit_mean + logit_std n), n ~ N(0, 1); "uniform" is s ~ U[0, 1).
+FLOW_UNET_RECIPE = dict(UNET_RECIPE, time_sampling="logit_normal", logit_mean=0.0,
+                        logit_std=1.0)
+UNET_RECIPES = {"epsilon": UNET_RECIPE, "flow": FLOW_UNET_RECIPE}
+OBJECTIVES = tuple(UNET_RECIPES)
 CLASSIFIER_RECIPE = {
     "seed": 0,
     "epochs": 40,
@@ -64,27 +79,93 @@ def _save(out_dir: pathlib.Path, name: str, params, config: dict) -> pathlib.Pat
   return path
 
 
-def _diffusion_loss(config_items, params, x0, labels, t, noise, sqrt_ab, sqrt_1m_ab):
-  shape = (-1, 1, 1, 1)
-  x_t = sqrt_ab[t].reshape(shape) * x0 + sqrt_1m_ab[t].reshape(shape) * noise
-  eps = model_lib.apply_unet(config_items, params, x_t, t, labels)
-  return jnp.mean((eps - noise) ** 2)
+class _EpsilonObjective:
+  """DDPM: x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps at uniform integer t, target eps."""
+
+  prediction_type = "epsilon"
+  unet_file = model_lib.UNET_FILE
+  description = "class-conditional diffusers FlaxUNet2DConditionModel on sklearn digits"
+  noise_schedule = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                    "num_train_timesteps": 1000}
+
+  def __init__(self, recipe):
+    del recipe
+    alphas = noise.scaled_linear_alphas_cumprod()
+    self.num_train_timesteps = alphas.shape[0]
+    self.sqrt_ab = jnp.asarray(np.sqrt(alphas), jnp.float32)
+    self.sqrt_1m_ab = jnp.asarray(np.sqrt(1.0 - alphas), jnp.float32)
+
+  def draw_times(self, key, n):
+    return jax.random.randint(key, (n,), 0, self.num_train_timesteps)
+
+  def corrupt(self, x0, noise, t):
+    """(model input x_t, model time, regression target)."""
+    shape = (-1, 1, 1, 1)
+    x_t = self.sqrt_ab[t].reshape(shape) * x0 + self.sqrt_1m_ab[t].reshape(shape) * noise
+    return x_t, t, noise
 
 
-def train_unet(*, out_dir=None, log=print, **overrides) -> dict:
-  """Trains the class-conditional UNet (recipe `UNET_RECIPE`, overridable) and saves it.
+class _FlowObjective:
+  """Rectified flow: x_s = (1 - s) x_0 + s eps, model time 1000 s (float), target eps - x_0."""
+
+  prediction_type = "flow_prediction"
+  unet_file = model_lib.FLOW_UNET_FILE
+  description = ("class-conditional diffusers FlaxUNet2DConditionModel on sklearn digits, "
+                 "rectified flow (velocity prediction)")
+
+  def __init__(self, recipe):
+    self.num_train_timesteps = 1000
+    self.sampling = recipe["time_sampling"]
+    if self.sampling not in ("uniform", "logit_normal"):
+      raise ValueError(f"time_sampling: expected 'uniform' or 'logit_normal', got "
+                       f"{self.sampling!r}")
+    self.logit_mean = float(recipe.get("logit_mean", 0.0))
+    self.logit_std = float(recipe.get("logit_std", 1.0))
+    self.noise_schedule = {"type": "rectified_flow", "x_s": "(1 - s) x_0 + s eps",
+                           "target": "eps - x_0", "model_time": "num_train_timesteps * s",
+                           "num_train_timesteps": self.num_train_timesteps}
+
+  def draw_times(self, key, n):
+    if self.sampling == "uniform":
+      return jax.random.uniform(key, (n,))
+    return jax.nn.sigmoid(self.logit_mean + self.logit_std * jax.random.normal(key, (n,)))
+
+  def corrupt(self, x0, noise, s):
+    s4 = s.reshape(-1, 1, 1, 1)
+    x_s = (1.0 - s4) * x0 + s4 * noise
+    return x_s, s * jnp.float32(self.num_train_timesteps), noise - x0
+
+
+_OBJECTIVES = {"epsilon": _EpsilonObjective, "flow": _FlowObjective}
+
+
+def _diffusion_loss(config_items, objective, params, x0, labels, times, noise):
+  x_t, t, target = objective.corrupt(x0, noise, times)
+  pred = model_lib.apply_unet(config_items, params, x_t, t, labels)
+  return jnp.mean((pred - target) ** 2)
+
+
+def train_unet(*, objective: str = "epsilon", out_dir=None, log=print, **overrides) -> dict:
+  """Trains the class-conditional UNet and saves it.
+
+  Args:
+    objective: ``"epsilon"`` (recipe `UNET_RECIPE`, written as ``digits_unet.msgpack``) or
+      ``"flow"`` (`FLOW_UNET_RECIPE`, ``digits_flow_unet.msgpack``).
+    out_dir: where to write (default: the package's assets).
+    log: ``print``-like progress sink.
+    **overrides: recipe entries to change (``steps``, ``seed``, ...).
 
   Returns:
     The JSON config written next to the parameters.
   """
-  recipe = dict(UNET_RECIPE, **overrides)
+  if objective not in UNET_RECIPES:
+    raise ValueError(f"objective: expected one of {OBJECTIVES}, got {objective!r}")
+  recipe = dict(UNET_RECIPES[objective], **overrides)
+  obj = _OBJECTIVES[objective](recipe)
   out_dir = pathlib.Path(out_dir) if out_dir is not None else _default_out_dir()
   config_items = model_lib._freeze_config(model_lib.UNET_CONFIG)  # pylint: disable=protected-access
   x_train, y_train = data_lib.load_digits_dataset(recipe["train_split"])
   x_test, y_test = data_lib.load_digits_dataset("test")
-  alphas = noise.scaled_linear_alphas_cumprod()
-  sqrt_ab = jnp.asarray(np.sqrt(alphas), jnp.float32)
-  sqrt_1m_ab = jnp.asarray(np.sqrt(1.0 - alphas), jnp.float32)
   x_train_d, y_train_d = jnp.asarray(x_train), jnp.asarray(y_train)
 
   key = jax.random.PRNGKey(recipe["seed"])
@@ -109,10 +190,10 @@ def train_unet(*, out_dir=None, log=print, **overrides) -> dict:
     x0, labels = x_train_d[idx], y_train_d[idx]
     drop = jax.random.bernoulli(k_drop, recipe["p_uncond"], (batch,))
     labels = jnp.where(drop, model_lib.NULL_CLASS, labels)
-    t = jax.random.randint(k_t, (batch,), 0, alphas.shape[0])
+    t = obj.draw_times(k_t, batch)
     noise = jax.random.normal(k_noise, x0.shape)
     loss, grads = jax.value_and_grad(
-        lambda p: _diffusion_loss(config_items, p, x0, labels, t, noise, sqrt_ab, sqrt_1m_ab))(params)
+        lambda p: _diffusion_loss(config_items, obj, p, x0, labels, t, noise))(params)
     updates, opt_state = opt.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     decay = jnp.minimum(recipe["ema_decay"], (1.0 + step) / (10.0 + step))
@@ -126,12 +207,13 @@ def train_unet(*, out_dir=None, log=print, **overrides) -> dict:
   @jax.jit
   def eval_loss(params, x0, labels, key):
     k_t, k_noise = jax.random.split(key)
-    t = jax.random.randint(k_t, (x0.shape[0],), 0, alphas.shape[0])
+    t = obj.draw_times(k_t, x0.shape[0])
     noise = jax.random.normal(k_noise, x0.shape)
-    return _diffusion_loss(config_items, params, x0, labels, t, noise, sqrt_ab, sqrt_1m_ab)
+    return _diffusion_loss(config_items, obj, params, x0, labels, t, noise)
 
   def eval_all(p, x, y):
-    # 8 fixed passes of noise and timesteps over the split: a low-variance loss estimate.
+    # 8 fixed passes of noise and timesteps over the split: a low-variance loss estimate (the
+    # training objective, times drawn as in training).
     keys = jax.random.split(k_eval, 8)
     return float(np.mean([eval_loss(p, jnp.asarray(x), jnp.asarray(y), k) for k in keys]))
 
@@ -144,13 +226,13 @@ def train_unet(*, out_dir=None, log=print, **overrides) -> dict:
     losses.append(loss)
     if (s + 1) % 500 == 0 or s + 1 == steps:
       recent = np.asarray(jnp.stack(losses[-500:]))
-      log(f"unet step {s + 1}/{steps}  loss(last 500) {recent.mean():.4f}  "
+      log(f"{objective} unet step {s + 1}/{steps}  loss(last 500) {recent.mean():.4f}  "
           f"{time.time() - start:.0f}s", flush=True)
   wall = time.time() - start
   params, _, ema, _ = carry
   losses = np.asarray(jnp.stack(losses))
   result = {
-      "model": "class-conditional diffusers FlaxUNet2DConditionModel on sklearn digits",
+      "model": obj.description,
       "unet": {k: list(v) if isinstance(v, tuple) else v for k, v in model_lib.UNET_CONFIG.items()},
       "num_classes": model_lib.NUM_CLASSES,
       "null_class": model_lib.NULL_CLASS,
@@ -158,9 +240,8 @@ def train_unet(*, out_dir=None, log=print, **overrides) -> dict:
       "pixel_unshuffle": model_lib.PATCH,
       "sample_shape": list(model_lib.SAMPLE_SHAPE),
       "value_range": [-1.0, 1.0],
-      "prediction_type": "epsilon",
-      "noise_schedule": {"beta_schedule": "scaled_linear", "beta_start": 0.00085,
-                         "beta_end": 0.012, "num_train_timesteps": 1000},
+      "prediction_type": obj.prediction_type,
+      "noise_schedule": obj.noise_schedule,
       "recipe": recipe,
       "num_params": int(sum(np.size(a) for a in jax.tree_util.tree_leaves(ema))),
       "final_train_loss_last500_steps": float(losses[-500:].mean()),
@@ -169,7 +250,7 @@ def train_unet(*, out_dir=None, log=print, **overrides) -> dict:
       "train_wall_seconds": round(wall, 1),
       "jax_version": jax.__version__,
   }
-  path = _save(out_dir, model_lib.UNET_FILE, ema, result)
+  path = _save(out_dir, obj.unet_file, ema, result)
   log(f"wrote {path} ({path.stat().st_size} bytes); EMA loss train "
       f"{result['ema_loss_train_split']:.4f} test {result['ema_loss_test_split']:.4f}", flush=True)
   return result
@@ -256,11 +337,15 @@ def train_classifier(*, out_dir=None, log=print, **overrides) -> dict:
 
 
 def main(argv=None) -> None:
-  """Command line: ``python -m olss_jax.train_digits [--only unet|classifier] [--out-dir D]``."""
+  """Command line: ``python -m olss_jax.train_digits [--only unet|classifier]
+  [--objective epsilon|flow] [--out-dir D] [--steps N] [--seed S]``."""
   parser = argparse.ArgumentParser(prog="python -m olss_jax.train_digits", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--only", choices=("unet", "classifier"), default=None,
                       help="train only one of the two models (default: both)")
+  parser.add_argument("--objective", choices=OBJECTIVES, default="epsilon",
+                      help="the UNet's training objective: epsilon (digits_unet.msgpack, the "
+                           "default) or flow (rectified flow, digits_flow_unet.msgpack)")
   parser.add_argument("--out-dir", default=None,
                       help="where to write the .msgpack/.json files (default: olss_jax/assets)")
   parser.add_argument("--steps", type=int, default=None, help="UNet training steps (default 3000)")
@@ -270,7 +355,7 @@ def main(argv=None) -> None:
     train_classifier(out_dir=args.out_dir, seed=args.seed)
   if args.only in (None, "unet"):
     extra = {} if args.steps is None else {"steps": args.steps}
-    train_unet(out_dir=args.out_dir, seed=args.seed, **extra)
+    train_unet(objective=args.objective, out_dir=args.out_dir, seed=args.seed, **extra)
 
 
 if __name__ == "__main__":
