@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from olss_jax._src import noise
 from olss_jax._src import schedule as schedule_lib
+from olss_jax._src.baselines import levels as levels_lib
 from olss_jax._src.baselines import linear
 from olss_jax._src.baselines import spacing as spacing_lib
 
@@ -19,7 +20,7 @@ def _ipndm_program(alpha, sigma, timesteps) -> linear.Program:
   def program(model, x_T):
     x, ets = x_T, []
     for i, t in enumerate(timesteps):
-      ets.append(model(x, int(t)))      # epsilon model: diffusers' sigma x + alpha v is eps itself
+      ets.append(model(x, linear.call_time(t)))   # epsilon model: diffusers' sigma x + alpha v is eps itself
       coeffs = _AB[min(len(ets), 4) - 1]
       eps = coeffs[0] * ets[-1]
       for k in range(1, len(coeffs)):
@@ -31,8 +32,9 @@ def _ipndm_program(alpha, sigma, timesteps) -> linear.Program:
   return program
 
 
-def ipndm_schedule(alphas_cumprod, num_steps: int, *, timestep_spacing: str = "linspace",
-                   steps_offset: int = 0, final_alpha_cumprod: float = 1.0) -> schedule_lib.Schedule:
+def ipndm_schedule(alphas_cumprod, num_steps: int | None = None, *,
+                   timestep_spacing: str = "linspace", steps_offset: int = 0,
+                   final_alpha_cumprod: float = 1.0, timesteps=None) -> schedule_lib.Schedule:
   """iPNDM (Zhang & Chen 2023): 4th-order Adams-Bashforth on epsilon with DDIM transfers.
 
   diffusers' ``IPNDMScheduler.step``: each model output (as an epsilon) joins a history;
@@ -43,22 +45,32 @@ def ipndm_schedule(alphas_cumprod, num_steps: int, *, timestep_spacing: str = "l
   discrete VP model's noise levels ``alpha = sqrt(alpha_bar_t)``, ``sigma = sqrt(1 - alpha_bar_t)``
   at integer timesteps chosen like the other multistep schedulers. It equals diffusers'
   ``IPNDMScheduler(trained_betas=sigmas)`` stepping the same levels, with the epsilon model
-  presented to it as a v-prediction (see tests).
+  presented to it as a v-prediction (see tests). Epsilon models only.
 
   Args:
     alphas_cumprod: (T,) training alpha_bar.
-    num_steps: n, the number of model calls.
+    num_steps: n, the number of model calls (None: ``len(timesteps)``).
     timestep_spacing: "linspace", "leading" or "trailing" (as `deis_schedule`).
     steps_offset: added to "leading" timesteps.
     final_alpha_cumprod: alpha_bar after the last step (1.0: sigma = 0, as diffusers).
+    timesteps: explicit (n,) strictly decreasing training timesteps instead of a spacing
+      (integers: the table; floats: `noise.alpha_bar_at`, float32 schedule timesteps).
 
   Returns:
     A `Schedule` with (n,) timesteps and (n, n + 1) weights; ``metadata["method"] == "ipndm"``.
   """
   alphas = noise.check_alphas_cumprod(alphas_cumprod)
-  timesteps, alpha, sigma, _ = spacing_lib.multistep_levels(
-      alphas, num_steps, spacing=timestep_spacing, steps_offset=steps_offset,
-      final_alpha_cumprod=final_alpha_cumprod)
-  meta = {"method": "ipndm", "timestep_spacing": timestep_spacing, "steps_offset": int(steps_offset),
-          "final_alpha_cumprod": float(final_alpha_cumprod), "diffusers": "IPNDMScheduler"}
-  return linear.schedule_from_program(_ipndm_program(alpha, sigma, timesteps), num_steps, meta)
+  num_steps = levels_lib.resolve_num_steps(num_steps, timesteps)
+  if timesteps is None:
+    ts = spacing_lib.multistep_timesteps(num_steps, alphas.shape[0], spacing=timestep_spacing,
+                                         steps_offset=steps_offset)
+  else:
+    ts = levels_lib.check_timesteps(timesteps, alphas.shape[0])
+  alpha, sigma, _ = levels_lib.vp_levels(alphas, ts, final_alpha_cumprod)
+  meta = {"method": "ipndm", "timestep_spacing": "custom" if timesteps is not None else timestep_spacing,
+          "steps_offset": int(steps_offset), "final_alpha_cumprod": float(final_alpha_cumprod),
+          "prediction_type": "epsilon", "custom_timesteps": timesteps is not None,
+          "diffusers": "IPNDMScheduler"}
+  if timesteps is not None:
+    meta["timesteps"] = ts.tolist()
+  return linear.schedule_from_program(_ipndm_program(alpha, sigma, ts), ts.shape[0], meta)

@@ -17,10 +17,26 @@ import numpy as np
 
 from olss_jax._src import schedule as schedule_lib
 
-# ``model(x, t) -> e``: x an array (or a coefficient vector), t a Python int timestep.
-ModelFn = Callable[[Any, int], Any]
+# ``model(x, t) -> e``: x an array (or a coefficient vector), t a Python int training timestep
+# or a float32 continuous one (see `call_time`).
+ModelFn = Callable[[Any, Any], Any]
 # ``program(model, x_T) -> x_final``: one solver run, linear in x_T and the model outputs.
 Program = Callable[[ModelFn, Any], Any]
+
+
+def call_time(t):
+  """The time a program passes to ``model``: a Python int for integer timesteps, else float32.
+
+  Args:
+    t: a scalar timestep (numpy or Python, integer or float).
+
+  Returns:
+    ``int(t)`` for an integer dtype, ``np.float32(t)`` for a float (the dtype a `Schedule`
+    stores continuous timesteps in, so the model is called at exactly the stored time).
+  """
+  if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
+    return int(t)
+  return np.float32(t)
 
 
 def schedule_from_program(program: Program, num_steps: int,
@@ -38,8 +54,9 @@ def schedule_from_program(program: Program, num_steps: int,
     metadata: the schedule's metadata (``method`` and the solver's configuration).
 
   Returns:
-    A `Schedule` with (n,) int32 timesteps (the ``t`` of each call, in order) and (n, n + 1)
-    float64 lower-triangular weights over [x_T, e_0, ..., e_{n-1}].
+    A `Schedule` with (n,) timesteps (the ``t`` of each call, in order: int32 when every call
+    passed an integer, else float32) and (n, n + 1) float64 lower-triangular weights over
+    [x_T, e_0, ..., e_{n-1}].
 
   Raises:
     ValueError: when the program makes a different number of model calls, does not start at
@@ -55,7 +72,7 @@ def schedule_from_program(program: Program, num_steps: int,
     if len(inputs) == num_steps:
       raise ValueError(f"program: made more than the expected num_steps={num_steps} model calls")
     inputs.append(np.array(x, dtype=np.float64, copy=True))
-    timesteps.append(int(t))
+    timesteps.append(call_time(t))
     return basis[len(inputs)]
 
   final = np.asarray(program(model, basis[0]), dtype=np.float64)
@@ -65,4 +82,8 @@ def schedule_from_program(program: Program, num_steps: int,
     raise ValueError("program: its first model call must be at x_T itself (weights [1, 0, ...]); "
                      f"got {inputs[0]}")
   weights = np.stack(inputs[1:] + [final])
-  return schedule_lib.make_schedule(np.asarray(timesteps), weights, metadata)
+  if all(isinstance(t, int) for t in timesteps):
+    times = np.asarray(timesteps, np.int64)
+  else:
+    times = np.asarray(timesteps, np.float32)
+  return schedule_lib.make_schedule(times, weights, metadata)

@@ -89,36 +89,21 @@ def vp_levels(alphas_cumprod, timesteps, final_alpha_cumprod: float):
 
   Args:
     alphas_cumprod: (T,) training alpha_bar.
-    timesteps: (n,) the model-call timesteps.
+    timesteps: (n,) the model-call timesteps (integers; `levels.vp_levels` also takes floats).
     final_alpha_cumprod: alpha_bar of the final state (1.0: sigma = 0).
 
   Returns:
-    (alpha, sigma, lam), each (n + 1,) float64: ``alpha = sqrt(alpha_bar)``,
-    ``sigma = sqrt(1 - alpha_bar)`` and the half log-SNR ``lam = log(alpha / sigma)`` (+inf
-    where sigma = 0).
+    (alpha, sigma, lam), each (n + 1,) float64 (`alpha_sigma_lambda` of the states' alpha_bar).
   """
-  ab = noise.state_alphas(alphas_cumprod, timesteps, final_alpha_cumprod)
+  return alpha_sigma_lambda(noise.state_alphas(alphas_cumprod, timesteps, final_alpha_cumprod))
+
+
+def alpha_sigma_lambda(alpha_bars):
+  """``alpha = sqrt(alpha_bar)``, ``sigma = sqrt(1 - alpha_bar)`` and the half log-SNR
+  ``lam = log(alpha / sigma)`` (+inf where sigma = 0), each float64 of alpha_bars' shape."""
+  ab = np.asarray(alpha_bars, np.float64)
   alpha = np.sqrt(ab)
   sigma = np.sqrt(1.0 - ab)
   with np.errstate(divide="ignore"):
     lam = np.log(alpha) - np.log(sigma)
   return alpha, sigma, lam
-
-
-def multistep_levels(alphas_cumprod: np.ndarray, num_steps: int, *, spacing: str,
-                     steps_offset: int, final_alpha_cumprod: float):
-  """`multistep_timesteps` and their `vp_levels`, the start of every multistep baseline.
-
-  Args:
-    alphas_cumprod: (T,) checked training alpha_bar.
-    num_steps: n model calls.
-    spacing: "linspace", "leading" or "trailing".
-    steps_offset: added to "leading" timesteps.
-    final_alpha_cumprod: alpha_bar of the final state.
-
-  Returns:
-    (timesteps (n,), alpha (n + 1,), sigma (n + 1,), lam (n + 1,)).
-  """
-  timesteps = multistep_timesteps(num_steps, alphas_cumprod.shape[0], spacing=spacing,
-                                  steps_offset=steps_offset)
-  return (timesteps, *vp_levels(alphas_cumprod, timesteps, final_alpha_cumprod))
