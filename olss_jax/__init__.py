@@ -4,12 +4,12 @@ The verbs of the paper, each a JAX function (``jax.jit`` / ``vmap`` / ``grad`` c
 them): `collect_trajectory` (the teacher), `trajectory_stats` (its compressed statistics),
 `search_path` (Algorithms 1-3), `fit_weights` (Eq. 12 by least squares) and `sample` (the
 n-step sampler); beyond the paper, `closed_loop_search` / `closed_loop_fit` (the same on the
-sampler's own states) and `refine`; `fit_olss` is the one recipe that chooses among them.
+sampler's own states), `tune_path` (the path moved to lower the final error) and `refine`; `fit_olss` is the one recipe that chooses among them.
 
 Sub-namespaces: `olss_jax.baselines` (every classical scheduler as a `Schedule`),
 `olss_jax.stable_diffusion`, `olss_jax.digits` (the shipped model), `olss_jax.analytic`
 (closed-form models), `olss_jax.stats` (streaming statistics), `olss_jax.store` (resumable
-collection), `olss_jax.figures`, `olss_jax.compare`, `olss_jax.validation` and
+collection), `olss_jax.peers` (learned-timestep peers: GITS, tuned solvers), `olss_jax.figures`, `olss_jax.compare`, `olss_jax.validation` and
 `olss_jax.testing` (fixtures for tests).
 """
 from olss_jax._src.noise import linear_alphas_cumprod, scaled_linear_alphas_cumprod
@@ -27,6 +27,7 @@ from olss_jax._src.closed_loop import (
     closed_loop_search,
 )
 from olss_jax._src.refine import RefineInfo, refine
+from olss_jax._src.tune import TuneInfo, tune_path
 from olss_jax._src.recipe import METHODS, fit_olss
 from olss_jax._src.io import (
     load_schedule,
@@ -43,6 +44,7 @@ from olss_jax import baselines
 from olss_jax import compare
 from olss_jax import digits
 from olss_jax import figures
+from olss_jax import peers
 from olss_jax import stable_diffusion
 from olss_jax import stats
 from olss_jax import store
@@ -60,6 +62,7 @@ __all__ = [
     "closed_loop_search",
     "closed_loop_fit",
     "refine",
+    "tune_path",
     "fit_olss",
     "METHODS",
     "uniform_path",
@@ -78,6 +81,7 @@ __all__ = [
     "ClosedLoopSearchInfo",
     "ClosedLoopFitInfo",
     "RefineInfo",
+    "TuneInfo",
     # files
     "save_schedule",
     "load_schedule",

@@ -3,6 +3,9 @@ from olss_jax._src.compare import (
     Comparison,
     ComparisonModel,
     FitContext,
+    PEERS,
+    analytic_comparison_model,
+    baseline_for,
     default_methods,
     draw_noises,
     format_markdown,
@@ -12,6 +15,7 @@ from olss_jax._src.compare import (
 )
 from olss_jax._src.embedded import EMBEDDED_MODELS, embedded_model
 
-__all__ = ["Comparison", "ComparisonModel", "EMBEDDED_MODELS", "FitContext", "default_methods",
+__all__ = ["Comparison", "ComparisonModel", "EMBEDDED_MODELS", "FitContext", "PEERS",
+           "analytic_comparison_model", "baseline_for", "default_methods",
            "draw_noises", "embedded_model", "format_markdown", "mean_interval",
            "per_sample_rmse", "run_comparison"]

@@ -84,10 +84,10 @@ def test_collect_fit_sample_round_trip(capsys, store, fitted, tmp_path):
   schedule = oj.load_schedule(fitted)
   assert schedule.num_steps == 4
   meta = schedule.metadata
-  # A store records its model: the library's best method (closed loop) by default.
-  assert meta["method"] == "olss-cl" and meta["model_name"].startswith("gaussian-mixture")
+  # A store records its model: the library's best method (tuned closed loop) by default.
+  assert meta["method"] == "olss-ft" and meta["model_name"].startswith("gaussian-mixture")
   assert meta["sample_shape"] == [16]
-  expected = oj.fit_olss(traj, 4, denoise_fn=oj.store.store_denoiser(store), method="olss-cl")
+  expected = oj.fit_olss(traj, 4, denoise_fn=oj.store.store_denoiser(store), method="olss-ft")
   np.testing.assert_array_equal(schedule.weights, expected.weights)
 
   rc, out, _ = run(capsys, "fit", store, "--steps", "3", "--method", "olss-p", "-o",
@@ -177,7 +177,7 @@ def test_compare_prints_a_table(capsys, fitted):
   assert rc == 0
   rows = [line for line in out.splitlines() if line.startswith("| ")]
   assert [r.split("|")[1].strip() for r in rows[1:]] == [
-      "olss4.safetensors (olss-cl)", "ddim", "olss-p"]
+      "olss4.safetensors (olss-ft)", "ddim", "olss-p"]
   assert rows[0] == "| method | 4 steps |"
   rc, _, err = run(capsys, "compare", fitted, "--model", "analytic", "--baselines", "nope")
   assert rc == 1
@@ -243,7 +243,7 @@ def test_a_library_sd_store_is_fitted_closed_loop_by_the_command_line(capsys, ti
                      tmp_path / "sd3.safetensors", "-q")
   assert rc == 0, err
   schedule = oj.load_schedule(tmp_path / "sd3.safetensors")
-  assert schedule.metadata["method"] == "olss-cl" and out.startswith("olss-cl: 3 steps")
+  assert schedule.metadata["method"] == "olss-ft" and out.startswith("olss-ft: 3 steps")
   assert schedule.metadata["model"] == "tiny-sd" and schedule.metadata["latent_shape"] == [4, 8, 8]
   # without the model the command line names what it needs
   rc, _, err = run(capsys, "fit", store, "--steps", "3", "-o", tmp_path / "x", "-q")

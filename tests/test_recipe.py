@@ -4,10 +4,11 @@ import pytest
 
 import olss_jax as oj
 from olss_jax import testing
+from olss_jax._src import recipe
 from olss_jax.cli import _main as cli_main
 
 
-def test_default_is_the_paper_without_a_model_and_closed_loop_with_one():
+def test_default_is_the_paper_without_a_model_and_the_tuned_closed_loop_with_one():
   den, traj = testing.mixture_problem()
   paper = oj.fit_olss(traj, 3)
   assert paper.metadata["method"] == "olss" and paper.metadata["fit"] == "teacher_forced"
@@ -15,12 +16,17 @@ def test_default_is_the_paper_without_a_model_and_closed_loop_with_one():
   np.testing.assert_array_equal(paper.metadata["path"], path)
   np.testing.assert_array_equal(paper.weights, oj.fit_weights(traj, path)[0].weights)
   closed = oj.fit_olss(traj, 3, denoise_fn=den)
-  assert closed.metadata["method"] == "olss-cl" and closed.metadata["fit"] == "closed_loop"
+  assert closed.metadata["method"] == "olss-ft" and closed.metadata["fit"] == "closed_loop"
   cl_path, cl_info = oj.closed_loop_search(traj, 3, den)
-  np.testing.assert_array_equal(closed.metadata["path"], cl_path)
-  np.testing.assert_array_equal(closed.weights, oj.closed_loop_fit(traj, cl_path, den)[0].weights)
-  assert closed.metadata["fit_model_calls"] == int(cl_info.num_model_calls) + 3
+  tuned, tune_info = oj.tune_path(traj, cl_path, den)
+  np.testing.assert_array_equal(closed.metadata["tune_start_path"], cl_path)
+  np.testing.assert_array_equal(closed.metadata["path"], tuned)
+  np.testing.assert_array_equal(closed.weights, oj.closed_loop_fit(traj, tuned, den)[0].weights)
+  assert closed.metadata["fit_model_calls"] == (int(cl_info.num_model_calls)
+                                                + tune_info.num_model_calls + 3)
   assert len(closed.metadata["step_errors"]) == 3 and len(closed.metadata["ridge"]) == 3
+  capped = oj.fit_olss(traj, 3, denoise_fn=den, max_evaluations=2)
+  assert capped.metadata["tune_evaluations"] <= 2
 
 
 @pytest.mark.parametrize("method", oj.METHODS)
@@ -29,7 +35,7 @@ def test_every_method_records_how_it_was_made(method):
   sched = oj.fit_olss(traj, 3, denoise_fn=den, method=method)
   meta = sched.metadata
   assert meta["method"] == method
-  assert meta["fit"] == ("closed_loop" if method.endswith("-cl") else "teacher_forced")
+  assert meta["fit"] == ("closed_loop" if method in recipe.MODEL_METHODS else "teacher_forced")
   if method in ("olss-p", "olss-p-cl"):
     assert meta["path_search"] == "uniform"
     np.testing.assert_array_equal(meta["path"], oj.uniform_path(traj, 3))
@@ -51,7 +57,7 @@ def test_the_paper_methods_run_on_statistics():
 def test_refine_option_and_legacy_spellings():
   den, traj = testing.mixture_problem()
   refined = oj.fit_olss(traj, 3, denoise_fn=den, refine=True, refine_kwargs={"num_iters": 3})
-  assert refined.metadata["method"] == "olss-cl+refine" and "refine_iters" in refined.metadata
+  assert refined.metadata["method"] == "olss-ft+refine" and "refine_iters" in refined.metadata
   for old, uniform, new in (("paper", False, "olss"), ("paper", True, "olss-p"),
                             ("closed_loop", False, "olss-cl"), ("closed_loop", True, "olss-p-cl")):
     with pytest.warns(DeprecationWarning, match=new):
@@ -60,10 +66,14 @@ def test_refine_option_and_legacy_spellings():
 
 
 def test_one_vocabulary_for_api_cli_and_comparison():
-  assert oj.METHODS == ("olss-p", "olss", "olss-p-cl", "olss-cl")
+  assert oj.METHODS == ("olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft")
   assert cli_main._METHODS == oj.METHODS  # pylint: disable=protected-access
-  methods = oj.compare.default_methods(baselines=["ddim"])
+  methods = oj.compare.default_methods(baselines=["ddim"], peers=False)
   assert list(methods) == ["ddim", *oj.METHODS]
+  with_peers = oj.compare.default_methods(baselines=["ddim"])
+  assert list(with_peers) == ["ddim", *oj.compare.PEERS, *oj.METHODS]
+  flow = oj.compare.default_methods(kind="flow")
+  assert "gits-ipndm" not in flow and "ipndm" not in flow and "tuned-unipc" in flow
 
 
 def test_bad_arguments_are_named():

@@ -16,11 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from olss_jax._src import noise
+from olss_jax._src import recipe
 from olss_jax._src import sampler
 from olss_jax._src import schedule as schedule_lib
-from olss_jax._src import recipe
+from olss_jax._src import teacher as teacher_lib
 from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src.baselines import registry
+from olss_jax._src.peers import tuned as tuned_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,22 +31,40 @@ class ComparisonModel:
 
   Attributes:
     name: shown in tables and recorded in schedules.
-    alphas_cumprod: (T,) training alpha_bar.
+    alphas_cumprod: (T,) training alpha_bar of a VP model (None for a rectified flow).
     sample_shape: shape of one sample.
     denoiser: ``conditions -> denoise_fn``; conditions is (B,) (e.g. class labels) or None.
     draw_conditions: ``(seed, B) -> conditions`` for B noises (None: unconditional).
     guidance_scale: recorded in metadata when the model uses classifier-free guidance.
     metrics: optional ``(samples, teacher_samples, conditions) -> {name: value}`` extra metrics
       (e.g. Frechet distance and class accuracy).
+    teacher: optional ``K -> Teacher``, the model's K-step reference solver (default: the
+      paper's DDIM teacher on ``alphas_cumprod``, for an epsilon model); e.g.
+      ``oj.flow_teacher`` for a flow model or ``partial(oj.ddim_teacher, alphas,
+      prediction_type="v_prediction")``.
   """
 
   name: str
-  alphas_cumprod: np.ndarray
+  alphas_cumprod: np.ndarray | None
   sample_shape: tuple[int, ...]
   denoiser: Callable[[Any], trajectory_lib.DenoiseFn]
   draw_conditions: Callable[[int, int], Any] = lambda seed, n: None
   guidance_scale: float | None = None
   metrics: Callable[..., Mapping[str, float]] | None = None
+  teacher: Callable[[int], teacher_lib.Teacher] | None = None
+
+  def make_teacher(self, num_teacher_steps: int) -> teacher_lib.Teacher:
+    """The K-step teacher: ``teacher(K)``, or ``ddim_teacher(alphas_cumprod, K)``."""
+    if self.teacher is not None:
+      return self.teacher(num_teacher_steps)
+    if self.alphas_cumprod is None:
+      raise ValueError(f"model: {self.name!r} has neither alphas_cumprod nor a teacher")
+    return teacher_lib.ddim_teacher(self.alphas_cumprod, num_teacher_steps)
+
+  @property
+  def kind(self) -> str:
+    """The teacher kind (`teacher.KINDS` key): what the model predicts, which baselines run."""
+    return self.make_teacher(2).kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,40 +79,93 @@ class FitContext:
 MethodFn = Callable[[FitContext, int], schedule_lib.Schedule]
 
 
-def _olss(method: str) -> MethodFn:
+def _olss(method: str, max_evaluations: int = recipe.DEFAULT_MAX_EVALUATIONS) -> MethodFn:
   def fit(ctx: FitContext, n: int) -> schedule_lib.Schedule:
     model = ctx.denoise_fn if method in recipe.MODEL_METHODS else None
-    return recipe.fit_olss(ctx.traj, n, denoise_fn=model, method=method)
+    kwargs = {"max_evaluations": max_evaluations} if method in recipe.TUNED_METHODS else {}
+    return recipe.fit_olss(ctx.traj, n, denoise_fn=model, method=method, **kwargs)
   return fit
+
+
+def baseline_for(model: ComparisonModel, traj: trajectory_lib.Trajectory, name: str,
+                 num_steps: int | None = None, **kwargs) -> schedule_lib.Schedule:
+  """`baseline_schedule` for this model: its table for an epsilon model, else its teacher."""
+  if model.teacher is None:
+    return registry.baseline_schedule(name, model.alphas_cumprod, num_steps, **kwargs)
+  if model.alphas_cumprod is not None:
+    kwargs.setdefault("alphas_cumprod", model.alphas_cumprod)
+  return registry.baseline_schedule(name, traj.teacher, num_steps, **kwargs)
 
 
 def _baseline(name: str) -> MethodFn:
   def method(ctx: FitContext, n: int) -> schedule_lib.Schedule:
-    return registry.baseline_schedule(name, ctx.model.alphas_cumprod, n)
+    return baseline_for(ctx.model, ctx.traj, name, n)
   return method
 
 
-def default_methods(*, baselines: Sequence[str] | None = None,
-                    closed_loop: bool = True) -> dict[str, MethodFn]:
+# The learned-timestep peers: (solver, how its timesteps are learned). Each solver runs on
+# teacher timesteps through `timesteps=` (`peers.tuned`).
+PEERS: dict[str, tuple[str, str]] = {
+    "gits-ipndm": ("ipndm", "gits"),
+    "gits-dpm_solver_pp": ("dpm_solver_pp", "gits"),
+    "tuned-dpm_solver_pp": ("dpm_solver_pp", "tuned"),
+    "tuned-unipc": ("unipc", "tuned"),
+}
+
+
+def _peer(name: str, max_evaluations: int) -> MethodFn:
+  solver, how = PEERS[name]
+
+  def method(ctx: FitContext, n: int) -> schedule_lib.Schedule:
+    def build(timesteps):
+      return baseline_for(ctx.model, ctx.traj, solver, timesteps=timesteps)
+    if how == "gits":
+      sched = tuned_lib.gits_schedule(ctx.traj, n, build)
+    else:
+      default = baseline_for(ctx.model, ctx.traj, solver, n).timesteps
+      sched = tuned_lib.tuned_schedule(ctx.traj, n, build, ctx.denoise_fn,
+                                       default_timesteps=default, max_evaluations=max_evaluations)
+    return sched.with_metadata(method=name)
+  return method
+
+
+def default_methods(*, baselines: Sequence[str] | None = None, closed_loop: bool = True,
+                    peers: Sequence[str] | bool = True, kind: str = "ddim",
+                    max_evaluations: int = recipe.DEFAULT_MAX_EVALUATIONS) -> dict[str, MethodFn]:
   """The methods of the comparison table, named as everywhere in olss_jax (`recipe.METHODS`).
 
-  Every baseline (`baselines.BASELINES`); the paper's OLSS-P ("olss-p", uniform path) and
-  OLSS ("olss", searched path), both fitted teacher-forced (Eq. 12); and, beyond the paper,
-  the closed-loop fits on the uniform ("olss-p-cl") and the closed-loop searched path
-  ("olss-cl").
+  Every baseline the teacher kind offers (`baselines.baseline_names(kind)`, including Align
+  Your Steps' published schedule for VP models); the learned-timestep peers (`PEERS`: GITS'
+  dynamic programme and a coordinate search on the solver's own final error, each on a
+  classical solver the kind offers); the paper's OLSS-P ("olss-p", uniform path) and OLSS
+  ("olss", searched path), both fitted teacher-forced (Eq. 12); and, beyond the paper, the
+  closed-loop fits ("olss-p-cl", "olss-cl") and the closed-loop fit on a path tuned for the
+  final error ("olss-ft").
 
   Args:
-    baselines: baseline names (keys of `olss_jax.baselines.BASELINES`); all by default.
+    baselines: baseline names; all the kind offers by default.
     closed_loop: include the closed-loop methods.
+    peers: True (all of `PEERS` whose solver the kind offers), False, or names.
+    kind: the models' teacher kind (`ComparisonModel.kind`).
+    max_evaluations: the coordinate searches' budget (the tuned peers and ``olss-ft`` alike).
 
   Returns:
     An ordered ``{name: (FitContext, n) -> Schedule}``.
   """
-  names = list(registry.BASELINES) if baselines is None else list(baselines)
+  offered = registry.baseline_names(kind)
+  names = list(offered) if baselines is None else list(baselines)
   methods: dict[str, MethodFn] = {name: _baseline(name) for name in names}
+  if peers is True:
+    peer_names = [p for p, (solver, _) in PEERS.items() if solver in offered]
+  else:
+    peer_names = list(peers or ())
+  for name in peer_names:
+    if name not in PEERS:
+      raise ValueError(f"peers: expected names from {sorted(PEERS)}, got {name!r}")
+    methods[name] = _peer(name, max_evaluations)
   for method in recipe.METHODS:
     if closed_loop or method in recipe.PAPER_METHODS:
-      methods[method] = _olss(method)
+      methods[method] = _olss(method, max_evaluations)
   return methods
 
 
@@ -151,8 +224,9 @@ def run_comparison(model: ComparisonModel, *, steps: Sequence[int] = (5, 10, 20)
     steps: step counts n to evaluate.
     num_fit: K fitting noises (the paper's 32).
     num_eval: held-out noises (>= 2), from ``eval_seed`` (must differ from ``fit_seed``).
-    num_teacher_steps: teacher DDIM steps (the paper's 1000).
-    methods: ``{name: (FitContext, n) -> Schedule}``; `default_methods()` when None.
+    num_teacher_steps: K teacher steps (the paper's 1000 DDIM steps; `ComparisonModel.teacher`).
+    methods: ``{name: (FitContext, n) -> Schedule}``; `default_methods(kind=model.kind)` when
+      None.
     fit_seed: seed of the fitting noises and conditions.
     eval_seed: seed of the evaluation noises and conditions.
     keep_samples: keep final samples for grids and feature metrics.
@@ -166,7 +240,7 @@ def run_comparison(model: ComparisonModel, *, steps: Sequence[int] = (5, 10, 20)
                      "never the fitting noises")
   if num_fit < 1 or num_eval < 2:
     raise ValueError(f"num_fit/num_eval: expected >= 1 and >= 2, got {num_fit} and {num_eval}")
-  methods = default_methods() if methods is None else dict(methods)
+  methods = default_methods(kind=model.kind) if methods is None else dict(methods)
   say = progress or (lambda msg: None)
   x_fit = draw_noises(model, fit_seed, num_fit)
   x_eval = draw_noises(model, eval_seed, num_eval)
@@ -174,15 +248,15 @@ def run_comparison(model: ComparisonModel, *, steps: Sequence[int] = (5, 10, 20)
   c_eval = model.draw_conditions(eval_seed, num_eval)
   f_fit, f_eval = model.denoiser(c_fit), model.denoiser(c_eval)
 
+  teacher = model.make_teacher(num_teacher_steps)
   t0 = time.perf_counter()
-  say(f"teacher: {num_teacher_steps} DDIM steps on {num_fit} fitting noises")
-  traj = trajectory_lib.collect_trajectory(f_fit, x_fit, model.alphas_cumprod, num_teacher_steps)
+  say(f"teacher: {num_teacher_steps} {teacher.kind} steps on {num_fit} fitting noises")
+  traj = trajectory_lib.collect_trajectory(f_fit, x_fit, teacher)
   jax.block_until_ready(traj.model_outputs)
   teacher_fit_s = time.perf_counter() - t0
-  say(f"teacher: {num_teacher_steps} DDIM steps on {num_eval} held-out noises")
+  say(f"teacher: {num_teacher_steps} {teacher.kind} steps on {num_eval} held-out noises")
   t0 = time.perf_counter()
-  eval_traj = trajectory_lib.collect_trajectory(f_eval, x_eval, model.alphas_cumprod,
-                                                num_teacher_steps)
+  eval_traj = trajectory_lib.collect_trajectory(f_eval, x_eval, teacher)
   reference = np.asarray(eval_traj.states[-1])
   del eval_traj
   teacher_eval_s = time.perf_counter() - t0
@@ -210,7 +284,8 @@ def run_comparison(model: ComparisonModel, *, steps: Sequence[int] = (5, 10, 20)
       schedules[(name, int(n))] = sched
       if keep_samples:
         samples[(name, int(n))] = out
-  info = {"model": model.name, "num_fit": num_fit, "num_eval": num_eval,
+  info = {"model": model.name, "teacher_kind": teacher.kind, "num_fit": num_fit,
+          "num_eval": num_eval,
           "num_teacher_steps": num_teacher_steps, "fit_seed": fit_seed, "eval_seed": eval_seed,
           "teacher_fit_seconds": teacher_fit_s, "teacher_eval_seconds": teacher_eval_s}
   if model.metrics is not None:
@@ -219,8 +294,10 @@ def run_comparison(model: ComparisonModel, *, steps: Sequence[int] = (5, 10, 20)
                     info=info)
 
 
-def format_markdown(comparison: Comparison, *, metric: str = "rmse", best: str = "min") -> str:
-  """A markdown table: one row per method, one column per step count (best in bold).
+def format_markdown(comparison: Comparison, *, metric: str = "rmse",
+                    best: str | None = "min") -> str:
+  """A markdown table: one row per method, one column per step count (best in bold; none
+  with ``best=None``).
 
   For ``metric="rmse"`` each cell is ``mean [lo, hi]``; any other metric key of the rows
   (e.g. ``"fd_teacher"``) shows its value.
@@ -228,7 +305,9 @@ def format_markdown(comparison: Comparison, *, metric: str = "rmse", best: str =
   steps = sorted({r["steps"] for r in comparison.rows})
   methods = list(dict.fromkeys(r["method"] for r in comparison.rows))
   cell = {(r["method"], r["steps"]): r for r in comparison.rows}
-  pick = {"min": min, "max": max}[best]
+  if best not in ("min", "max", None):
+    raise ValueError(f"best: expected 'min', 'max' or None, got {best!r}")
+  pick = {"min": min, "max": max, None: lambda values, default: None}[best]
   best_values = {n: pick((cell[(m, n)][metric] for m in methods if (m, n) in cell), default=None)
                  for n in steps}
   lines = ["| method | " + " | ".join(f"{n} steps" for n in steps) + " |",
@@ -249,12 +328,30 @@ def format_markdown(comparison: Comparison, *, metric: str = "rmse", best: str =
 
 
 def analytic_comparison_model(*, seed: int = 0, num_components: int = 8, dim: int = 16,
-                              std: float = 0.1) -> ComparisonModel:
-  """The analytic default: a sharp isotropic Gaussian mixture with exact noise prediction."""
+                              std: float = 0.1, sample_shape: tuple[int, ...] | None = None,
+                              flow: bool = False) -> ComparisonModel:
+  """An analytic model: a sharp isotropic Gaussian mixture with its exact prediction.
+
+  Args:
+    seed, num_components, std: the mixture (`analytic.make_gaussian_mixture`).
+    dim: the sample shape ``(dim,)`` unless ``sample_shape`` is given (e.g. (4, 64, 64),
+      Stable Diffusion's latent size).
+    flow: the exact rectified flow (velocity, `flow_teacher`) instead of the VP epsilon model
+      on Stable Diffusion's schedule (DDIM teacher).
+  """
   from olss_jax._src import analytic  # noqa: PLC0415
+  shape = (dim,) if sample_shape is None else tuple(sample_shape)
+  mixture = analytic.make_gaussian_mixture(jax.random.key(seed), num_components, shape, std=std)
+  label = "x".join(str(d) for d in shape)
+  if flow:
+    denoise_fn = analytic.flow_mixture_denoiser(mixture)
+    return ComparisonModel(name=f"gaussian-mixture-flow-{num_components}x{label}-std{std}",
+                           alphas_cumprod=None, sample_shape=shape,
+                           denoiser=lambda conditions: denoise_fn,
+                           teacher=teacher_lib.flow_teacher)
   alphas = noise.scaled_linear_alphas_cumprod()
-  mixture = analytic.make_gaussian_mixture(jax.random.key(seed), num_components, (dim,), std=std)
   denoise_fn = analytic.mixture_denoiser(mixture, alphas)
-  return ComparisonModel(name=f"gaussian-mixture-{num_components}x{dim}d-std{std}",
-                         alphas_cumprod=alphas, sample_shape=(dim,),
+  suffix = f"{shape[0]}d" if len(shape) == 1 else label
+  return ComparisonModel(name=f"gaussian-mixture-{num_components}x{suffix}-std{std}",
+                         alphas_cumprod=alphas, sample_shape=shape,
                          denoiser=lambda conditions: denoise_fn)

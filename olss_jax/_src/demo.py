@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from olss_jax._src import compare
+from olss_jax._src import recipe
 
 
 def digits_metrics(model: compare.ComparisonModel) -> compare.ComparisonModel:
@@ -51,7 +52,8 @@ def _write_figures(result: compare.Comparison, out: str) -> list[str]:
   written.append(path)
   methods = list(dict.fromkeys(r["method"] for r in result.rows))
   for n in sorted({min(r["steps"] for r in result.rows), max(r["steps"] for r in result.rows)}):
-    rows = {"teacher (1000 steps)": result.samples[("teacher", 0)][:8]}
+    rows = {f"teacher ({result.info['num_teacher_steps']} steps)":
+            result.samples[("teacher", 0)][:8]}
     rows.update({f"{m} ({n})": result.samples[(m, n)][:8] for m in methods
                  if (m, n) in result.samples})
     path = os.path.join(out, f"samples_{n}_steps.png")
@@ -70,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
   from olss_jax._src import progress as progress_lib  # noqa: PLC0415
   start = time.perf_counter()
   model = build_model(args.model, args.guidance_scale)
-  methods = compare.default_methods()
+  methods = compare.default_methods(kind=model.kind)
   if args.methods:
     unknown = sorted(set(args.methods) - set(methods))
     if unknown:
@@ -87,12 +89,16 @@ def main(args: argparse.Namespace) -> int:
   info = result.info
   print(f"# OLSS comparison on {info['model']}"
         + (f" (guidance {model.guidance_scale:g})" if model.guidance_scale else ""))
-  print(f"teacher: {info['num_teacher_steps']}-step DDIM; fitted on {info['num_fit']} noises "
+  teacher_name = {"flow": "flow Euler"}.get(info["teacher_kind"], "DDIM")
+  print(f"teacher: {info['num_teacher_steps']}-step {teacher_name}; fitted on {info['num_fit']} noises "
         f"(seed {info['fit_seed']}); evaluated on {info['num_eval']} held-out noises "
         f"(seed {info['eval_seed']}), the same for every method\n")
-  print("methods: the diffusers baselines; olss-p / olss = the paper (teacher-forced Eq. 12 fit "
-        "on uniform / searched steps); olss-p-cl / olss-cl = closed-loop fit (beyond the paper; "
-        "olss-cl is the library's default with a model)\n")
+  print("methods: the diffusers baselines (ays_* = Align Your Steps' published timesteps); "
+        "gits-* = the solver on GITS' timesteps, tuned-* = on timesteps tuned by a coordinate "
+        "search for its final error on the fitting noises; olss-p / olss = the paper "
+        "(teacher-forced Eq. 12 fit on uniform / searched steps); olss-p-cl / olss-cl = "
+        "closed-loop fit; olss-ft = closed-loop fit on a path tuned for the final error (beyond "
+        f"the paper; the library's default with a model is {recipe.DEFAULT_MODEL_METHOD})\n")
   print("RMSE of the final sample against the teacher's on the same noise "
         "(mean [95% interval]; lowest in bold):\n")
   print(compare.format_markdown(result))
@@ -105,8 +111,14 @@ def main(args: argparse.Namespace) -> int:
       print(compare.format_markdown(result, metric=metric, best="max" if metric == "accuracy"
                                     else "min"))
     teacher = info["teacher_metrics"]
-    print(f"\nteacher (1000 steps): Frechet distance to real digits {teacher['fd_real']:.4g}, "
+    print(f"\nteacher ({info['num_teacher_steps']} steps): Frechet distance to real digits {teacher['fd_real']:.4g}, "
           f"class accuracy {teacher['accuracy']:.3f}")
+  print("\nfit cost: model calls on the fitting noises beyond the teacher's (each call is one "
+        f"batch of {info['num_fit']}; the teacher's {info['num_teacher_steps']} are shared by every "
+        "fitted method):\n")
+  print(compare.format_markdown(result, metric="fit_model_calls", best=None))
+  print("\nfit seconds (this machine, compile time included):\n")
+  print(compare.format_markdown(result, metric="fit_seconds", best=None))
   if args.out:
     for path in _write_figures(result, args.out):
       print(f"wrote {path}")

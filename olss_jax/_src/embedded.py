@@ -1,8 +1,12 @@
 """The models the workbench (CLI, notebooks) runs on without any download.
 
-``"digits"`` is the trained class-conditional digits UNet shipped in ``olss_jax/assets``;
-``"analytic"`` is a sharp Gaussian mixture whose noise prediction is exact. ``"default"``
-is the digits model when its weights are installed and the mixture otherwise.
+``"digits"`` is the trained class-conditional digits UNet shipped in ``olss_jax/assets``
+(epsilon prediction, DDIM teacher) and ``"digits-flow"`` the same architecture trained as a
+rectified flow (velocity prediction, flow-Euler teacher); ``"analytic"`` is a sharp Gaussian
+mixture whose noise prediction is exact, ``"analytic-flow"`` the same mixture as an exact
+rectified flow and ``"analytic-latent"`` a mixture at Stable Diffusion's latent size
+(4x64x64). ``"default"`` is the digits model when its weights are installed and the mixture
+otherwise.
 """
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ import numpy as np
 
 from olss_jax._src import compare
 
-EMBEDDED_MODELS = ("default", "digits", "analytic")
+EMBEDDED_MODELS = ("default", "digits", "digits-flow", "analytic", "analytic-flow",
+                   "analytic-latent")
 
 
 @functools.lru_cache(maxsize=None)
@@ -32,31 +37,36 @@ def balanced_labels(seed: int, num: int, num_classes: int = 10) -> np.ndarray:
   return np.random.default_rng(seed).permutation(labels).astype(np.int32)
 
 
-def _digits_model(guidance_scale: float | None) -> compare.ComparisonModel:
+def _digits_model(guidance_scale: float | None, objective: str = "epsilon") -> compare.ComparisonModel:
   from olss_jax._src.digits import model as digits_model  # pylint: disable=import-outside-toplevel
-  model = digits_model.load_digits_model()
+  model = digits_model.load_digits_model(objective=objective)
   g = model.default_guidance_scale if guidance_scale is None else float(guidance_scale)
+  flow = objective == "flow"
   return compare.ComparisonModel(
-      name="digits-unet", alphas_cumprod=model.alphas_cumprod,
+      name="digits-flow-unet" if flow else "digits-unet",
+      alphas_cumprod=None if flow else model.alphas_cumprod,
       sample_shape=tuple(model.sample_shape),
       denoiser=lambda labels: model.denoiser(np.asarray(labels, np.int32), guidance_scale=g),
-      draw_conditions=lambda seed, n: balanced_labels(seed, n), guidance_scale=g)
+      draw_conditions=lambda seed, n: balanced_labels(seed, n), guidance_scale=g,
+      teacher=model.teacher if flow else None)
 
 
 def embedded_model(name: str = "default", *,
                    guidance_scale: float | None = None) -> compare.ComparisonModel:
-  """An embedded model as a `ComparisonModel` (alphas_cumprod (T,), sample_shape, denoiser).
+  """An embedded model as a `ComparisonModel` (its teacher, sample_shape, denoiser).
 
   Args:
-    name: ``"default"`` (digits if installed, else analytic), ``"digits"`` or ``"analytic"``.
-    guidance_scale: classifier-free guidance of the digits model (its default when None);
-      the analytic model has no guidance and rejects a value.
+    name: one of `EMBEDDED_MODELS`: ``"default"`` (digits if installed, else analytic),
+      ``"digits"``, ``"digits-flow"``, ``"analytic"``, ``"analytic-flow"`` or
+      ``"analytic-latent"``.
+    guidance_scale: classifier-free guidance of the digits models (their default when None);
+      the analytic models have no guidance and reject a value.
 
   Returns:
     The `ComparisonModel`; ``denoiser(conditions)`` gives ``denoise_fn(x_t (B, ...), t)``.
 
   Raises:
-    ValueError: an unknown name, digits asked for but not installed, or guidance for the
+    ValueError: an unknown name, digits asked for but not installed, or guidance for an
       analytic model.
   """
   if name not in EMBEDDED_MODELS:
@@ -64,14 +74,28 @@ def embedded_model(name: str = "default", *,
                      f"directory, got {name!r}")
   if name == "default":
     name = "digits" if digits_available() else "analytic"
-  if name == "digits":
+  if name in ("digits", "digits-flow"):
     if not digits_available():
       raise ValueError("model: the digits model's weights are not installed "
                        "(olss_jax/assets/digits_unet.msgpack); use --model analytic")
-    return _digits_model(guidance_scale)
+    return _digits_model(guidance_scale, "flow" if name == "digits-flow" else "epsilon")
   if guidance_scale is not None:
-    raise ValueError("guidance_scale: the analytic model has no classifier-free guidance")
+    raise ValueError("guidance_scale: the analytic models have no classifier-free guidance")
+  if name == "analytic-flow":
+    return compare.analytic_comparison_model(flow=True)
+  if name == "analytic-latent":
+    return compare.analytic_comparison_model(sample_shape=(4, 64, 64))
   return compare.analytic_comparison_model()
+
+
+def resolved_name(model: compare.ComparisonModel) -> str:
+  """The `EMBEDDED_MODELS` name that rebuilds ``model`` (never ``"default"``)."""
+  for name in EMBEDDED_MODELS[1:]:
+    if name.startswith("digits") and not digits_available():
+      continue
+    if model.name == embedded_model(name).name:
+      return name
+  raise ValueError(f"model: {model.name!r} is not an embedded model")
 
 
 def model_record(model: compare.ComparisonModel, name: str) -> dict:
@@ -82,8 +106,11 @@ def model_record(model: compare.ComparisonModel, name: str) -> dict:
 
 def schedule_metadata(model: compare.ComparisonModel) -> dict:
   """The facts a schedule fitted on this model records (checked by `check_schedule_compatible`)."""
+  teacher = model.make_teacher(2)
+  num_train = (int(np.shape(model.alphas_cumprod)[0]) if model.alphas_cumprod is not None
+               else int(teacher.config.get("num_train_timesteps", 1000)))
   meta = {"model_name": model.name, "sample_shape": list(model.sample_shape),
-          "num_train_timesteps": int(np.shape(model.alphas_cumprod)[0])}
+          "num_train_timesteps": num_train}
   if model.guidance_scale is not None:
     meta["guidance_scale"] = float(model.guidance_scale)
   return meta
@@ -94,7 +121,7 @@ def collect_embedded_to_directory(directory, name: str = "default", *, num_image
                                   guidance_scale: float | None = None,
                                   num_teacher_steps: int = 1000,
                                   steps_per_chunk: int | None = 50, callback=None):
-  """The 1000-step DDIM teacher of an embedded model into a resumable store (`store`).
+  """The 1000-step teacher of an embedded model (DDIM, or flow Euler) into a resumable store.
 
   Chunk i holds images ``[i * images_per_chunk, ...)``: starting noises
   ``normal(fold_in(key(seed), i))`` and, for the digits model, class labels drawn per chunk
@@ -103,7 +130,7 @@ def collect_embedded_to_directory(directory, name: str = "default", *, num_image
 
   Args:
     directory: the store (created if missing; rerun the same call to resume).
-    name: ``"default"``, ``"digits"`` or ``"analytic"`` (`embedded_model`).
+    name: a name of `EMBEDDED_MODELS` (`embedded_model`).
     num_images: N fitting noises.
     images_per_chunk: noises per chunk file.
     seed: seed of the noises and labels.
@@ -122,7 +149,7 @@ def collect_embedded_to_directory(directory, name: str = "default", *, num_image
   num_images = noise.check_count(num_images, "num_images")
   images_per_chunk = noise.check_count(images_per_chunk, "images_per_chunk")
   model = embedded_model(name, guidance_scale=guidance_scale)
-  resolved = "digits" if model.name == "digits-unet" else "analytic"
+  resolved = resolved_name(model)
   num_chunks = -(-num_images // images_per_chunk)
   sizes = [min(images_per_chunk, num_images - i * images_per_chunk) for i in range(num_chunks)]
   key = jax.random.key(seed)
@@ -142,7 +169,7 @@ def collect_embedded_to_directory(directory, name: str = "default", *, num_image
             "images_per_chunk": images_per_chunk, "num_images": num_images,
             "schedule_metadata": schedule_metadata(model)}
   return store.collect_to_directory(
-      directory, lambda i: model.denoiser(conditions_for(i)), noises_for, model.alphas_cumprod,
-      num_chunks=num_chunks, num_teacher_steps=num_teacher_steps,
+      directory, lambda i: model.denoiser(conditions_for(i)), noises_for,
+      model.make_teacher(num_teacher_steps), num_chunks=num_chunks,
       steps_per_chunk=steps_per_chunk, config=config, chunk_metadata=meta_for,
       callback=callback)

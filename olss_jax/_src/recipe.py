@@ -10,11 +10,14 @@ method          path                                                   weights
 ``olss``        Algorithms 1-3 on teacher-forced errors (the paper)    teacher-forced Eq. 12
 ``olss-p-cl``   uniform                                                closed-loop Eq. 12
 ``olss-cl``     Algorithms 1-3 on closed-loop errors                   closed-loop Eq. 12
+``olss-ft``     ``olss-cl``'s path tuned for the final error           closed-loop Eq. 12
+                (`tune.tune_path`, validated on held-out fitting noises)
 ==============  =====================================================  ==================
 
 The paper's methods need only the trajectory (or its statistics); the closed-loop ones call
 the model (``denoise_fn``). The default is the paper's ``olss`` without a model and the
-library's measured best, ``olss-cl``, with one.
+library's measured best, ``olss-ft``, with one (its path chosen by the final error that is
+evaluated, validated on a held-out quarter of the fitting noises; README, "Results").
 """
 from __future__ import annotations
 
@@ -30,12 +33,15 @@ from olss_jax._src import refine as refine_lib
 from olss_jax._src import regression
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src import search
+from olss_jax._src import tune
 
-METHODS = ("olss-p", "olss", "olss-p-cl", "olss-cl")
+METHODS = ("olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft")
 PAPER_METHODS = ("olss-p", "olss")
-MODEL_METHODS = ("olss-p-cl", "olss-cl")
+MODEL_METHODS = ("olss-p-cl", "olss-cl", "olss-ft")
+TUNED_METHODS = ("olss-ft",)                 # take ``max_evaluations``
+DEFAULT_MAX_EVALUATIONS = tune.DEFAULT_MAX_EVALUATIONS
 DEFAULT_PAPER_METHOD = "olss"
-DEFAULT_MODEL_METHOD = "olss-cl"
+DEFAULT_MODEL_METHOD = "olss-ft"
 # The spellings of olss_jax 0.1 (method="paper" / "closed_loop", uniform=True).
 _LEGACY = {("paper", False): "olss", ("paper", True): "olss-p",
            ("closed_loop", False): "olss-cl", ("closed_loop", True): "olss-p-cl"}
@@ -59,7 +65,8 @@ def _concrete_list(x) -> list:
 
 def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None,
              refine: bool = False, refine_kwargs: dict[str, Any] | None = None,
-             uniform: bool | None = None) -> schedule_lib.Schedule:
+             uniform: bool | None = None,
+             max_evaluations: int = DEFAULT_MAX_EVALUATIONS) -> schedule_lib.Schedule:
   """Searches a path and fits its weights in one call: the library's front door to OLSS.
 
   Runs the method's path choice (`search_path`, Algorithms 1-3; `closed_loop_search`; or the
@@ -74,11 +81,13 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
     num_steps: n, the number of model calls of the schedule.
     denoise_fn: the model ``(x_t (B, ...), t) -> e (B, ...)`` the teacher ran, conditioned on
       the fitting noises (needed by the closed-loop methods and refinement).
-    method: a name from `METHODS`; None: ``"olss"`` without a model, ``"olss-cl"`` with one.
+    method: a name from `METHODS`; None: ``"olss"`` without a model, ``"olss-ft"`` with one.
       (The 0.1 spellings ``"paper"`` / ``"closed_loop"`` still work, with a warning.)
     refine: refine the fitted weights end to end.
     refine_kwargs: keyword arguments for `refine` (optimizer, num_iters, holdout, ...).
     uniform: deprecated (0.1): with ``"paper"`` / ``"closed_loop"``, the uniform-path variant.
+    max_evaluations: ``"olss-ft"``: the most candidate paths its search fits (n model calls on
+      the B fitting noises each; `tune.tune_path`).
 
   Returns:
     A `Schedule` ((n,) timesteps, (n, n + 1) weights) whose metadata records ``method``,
@@ -110,6 +119,15 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
     path, info = closed_loop.closed_loop_search(traj, num_steps, denoise_fn)
     meta.update(path_search="closed_loop", search_max_error=float(info.max_error),
                 search_source=info.source_name, search_model_calls=int(info.num_model_calls))
+    if method == "olss-ft" and traj.batch_size < 2:
+      meta.update(path_search="closed_loop", tune_skipped="one fitting noise: none to validate on")
+    elif method == "olss-ft":
+      path, tinfo = tune.tune_path(traj, path, denoise_fn, max_evaluations=max_evaluations)
+      meta.update(path_search="closed_loop+final_error", tune_start_path=_concrete_list(
+          tinfo.start_path), tune_kept_start=tinfo.kept_start,
+          tune_evaluations=tinfo.num_evaluations,
+          tune_holdout_error=_concrete_list(tinfo.holdout_error))
+      meta["search_model_calls"] += tinfo.num_model_calls
   if method in PAPER_METHODS:
     sched, fit_info = fit.fit_weights(traj, path)
   else:

@@ -121,7 +121,8 @@ def tune_path(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
     traj: the teacher `Trajectory` (B fitting noises).
     path: (n,) the starting path (e.g. from `closed_loop_search`).
     denoise_fn: the model the teacher ran, conditioned on the B fitting noises.
-    holdout: fraction in (0, 1) or count of fitting noises held out (`split.holdout_split`).
+    holdout: fraction in (0, 1) or count of fitting noises held out (`split.holdout_split`;
+      a fraction holds out at least one noise).
     max_evaluations: paths scored at most (the cost is n model calls each).
     regularization: as in `closed_loop_fit`.
 
@@ -130,6 +131,9 @@ def tune_path(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
   """
   closed_loop.check_model_data(traj)
   start = np.asarray(validation.check_path(path, traj.num_teacher_steps), np.int32)
+  if (isinstance(holdout, (float, np.floating)) and 0 < holdout < 1 and traj.batch_size >= 2
+      and round(holdout * traj.batch_size) == 0):
+    holdout = 1                      # a fraction of very few noises: still hold one out
   train, hold = split.holdout_split(traj.batch_size, holdout)
   if hold.size == 0:
     raise ValueError("holdout: tune_path needs held-out fitting noises (got none)")

@@ -26,7 +26,7 @@ COMMANDS = ("demo", "collect", "fit", "sample", "compare", "figures")
 FIGURES = commands.FIGURES
 _DEFAULT_BASELINES = "ddim,dpm_solver_pp,unipc"
 # The one method vocabulary (`olss_jax.METHODS`), spelled here so --help needs no JAX import.
-_METHODS = ("olss-p", "olss", "olss-p-cl", "olss-cl")
+_METHODS = ("olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -37,7 +37,8 @@ def _model_options(parser, *, prompts: bool = True) -> None:
   group = parser.add_argument_group("model")
   group.add_argument("--model", default="default", metavar="NAME_OR_DIR",
                      help="'default' (digits if installed, else analytic), 'digits', "
-                          "'analytic', or a local Flax Stable Diffusion directory")
+                          "'digits-flow', 'analytic', 'analytic-flow', 'analytic-latent', or a "
+                          "local Flax Stable Diffusion directory")
   group.add_argument("--guidance-scale", type=float, default=None,
                      help="classifier-free guidance (digits: its default; Stable Diffusion: 7.0, "
                           "or the schedule's)")
@@ -58,7 +59,7 @@ def _demo_arguments(parser) -> None:
                       help="fitting noises for the teacher (the paper's 32)")
   parser.add_argument("--num-eval", type=int, default=256,
                       help="held-out evaluation noises, never used in any fit")
-  parser.add_argument("--teacher-steps", type=int, default=1000, help="teacher DDIM steps")
+  parser.add_argument("--teacher-steps", type=int, default=1000, help="teacher steps (DDIM, or flow Euler for a flow model)")
   parser.add_argument("--methods", nargs="+", default=None,
                       help="methods to compare (default: every baseline and every OLSS method)")
   parser.add_argument("--out", default="olss_jax_demo",
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--width", type=int, default=None, help="Stable Diffusion: pixels")
   adv = p.add_argument_group("advanced")
   adv.add_argument("--teacher-steps", type=int, default=1000,
-                   help="teacher DDIM steps (the paper: 1000)")
+                   help="teacher steps (DDIM, or flow Euler for a flow model; the paper: 1000)")
   adv.add_argument("--steps-per-chunk", type=int, default=50,
                    help="teacher steps per jitted call (the progress bar advances per call)")
   p.set_defaults(func=commands.collect)
@@ -125,9 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                   "squares (olss_jax.fit_olss). Methods: olss-p / olss = the paper (Eq. 12 "
                   "teacher-forced, on uniform / searched steps, Algorithms 1-3); olss-p-cl / "
                   "olss-cl = closed loop (beyond the paper: fitted on the sampler's own states; "
-                  "runs the model). Prints the chosen timesteps and the error of every step.",
+                  "runs the model); olss-ft = closed loop on a path tuned for the final error "
+                  "(validated on held-out fitting noises). Prints the chosen timesteps and the error of every step.",
       epilog="examples:\n"
-             "  olss-jax fit teacher/ --steps 10 -o cl10.safetensors            # olss-cl\n"
+             "  olss-jax fit teacher/ --steps 10 -o ft10.safetensors            # olss-ft\n"
              "  olss-jax fit teacher/ --steps 10 --method olss -o olss10.safetensors\n"
              "  olss-jax fit teacher/ --steps 10 --method olss-p -o p10.safetensors\n"
              "  olss-jax fit sd-teacher/ --steps 10 --model ~/sd15-flax -o sd10.safetensors")
@@ -136,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("-o", "--output", required=True, metavar="SCHEDULE", help="schedule file to write")
   p.add_argument("--steps", type=int, required=True, help="n, the number of model calls")
   p.add_argument("--method", choices=_METHODS, default=None,
-                 help="default: olss-cl for a directory whose model can be rebuilt (the "
+                 help="default: olss-ft for a directory whose model can be rebuilt (the "
                       "measured best), olss (the paper) for a trajectory file")
   p.add_argument("--refine", action="store_true",
                  help="then train the weights end to end through the sampler (runs the model)")
@@ -182,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--num-eval", type=int, default=128, help="held-out evaluation noises")
   adv = p.add_argument_group("advanced")
   adv.add_argument("--num-fit", type=int, default=32, help="fitting noises for --refit")
-  adv.add_argument("--teacher-steps", type=int, default=1000, help="teacher DDIM steps")
+  adv.add_argument("--teacher-steps", type=int, default=1000, help="teacher steps (DDIM, or flow Euler for a flow model)")
   p.set_defaults(func=commands.compare)
 
   p = sub.add_parser(
@@ -202,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
   adv = p.add_argument_group("advanced")
   adv.add_argument("--num-fit", type=int, default=32, help="fitting noises")
   adv.add_argument("--num-eval", type=int, default=64, help="held-out noises")
-  adv.add_argument("--teacher-steps", type=int, default=1000, help="teacher DDIM steps")
+  adv.add_argument("--teacher-steps", type=int, default=1000, help="teacher steps (DDIM, or flow Euler for a flow model)")
   p.set_defaults(func=commands.figures)
   return parser
 

@@ -4,7 +4,8 @@
 among a grid of G teacher timesteps. From warm-up teacher trajectories it builds the cost of
 every single jump, ``cost[i, j]`` = the error of one first-order step (Euler in the EDM
 coordinates ``x / alpha``, which is DDIM) from the teacher state at grid point i to grid point
-j, against the teacher state at j; dynamic programming then picks the path of n jumps from the
+j, against the teacher state at j (for a flow teacher, whose first state is pure noise with
+alpha = 0, the flow's own coordinates x); dynamic programming then picks the path of n jumps from the
 first grid point to the last minimising
 
   V_1(i) = cost[i, G - 1],   V_k(j) = min_{j < i < G - 1} cost[j, i] + coeff * V_{k-1}(i),
@@ -57,7 +58,7 @@ def polynomial_grid(traj: trajectory_lib.Trajectory, grid_size: int = DEFAULT_GR
 
   The grid runs from the noisiest teacher state (index 0) to the least noisy one the model is
   called at (index K - 1) with Karras' spacing (`noise.karras_sigmas`), then the final state
-  K. Sigma here is the kind's ``sigma / alpha`` (Karras' sigma for VP models, ``s / (1 - s)``
+  K (a flow teacher's state 0, pure noise, is kept and the spacing starts at state 1). Sigma here is the kind's ``sigma / alpha`` (Karras' sigma for VP models, ``s / (1 - s)``
   for flows). Duplicates are merged, so the grid may hold fewer than ``grid_size`` points.
 
   Returns:
@@ -67,11 +68,15 @@ def polynomial_grid(traj: trajectory_lib.Trajectory, grid_size: int = DEFAULT_GR
   grid_size = noise.check_count(grid_size, "grid_size", minimum=2)
   kind = traj.teacher.parametrisation
   alpha, sigma = kind.alpha_sigma(np.asarray(traj.levels, np.float64)[:k])
-  log_sigma = np.log(np.asarray(sigma) / np.asarray(alpha))
-  want = np.log(noise.karras_sigmas(float(np.exp(log_sigma[-1])), float(np.exp(log_sigma[0])),
-                                    grid_size - 1, rho))
-  idx = np.abs(log_sigma[None, :] - want[:, None]).argmin(axis=1)
-  return np.unique(np.append(idx, k)).astype(np.int32)
+  with np.errstate(divide="ignore"):
+    log_sigma = np.log(np.asarray(sigma) / np.asarray(alpha))
+  # A flow teacher starts at pure noise (s = 1, alpha = 0, sigma / alpha infinite): the grid
+  # then spans its finite states and keeps state 0 as the start.
+  first = 1 if not np.isfinite(log_sigma[0]) else 0
+  want = np.log(noise.karras_sigmas(float(np.exp(log_sigma[-1])),
+                                    float(np.exp(log_sigma[first])), grid_size - 1, rho))
+  idx = first + np.abs(log_sigma[None, first:] - want[:, None]).argmin(axis=1)
+  return np.unique(np.concatenate([[0], idx, [k]])).astype(np.int32)
 
 
 @jax.jit
@@ -153,6 +158,9 @@ def gits_path(traj: trajectory_lib.Trajectory, num_steps: int, *,
     levels = jnp.asarray(traj.levels, jnp.float64)[jnp.asarray(grid)]
     step_a, step_b = traj.teacher.step(levels[:-1, None], levels[None, :])
     alphas, _ = traj.teacher.parametrisation.alpha_sigma(levels)
+    # EDM coordinates x / alpha, unless a state is pure noise (a flow's s = 1, alpha = 0):
+    # then the flow's own coordinates x.
+    alphas = jnp.where(jnp.all(alphas > 0), alphas, jnp.ones_like(alphas))
     cost = _cost_matrix(states, outputs.astype(jnp.float64), step_a, step_b, alphas,
                         jnp.asarray(metric == "dev"))
     vs = np.asarray(_dp(cost, jnp.asarray(coeff, jnp.float64), jnp.zeros(n)))
