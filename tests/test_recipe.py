@@ -18,7 +18,7 @@ def test_default_is_the_paper_without_a_model_and_the_tuned_closed_loop_with_one
   closed = oj.fit_olss(traj, 3, denoise_fn=den)
   assert closed.metadata["method"] == "olss-ft" and closed.metadata["fit"] == "closed_loop"
   cl_path, cl_info = oj.closed_loop_search(traj, 3, den)
-  tuned, tune_info = oj.tune_path(traj, cl_path, den)
+  tuned, tune_info = oj.tune_path(traj, cl_path, den, alternatives=[oj.uniform_path(traj, 3)])
   np.testing.assert_array_equal(closed.metadata["tune_start_path"], cl_path)
   np.testing.assert_array_equal(closed.metadata["path"], tuned)
   np.testing.assert_array_equal(closed.weights, oj.closed_loop_fit(traj, tuned, den)[0].weights)

@@ -105,6 +105,24 @@ def test_tune_path_lowers_the_final_error_on_fresh_noises():
   assert err["tuned"] < 0.25 * err["start"], err
 
 
+def test_tune_path_walks_from_the_best_start_but_guards_the_given_one():
+  den, traj = testing.mixture_problem((8,), num_noises=16)
+  good, _ = oj.closed_loop_search(traj, 4, den, num_bisection_steps=6)
+  bad = np.array([0, 1, 2, 3], np.int32)            # three tiny steps, then one giant leap
+  path, info = tune.tune_path(traj, bad, den, alternatives=[good], max_evaluations=30)
+  np.testing.assert_array_equal(info.start_path, bad)
+  # the walk started from the better of the two: its result scores at most the good start's
+  train, _ = split.holdout_split(traj.batch_size, tune.DEFAULT_HOLDOUT)
+  errors = closed_loop.final_errors_fn(traj, den, fit_noises=train)
+  assert info.fit_error[1] <= errors(good)[0] < errors(bad)[0]
+  assert info.num_evaluations <= 30
+  # and the guard compares with the given path
+  assert info.kept_start == (not info.holdout_error[1] <= errors(bad)[1])
+  np.testing.assert_array_equal(path, bad if info.kept_start else info.tuned_path)
+  with pytest.raises(ValueError, match="alternatives"):
+    tune.tune_path(traj, bad, den, alternatives=[good[:3]])
+
+
 def test_tune_path_rejects_bad_input_by_name():
   den, traj = testing.mixture_problem()
   with pytest.raises(ValueError, match="holdout"):

@@ -10,7 +10,8 @@ method          path                                                   weights
 ``olss``        Algorithms 1-3 on teacher-forced errors (the paper)    teacher-forced Eq. 12
 ``olss-p-cl``   uniform                                                closed-loop Eq. 12
 ``olss-cl``     Algorithms 1-3 on closed-loop errors                   closed-loop Eq. 12
-``olss-ft``     ``olss-cl``'s path tuned for the final error           closed-loop Eq. 12
+``olss-ft``     ``olss-cl``'s path (or the uniform one, if its final   closed-loop Eq. 12
+                error is lower) tuned for the final error
                 (`tune.tune_path`, validated on held-out fitting noises)
 ==============  =====================================================  ==================
 
@@ -122,7 +123,8 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
     if method == "olss-ft" and traj.batch_size < 2:
       meta.update(path_search="closed_loop", tune_skipped="one fitting noise: none to validate on")
     elif method == "olss-ft":
-      path, tinfo = tune.tune_path(traj, path, denoise_fn, max_evaluations=max_evaluations)
+      path, tinfo = tune.tune_path(traj, path, denoise_fn, max_evaluations=max_evaluations,
+                                   alternatives=[search.uniform_path(traj, num_steps)])
       meta.update(path_search="closed_loop+final_error", tune_start_path=_concrete_list(
           tinfo.start_path), tune_kept_start=tinfo.kept_start,
           tune_evaluations=tinfo.num_evaluations,

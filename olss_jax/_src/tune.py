@@ -109,13 +109,14 @@ class TuneInfo(NamedTuple):
 
 def tune_path(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
               holdout=DEFAULT_HOLDOUT, max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
-              regularization="cv"):
+              regularization="cv", alternatives=()):
   """Moves a path's steps to lower the closed-loop sampler's *final* error (beyond the paper).
 
   Each candidate path is fitted closed loop (`closed_loop_fit`, n model calls) on the fit
   part of the fitting noises and scored by its final-state MSE there; `coordinate_search`
-  walks from ``path``. The result is the tuned path unless its final error on the held-out
-  part (weights fitted on the fit part) is above the start's; then the start is returned.
+  walks from ``path`` (or from the best of ``alternatives`` by the same score, e.g. the
+  uniform path). The result is the tuned path unless its final error on the held-out part
+  (weights fitted on the fit part) is above that of ``path``; then ``path`` is returned.
 
   Args:
     traj: the teacher `Trajectory` (B fitting noises).
@@ -125,9 +126,11 @@ def tune_path(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
       a fraction holds out at least one noise).
     max_evaluations: paths scored at most (the cost is n model calls each).
     regularization: as in `closed_loop_fit`.
+    alternatives: other (n,) starting paths; the walk starts from whichever of ``path`` and
+      these scores lowest on the fit part (one evaluation each).
 
   Returns:
-    ``(path (n,) int32, TuneInfo)``.
+    ``(path (n,) int32, TuneInfo)``; ``TuneInfo.start_path`` is ``path``.
   """
   closed_loop.check_model_data(traj)
   start = np.asarray(validation.check_path(path, traj.num_teacher_steps), np.int32)
@@ -142,16 +145,26 @@ def tune_path(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
   record: dict[tuple, tuple[float, float]] = {}
 
   def score(p):
-    fit_err, hold_err = errors(p)
-    record[tuple(int(v) for v in p)] = (fit_err, hold_err)
-    return fit_err
+    key = tuple(int(v) for v in p)
+    if key not in record:
+      record[key] = errors(p)
+    return record[key][0]
 
-  result = coordinate_search(score, start, traj.num_teacher_steps,
-                             max_evaluations=max_evaluations)
+  origin = start
+  for alt in alternatives:
+    alt = np.asarray(validation.check_path(alt, traj.num_teacher_steps), np.int32)
+    if alt.shape != start.shape:
+      raise ValueError(f"alternatives: expected paths of shape {start.shape}, got {alt.shape}")
+    if score(alt) < score(origin):
+      origin = alt
+  # The walk's start is already scored; the budget counts every distinct path fitted.
+  result = coordinate_search(score, origin, traj.num_teacher_steps,
+                             max_evaluations=max(1, max_evaluations - len(record) + 1))
   s_fit, s_hold = record[tuple(int(v) for v in start)]
   t_fit, t_hold = record[tuple(int(v) for v in result.path)]
   kept = not t_hold <= s_hold
   n = start.shape[0]
+  evaluations = len(record)
   info = TuneInfo(start, result.path, np.asarray([s_fit, t_fit]), np.asarray([s_hold, t_hold]),
-                  bool(kept), result.num_evaluations, result.num_evaluations * n)
+                  bool(kept), evaluations, evaluations * n)
   return (start if kept else result.path), info

@@ -1,123 +1,101 @@
-"""The paper's fit vs the closed-loop fit vs end-to-end refinement, on held-out noises.
+"""Every method against every peer on held-out noises, with its fit cost, model by model.
 
-For each analytic model (exact Gaussian-mixture noise prediction) and step count it prints a
-markdown table of the RMSE (and median per-sample RMSE) of the n-step sample against the
-1000-step DDIM teacher's final sample on held-out noises that no fit ever sees (the same
-noises for every row), with the fitting cost: extra model calls on the fitting noises (the
-teacher's K calls are common to every OLSS row and listed once) and seconds.
+For each model it runs `olss_jax.compare.run_comparison` (fit on ``--num-fit`` teacher runs,
+evaluate on ``--num-eval`` noises from another seed that no fit sees, the same for every row)
+over the strongest classical solvers the model's kind offers, Align Your Steps (VP models),
+the learned-timestep peers (GITS, coordinate-searched DPM-Solver++ / UniPC timesteps), the
+paper's fits and the closed-loop ones, and prints three markdown tables: the RMSE to the
+teacher's final sample (mean [95% interval]), the model calls each fit spent on the fitting
+noises beyond the teacher's (shared by every fitted row), and its seconds.
 
-  python -m olss_jax.benchmarks.closed_loop_table            # full table (a few minutes on CPU)
-  python -m olss_jax.benchmarks.closed_loop_table --small    # seconds; exercised by a test
-  python -m olss_jax.benchmarks.closed_loop_table --models digits --steps 5 10 --refine-iters 50
+``--num-fit 8 32 128`` repeats the default fit and the tuned peers for each number of fitting
+noises (the held-out error against the fit's data and cost).
+
+  python -m olss_jax.benchmarks.closed_loop_table                 # the analytic models
+  python -m olss_jax.benchmarks.closed_loop_table --small         # seconds; exercised by a test
+  python -m olss_jax.benchmarks.closed_loop_table --models digits-flow --steps 5 10 20
+  python -m olss_jax.benchmarks.closed_loop_table --models analytic-latent --num-eval 64
+  python -m olss_jax.benchmarks.closed_loop_table --models digits --num-fit 8 32 128 --steps 5 10
 """
 from __future__ import annotations
 
 import argparse
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+import olss_jax as oj
+from olss_jax._src.tune import DEFAULT_MAX_EVALUATIONS
 
-import olss_jax as oj  # noqa: E402
-
-MODELS = {
-    # name: (sample_shape, components, std)
-    "mixture-16": ((16,), 8, 0.1),
-    "mixture-4x4x4": ((4, 4, 4), 8, 0.1),
-}
-
-
-def _errors(den, sched, x_eval, ref):
-  out = np.asarray(jax.jit(oj.sample)(den, sched, x_eval), np.float64)
-  per = np.sqrt(np.mean((out - ref).reshape(out.shape[0], -1) ** 2, axis=1))
-  return float(np.sqrt(np.mean(per**2))), float(np.median(per))
+MODELS = ("analytic", "analytic-flow", "analytic-latent", "digits", "digits-flow")
+DEFAULT_MODELS = ("analytic", "analytic-flow")
+# The strongest classical solvers of each kind (the main job runs all of them).
+SOLVERS = {"flow": ("euler", "dpm_solver_pp", "unipc"),
+           "vp": ("ddim", "dpm_solver_pp", "unipc", "ays_dpm_solver_pp")}
+# What `--num-fit` sweeps: the default fit and the peers that learn from the fitting noises.
+SWEPT = ("olss-cl", "olss-ft", "tuned-dpm_solver_pp", "tuned-unipc", "gits-ipndm",
+         "gits-dpm_solver_pp")
 
 
-def _problem(name, num_fit, num_eval):
-  """(fit denoiser, eval denoiser, alphas_cumprod, sample shape, description)."""
-  if name == "digits":
-    model = oj.digits.load_digits_model()
-    # Class-conditional: the labels are part of the model call, cycled 0..9 over the noises.
-    den_fit = model.denoiser(jnp.arange(num_fit) % 10)
-    den_eval = model.denoiser(jnp.arange(num_eval) % 10)
-    return (den_fit, den_eval, model.alphas_cumprod, model.sample_shape,
-            f"digits UNet (guidance {model.default_guidance_scale})")
-  shape, comps, std = MODELS[name]
-  alphas = oj.scaled_linear_alphas_cumprod()
-  mix = oj.analytic.make_gaussian_mixture(jax.random.key(0), comps, shape, std=std)
-  den = oj.analytic.mixture_denoiser(mix, alphas)
-  return den, den, alphas, shape, name
+def methods_for(kind: str, *, max_evaluations: int, swept_only: bool = False) -> dict:
+  """The table's methods for a teacher kind (`ComparisonModel.kind`)."""
+  solvers = SOLVERS["flow" if kind == "flow" else "vp"]
+  methods = oj.compare.default_methods(baselines=solvers, kind=kind,
+                                       max_evaluations=max_evaluations)
+  if swept_only:
+    methods = {k: v for k, v in methods.items() if k in SWEPT}
+  return methods
 
 
-def run(small: bool = False, models=None, steps=None, refine_iters=None, num_eval=None):
-  """Returns a list of row dicts and prints the tables."""
-  k = 50 if small else 1000
-  num_fit = 8 if small else 32
-  num_eval = num_eval or (16 if small else 256)
+def run(small: bool = False, models=None, steps=None, num_eval=None, num_fit=None,
+        num_teacher_steps=None, max_evaluations=None) -> list[dict]:
+  """Prints the tables; returns one row dict per (model, num_fit, method, steps)."""
+  models = models or (("analytic",) if small else DEFAULT_MODELS)
   steps = steps or ((3,) if small else (5, 10, 20))
-  models = models or (("mixture-16",) if small else tuple(MODELS))
-  iters = refine_iters if refine_iters is not None else (3 if small else 200)
-  bisect = 4 if small else 30
+  num_fits = num_fit or ((8,) if small else (32,))
+  num_eval = num_eval or (16 if small else 256)
+  k = num_teacher_steps or (50 if small else 1000)
+  budget = max_evaluations or (20 if small else DEFAULT_MAX_EVALUATIONS)
   rows = []
   for name in models:
-    den, den_eval, alphas, shape, title = _problem(name, num_fit, num_eval)
-    x_fit = jax.random.normal(jax.random.key(1), (num_fit,) + tuple(shape))
-    x_eval = jax.random.normal(jax.random.key(2), (num_eval,) + tuple(shape))  # disjoint key
-    t0 = time.perf_counter()
-    traj = oj.collect_trajectory(den, x_fit, alphas, k)
-    t_teacher = time.perf_counter() - t0
-    ref = np.asarray(oj.collect_trajectory(den_eval, x_eval, alphas, k).states[-1], np.float64)
-    print(f"\n### {title}: {num_fit} fitting noises (key 1), {num_eval} held-out noises "
-          f"(key 2), {k}-step DDIM teacher ({k} calls on the fitting noises, {t_teacher:.1f} s)\n")
-    print("| steps | method | RMSE | median | fit model calls | fit seconds |")
-    print("|---|---|---|---|---|---|")
-    for n in steps:
-      uniform = oj.uniform_path(traj, n)
-
-      def add(label, make):
-        t = time.perf_counter()
-        sched, calls = make()
-        secs = time.perf_counter() - t
-        rmse, med = _errors(den_eval, sched, x_eval, ref)
-        rows.append(dict(model=name, steps=n, method=label, rmse=rmse, median=med, calls=calls,
-                         seconds=secs))
-        print(f"| {n} | {label} | {rmse:.4g} | {med:.3g} | {calls} | {secs:.1f} |", flush=True)
-        return sched
-
-      add("DDIM", lambda: (oj.baseline_schedule("ddim", alphas, n), 0))
-      add("OLSS-P (paper fit, uniform)", lambda: (oj.fit_weights(traj, uniform)[0], 0))
-      add("OLSS (paper fit, searched)", lambda: (oj.fit_weights(
-          traj, oj.search_path(traj, n, num_bisection_steps=bisect)[0])[0], 0))
-      add("closed-loop, uniform", lambda: (oj.closed_loop_fit(traj, uniform, den)[0], n))
-
-      def closed_searched():
-        path, info = oj.closed_loop_search(traj, n, den, num_bisection_steps=bisect)
-        return oj.closed_loop_fit(traj, path, den)[0], int(info.num_model_calls) + n
-
-      cl = add("closed-loop, searched", closed_searched)
-
-      def refined():
-        out, info = oj.refine(den, traj, cl, optimizer=optax.adam(1e-3), num_iters=iters)
-        # Forward and (checkpointed) backward: about 3 model passes per iteration and step.
-        return out, 3 * (len(info.train_losses)) * n
-
-      add("closed-loop, searched + refined", refined)
+    model = oj.compare.embedded_model(name)
+    for b in num_fits:
+      swept_only = len(num_fits) > 1
+      methods = methods_for(model.kind, max_evaluations=budget, swept_only=swept_only)
+      t0 = time.perf_counter()
+      result = oj.compare.run_comparison(model, steps=steps, num_fit=b, num_eval=num_eval,
+                                         num_teacher_steps=k, methods=methods,
+                                         keep_samples=False)
+      info = result.info
+      print(f"\n### {model.name} ({info['teacher_kind']} teacher, {k} steps): {b} fitting "
+            f"noises (seed {info['fit_seed']}), {num_eval} held-out noises (seed "
+            f"{info['eval_seed']}); coordinate searches at most {budget} candidates; "
+            f"{time.perf_counter() - t0:.0f} s\n")
+      print("RMSE to the teacher (mean [95% interval]; lowest in bold):\n")
+      print(oj.compare.format_markdown(result))
+      print(f"\nfit model calls on the {b} fitting noises beyond the teacher's {k}:\n")
+      print(oj.compare.format_markdown(result, metric="fit_model_calls", best=None))
+      print("\nfit seconds:\n")
+      print(oj.compare.format_markdown(result, metric="fit_seconds", best=None), flush=True)
+      rows += [dict(r, model=name, num_fit=b) for r in result.rows]
   return rows
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--small", action="store_true", help="tiny configuration (seconds)")
-  parser.add_argument("--models", nargs="+", choices=sorted(MODELS) + ["digits"],
-                      help="models to run (default: the analytic mixtures)")
+  parser.add_argument("--models", nargs="+", choices=MODELS,
+                      help=f"models to run (default: {' '.join(DEFAULT_MODELS)})")
   parser.add_argument("--steps", nargs="+", type=int, help="step counts (default 5 10 20)")
-  parser.add_argument("--refine-iters", type=int, help="refinement iterations (default 200)")
   parser.add_argument("--num-eval", type=int, help="held-out noises (default 256)")
+  parser.add_argument("--num-fit", nargs="+", type=int,
+                      help="fitting noises (default 32; several: the sweep of the fitted methods)")
+  parser.add_argument("--teacher-steps", type=int, help="teacher steps (default 1000)")
+  parser.add_argument("--max-evaluations", type=int,
+                      help="the coordinate searches' budget, the same for olss-ft and the tuned "
+                           "peers (default 400)")
   args = parser.parse_args()
-  run(small=args.small, models=args.models, steps=args.steps, refine_iters=args.refine_iters,
-      num_eval=args.num_eval)
+  run(small=args.small, models=args.models, steps=args.steps, num_eval=args.num_eval,
+      num_fit=args.num_fit, num_teacher_steps=args.teacher_steps,
+      max_evaluations=args.max_evaluations)
 
 
 if __name__ == "__main__":
