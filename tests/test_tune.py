@@ -116,9 +116,15 @@ def test_tune_path_walks_from_the_best_start_but_guards_the_given_one():
   errors = closed_loop.final_errors_fn(traj, den, fit_noises=train)
   assert info.fit_error[1] <= errors(good)[0] < errors(bad)[0]
   assert info.num_evaluations <= 30
-  # and the guard compares with the given path
-  assert info.kept_start == (not info.holdout_error[1] <= errors(bad)[1])
-  np.testing.assert_array_equal(path, bad if info.kept_start else info.tuned_path)
+  np.testing.assert_array_equal(info.origin_path, good)
+  # validation picks among the given path, the walk's start and the tuned path
+  hold = {"bad": errors(bad)[1], "good": errors(good)[1], "tuned": info.holdout_error[1]}
+  want = {"bad": bad, "good": good, "tuned": info.tuned_path}[
+      "tuned" if hold["tuned"] <= min(hold["bad"], hold["good"]) else
+      ("good" if hold["good"] < hold["bad"] else "bad")]
+  np.testing.assert_array_equal(path, want)
+  assert info.kept_start == (want is bad)
+  assert errors(path)[1] <= hold["bad"]
   with pytest.raises(ValueError, match="alternatives"):
     tune.tune_path(traj, bad, den, alternatives=[good[:3]])
 

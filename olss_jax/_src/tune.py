@@ -94,9 +94,10 @@ class TuneInfo(NamedTuple):
     start_path, tuned_path: (n,) int32, the start and the coordinate search's best.
     fit_error: (2,) final-state MSE on the fit part (start, tuned), weights fitted there.
     holdout_error: (2,) the same on the held-out part of the fitting noises.
-    kept_start: bool, the tuned path was worse on the held-out part and the start is returned.
+    kept_start: bool, the given path is returned (the held-out part preferred it).
     num_evaluations: int, paths fitted (each n model calls on the B fitting noises).
     num_model_calls: int, ``num_evaluations * n``.
+    origin_path: (n,) int32, where the walk started (the given path or an alternative).
   """
   start_path: np.ndarray
   tuned_path: np.ndarray
@@ -105,6 +106,7 @@ class TuneInfo(NamedTuple):
   kept_start: bool
   num_evaluations: int
   num_model_calls: int
+  origin_path: np.ndarray
 
 
 def tune_path(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
@@ -115,8 +117,9 @@ def tune_path(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
   Each candidate path is fitted closed loop (`closed_loop_fit`, n model calls) on the fit
   part of the fitting noises and scored by its final-state MSE there; `coordinate_search`
   walks from ``path`` (or from the best of ``alternatives`` by the same score, e.g. the
-  uniform path). The result is the tuned path unless its final error on the held-out part
-  (weights fitted on the fit part) is above that of ``path``; then ``path`` is returned.
+  uniform path). The result is the tuned path unless the final error on the held-out part
+  (weights fitted on the fit part) of ``path`` or of the walk's start is lower; then that one
+  is returned, so the result is never worse on validation than ``path``.
 
   Args:
     traj: the teacher `Trajectory` (B fitting noises).
@@ -161,10 +164,16 @@ def tune_path(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
   result = coordinate_search(score, origin, traj.num_teacher_steps,
                              max_evaluations=max(1, max_evaluations - len(record) + 1))
   s_fit, s_hold = record[tuple(int(v) for v in start)]
+  o_hold = record[tuple(int(v) for v in origin)][1]
   t_fit, t_hold = record[tuple(int(v) for v in result.path)]
-  kept = not t_hold <= s_hold
+  # Validation: the tuned path unless the held-out part prefers the given path or the walk's
+  # start (at most three candidates judged on the held-out noises).
+  if t_hold <= min(s_hold, o_hold):
+    chosen = result.path
+  else:
+    chosen = origin if o_hold < s_hold else start
   n = start.shape[0]
   evaluations = len(record)
   info = TuneInfo(start, result.path, np.asarray([s_fit, t_fit]), np.asarray([s_hold, t_hold]),
-                  bool(kept), evaluations, evaluations * n)
-  return (start if kept else result.path), info
+                  bool(chosen is start), evaluations, evaluations * n, origin)
+  return np.asarray(chosen, np.int32), info
