@@ -68,6 +68,7 @@ def test_refine_option_and_legacy_spellings():
 def test_one_vocabulary_for_api_cli_and_comparison():
   assert oj.METHODS == ("olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft")
   assert cli_main._METHODS == oj.METHODS  # pylint: disable=protected-access
+  assert cli_main._EMBEDDED == oj.compare.EMBEDDED_MODELS  # pylint: disable=protected-access
   methods = oj.compare.default_methods(baselines=["ddim"], peers=False)
   assert list(methods) == ["ddim", *oj.METHODS]
   with_peers = oj.compare.default_methods(baselines=["ddim"])

@@ -27,6 +27,8 @@ FIGURES = commands.FIGURES
 _DEFAULT_BASELINES = "ddim,dpm_solver_pp,unipc"
 # The one method vocabulary (`olss_jax.METHODS`), spelled here so --help needs no JAX import.
 _METHODS = ("olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft")
+# The embedded models (`olss_jax.compare.EMBEDDED_MODELS`), spelled here for the same reason.
+_EMBEDDED = ("default", "digits", "digits-flow", "analytic", "analytic-flow", "analytic-latent")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -48,9 +50,10 @@ def _model_options(parser, *, prompts: bool = True) -> None:
 
 
 def _demo_arguments(parser) -> None:
-  parser.add_argument("--model", choices=("default", "digits", "analytic"), default="default",
-                      help="embedded model: the trained digits UNet (default) or the analytic "
-                           "Gaussian mixture")
+  parser.add_argument("--model", choices=_EMBEDDED, default="default",
+                      help="embedded model: the trained digits UNet (default), the digits "
+                           "rectified-flow UNet, or an analytic Gaussian mixture (VP, flow, or "
+                           "at Stable Diffusion's latent size)")
   parser.add_argument("--guidance-scale", type=float, default=None,
                       help="classifier-free guidance of the digits model (its default if unset)")
   parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20],
