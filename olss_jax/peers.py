@@ -3,12 +3,15 @@
 `gits_path` / `gits_schedule`: GITS (Chen et al., ICML 2024), timesteps by dynamic
 programming on a one-step cost matrix from the teacher's warm-up trajectories.
 `tuned_schedule`: a classical solver's timesteps tuned by `coordinate_search` for its final
-error on the fitting noises. Align Your Steps' published schedules are baselines
+error on the fitting noises. `ld3_schedule`: LD3 (Tong et al., ICLR 2025), DPM-Solver++'s
+continuous timesteps (and decoupled model-input times) learned by backpropagation through the
+solver with the soft-teacher loss (optax). Align Your Steps' published schedules are baselines
 (`olss_jax.baselines.ays_timesteps`, ``baseline_schedule("ays_dpm_solver_pp", ...)``).
 """
 from olss_jax._src.peers.gits import GitsInfo, gits_path, polynomial_grid
+from olss_jax._src.peers.ld3 import Ld3Info, dpm_solver_pp_2m, ld3_schedule
 from olss_jax._src.peers.tuned import gits_schedule, nearest_path, tuned_schedule
 from olss_jax._src.tune import SearchResult, coordinate_search
 
-__all__ = ["GitsInfo", "SearchResult", "coordinate_search", "gits_path", "gits_schedule",
+__all__ = ["GitsInfo", "Ld3Info", "SearchResult", "dpm_solver_pp_2m", "ld3_schedule", "coordinate_search", "gits_path", "gits_schedule",
            "nearest_path", "polynomial_grid", "tuned_schedule"]

@@ -22,6 +22,7 @@ from olss_jax._src import schedule as schedule_lib
 from olss_jax._src import teacher as teacher_lib
 from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src.baselines import registry
+from olss_jax._src.peers import ld3 as ld3_lib
 from olss_jax._src.peers import tuned as tuned_lib
 
 
@@ -103,13 +104,15 @@ def _baseline(name: str) -> MethodFn:
   return method
 
 
-# The learned-timestep peers: (solver, how its timesteps are learned). Each solver runs on
-# teacher timesteps through `timesteps=` (`peers.tuned`).
+# The learned-timestep peers: (solver, how its timesteps are learned): GITS' dynamic programme
+# and a coordinate search pick teacher timesteps (`peers.tuned`), LD3 learns continuous ones by
+# backpropagation through the solver (`peers.ld3`); each solver runs through `timesteps=`.
 PEERS: dict[str, tuple[str, str]] = {
     "gits-ipndm": ("ipndm", "gits"),
     "gits-dpm_solver_pp": ("dpm_solver_pp", "gits"),
     "tuned-dpm_solver_pp": ("dpm_solver_pp", "tuned"),
     "tuned-unipc": ("unipc", "tuned"),
+    "ld3-dpm_solver_pp": ("dpm_solver_pp", "ld3"),
 }
 
 
@@ -121,6 +124,9 @@ def _peer(name: str, max_evaluations: int) -> MethodFn:
       return baseline_for(ctx.model, ctx.traj, solver, timesteps=timesteps)
     if how == "gits":
       sched = tuned_lib.gits_schedule(ctx.traj, n, build)
+    elif how == "ld3":
+      sched, _ = ld3_lib.ld3_schedule(ctx.traj, n, ctx.denoise_fn,
+                                      alphas_cumprod=ctx.model.alphas_cumprod)
     else:
       default = baseline_for(ctx.model, ctx.traj, solver, n).timesteps
       sched = tuned_lib.tuned_schedule(ctx.traj, n, build, ctx.denoise_fn,
@@ -136,8 +142,8 @@ def default_methods(*, baselines: Sequence[str] | None = None, closed_loop: bool
 
   Every baseline the teacher kind offers (`baselines.baseline_names(kind)`, including Align
   Your Steps' published schedule for VP models); the learned-timestep peers (`PEERS`: GITS'
-  dynamic programme and a coordinate search on the solver's own final error, each on a
-  classical solver the kind offers); the paper's OLSS-P ("olss-p", uniform path) and OLSS
+  dynamic programme, a coordinate search on the solver's own final error and LD3's gradient
+  descent, each on a classical solver the kind offers); the paper's OLSS-P ("olss-p", uniform path) and OLSS
   ("olss", searched path), both fitted teacher-forced (Eq. 12); and, beyond the paper, the
   closed-loop fits ("olss-p-cl", "olss-cl") and the closed-loop fit on a path tuned for the
   final error ("olss-ft").

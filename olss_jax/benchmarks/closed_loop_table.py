@@ -3,7 +3,7 @@
 For each model it runs `olss_jax.compare.run_comparison` (fit on ``--num-fit`` teacher runs,
 evaluate on ``--num-eval`` noises from another seed that no fit sees, the same for every row)
 over the strongest classical solvers the model's kind offers, Align Your Steps (VP models),
-the learned-timestep peers (GITS, coordinate-searched DPM-Solver++ / UniPC timesteps), the
+the learned-timestep peers (GITS, coordinate-searched DPM-Solver++ / UniPC timesteps, LD3), the
 paper's fits and the closed-loop ones, and prints three markdown tables: the RMSE to the
 teacher's final sample (mean [95% interval]), the model calls each fit spent on the fitting
 noises beyond the teacher's (shared by every fitted row), and its seconds.
@@ -32,7 +32,7 @@ SOLVERS = {"flow": ("euler", "dpm_solver_pp", "unipc"),
            "vp": ("ddim", "dpm_solver_pp", "unipc", "ays_dpm_solver_pp")}
 # What `--num-fit` sweeps: the default fit and the peers that learn from the fitting noises.
 SWEPT = ("olss-cl", "olss-ft", "tuned-dpm_solver_pp", "tuned-unipc", "gits-ipndm",
-         "gits-dpm_solver_pp")
+         "gits-dpm_solver_pp", "ld3-dpm_solver_pp")
 
 
 def methods_for(kind: str, *, max_evaluations: int, swept_only: bool = False) -> dict:

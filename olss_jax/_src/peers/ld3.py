@@ -1,0 +1,242 @@
+"""LD3 (Tong et al., ICLR 2025): a solver's timesteps learned by backpropagation through it.
+
+"Learning to Discretize Denoising Diffusion ODEs" keeps a classical solver (here
+DPM-Solver++(2M), diffusers' form with a first-order final step onto sigma = 0) and learns its
+n model-call times by gradient descent on the final error to the teacher, with two further
+sets of parameters: *decoupled* model-input times (the model is called at ``t_i + d_i`` while
+the solver's coefficients use ``t_i``) and the *soft teacher* slack: the student may start
+from any ``x'`` within a ball around ``x_T`` (radius ``r ||x_T||``), so the timesteps are not
+spent on matching details the few steps cannot reach,
+
+  min over (t, d, x') of  mean_b || Psi_{t, d}(x'_b) - x_teacher_b ||^2,  ||x'_b - x_T,b|| <= r ||x_T,b||.
+
+Sampling uses ``x_T`` itself. Here the times are parametrised as ``t_0 = t_max`` (the
+teacher's first) and ``t_i = t_max - (t_max - t_min) sum_{j<i} softmax(u)_j``, which keeps
+them decreasing inside the teacher's range; Adam (optax) runs full-batch on the fit part of
+the fitting noises and the iterate with the lowest final error on the held-out part
+(`split.holdout_split`, checked every few iterations, the start included) is returned: the
+result is never worse on validation than the solver's default timesteps.
+
+The solver is written here in `jax.numpy` so gradients flow through the coefficients and the
+model calls (`jax.checkpoint` around each); at the start it equals the library's own
+`dpm_solver_pp_schedule` on the same times (tested), and the returned `Schedule` is that
+baseline on the learned times with the model-input times as its timesteps.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from olss_jax._src import noise
+from olss_jax._src import regression
+from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import split
+from olss_jax._src import teacher as teacher_lib
+from olss_jax._src import trajectory as trajectory_lib
+from olss_jax._src.baselines import registry
+
+DEFAULT_NUM_ITERS = 200
+DEFAULT_LEARNING_RATE = 0.05
+DEFAULT_BALL = 0.1
+_FLOW_CLAMP = 1e-6        # s = 1 lowered as the flow baselines do (finite log-SNR)
+
+
+class Ld3Info(NamedTuple):
+  """Diagnostics of `ld3_schedule` (host values).
+
+  Attributes:
+    timesteps: (n,) float32 learned solver times; input_timesteps: (n,) the model-call times.
+    train_losses: (iters,) soft-teacher loss on the fit part.
+    holdout_errors: (checks,) final-state MSE on the held-out part (x_T itself).
+    best_iteration: the iteration returned (0: the start).
+    num_model_calls: model calls on fitting noises spent (forward passes; a backward pass
+      costs about two more each).
+  """
+  timesteps: np.ndarray
+  input_timesteps: np.ndarray
+  train_losses: np.ndarray
+  holdout_errors: np.ndarray
+  best_iteration: int
+  num_model_calls: int
+
+
+def _level_fn(teacher: teacher_lib.Teacher, alphas_cumprod):
+  """Continuous t -> the kind's level (alpha_bar for VP, s for the flow)."""
+  kind = teacher_lib.KINDS[teacher.kind]
+  if kind.process == "flow":
+    scale = float(teacher.config.get("num_train_timesteps", 1000))
+    return lambda t: jnp.minimum(t / scale, 1.0 - _FLOW_CLAMP)
+  table = jnp.asarray(np.asarray(alphas_cumprod, np.float64), jnp.float32)
+  return lambda t: noise.alpha_bar_at(table, t)
+
+
+def dpm_solver_pp_2m(denoise_fn, x_T, times, input_times, level_fn, kind: teacher_lib.Kind,
+                     final_level):
+  """Differentiable DPM-Solver++(2M) (diffusers' form, final sigma 0) on continuous times.
+
+  Args:
+    denoise_fn: ``(x, t) -> model output`` of the given kind.
+    x_T: (B, ...) starting noises.
+    times: (n,) decreasing solver times; input_times: (n,) the times the model is called at.
+    level_fn: t -> level; kind: the teacher `Kind`; final_level: the level after the last
+      step (alpha_bar = 1 or s = 0: sigma 0).
+
+  Returns:
+    (B, ...) the final sample: ``x_{i+1} = (sigma_{i+1}/sigma_i) x_i - alpha_{i+1}(e^{-h}-1)
+    (D_i + [i > 0] (D_i - D_{i-1}) / (2 r_i))``, h = lambda_{i+1} - lambda_i,
+    r_i = (lambda_i - lambda_{i-1}) / h, D the data prediction; first order at i = 0 and
+    on the last step, which lands on ``alpha_n D_{n-1}``.
+  """
+  n = times.shape[0]
+  alpha, sigma = kind.alpha_sigma_fn(level_fn(times))
+  alpha_f, _ = kind.alpha_sigma_fn(jnp.asarray(final_level, alpha.dtype))
+  lam = jnp.log(alpha) - jnp.log(sigma)
+  call = jax.checkpoint(lambda x, t: denoise_fn(x, t))
+  x, prev = x_T, None
+  for i in range(n):
+    e = call(x, input_times[i].astype(jnp.float32))
+    cx, ce = kind.to_x0_fn(alpha[i], sigma[i])
+    d = cx * x + ce * e
+    if i == n - 1:
+      return (alpha_f * d).astype(x_T.dtype)
+    h = lam[i + 1] - lam[i]
+    step = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * (jnp.exp(-h) - 1.0) * d
+    if prev is not None:
+      r = (lam[i] - lam[i - 1]) / h
+      step = step - 0.5 * alpha[i + 1] * (jnp.exp(-h) - 1.0) * (d - prev) / r
+    x, prev = step.astype(x_T.dtype), d
+  return x
+
+
+def ld3_schedule(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
+                 alphas_cumprod=None, default_timesteps=None, num_iters: int = DEFAULT_NUM_ITERS,
+                 learning_rate: float = DEFAULT_LEARNING_RATE, ball: float = DEFAULT_BALL,
+                 holdout=0.25, check_every: int = 10, seed: int = 0):
+  """DPM-Solver++(2M) on LD3-learned timesteps (module docstring), fitted on ``traj``.
+
+  Args:
+    traj: the teacher `Trajectory` (B fitting noises; only its final states are targets).
+    num_steps: n model calls.
+    denoise_fn: the model conditioned on the B fitting noises (called on subsets of them
+      only through ``x``; a per-noise conditioned model must accept the whole batch, so the
+      fit and held-out parts are run together and masked).
+    alphas_cumprod: (T,) the VP model's table (not for a flow teacher).
+    default_timesteps: (n,) the start (default: DPM-Solver++'s own for n).
+    num_iters: Adam iterations (full batch); learning_rate: Adam's step size.
+    ball: r, the soft-teacher radius relative to ``||x_T||`` (0: plain teacher forcing).
+    holdout: fitting noises held out for the early stopping (`split.holdout_split`).
+    check_every: iterations between held-out checks.
+    seed: the slack's initialisation (zero slack; the seed only breaks ties in the split).
+
+  Returns:
+    ``(schedule, Ld3Info)``: the `Schedule` (DPM-Solver++ on the learned times, timesteps the
+    model-input times, metadata ``peer="ld3"``, ``fit_model_calls``).
+  """
+  del seed
+  teacher = traj.teacher
+  kind = teacher_lib.KINDS[teacher.kind]
+  flow = kind.process == "flow"
+  if not flow and alphas_cumprod is None:
+    raise ValueError("alphas_cumprod: required for a VP teacher (the continuous levels)")
+  n = noise.check_count(num_steps, "num_steps", minimum=2)
+  num_iters = noise.check_count(num_iters, "num_iters", minimum=0)
+  if not np.isfinite(ball) or ball < 0:
+    raise ValueError(f"ball: expected a finite value >= 0, got {ball}")
+  extra = {} if flow else {"alphas_cumprod": alphas_cumprod}
+
+  def build(times):
+    return registry.baseline_schedule("dpm_solver_pp", teacher, timesteps=np.asarray(times),
+                                      **extra)
+
+  t_all = np.asarray(teacher.timesteps, np.float64)
+  t_max, t_min = float(t_all[0]), float(t_all[-1])
+  start = (_default(teacher, n, extra) if default_timesteps is None
+           else np.asarray(default_timesteps, np.float64))
+  if start.shape == (n,):
+    start = np.concatenate([[t_max], start[1:]])       # the first call at the teacher's first
+  gaps = np.append(-np.diff(start), start[-1] - t_min) / (t_max - t_min)
+  if start.shape != (n,) or np.any(gaps <= 0):
+    raise ValueError(f"default_timesteps: expected {n} decreasing times in ({t_min}, {t_max}]")
+  level_fn = _level_fn(teacher, alphas_cumprod)
+  final_level = float(np.asarray(teacher.levels)[-1])
+  x_T = jnp.asarray(traj.x_T)
+  with jax.enable_x64(True):
+    target = regression.teacher_states(traj, [traj.num_teacher_steps])[0]
+  target = jnp.asarray(np.asarray(target).reshape(x_T.shape), x_T.dtype)
+  train, hold = split.holdout_split(traj.batch_size, holdout)
+  fit_mask = jnp.zeros(traj.batch_size, x_T.dtype).at[jnp.asarray(train)].set(1.0)
+  hold_mask = 1.0 - fit_mask
+  span = t_max - t_min
+  radius = ball * jnp.sqrt(jnp.sum(x_T.reshape(x_T.shape[0], -1) ** 2, axis=1))
+
+  def times_of(params):
+    p = jax.nn.softmax(params["u"])
+    c = jnp.concatenate([jnp.zeros(1), jnp.cumsum(p)[:-1]])
+    times = t_max - span * c
+    inputs = jnp.clip(times + span * params["d"], t_min, t_max)
+    return times, inputs
+
+  def project(z):
+    norm = jnp.sqrt(jnp.maximum(jnp.sum(z.reshape(z.shape[0], -1) ** 2, axis=1), 1e-24))
+    scale = jnp.minimum(1.0, radius / norm)   # (the floor keeps d norm / dz finite at z = 0)
+    return z * scale.reshape((-1,) + (1,) * (z.ndim - 1))
+
+  def per_sample(params, x0):
+    times, inputs = times_of(params)
+    out = dpm_solver_pp_2m(denoise_fn, x0, times, inputs, level_fn, kind, final_level)
+    return jnp.mean(((out - target) ** 2).reshape(x0.shape[0], -1), axis=1)
+
+  def loss_fn(params):
+    err = per_sample(params, x_T + project(params["z"]))
+    return jnp.sum(err * fit_mask) / jnp.sum(fit_mask)
+
+  @jax.jit
+  def held_out(params):
+    err = per_sample(params, x_T)
+    return jnp.sum(err * hold_mask) / jnp.maximum(jnp.sum(hold_mask), 1.0)
+
+  optimizer = optax.adam(learning_rate)
+
+  @jax.jit
+  def update(params, state):
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, state = optimizer.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    params["z"] = project(params["z"])
+    return params, state, loss
+
+  params = {"u": jnp.asarray(np.log(gaps), jnp.float32), "d": jnp.zeros(n, jnp.float32),
+            "z": jnp.zeros_like(x_T)}
+  state = optimizer.init(params)
+  best = (float(held_out(params)), 0, params)
+  losses, checks = [], [best[0]]
+  for it in range(1, num_iters + 1):
+    params, state, loss = update(params, state)
+    losses.append(float(loss))
+    if it % check_every == 0 or it == num_iters:
+      h = float(held_out(params))
+      checks.append(h)
+      if h < best[0]:
+        best = (h, it, params)
+  times, inputs = (np.asarray(a, np.float64) for a in times_of(best[2]))
+  calls = n * (1 + 3 * num_iters + len(checks))
+  if best[1] == 0:
+    sched = build(start)
+  else:
+    base = build(times.astype(np.float32))
+    sched = schedule_lib.make_schedule(inputs.astype(np.float32), base.weights, base.metadata)
+  sched = sched.with_metadata(method="ld3", peer="ld3", ld3_best_iteration=best[1],
+                              ld3_solver_timesteps=times.tolist(), fit_model_calls=calls)
+  info = Ld3Info(times.astype(np.float32), inputs.astype(np.float32), np.asarray(losses),
+                 np.asarray(checks), best[1], calls)
+  return sched, info
+
+
+def _default(teacher, n, extra):
+  """DPM-Solver++'s own n model-call times for this teacher's model."""
+  return np.asarray(registry.baseline_schedule("dpm_solver_pp", teacher, n, **extra).timesteps,
+                    np.float64)
