@@ -69,9 +69,10 @@ def _level_fn(teacher: teacher_lib.Teacher, alphas_cumprod):
   kind = teacher_lib.KINDS[teacher.kind]
   if kind.process == "flow":
     scale = float(teacher.config.get("num_train_timesteps", 1000))
-    return lambda t: jnp.minimum(t / scale, 1.0 - _FLOW_CLAMP)
-  table = jnp.asarray(np.asarray(alphas_cumprod, np.float64), jnp.float32)
-  return lambda t: noise.alpha_bar_at(table, t)
+    wide = jax.dtypes.canonicalize_dtype(jnp.float64)     # float64 under jax.enable_x64
+    return lambda t: jnp.minimum(jnp.asarray(t).astype(wide) / scale, 1.0 - _FLOW_CLAMP)
+  table = np.asarray(alphas_cumprod, np.float64)   # float64 under jax.enable_x64, else float32
+  return lambda t: noise.alpha_bar_at(jnp.asarray(table), t)
 
 
 def dpm_solver_pp_2m(denoise_fn, x_T, times, input_times, level_fn, kind: teacher_lib.Kind,
