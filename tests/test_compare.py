@@ -8,7 +8,7 @@ import olss_jax as oj
 
 CLASSICAL = ("ddim", "deis", "dpm_solver", "dpm_solver_pp", "unipc")
 PEERS = ("ays_dpm_solver_pp", "gits-ipndm", "gits-dpm_solver_pp", "tuned-dpm_solver_pp",
-         "tuned-unipc")
+         "tuned-unipc", "ld3-dpm_solver_pp")
 
 
 @pytest.fixture(scope="module")

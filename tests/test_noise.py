@@ -43,6 +43,10 @@ def test_alpha_bar_at_integer_and_continuous_times():
     # monotone and differentiable in t
     grad = jax.grad(lambda s: noise.alpha_bar_at(table, s))(jnp.float64(500.5))
     assert float(grad) < 0
+    # on the integers too (learned timesteps start there): the next segment's slope, not 0
+    at_int = jax.grad(lambda s: noise.alpha_bar_at(table, s))(jnp.float64(500.0))
+    just_after = jax.grad(lambda s: noise.alpha_bar_at(table, s))(jnp.float64(500.0 + 1e-7))
+    np.testing.assert_allclose(float(at_int), float(just_after), rtol=1e-5)
 
 
 def test_bad_schedules_and_counts():

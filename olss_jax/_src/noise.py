@@ -133,9 +133,11 @@ def alpha_bar_at(alphas_cumprod, t):
   low = jnp.clip(jnp.floor(t).astype(jnp.int32), 0, last - 1)
   w = t - low
   ls = (1 - w) * log_sigma[low] + w * log_sigma[low + 1]
-  # Exactly the table at integer t (w == 0 or 1), else 1 / (1 + sigma^2).
-  exact = jnp.where(w == 0, table[low], table[low + 1])
-  return jnp.where((w == 0) | (w == 1), exact, jax.nn.sigmoid(-2.0 * ls))
+  # Exactly the table at integer t (w == 0 or 1), else 1 / (1 + sigma^2); the derivative in t
+  # is the interpolation's everywhere (`smooth - stop_gradient(smooth)` is exactly 0).
+  smooth = jax.nn.sigmoid(-2.0 * ls)
+  exact = jnp.where(w == 0, table[low], table[low + 1]) + (smooth - jax.lax.stop_gradient(smooth))
+  return jnp.where((w == 0) | (w == 1), exact, smooth)
 
 
 def state_alphas(alphas_cumprod, timesteps, final_alpha_cumprod: float = 1.0) -> np.ndarray:

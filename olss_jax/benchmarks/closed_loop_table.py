@@ -46,7 +46,7 @@ def methods_for(kind: str, *, max_evaluations: int, swept_only: bool = False) ->
 
 
 def run(small: bool = False, models=None, steps=None, num_eval=None, num_fit=None,
-        num_teacher_steps=None, max_evaluations=None) -> list[dict]:
+        num_teacher_steps=None, max_evaluations=None, only=None) -> list[dict]:
   """Prints the tables; returns one row dict per (model, num_fit, method, steps)."""
   models = models or (("analytic",) if small else DEFAULT_MODELS)
   steps = steps or ((3,) if small else (5, 10, 20))
@@ -60,6 +60,8 @@ def run(small: bool = False, models=None, steps=None, num_eval=None, num_fit=Non
     for b in num_fits:
       swept_only = len(num_fits) > 1
       methods = methods_for(model.kind, max_evaluations=budget, swept_only=swept_only)
+      if only:
+        methods = {k: v for k, v in methods.items() if k in only}
       t0 = time.perf_counter()
       result = oj.compare.run_comparison(model, steps=steps, num_fit=b, num_eval=num_eval,
                                          num_teacher_steps=k, methods=methods,
@@ -92,10 +94,12 @@ def main():
   parser.add_argument("--max-evaluations", type=int,
                       help="the coordinate searches' budget, the same for olss-ft and the tuned "
                            "peers (default 400)")
+  parser.add_argument("--methods", nargs="+",
+                      help="only these rows (each row is independent and deterministic)")
   args = parser.parse_args()
   run(small=args.small, models=args.models, steps=args.steps, num_eval=args.num_eval,
       num_fit=args.num_fit, num_teacher_steps=args.teacher_steps,
-      max_evaluations=args.max_evaluations)
+      max_evaluations=args.max_evaluations, only=args.methods)
 
 
 if __name__ == "__main__":

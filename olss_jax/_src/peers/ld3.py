@@ -5,17 +5,19 @@ DPM-Solver++(2M), diffusers' form with a first-order final step onto sigma = 0) 
 n model-call times by gradient descent on the final error to the teacher, with two further
 sets of parameters: *decoupled* model-input times (the model is called at ``t_i + d_i`` while
 the solver's coefficients use ``t_i``) and the *soft teacher* slack: the student may start
-from any ``x'`` within a ball around ``x_T`` (radius ``r ||x_T||``), so the timesteps are not
-spent on matching details the few steps cannot reach,
+from any ``x'`` within a ball around ``x_T`` (radius ``r sigma_T``, sigma_T the noise's
+per-coordinate scale, the RMS of ``x_T``), so the timesteps are not spent on matching details
+the few steps cannot reach,
 
-  min over (t, d, x') of  mean_b || Psi_{t, d}(x'_b) - x_teacher_b ||^2,  ||x'_b - x_T,b|| <= r ||x_T,b||.
+  min over (t, d, x') of  mean_b || Psi_{t, d}(x'_b) - x_teacher_b ||^2,  ||x'_b - x_T,b|| <= r sigma_T.
 
 Sampling uses ``x_T`` itself. Here the times are parametrised as ``t_0 = t_max`` (the
 teacher's first) and ``t_i = t_max - (t_max - t_min) sum_{j<i} softmax(u)_j``, which keeps
 them decreasing inside the teacher's range; Adam (optax) runs full-batch on the fit part of
-the fitting noises and the iterate with the lowest final error on the held-out part
-(`split.holdout_split`, checked every few iterations, the start included) is returned: the
-result is never worse on validation than the solver's default timesteps.
+the fitting noises, once per learning rate of a small grid, and the iterate with the lowest
+final error on the held-out part (`split.holdout_split`, checked every few iterations, the
+start included) is returned: the result is never worse on validation than the solver's
+default timesteps. The radius r = 0.1 and the iteration count are fixed defaults, not tuned.
 
 The solver is written here in `jax.numpy` so gradients flow through the coefficients and the
 model calls (`jax.checkpoint` around each); at the start it equals the library's own
@@ -40,7 +42,7 @@ from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src.baselines import registry
 
 DEFAULT_NUM_ITERS = 200
-DEFAULT_LEARNING_RATE = 0.05
+DEFAULT_LEARNING_RATES = (0.01, 0.05)   # each run; the held-out part picks
 DEFAULT_BALL = 0.1
 _FLOW_CLAMP = 1e-6        # s = 1 lowered as the flow baselines do (finite log-SNR)
 
@@ -50,11 +52,11 @@ class Ld3Info(NamedTuple):
 
   Attributes:
     timesteps: (n,) float32 learned solver times; input_timesteps: (n,) the model-call times.
-    train_losses: (iters,) soft-teacher loss on the fit part.
+    train_losses: (iters * rates,) soft-teacher loss on the fit part, rate after rate.
     holdout_errors: (checks,) final-state MSE on the held-out part (x_T itself).
-    best_iteration: the iteration returned (0: the start).
-    num_model_calls: model calls on fitting noises spent (forward passes; a backward pass
-      costs about two more each).
+    best_iteration: the iteration returned (0: the start), within its learning rate's run.
+    num_model_calls: model-call equivalents on the fitting noises: a forward and backward
+      pass counted as three calls per step and iteration, plus the held-out checks.
   """
   timesteps: np.ndarray
   input_timesteps: np.ndarray
@@ -115,7 +117,7 @@ def dpm_solver_pp_2m(denoise_fn, x_T, times, input_times, level_fn, kind: teache
 
 def ld3_schedule(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
                  alphas_cumprod=None, default_timesteps=None, num_iters: int = DEFAULT_NUM_ITERS,
-                 learning_rate: float = DEFAULT_LEARNING_RATE, ball: float = DEFAULT_BALL,
+                 learning_rate=DEFAULT_LEARNING_RATES, ball: float = DEFAULT_BALL,
                  holdout=0.25, check_every: int = 10, seed: int = 0):
   """DPM-Solver++(2M) on LD3-learned timesteps (module docstring), fitted on ``traj``.
 
@@ -127,8 +129,10 @@ def ld3_schedule(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
       fit and held-out parts are run together and masked).
     alphas_cumprod: (T,) the VP model's table (not for a flow teacher).
     default_timesteps: (n,) the start (default: DPM-Solver++'s own for n).
-    num_iters: Adam iterations (full batch); learning_rate: Adam's step size.
-    ball: r, the soft-teacher radius relative to ``||x_T||`` (0: plain teacher forcing).
+    num_iters: Adam iterations (full batch) per learning rate.
+    learning_rate: Adam's step size, or several: each trains from the start and the held-out
+      part of the fitting noises picks the rate and the iterate.
+    ball: r, the soft-teacher radius in units of the noise scale (0: plain teacher forcing).
     holdout: fitting noises held out for the early stopping (`split.holdout_split`).
     check_every: iterations between held-out checks.
     seed: the slack's initialisation (zero slack; the seed only breaks ties in the split).
@@ -172,7 +176,8 @@ def ld3_schedule(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
   fit_mask = jnp.zeros(traj.batch_size, x_T.dtype).at[jnp.asarray(train)].set(1.0)
   hold_mask = 1.0 - fit_mask
   span = t_max - t_min
-  radius = ball * jnp.sqrt(jnp.sum(x_T.reshape(x_T.shape[0], -1) ** 2, axis=1))
+  # LD3's ball ||x' - x_T|| <= r sigma_T: sigma_T is the noise's per-coordinate scale (RMS).
+  radius = ball * jnp.sqrt(jnp.mean(x_T.reshape(x_T.shape[0], -1) ** 2, axis=1))
 
   def times_of(params):
     p = jax.nn.softmax(params["u"])
@@ -200,37 +205,40 @@ def ld3_schedule(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
     err = per_sample(params, x_T)
     return jnp.sum(err * hold_mask) / jnp.maximum(jnp.sum(hold_mask), 1.0)
 
-  optimizer = optax.adam(learning_rate)
-
-  @jax.jit
-  def update(params, state):
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, state = optimizer.update(grads, state, params)
-    params = optax.apply_updates(params, updates)
-    params["z"] = project(params["z"])
-    return params, state, loss
-
-  params = {"u": jnp.asarray(np.log(gaps), jnp.float32), "d": jnp.zeros(n, jnp.float32),
-            "z": jnp.zeros_like(x_T)}
-  state = optimizer.init(params)
-  best = (float(held_out(params)), 0, params)
+  init = {"u": jnp.asarray(np.log(gaps), jnp.float32), "d": jnp.zeros(n, jnp.float32),
+          "z": jnp.zeros_like(x_T)}
+  rates = (learning_rate,) if np.ndim(learning_rate) == 0 else tuple(learning_rate)
+  best = (float(held_out(init)), 0, init, rates[0])
   losses, checks = [], [best[0]]
-  for it in range(1, num_iters + 1):
-    params, state, loss = update(params, state)
-    losses.append(float(loss))
-    if it % check_every == 0 or it == num_iters:
-      h = float(held_out(params))
-      checks.append(h)
-      if h < best[0]:
-        best = (h, it, params)
+  for rate in rates:                  # each rate from the start; validation picks (rate, iterate)
+    optimizer = optax.adam(rate)
+
+    @jax.jit
+    def update(params, state, optimizer=optimizer):
+      loss, grads = jax.value_and_grad(loss_fn)(params)
+      updates, state = optimizer.update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+      params["z"] = project(params["z"])
+      return params, state, loss
+
+    params, state = init, optimizer.init(init)
+    for it in range(1, num_iters + 1):
+      params, state, loss = update(params, state)
+      losses.append(float(loss))
+      if it % check_every == 0 or it == num_iters:
+        h = float(held_out(params))
+        checks.append(h)
+        if h < best[0]:
+          best = (h, it, params, rate)
   times, inputs = (np.asarray(a, np.float64) for a in times_of(best[2]))
-  calls = n * (1 + 3 * num_iters + len(checks))
+  calls = n * (3 * num_iters * len(rates) + len(checks))
   if best[1] == 0:
     sched = build(start)
   else:
     base = build(times.astype(np.float32))
     sched = schedule_lib.make_schedule(inputs.astype(np.float32), base.weights, base.metadata)
   sched = sched.with_metadata(method="ld3", peer="ld3", ld3_best_iteration=best[1],
+                              ld3_learning_rate=float(best[3]),
                               ld3_solver_timesteps=times.tolist(), fit_model_calls=calls)
   info = Ld3Info(times.astype(np.float32), inputs.astype(np.float32), np.asarray(losses),
                  np.asarray(checks), best[1], calls)
