@@ -118,7 +118,7 @@ def dpm_solver_pp_2m(denoise_fn, x_T, times, input_times, level_fn, kind: teache
 def ld3_schedule(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
                  alphas_cumprod=None, default_timesteps=None, num_iters: int = DEFAULT_NUM_ITERS,
                  learning_rate=DEFAULT_LEARNING_RATES, ball: float = DEFAULT_BALL,
-                 holdout=0.25, check_every: int = 10, seed: int = 0):
+                 holdout=0.25, check_every: int = 10):
   """DPM-Solver++(2M) on LD3-learned timesteps (module docstring), fitted on ``traj``.
 
   Args:
@@ -134,14 +134,12 @@ def ld3_schedule(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
       part of the fitting noises picks the rate and the iterate.
     ball: r, the soft-teacher radius in units of the noise scale (0: plain teacher forcing).
     holdout: fitting noises held out for the early stopping (`split.holdout_split`).
-    check_every: iterations between held-out checks.
-    seed: the slack's initialisation (zero slack; the seed only breaks ties in the split).
+    check_every: iterations between held-out checks (the slack starts at zero: no seed).
 
   Returns:
     ``(schedule, Ld3Info)``: the `Schedule` (DPM-Solver++ on the learned times, timesteps the
     model-input times, metadata ``peer="ld3"``, ``fit_model_calls``).
   """
-  del seed
   teacher = traj.teacher
   kind = teacher_lib.KINDS[teacher.kind]
   flow = kind.process == "flow"
@@ -186,47 +184,51 @@ def ld3_schedule(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
     inputs = jnp.clip(times + span * params["d"], t_min, t_max)
     return times, inputs
 
-  def project(z):
+  # The model and the data are arguments of the jitted functions, never baked-in constants.
+  data = {"f": trajectory_lib.as_denoise_pytree(denoise_fn), "x_T": x_T, "target": target,
+          "fit": fit_mask, "hold": hold_mask, "radius": radius}
+
+  def project(z, radius):
     norm = jnp.sqrt(jnp.maximum(jnp.sum(z.reshape(z.shape[0], -1) ** 2, axis=1), 1e-24))
     scale = jnp.minimum(1.0, radius / norm)   # (the floor keeps d norm / dz finite at z = 0)
     return z * scale.reshape((-1,) + (1,) * (z.ndim - 1))
 
-  def per_sample(params, x0):
+  def per_sample(params, x0, data):
     times, inputs = times_of(params)
-    out = dpm_solver_pp_2m(denoise_fn, x0, times, inputs, level_fn, kind, final_level)
-    return jnp.mean(((out - target) ** 2).reshape(x0.shape[0], -1), axis=1)
+    out = dpm_solver_pp_2m(data["f"], x0, times, inputs, level_fn, kind, final_level)
+    return jnp.mean(((out - data["target"]) ** 2).reshape(x0.shape[0], -1), axis=1)
 
-  def loss_fn(params):
-    err = per_sample(params, x_T + project(params["z"]))
-    return jnp.sum(err * fit_mask) / jnp.sum(fit_mask)
+  def loss_fn(params, data):
+    err = per_sample(params, data["x_T"] + project(params["z"], data["radius"]), data)
+    return jnp.sum(err * data["fit"]) / jnp.sum(data["fit"])
 
   @jax.jit
-  def held_out(params):
-    err = per_sample(params, x_T)
-    return jnp.sum(err * hold_mask) / jnp.maximum(jnp.sum(hold_mask), 1.0)
+  def held_out(params, data):
+    err = per_sample(params, data["x_T"], data)
+    return jnp.sum(err * data["hold"]) / jnp.maximum(jnp.sum(data["hold"]), 1.0)
 
   init = {"u": jnp.asarray(np.log(gaps), jnp.float32), "d": jnp.zeros(n, jnp.float32),
           "z": jnp.zeros_like(x_T)}
   rates = (learning_rate,) if np.ndim(learning_rate) == 0 else tuple(learning_rate)
-  best = (float(held_out(init)), 0, init, rates[0])
+  best = (float(held_out(init, data)), 0, init, rates[0])
   losses, checks = [], [best[0]]
   for rate in rates:                  # each rate from the start; validation picks (rate, iterate)
     optimizer = optax.adam(rate)
 
     @jax.jit
-    def update(params, state, optimizer=optimizer):
-      loss, grads = jax.value_and_grad(loss_fn)(params)
+    def update(params, state, data, optimizer=optimizer):
+      loss, grads = jax.value_and_grad(loss_fn)(params, data)
       updates, state = optimizer.update(grads, state, params)
       params = optax.apply_updates(params, updates)
-      params["z"] = project(params["z"])
+      params["z"] = project(params["z"], data["radius"])
       return params, state, loss
 
     params, state = init, optimizer.init(init)
     for it in range(1, num_iters + 1):
-      params, state, loss = update(params, state)
+      params, state, loss = update(params, state, data)
       losses.append(float(loss))
       if it % check_every == 0 or it == num_iters:
-        h = float(held_out(params))
+        h = float(held_out(params, data))
         checks.append(h)
         if h < best[0]:
           best = (h, it, params, rate)
