@@ -119,7 +119,7 @@ def test_paths_figure_draws_held_out_noises_and_their_teacher(model, tmp_path, m
   monkeypatch.setattr(figures_lib, "generation_paths_figure", capture)
   written = workbench.paper_figures(model, tmp_path, which=["paths"], steps=[2], num_fit=4,
                                     num_eval=5, num_teacher_steps=K, fit_seed=1, eval_seed=2,
-                                    quiet=True)
+                                    peers=False, max_evaluations=20, quiet=True)
   assert _png_size(written[0])[0] > 0
   held_out = np.asarray(compare.draw_noises(model, 2, 5))[:3]
   fitting = np.asarray(compare.draw_noises(model, 1, 4))
@@ -128,5 +128,6 @@ def test_paths_figure_draws_held_out_noises_and_their_teacher(model, tmp_path, m
   assert not np.any(np.all(np.isclose(teacher[0][:, None], fitting[None]), axis=-1))
   want = oj.collect_trajectory(model.denoiser(None), held_out, model.alphas_cumprod, K)
   np.testing.assert_array_equal(teacher, np.asarray(want.states))  # the same teacher run
+  assert set(drawn["histories"]) == {"olss-ft", "olss-cl", "olss", "dpm_solver_pp", "ddim"}
   for hist in drawn["histories"].values():
     np.testing.assert_array_equal(hist[0], held_out)  # every sampler starts from the same noise

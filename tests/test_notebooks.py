@@ -31,6 +31,21 @@ def test_committed_without_outputs(name):
       assert "_src" not in cell.source, f"{name}: notebooks use only the public API"
 
 
+def test_committed_notebooks_are_what_make_notebooks_writes():
+  """The .ipynb files are generated from notebooks/make_notebooks.py; an edit made to one side
+  only would be lost (or never reach the notebook) at the next regeneration."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("make_notebooks",
+                                                os.path.join(NOTEBOOKS, "make_notebooks.py"))
+  maker = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(maker)
+  for name, cells in maker.NOTEBOOKS.items():
+    committed = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
+    built = maker.build(cells)
+    assert [(c.cell_type, c.source) for c in committed.cells] == \
+        [(c.cell_type, c.source) for c in built.cells], name
+
+
 def test_quickstart_runs_at_reduced_size(monkeypatch):
   monkeypatch.setenv("OLSS_NOTEBOOK_SIZE", "small")
   nb, _ = execute("quickstart.ipynb", monkeypatch)

@@ -10,6 +10,7 @@ import numpy as np
 from olss_jax._src import compare
 from olss_jax._src import figures
 from olss_jax._src import progress
+from olss_jax._src import recipe
 from olss_jax._src import sampler
 from olss_jax._src import trajectory as trajectory_lib
 
@@ -20,8 +21,10 @@ FIGURE_BASELINES = ("ddim", "dpm_solver_pp", "unipc", "deis")
 def paper_figures(model: compare.ComparisonModel, out_dir, *,
                   which: Sequence[str] = FIGURE_NAMES, steps: Sequence[int] = (5, 10, 20),
                   num_fit: int = 32, num_eval: int = 64, num_teacher_steps: int = 1000,
-                  baselines: Sequence[str] = FIGURE_BASELINES, fit_seed: int = 1,
-                  eval_seed: int = 2, quiet: bool = False) -> list[str]:
+                  baselines: Sequence[str] = FIGURE_BASELINES,
+                  peers: Sequence[str] | bool = True,
+                  max_evaluations: int = recipe.DEFAULT_MAX_EVALUATIONS,
+                  fit_seed: int = 1, eval_seed: int = 2, quiet: bool = False) -> list[str]:
   """Runs one held-out comparison and writes the paper's figures from it as PNGs.
 
   ``correlation.png`` (Figure 2, the fitting teacher), ``errors.png`` (Figure 4, RMSE to the
@@ -40,6 +43,9 @@ def paper_figures(model: compare.ComparisonModel, out_dir, *,
     num_eval: held-out noises (errors and grid).
     num_teacher_steps: teacher DDIM steps (the paper's 1000).
     baselines: classical schedulers compared (names of `olss_jax.BASELINES`).
+    peers: the learned-timestep peers compared (`compare.default_methods`: True for all of
+      `compare.PEERS` the model's kind offers, False for none, or names).
+    max_evaluations: the coordinate searches' budget (``olss-ft`` and the tuned peers).
     fit_seed, eval_seed: seeds of the fitting and held-out noises.
     quiet: no progress bar.
 
@@ -53,7 +59,8 @@ def paper_figures(model: compare.ComparisonModel, out_dir, *,
   if not steps or steps[0] < 1:
     raise ValueError(f"steps: expected positive step counts, got {steps}")
   n0 = steps[0]
-  methods = compare.default_methods(baselines=list(baselines))
+  methods = compare.default_methods(baselines=list(baselines), peers=peers, kind=model.kind,
+                                    max_evaluations=max_evaluations)
   captured = {}
 
   def capture(name, fn):
@@ -96,7 +103,7 @@ def paper_figures(model: compare.ComparisonModel, out_dir, *,
       teacher = trajectory_lib.collect_trajectory(denoise, x_T, model.alphas_cumprod,
                                                   num_teacher_steps)
       histories = {}
-      for method in ("olss-cl", "olss", "dpm_solver_pp", "ddim"):
+      for method in ("olss-ft", "olss-cl", "olss", "dpm_solver_pp", "ddim"):
         if (method, n0) in result.schedules:
           hist = jax.jit(sampler.sample_states)(denoise, result.schedules[(method, n0)], x_T)
           histories[method] = np.asarray(hist)
@@ -104,7 +111,7 @@ def paper_figures(model: compare.ComparisonModel, out_dir, *,
                                       samples=range(shown), path=path)
     elif name == "grid":
       rows = {f"teacher ({num_teacher_steps})": result.samples[("teacher", 0)]}
-      for method in list(baselines) + ["olss-p", "olss", "olss-p-cl", "olss-cl"]:
+      for method in list(baselines) + ["olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft"]:
         if (method, n0) in result.samples:
           rows[f"{method} ({n0})"] = result.samples[(method, n0)]
       figures.image_grid_figure(rows, path=path)
