@@ -212,18 +212,20 @@ def ld3_schedule(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
   rates = (learning_rate,) if np.ndim(learning_rate) == 0 else tuple(learning_rate)
   best = (float(held_out(init, data)), 0, init, rates[0])
   losses, checks = [], [best[0]]
+  # The rate lives in the optimiser's state, so one compiled update serves every rate.
+  optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=rates[0])
+
+  @jax.jit
+  def update(params, state, data):
+    loss, grads = jax.value_and_grad(loss_fn)(params, data)
+    updates, state = optimizer.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    params["z"] = project(params["z"], data["radius"])
+    return params, state, loss
+
   for rate in rates:                  # each rate from the start; validation picks (rate, iterate)
-    optimizer = optax.adam(rate)
-
-    @jax.jit
-    def update(params, state, data, optimizer=optimizer):
-      loss, grads = jax.value_and_grad(loss_fn)(params, data)
-      updates, state = optimizer.update(grads, state, params)
-      params = optax.apply_updates(params, updates)
-      params["z"] = project(params["z"], data["radius"])
-      return params, state, loss
-
     params, state = init, optimizer.init(init)
+    state.hyperparams["learning_rate"] = jnp.asarray(rate, jnp.float32)
     for it in range(1, num_iters + 1):
       params, state, loss = update(params, state, data)
       losses.append(float(loss))
