@@ -58,7 +58,8 @@ path, info = oj.search_path(traj, STEPS)
 schedule, fit_info = oj.fit_weights(traj, path)
 print("timesteps:", np.asarray(schedule.timesteps))
 print("largest step error %.3e (uniform path: %.3e)" % (info.max_error, info.uniform_max_error))
-closed = oj.fit_olss(traj, STEPS, denoise_fn=denoise_fit)  # method "olss-ft"
+# method "olss-ft"; max_evaluations: candidate paths its search fits (400 by default)
+closed = oj.fit_olss(traj, STEPS, denoise_fn=denoise_fit, max_evaluations=60 if SMALL else 400)
 print("closed loop:", closed.metadata["method"], np.asarray(closed.timesteps))"""),
     ("md", """## 3. Sample new images and compare with DDIM
 Every scheduler is a weight matrix run by the same `sample`. The reference is the teacher
