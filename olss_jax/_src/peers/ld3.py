@@ -224,8 +224,9 @@ def ld3_schedule(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
     return params, state, loss
 
   for rate in rates:                  # each rate from the start; validation picks (rate, iterate)
-    params, state = init, optimizer.init(init)
-    state.hyperparams["learning_rate"] = jnp.asarray(rate, jnp.float32)
+    state = optimizer.init(init)
+    params, state = init, state._replace(hyperparams={
+        **state.hyperparams, "learning_rate": jnp.asarray(rate, jnp.float32)})
     for it in range(1, num_iters + 1):
       params, state, loss = update(params, state, data)
       losses.append(float(loss))
