@@ -1,4 +1,6 @@
 """olss_jax._src.embedded: the models that run without a download, each with its teacher kind."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -8,7 +10,7 @@ from olss_jax._src import embedded
 
 @pytest.mark.parametrize("name,kind,shape", [
     ("digits", "ddim", (1, 8, 8)), ("digits-flow", "flow", (1, 8, 8)),
-    ("analytic", "ddim", (16,)), ("analytic-flow", "flow", (16,)),
+    ("mnist", "ddim", (1, 28, 28)), ("analytic", "ddim", (16,)), ("analytic-flow", "flow", (16,)),
     ("analytic-latent", "ddim", (4, 64, 64))])
 def test_embedded_models_carry_their_teacher_kind(name, kind, shape):
   model = oj.compare.embedded_model(name)
@@ -49,3 +51,39 @@ def test_a_flow_store_is_collected_with_its_teacher_and_fitted_closed_loop(tmp_p
   euler = oj.baseline_schedule("euler", traj.teacher, 4)
   out_euler = np.asarray(oj.sample(denoise_fn, euler, traj.x_T))
   assert np.sqrt(np.mean((out - ref) ** 2)) < 0.5 * np.sqrt(np.mean((out_euler - ref) ** 2))
+
+
+# A model that uses its time input changes its output by a sizeable fraction of its scale
+# between an early and a late teacher time; the 0.2 digits models (blind to t) changed it by
+# 3e-7 of their scale. Float32 central differences in t (step FD_STEP on the 0..1000 scale;
+# the UNets' sinusoidal time embedding has frequencies up to 1 per unit of t, so a step of 0.5
+# would be off by ~4% on its fastest component)
+# agree with jax.grad to FD_RTOL_FLOAT32: truncation O(h^2) and rounding ~1e-7 * |g| / h are
+# both far below it.
+MIN_RELATIVE_TIME_DEPENDENCE = 0.05
+FD_STEP = 0.05
+FD_RTOL_FLOAT32 = 2e-2
+
+
+@pytest.mark.parametrize("name", [n for n in embedded.EMBEDDED_MODELS if n != "default"])
+def test_every_embedded_model_depends_on_its_time_input(name):
+  """A blind model cannot ship again: the output moves with t, and d/dt matches its differences."""
+  model = oj.compare.embedded_model(name)
+  x = jax.random.normal(jax.random.PRNGKey(3), (2,) + tuple(model.sample_shape), jnp.float32)
+  f = model.denoiser(model.draw_conditions(0, 2))
+  times = np.asarray(model.make_teacher(20).timesteps, np.float32)
+  early, late = float(times[-3]), float(times[2])  # about 0.1 and 0.9 of the time range
+  out_early, out_late = np.asarray(f(x, jnp.float32(early))), np.asarray(f(x, jnp.float32(late)))
+  scale = max(np.max(np.abs(out_early)), np.max(np.abs(out_late)))
+  change = np.max(np.abs(out_early - out_late))
+  assert change > MIN_RELATIVE_TIME_DEPENDENCE * scale, (name, change, scale)
+  probe = jax.random.normal(jax.random.PRNGKey(4), x.shape, jnp.float32)
+
+  def g(t):
+    return jnp.sum(f(x, t).astype(jnp.float32) * probe)
+
+  t0 = jnp.float32(0.5 * (early + late))
+  grad = float(jax.grad(g)(t0))
+  fd = float((g(t0 + FD_STEP) - g(t0 - FD_STEP)) / (2 * FD_STEP))
+  assert abs(grad) > 0, name
+  np.testing.assert_allclose(grad, fd, rtol=FD_RTOL_FLOAT32, err_msg=name)

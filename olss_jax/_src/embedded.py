@@ -2,7 +2,8 @@
 
 ``"digits"`` is the trained class-conditional digits UNet shipped in ``olss_jax/assets``
 (epsilon prediction, DDIM teacher) and ``"digits-flow"`` the same architecture trained as a
-rectified flow (velocity prediction, flow-Euler teacher); ``"analytic"`` is a sharp Gaussian
+rectified flow (velocity prediction, flow-Euler teacher); ``"mnist"`` is the class-conditional
+epsilon UNet on 28x28 MNIST digits (DDIM teacher); ``"analytic"`` is a sharp Gaussian
 mixture whose noise prediction is exact, ``"analytic-flow"`` the same mixture as an exact
 rectified flow and ``"analytic-latent"`` a mixture at Stable Diffusion's latent size
 (4x64x64). ``"default"`` is the digits model when its weights are installed and the mixture
@@ -16,8 +17,11 @@ import numpy as np
 
 from olss_jax._src import compare
 
-EMBEDDED_MODELS = ("default", "digits", "digits-flow", "analytic", "analytic-flow",
+EMBEDDED_MODELS = ("default", "digits", "digits-flow", "mnist", "analytic", "analytic-flow",
                    "analytic-latent")
+# embedded name -> (the digits-family loader's objective, the images it was trained on)
+_IMAGE_MODELS = {"digits": ("epsilon", "digits"), "digits-flow": ("flow", "digits"),
+                 "mnist": ("epsilon", "mnist")}
 
 
 @functools.lru_cache(maxsize=None)
@@ -37,13 +41,31 @@ def balanced_labels(seed: int, num: int, num_classes: int = 10) -> np.ndarray:
   return np.random.default_rng(seed).permutation(labels).astype(np.int32)
 
 
-def _digits_model(guidance_scale: float | None, objective: str = "epsilon") -> compare.ComparisonModel:
+@functools.lru_cache(maxsize=None)
+def mnist_available() -> bool:
+  """True when the shipped MNIST model loads (``olss_jax/assets/mnist_unet.msgpack``)."""
+  try:
+    from olss_jax._src.digits import model as digits_model  # pylint: disable=import-outside-toplevel
+    digits_model.load_mnist_model()
+  except Exception:  # noqa: BLE001  - missing asset
+    return False
+  return True
+
+
+def image_dataset(name: str) -> str | None:
+  """The real images an embedded model was trained on (``"digits"``, ``"mnist"``), or None."""
+  return _IMAGE_MODELS.get(name, (None, None))[1]
+
+
+def _digits_model(guidance_scale: float | None, objective: str = "epsilon",
+                  dataset: str = "digits") -> compare.ComparisonModel:
   from olss_jax._src.digits import model as digits_model  # pylint: disable=import-outside-toplevel
-  model = digits_model.load_digits_model(objective=objective)
+  model = (digits_model.load_mnist_model() if dataset == "mnist"
+           else digits_model.load_digits_model(objective=objective))
   g = model.default_guidance_scale if guidance_scale is None else float(guidance_scale)
   flow = objective == "flow"
   return compare.ComparisonModel(
-      name="digits-flow-unet" if flow else "digits-unet",
+      name="mnist-unet" if dataset == "mnist" else "digits-flow-unet" if flow else "digits-unet",
       alphas_cumprod=None if flow else model.alphas_cumprod,
       sample_shape=tuple(model.sample_shape),
       denoiser=lambda labels: model.denoiser(np.asarray(labels, np.int32), guidance_scale=g),
@@ -57,7 +79,7 @@ def embedded_model(name: str = "default", *,
 
   Args:
     name: one of `EMBEDDED_MODELS`: ``"default"`` (digits if installed, else analytic),
-      ``"digits"``, ``"digits-flow"``, ``"analytic"``, ``"analytic-flow"`` or
+      ``"digits"``, ``"digits-flow"``, ``"mnist"``, ``"analytic"``, ``"analytic-flow"`` or
       ``"analytic-latent"``.
     guidance_scale: classifier-free guidance of the digits models (their default when None);
       the analytic models have no guidance and reject a value.
@@ -79,6 +101,12 @@ def embedded_model(name: str = "default", *,
       raise ValueError("model: the digits model's weights are not installed "
                        "(olss_jax/assets/digits_unet.msgpack); use --model analytic")
     return _digits_model(guidance_scale, "flow" if name == "digits-flow" else "epsilon")
+  if name == "mnist":
+    if not mnist_available():
+      raise ValueError("model: the MNIST model's weights are not installed "
+                       "(olss_jax/assets/mnist_unet.msgpack); retrain with python -m "
+                       "olss_jax.train_digits --dataset mnist")
+    return _digits_model(guidance_scale, "epsilon", "mnist")
   if guidance_scale is not None:
     raise ValueError("guidance_scale: the analytic models have no classifier-free guidance")
   if name == "analytic-flow":
@@ -92,6 +120,8 @@ def resolved_name(model: compare.ComparisonModel) -> str:
   """The `EMBEDDED_MODELS` name that rebuilds ``model`` (never ``"default"``)."""
   for name in EMBEDDED_MODELS[1:]:
     if name.startswith("digits") and not digits_available():
+      continue
+    if name == "mnist" and (not mnist_available() or not model.name.startswith("mnist")):
       continue
     if model.name == embedded_model(name).name:
       return name

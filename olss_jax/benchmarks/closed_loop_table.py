@@ -25,7 +25,7 @@ import time
 import olss_jax as oj
 from olss_jax._src.tune import DEFAULT_MAX_EVALUATIONS
 
-MODELS = ("analytic", "analytic-flow", "analytic-latent", "digits", "digits-flow")
+MODELS = ("analytic", "analytic-flow", "analytic-latent", "digits", "digits-flow", "mnist")
 DEFAULT_MODELS = ("analytic", "analytic-flow")
 # The strongest classical solvers of each kind (the main job runs all of them).
 SOLVERS = {"flow": ("euler", "dpm_solver_pp", "unipc"),

