@@ -1,6 +1,7 @@
 """Resumable teacher collection into a directory of checksummed chunks, and reading it back."""
 from olss_jax._src.store import (
     CollectInfo,
+    ConfigMismatchError,
     StoreProgress,
     collect_to_directory,
     load_store,
@@ -10,6 +11,6 @@ from olss_jax._src.store import (
 from olss_jax._src.embedded import collect_embedded_to_directory
 from olss_jax._src.store_model import model_record, schedule_metadata, store_denoiser
 
-__all__ = ["CollectInfo", "StoreProgress", "collect_to_directory", "load_store",
-           "read_manifest", "stats_from_store", "store_denoiser", "collect_embedded_to_directory",
-           "model_record", "schedule_metadata"]
+__all__ = ["CollectInfo", "ConfigMismatchError", "StoreProgress", "collect_to_directory",
+           "load_store", "read_manifest", "stats_from_store", "store_denoiser",
+           "collect_embedded_to_directory", "model_record", "schedule_metadata"]

@@ -131,3 +131,14 @@ def test_paths_figure_draws_held_out_noises_and_their_teacher(model, tmp_path, m
   assert set(drawn["histories"]) == {"olss-ft", "olss-cl", "olss", "dpm_solver_pp", "ddim"}
   for hist in drawn["histories"].values():
     np.testing.assert_array_equal(hist[0], held_out)  # every sampler starts from the same noise
+
+
+def test_image_grids_are_png_or_real_jpeg_by_extension(tmp_path):
+  images = np.random.default_rng(1).uniform(-1, 1, (3, 1, 8, 8))
+  for name, magic in (("g.png", b"\x89PNG"), ("g", b"\x89PNG"), ("g.jpg", b"\xff\xd8\xff"),
+                      ("g.JPEG", b"\xff\xd8\xff")):
+    oj.figures.save_image_grid(images, tmp_path / name)
+    assert (tmp_path / name).read_bytes()[:len(magic)] == magic, name
+  with pytest.raises(ValueError, match=r"path: expected a \.png, \.jpg or \.jpeg"):
+    oj.figures.save_image_grid(images, tmp_path / "g.gif")
+  assert not (tmp_path / "g.gif").exists()

@@ -188,3 +188,24 @@ def test_bad_inputs_name_the_argument():
   with warnings.catch_warnings():
     warnings.simplefilter("error")  # a clean fit warns about nothing
     oj.fit_weights(traj, np.array([0, 5]))
+
+
+def test_under_jit_a_path_check_path_refuses_gives_nan_weights():
+  traj = _synthetic(3, k=100)
+  fit_jit = jax.jit(oj.fit_weights)
+  for bad in ([0, 20, 10], [0, 50, 500], [3, 20, 50]):     # decreasing, past K, not from 0
+    with pytest.raises(ValueError, match="path"):
+      oj.fit_weights(traj, np.array(bad))
+    schedule, info = fit_jit(traj, jnp.array(bad))
+    assert bool(jnp.all(jnp.isnan(schedule.weights))), bad
+    assert bool(jnp.all(jnp.isnan(info.step_errors))), bad
+  schedule, info = fit_jit(traj, jnp.array([0, 20, 50]))
+  assert bool(jnp.all(jnp.isfinite(schedule.weights)))
+  eager, _ = oj.fit_weights(traj, np.array([0, 20, 50]))
+  chex.assert_trees_all_close(schedule.weights, eager.weights, rtol=LSTSQ_RTOL_F64,
+                              atol=LSTSQ_RTOL_F64)
+  batched, _ = jax.vmap(oj.fit_weights, in_axes=(None, 0))(traj, jnp.array([[0, 20, 50],
+                                                                            [0, 20, 10]]))
+  assert bool(jnp.all(jnp.isfinite(batched.weights[0])))
+  assert bool(jnp.all(jnp.isnan(batched.weights[1])))
+  assert "Checked under jit" in oj.fit_weights.__doc__

@@ -992,3 +992,14 @@ def test_bad_arguments_are_type_errors_and_missing_files_os_errors(tmp_path):
       oio.save_trajectory(f, _trajectory())
   with pytest.raises(TypeError, match="^path_or_file: "):
     oio.save_schedule(object(), _random_schedule(0, 2))
+
+
+def test_saving_into_a_missing_folder_names_the_users_path(tmp_path):
+  import olss_jax as oj  # pylint: disable=import-outside-toplevel
+  schedule = oj.make_schedule([10], np.array([[1.0, 0.5]]))
+  target = tmp_path / "no_such_dir" / "x.safetensors"
+  with pytest.raises(FileNotFoundError) as info:
+    oj.save_schedule(target, schedule)
+  assert info.value.filename == str(target) and ".tmp-" not in str(info.value)
+  assert "no_such_dir" in info.value.strerror
+  assert not (tmp_path / "no_such_dir").exists()

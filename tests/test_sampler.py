@@ -135,3 +135,121 @@ def test_bad_schedules_are_refused():
     oj.sample(f, {"timesteps": [1]}, x_T)
   with pytest.raises(ValueError, match="weights"):
     oj.sample(f, oj.Schedule(np.array([5, 3], np.int32), np.ones((2, 2))), x_T)
+
+
+# --- the sampler checks that a schedule fits the model (issue 26) ------------------------------
+
+FLOW = oj.flow_teacher(20)
+VP = oj.ddim_teacher(ALPHAS, 20)
+
+
+def _identity(x, t):
+  del t
+  return x
+
+
+def test_a_schedule_for_other_samples_is_refused_eagerly_and_under_jit():
+  f = _model()
+  x_T = _noise(0, 2)                                      # (2, 16)
+  two_d = _fitted(3).with_metadata(sample_shape=[2])      # fitted on 2-D data
+  with pytest.raises(ValueError, match="sample shape"):
+    oj.sample(f, two_d, x_T)
+  with pytest.raises(ValueError, match="sample shape"):
+    jax.jit(oj.sample)(f, two_d, x_T)
+  digits_x = jnp.zeros((2, 1, 8, 8))                      # the digits model's samples
+  with pytest.raises(ValueError, match=r"sample shape \(1, 8, 8\)"):
+    oj.sample(_identity, two_d, digits_x)
+  # a spatial size alone may change (a convolutional model runs at any resolution)
+  latent = two_d.with_metadata(sample_shape=[4, 8, 8])
+  chex.assert_shape(oj.sample(_identity, latent, jnp.zeros((2, 4, 16, 16))), (2, 4, 16, 16))
+
+
+def test_a_schedule_of_another_kind_is_refused_with_the_teacher():
+  f = _model()
+  x_T = _noise(0, 2)
+  vp_schedule = oj.baseline_schedule("dpm_solver_pp", ALPHAS, 4)
+  flow_schedule = oj.baseline_schedule("dpm_solver_pp", FLOW, 4)
+  with pytest.raises(ValueError, match="'ddim' teacher .* used with a 'flow' teacher"):
+    oj.sample(f, vp_schedule, x_T, teacher=FLOW)
+  with pytest.raises(ValueError, match="'flow' teacher .* used with a 'ddim' teacher"):
+    oj.sample(f, flow_schedule, x_T, teacher=VP)
+  with pytest.raises(ValueError, match="'flow' teacher"):      # at trace time under jit
+    jax.jit(oj.sample)(f, flow_schedule, x_T, teacher=VP)
+  fitted_vp = _fitted(3)                                        # metadata["teacher"] == "ddim"
+  with pytest.raises(ValueError, match="used with a 'flow' teacher"):
+    oj.sample(f, fitted_vp, x_T, teacher=FLOW)
+  with pytest.raises(TypeError, match="teacher"):
+    oj.sample(f, fitted_vp, x_T, teacher="ddim")
+  # the right kind runs: flow Euler calls the model at t = T s, up to T itself
+  flow_euler = oj.baseline_schedule("euler", FLOW, 4)
+  assert float(np.max(flow_euler.timesteps)) == 1000.0
+  out = oj.sample(_identity, flow_euler, x_T, teacher=FLOW)
+  assert bool(jnp.all(jnp.isfinite(out)))
+  chex.assert_trees_all_close(oj.sample(f, vp_schedule, x_T, teacher=VP),
+                              oj.sample(f, vp_schedule, x_T), rtol=0, atol=0)
+
+
+def test_the_checks_keep_one_compiled_sampler_per_step_count():
+  f = _model()
+  x_T = _noise(2, 4)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def jitted(denoise_fn, schedule, x):
+    return oj.sample(denoise_fn, schedule, x, teacher=VP)
+
+  chex.clear_trace_counter()
+  jitted(f, oj.baseline_schedule("ddim", ALPHAS, 4), x_T)
+  jitted(f, _fitted(4), x_T)                          # other metadata, same n: no retrace
+  jitted(f, oj.baseline_schedule("unipc", ALPHAS, 4), x_T)
+
+
+def test_under_jit_values_that_cannot_raise_give_nan():
+  f = _model()
+  x_T = _noise(0, 2)
+  upper = oj.Schedule(np.array([5, 3], np.int32), np.ones((2, 3)))   # above the diagonal
+  with pytest.raises(ValueError, match="above the diagonal"):
+    oj.sample(f, upper, x_T)
+  assert bool(jnp.all(jnp.isnan(jax.jit(oj.sample)(f, upper, x_T))))
+  assert bool(jnp.all(jnp.isnan(jax.jit(oj.sample_states)(f, upper, x_T))))
+  late = oj.make_schedule(np.array([5000, 10]), np.tril(np.ones((2, 3)), 1))  # T = 1000
+  with pytest.raises(ValueError, match="< 1000"):
+    oj.sample(f, late, x_T, teacher=VP)
+  with pytest.raises(ValueError, match="< 1000"):          # the schedule's own record of T
+    oj.sample(f, late.with_metadata(num_train_timesteps=1000), x_T)
+  assert bool(jnp.all(jnp.isnan(jax.jit(oj.sample)(f, late, x_T, teacher=VP))))
+  good = oj.baseline_schedule("ddim", ALPHAS, 2)
+  assert bool(jnp.all(jnp.isfinite(jax.jit(oj.sample)(f, good, x_T, teacher=VP))))
+
+
+def test_nan_in_x_T_is_refused():
+  f = _model()
+  x_T = np.asarray(_noise(0, 3)).copy()
+  x_T[1, 4] = np.nan
+  with pytest.raises(ValueError, match="x_T: non-finite .*sample 1"):
+    oj.sample(f, oj.baseline_schedule("ddim", ALPHAS, 2), x_T)
+  with pytest.raises(TypeError, match="x_T: expected a float dtype"):
+    oj.sample(f, oj.baseline_schedule("ddim", ALPHAS, 2), np.zeros((2, 16), np.int32))
+
+
+def test_plain_functions_jit_as_a_static_argument_and_the_docstring_says_so():
+  f = _model()
+  plain = lambda x, t: f(x, t)  # noqa: E731
+  schedule = oj.baseline_schedule("ddim", ALPHAS, 3)
+  x_T = _noise(1, 2)
+  chex.assert_trees_all_close(jax.jit(oj.sample, static_argnums=0)(plain, schedule, x_T),
+                              oj.sample(plain, schedule, x_T), rtol=1e-6, atol=1e-6)
+  partial = jax.tree_util.Partial(plain)
+  chex.assert_trees_all_close(jax.jit(oj.sample)(partial, schedule, x_T),
+                              oj.sample(plain, schedule, x_T), rtol=1e-6, atol=1e-6)
+  assert "static_argnums=0" in oj.sample.__doc__ and "Partial" in oj.sample.__doc__
+  assert "Under `jax.jit`" in oj.sample.__doc__      # what is checked under jit
+
+
+def test_a_model_built_for_another_batch_fails_in_one_line_naming_denoise_fn():
+  labels = jnp.arange(4)
+  model = jax.tree_util.Partial(lambda lab, x, t: x * lab[:, None].astype(x.dtype), labels)
+  with pytest.raises((ValueError, TypeError), match=r"^denoise_fn: failed on x_t of shape "
+                     r"\(8, 16\)") as info:
+    oj.sample(model, oj.baseline_schedule("ddim", ALPHAS, 2), _noise(0, 8))
+  assert "\n" not in str(info.value)

@@ -304,3 +304,53 @@ def test_version_1_stores_load_and_are_not_appended_to(tmp_path, reference):
                              oj.trajectory_stats(loaded).gram, rtol=1e-12)
   with pytest.raises(ValueError, match="version 1 store"):
     ENV["collect"](tmp_path, [])
+
+
+def _sized(directory, num_images, per_chunk=3, **config):
+  """A collection of ``num_images`` noises in chunks of ``per_chunk`` (config records it)."""
+  def noises(i):
+    return jax.random.normal(jax.random.fold_in(ENV["KEY"], i),
+                             (min(per_chunk, num_images - i * per_chunk), 8))
+  calls = []
+
+  def denoise_for(i):
+    calls.append(i)
+    return ENV["DENOISE"]
+
+  config = {"model_name": "mixture-4", "num_images": num_images, **config}
+  info = store.collect_to_directory(directory, denoise_for, noises, ENV["ALPHAS"],
+                                    num_chunks=-(-num_images // per_chunk), num_teacher_steps=20,
+                                    steps_per_chunk=10, config=config)
+  return info, calls
+
+
+def test_a_finished_store_grows_to_more_images_and_never_shrinks(tmp_path):
+  info, calls = _sized(tmp_path, 5)                  # chunks of 3 and 2 noises
+  assert info.collected == (0, 1) and calls == [0, 1]
+  first = store.load_store(tmp_path)
+  before = _fingerprints(tmp_path, [0])
+  info, calls = _sized(tmp_path, 8)                  # 3 + 3 + 2: the partial chunk 1 is redone
+  assert info.skipped == (0,) and info.collected == (1, 2) and calls == [1, 2]
+  assert _fingerprints(tmp_path, [0]) == before      # the full chunk was kept as it was
+  grown = store.load_store(tmp_path)
+  assert grown.batch_size == 8
+  np.testing.assert_array_equal(grown.x_T[:3], first.x_T[:3])
+  again, calls = _sized(tmp_path, 8)
+  assert again.skipped == (0, 1, 2) and calls == []
+  with pytest.raises(store.ConfigMismatchError, match="never shrinks"):
+    _sized(tmp_path, 5)
+  assert store.load_store(tmp_path).batch_size == 8
+
+
+def test_a_config_mismatch_is_one_short_line_naming_the_setting(tmp_path):
+  _sized(tmp_path, 3, seed=1)
+  with pytest.raises(store.ConfigMismatchError) as info:
+    _sized(tmp_path, 3, seed=2)
+  message = str(info.value)
+  assert "\n" not in message and len(message) < 300, message
+  assert "user.seed=1 there, 2 here" in message
+  assert info.value.differences == [("user.seed", 1, 2)]
+  with pytest.raises(store.ConfigMismatchError, match="num_teacher_steps=20 there, 30 here"):
+    store.collect_to_directory(tmp_path, lambda i: ENV["DENOISE"], ENV["noises"], ENV["ALPHAS"],
+                               num_chunks=1, num_teacher_steps=30,
+                               config={"model_name": "mixture-4", "num_images": 3, "seed": 1})

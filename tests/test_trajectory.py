@@ -143,3 +143,25 @@ def test_bad_inputs_name_the_argument():
   with pytest.raises(ValueError, match="steps_per_chunk"):
     jax.jit(lambda x: oj.collect_trajectory(f, x, teacher, steps_per_chunk=5).model_outputs)(
         _noise(0, 2))
+
+
+def test_nan_in_x_T_is_refused_before_the_teacher_runs():
+  x_T = np.asarray(_noise(0, 3)).copy()
+  x_T[2, 0] = np.inf
+  with pytest.raises(ValueError, match="x_T: non-finite .*sample 2"):
+    oj.collect_trajectory(_model(), x_T, ALPHAS, 10)
+
+
+def test_a_digits_model_built_for_other_labels_fails_in_one_line_naming_denoise_fn():
+  model = oj.digits.load_digits_model()
+  f = model.denoiser(np.arange(4, dtype=np.int32))            # built for 4 labels
+  x_T = jax.random.normal(jax.random.key(0), (8, *model.sample_shape))  # called on 8 noises
+  with pytest.raises((ValueError, TypeError),
+                     match=r"^denoise_fn: failed on x_t of shape \(8, 1, 8, 8\)") as info:
+    oj.collect_trajectory(f, x_T, model.teacher(2))
+  assert "\n" not in str(info.value) and "this batch of 8 noises" in str(info.value)
+  assert info.value.__cause__ is not None                     # the model's own error, chained
+  # a model for another sample shape: the same one line
+  analytic = _model()
+  with pytest.raises((ValueError, TypeError), match="^denoise_fn: failed on x_t"):
+    oj.collect_trajectory(analytic, x_T, ALPHAS, 2)

@@ -369,3 +369,59 @@ def test_sample_checks_concrete_schedules_and_still_jits():
   eager = oj.sample(denoise, good, x_T)
   jitted = jax.jit(oj.sample)(denoise, good, x_T)  # traced leaves: shape checks only
   np.testing.assert_allclose(np.asarray(eager), np.asarray(jitted), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ schedules and their model
+
+def test_schedule_kind_reads_what_fitted_and_classical_schedules_record():
+  flow = oj.flow_teacher(20)
+  assert validation.schedule_kind(oj.baseline_schedule("dpm_solver_pp", ALPHAS, 4)) == "ddim"
+  assert validation.schedule_kind(oj.baseline_schedule("pndm", ALPHAS, 4)) == "ddim"
+  assert validation.schedule_kind(oj.baseline_schedule("unipc", flow, 4)) == "flow"
+  v = oj.ddim_teacher(ALPHAS, 20, prediction_type="v_prediction")
+  assert validation.schedule_kind(oj.baseline_schedule("ddim", v, 4, alphas_cumprod=ALPHAS)) \
+      == "ddim_v"
+  traj = oj.testing.random_trajectory(6, 3)
+  assert validation.schedule_kind(oj.fit_weights(traj, np.array([0, 3]))[0]) == "ddim"
+  assert validation.schedule_kind(_schedule(3, 0)) is None
+
+
+def test_flow_timesteps_reach_the_time_scale_and_vp_ones_stay_below_it():
+  flow_euler = oj.baseline_schedule("euler", oj.flow_teacher(20), 4)
+  assert float(np.max(flow_euler.timesteps)) == 1000.0
+  validation.check_schedule(flow_euler, num_train_timesteps=1000)          # kind from metadata
+  plain = oj.make_schedule(np.asarray(flow_euler.timesteps), np.asarray(flow_euler.weights))
+  validation.check_schedule(plain, num_train_timesteps=1000, kind="flow")
+  try:
+    validation.check_schedule(plain, num_train_timesteps=1000)
+  except ValueError as e:
+    assert "< 1000" in str(e)
+  else:
+    raise AssertionError("a VP schedule at t = 1000 of 1000 passed")
+
+
+def test_check_schedule_compatible_with_a_teacher_refuses_another_kind():
+  vp = oj.baseline_schedule("ddim", ALPHAS, 4)
+  x = np.zeros((2, 16), np.float32)
+  validation.check_schedule_compatible(vp, x, teacher=oj.ddim_teacher(ALPHAS, 4))
+  for teacher in (oj.flow_teacher(4), oj.ddim_teacher(ALPHAS, 4, prediction_type="sample")):
+    try:
+      validation.check_schedule_compatible(vp, x, teacher=teacher)
+    except ValueError as e:
+      assert f"used with a '{teacher.kind}' teacher" in str(e)
+    else:
+      raise AssertionError(teacher.kind)
+
+
+def test_traced_validity_flags_agree_with_the_eager_checks():
+  good = _schedule(3, 1)
+  assert bool(jax.jit(validation.schedule_is_valid)(good.timesteps, good.weights))
+  upper = np.asarray(good.weights).copy()
+  upper[0, 2] = 1.0
+  assert not bool(jax.jit(validation.schedule_is_valid)(good.timesteps, upper))
+  assert not bool(validation.schedule_is_valid(np.array([5000, 3, 1]), good.weights,
+                                               num_train_timesteps=1000))
+  assert bool(validation.schedule_is_valid(np.array([1000.0, 3, 1]), good.weights,
+                                           num_train_timesteps=1000, kind="flow"))
+  for path, ok in (([0, 3, 5], True), ([0, 5, 3], False), ([1, 3, 5], False), ([0, 3, 10], False)):
+    assert bool(jax.jit(validation.path_is_valid, static_argnums=1)(jnp.array(path), 10)) == ok

@@ -11,6 +11,7 @@ data.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from typing import IO, Iterator
@@ -61,6 +62,9 @@ def atomic_write(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[IO[
   directory, name = os.path.split(os.path.abspath(path))
   if not name:
     raise ValueError(f"path: expected a file path, got a directory {path!r}")
+  if not os.path.isdir(directory):  # name the user's path, not the hidden temporary file
+    raise FileNotFoundError(errno.ENOENT, f"No such directory {directory!r} to write into",
+                            path)
   tmp = os.path.join(directory, temp_name(name))
   f = open(tmp, "xb")  # pylint: disable=consider-using-with
   try:

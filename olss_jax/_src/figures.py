@@ -395,13 +395,27 @@ def image_grid_figure(rows: Mapping[str, object], *, max_columns: int = 8, value
   return _finish(fig, path, dpi)
 
 
+# What `save_image_grid` writes, by the file name's extension (none: PNG).
+IMAGE_FORMATS = {"": "png", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
+
+
+def image_format(path, name: str = "path") -> str:
+  """The image format of a file name (`IMAGE_FORMATS`); ValueError naming ``name`` otherwise."""
+  ext = os.path.splitext(os.fspath(path))[1].lower()
+  if ext not in IMAGE_FORMATS:
+    raise ValueError(f"{name}: expected a .png, .jpg or .jpeg file name, got "
+                     f"{os.fspath(path)!r}")
+  return IMAGE_FORMATS[ext]
+
+
 def save_image_grid(images, path, *, ncols: int = 8, scale: int | None = None, pad: int = 1,
                     value_range=None) -> np.ndarray:
-  """Writes a batch of samples as one PNG mosaic (pixels only, no axes).
+  """Writes a batch of samples as one PNG (or JPEG) mosaic (pixels only, no axes).
 
   Args:
     images: see `to_display_images`.
-    path: the PNG to write.
+    path: the image to write: PNG (``.png`` or no extension) or JPEG (``.jpg``, ``.jpeg``);
+      another extension is a ValueError.
     ncols: images per row.
     scale: nearest-neighbour upscaling (default: enough to make each image >= 64 px).
     pad: black pixels between images (before scaling).
@@ -412,6 +426,7 @@ def save_image_grid(images, path, *, ncols: int = 8, scale: int | None = None, p
   """
   if not isinstance(ncols, (int, np.integer)) or ncols < 1:
     raise ValueError(f"ncols: expected a positive int, got {ncols!r}")
+  fmt = image_format(path)
   tiles = to_display_images(images, value_range=value_range)
   n, h, w = tiles.shape[:3]
   ncols = min(ncols, n)
@@ -428,5 +443,10 @@ def save_image_grid(images, path, *, ncols: int = 8, scale: int | None = None, p
   if folder:
     os.makedirs(folder, exist_ok=True)
   plt = _plt()
-  plt.imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+  if fmt == "jpeg":  # no alpha channel in JPEG: 8-bit gray or RGB
+    pixels = np.clip(np.round(grid * 255.0), 0, 255).astype(np.uint8)
+    plt.imsave(path, np.stack([pixels] * 3, axis=-1) if pixels.ndim == 2 else pixels,
+               format="jpeg", pil_kwargs={"quality": 95})
+  else:
+    plt.imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")
   return grid

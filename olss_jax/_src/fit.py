@@ -43,6 +43,12 @@ def warn_if_deficient(deficient, where: str) -> None:
                   RuntimeWarning, stacklevel=3)
 
 
+def poison_unless(valid, *arrays):
+  """``arrays`` where ``valid`` (a traced bool), NaN everywhere otherwise (float64 scope)."""
+  with jax.enable_x64(True):
+    return tuple(jnp.where(valid, a, jnp.asarray(jnp.nan, a.dtype)) for a in arrays)
+
+
 def fit_weights(traj, path):
   """Fits OLSS weights on a path by least squares (paper Eq. 12), teacher-forced as the paper.
 
@@ -57,6 +63,12 @@ def fit_weights(traj, path):
 
   Pure JAX: ``jax.jit(fit_weights)`` and ``jax.vmap(fit_weights, in_axes=(None, 0))`` (a
   batch of paths) work, and the weights are differentiable in the model outputs.
+
+  Checked under jit: the trajectory's and the path's shapes and dtypes (raise at trace time).
+  The path's values (``path[0] == 0``, strictly increasing, below K) and the trajectory's
+  finiteness can only be seen at run time: a traced path that `validation.check_path` would
+  refuse gives NaN weights and NaN step errors (`validation.path_is_valid`), and NaN in the
+  trajectory gives NaN weights. Eagerly every one of these raises.
 
   Args:
     traj: the teacher `Trajectory` (B fitting noises, K steps), or its `TrajectoryStats`
@@ -76,6 +88,9 @@ def fit_weights(traj, path):
   path = validation.check_path(path, traj.num_teacher_steps)
   path = jnp.asarray(path, jnp.int32)
   weights, errors, deficient = regression.solve_path(traj, path)
+  if noise.is_traced(path):  # under jit a bad path cannot raise: it gives NaN weights
+    weights, errors = poison_unless(validation.path_is_valid(path, traj.num_teacher_steps),
+                                    weights, errors)
   if not noise.is_traced(weights):
     with jax.enable_x64(True):
       finite = bool(jnp.all(jnp.isfinite(weights)))

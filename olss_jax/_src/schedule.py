@@ -49,7 +49,10 @@ class Schedule:
       model output of step j. Entries for outputs not yet seen (j > i) are zero. The last
       row produces the final sample.
     metadata: static, untraced description (method, fitted-for model, guidance, ...). A plain
-      dict of JSON-serialisable values; see `Schedule.info`.
+      dict of JSON-serialisable values; the keys `sample` and
+      `validation.check_schedule_compatible` read are listed in `olss_jax.validation`
+      (``sample_shape``, ``model_name``, ``guidance_scale``, ``num_train_timesteps``, and the
+      teacher kind, `validation.schedule_kind`).
   """
 
   timesteps: jax.Array

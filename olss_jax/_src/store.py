@@ -171,10 +171,57 @@ def _locked(directory: str) -> Iterator[None]:
     os.close(fd)  # releases the lock
 
 
-def _config_mismatch(found: dict, wanted: dict) -> list[str]:
-  keys = sorted(set(found) | set(wanted))
-  return [f"{k}: directory has {found.get(k)!r}, this call asks for {wanted.get(k)!r}"
-          for k in keys if found.get(k) != wanted.get(k)]
+# The settings that size a collection rather than define its data (dotted config keys): a
+# store collected with fewer images grows when only these differ (`collect_to_directory`).
+SIZE_KEYS = ("num_chunks", "user.num_images", "user.schedule_metadata.num_fit_images")
+_MISSING = object()
+
+
+def _leaves(config, prefix: str = "") -> dict[str, Any]:
+  """A nested config as {dotted key: leaf value}."""
+  if isinstance(config, dict) and config:
+    out = {}
+    for k, v in config.items():
+      out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+  return {prefix: config}
+
+
+def config_differences(found: dict, wanted: dict) -> list[tuple[str, Any, Any]]:
+  """The leaves where two store configs differ: ``(dotted key, found, wanted)``.
+
+  Digests (keys ending in ``sha256``) come last: they differ whenever a setting they hash
+  does, which the other keys name better.
+  """
+  a, b = _leaves(found), _leaves(wanted)
+  keys = [k for k in sorted(set(a) | set(b)) if a.get(k, _MISSING) != b.get(k, _MISSING)]
+  keys.sort(key=lambda k: k.endswith("sha256"))
+  return [(k, a.get(k), b.get(k)) for k in keys]
+
+
+def _short(value) -> str:
+  text = repr(value)
+  return text if len(text) <= 40 else text[:37] + "..."
+
+
+class ConfigMismatchError(ValueError):
+  """A store collected with other settings than this call's (`collect_to_directory`).
+
+  Attributes:
+    directory: the store.
+    differences: ``[(dotted config key, the store's value, this call's value), ...]``; the
+      keys are the manifest's (``user.<key>`` for the caller's own ``config``).
+  """
+
+  def __init__(self, directory: str, differences: list[tuple[str, Any, Any]], why: str = ""):
+    self.directory = directory
+    self.differences = differences
+    shown = [f"{k}={_short(found)} there, {_short(wanted)} here"
+             for k, found, wanted in differences[:2]]
+    more = f" (+{len(differences) - 2} more)" if len(differences) > 2 else ""
+    super().__init__(f"directory: {directory!r} was collected with another configuration: "
+                     f"{'; '.join(shown)}{more}; {why or 'refusing to mix data'} (use the same "
+                     "settings, or a new directory)")
 
 
 def _check_chunk(directory: str, index: int, manifest: dict, config: dict, noises,
@@ -200,7 +247,10 @@ def _check_chunk(directory: str, index: int, manifest: dict, config: dict, noise
       raise _Mismatch(f"{path!r}: its teacher (timesteps, levels or kind) differs from this "
                       "call's")
     stored_noise = traj.x_T
-  if traj_meta.get("store_config") != config or traj_meta.get("chunk_index") != index:
+  found = traj_meta.get("store_config")
+  if not isinstance(found, dict) or any(k not in SIZE_KEYS for k, _, _ in
+                                        config_differences(found, config)) or (
+                                            traj_meta.get("chunk_index") != index):
     raise _Mismatch(f"{path!r}: was collected for another configuration or chunk index "
                     f"({traj_meta.get('chunk_index')!r}); refusing to mix data")
   if stored_noise is not None:
@@ -288,7 +338,11 @@ def collect_to_directory(directory: str | os.PathLike,
       `collect_trajectory`.
     config: a JSON-serialisable description of everything else that defines the data (model
       name, guidance scale, prompt file hash, seed, ...). Recorded; a later call with another
-      config raises instead of mixing data.
+      config raises `ConfigMismatchError` (one line naming the settings that differ) instead
+      of mixing data. A call that differs only in size (``num_chunks`` and a larger
+      ``config["num_images"]``, `SIZE_KEYS`) grows a finished store: its chunks are kept (a
+      partial last chunk is collected again in full) and the new ones collected; it never
+      shrinks.
     chunk_metadata: ``chunk_index -> dict`` stored in the chunk file (e.g. its prompts); see
       `read_metadata`.
     callback: progress hook called with a `StoreProgress` (skipped / step / done events).
@@ -299,7 +353,8 @@ def collect_to_directory(directory: str | os.PathLike,
     A `CollectInfo` (which chunks were collected, skipped, recovered).
 
   Raises:
-    ValueError: a config, shape or noise mismatch with the existing directory, a corrupt
+    ConfigMismatchError: (a ValueError) the directory was collected with other settings.
+    ValueError: a shape or noise mismatch with the existing directory, a corrupt
       manifest, or non-finite model outputs (naming the chunk, step and sample).
     RuntimeError: another process holds the directory's lock.
 
@@ -353,14 +408,32 @@ def collect_to_directory(directory: str | os.PathLike,
         raise ValueError(f"directory: {directory!r} is a version {manifest.get('version')} "
                          f"store; this olss_jax reads it (load_store) but collects only into "
                          f"version {STORE_VERSION} stores: use a new directory")
-      problems = _config_mismatch(manifest["config"], store_config)
-      if problems:
-        raise ValueError(f"directory: {directory!r} was collected with another configuration; "
-                         "refusing to mix data (use a new directory):\n  " + "\n  ".join(problems))
+      differences = config_differences(manifest["config"], store_config)
+      defining = [d for d in differences if d[0] not in SIZE_KEYS]
+      if defining:
+        raise ConfigMismatchError(directory, defining)
+      if differences and "user.num_images" not in [d[0] for d in differences]:
+        raise ConfigMismatchError(directory, differences, "a store grows only when its "
+                                  "config records the new num_images")
+      if differences:  # only the size: grow the store, never shrink it
+        old_chunks = int(manifest["config"]["num_chunks"])
+        if num_chunks < old_chunks:
+          raise ConfigMismatchError(
+              directory, differences, f"a store grows but never shrinks ({old_chunks} chunks "
+              f"there, {num_chunks} asked); load_store it and take the images you need")
+        manifest["config"] = store_config
+        _write_manifest(directory, manifest)
     for index in range(num_chunks):
       path = os.path.join(directory, chunk_file_name(index))
       x_T = noises_for_chunk(index)
       data = _check_noises(x_T, index, manifest["data"])
+      record = manifest["chunks"].get(str(index))
+      if record is not None and record["batch_size"] != int(x_T.shape[0]):
+        # The partial last chunk of a smaller collection this call grows: collect it in full.
+        if os.path.exists(path):
+          os.remove(path)
+        manifest["chunks"].pop(str(index))
+        _write_manifest(directory, manifest)
       if os.path.exists(path):
         try:
           digest = _check_chunk(directory, index, manifest, store_config, x_T, teacher, verify)

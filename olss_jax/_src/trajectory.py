@@ -163,11 +163,33 @@ def as_denoise_pytree(denoise_fn: DenoiseFn):
   return jax.tree_util.Partial(denoise_fn)
 
 
+_TRACING_ERRORS = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+                   jax.errors.TracerBoolConversionError, jax.errors.TracerIntegerConversionError,
+                   jax.errors.UnexpectedTracerError)
+
+
 def call_model(denoise_fn, x, t):
-  """``denoise_fn(x, t)``, checked to keep x's shape, in x's dtype."""
-  e = denoise_fn(x, t)
-  if e.shape != x.shape:
-    raise ValueError(f"denoise_fn: returned shape {e.shape}, expected the input's {x.shape}")
+  """``denoise_fn(x, t)``, checked to keep x's shape, in x's dtype.
+
+  An error raised inside the model (a `ValueError`, `TypeError` or `IndexError`, typically a
+  model built for another batch of conditions or another sample shape) is re-raised as one
+  line naming ``denoise_fn`` and the input it was called on, the original chained.
+  """
+  try:
+    e = denoise_fn(x, t)
+  except _TRACING_ERRORS:  # JAX's own messages about tracing say it best
+    raise
+  except (ValueError, TypeError, IndexError) as error:
+    first = " ".join(str(error).split()) or type(error).__name__
+    if len(first) > 300:
+      first = first[:297] + "..."
+    message = (f"denoise_fn: failed on x_t of shape {tuple(x.shape)} ({x.dtype}): "
+               f"{type(error).__name__}: {first} (is the model built for this batch of "
+               f"{x.shape[0] if x.ndim else '?'} noises, their conditions, and this sample shape?)")
+    raise (TypeError if isinstance(error, TypeError) else ValueError)(message) from error
+  if not hasattr(e, "shape") or e.shape != x.shape:
+    raise ValueError(f"denoise_fn: returned shape {getattr(e, 'shape', type(e).__name__)}, "
+                     f"expected the input's {x.shape}")
   return e.astype(x.dtype)
 
 
@@ -219,7 +241,7 @@ def collect_trajectory(denoise_fn: DenoiseFn, x_T: jax.Array, teacher,
   Args:
     denoise_fn: ``(x_t (B, ...), t scalar) -> e (B, ...)``, the model output. Pass a
       `jax.tree_util.Partial` so its parameters stay traced; plain callables are wrapped.
-    x_T: (B, ...) starting noises (float).
+    x_T: (B, ...) starting noises (float; finite, checked when concrete).
     teacher: a `Teacher`, or the model's (T,) training ``alphas_cumprod`` for the paper's
       DDIM teacher (`ddim_teacher` with the three options below).
     num_teacher_steps: K of the DDIM teacher (default 1000; static under jit).
@@ -246,6 +268,11 @@ def collect_trajectory(denoise_fn: DenoiseFn, x_T: jax.Array, teacher,
     raise ValueError(f"x_T: expected shape (B, ...) with B >= 1, got {x_T.shape}")
   if not jnp.issubdtype(x_T.dtype, jnp.floating):
     raise TypeError(f"x_T: expected a float dtype, got {x_T.dtype}")
+  if not noise.is_traced(x_T):  # on the host: also inside a caller's trace
+    finite = np.isfinite(np.asarray(x_T).reshape(x_T.shape[0], -1)).all(axis=1)
+    if not finite.all():
+      raise ValueError(f"x_T: non-finite value (NaN or infinity) in sample "
+                       f"{int(np.argmin(finite))}; the teacher would record NaN")
   mesh = sharding_lib.resolve_mesh(mesh, x_T.shape[0])
   x_T = sharding_lib.shard_batch(x_T, mesh)
   denoise_fn = as_denoise_pytree(denoise_fn)

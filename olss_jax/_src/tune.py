@@ -111,7 +111,8 @@ class TuneInfo(NamedTuple):
 
 def tune_path(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
               holdout=DEFAULT_HOLDOUT, max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
-              regularization="cv", alternatives=()):
+              regularization="cv", alternatives=(),
+              progress: Callable[[str], None] | None = None):
   """Moves a path's steps to lower the closed-loop sampler's *final* error (beyond the paper).
 
   Each candidate path is fitted closed loop (`closed_loop_fit`, n model calls) on the fit
@@ -131,6 +132,7 @@ def tune_path(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
     regularization: as in `closed_loop_fit`.
     alternatives: other (n,) starting paths; the walk starts from whichever of ``path`` and
       these scores lowest on the fit part (one evaluation each).
+    progress: optional ``callback(message)``, called after every candidate path fitted.
 
   Returns:
     ``(path (n,) int32, TuneInfo)``; ``TuneInfo.start_path`` is ``path``.
@@ -151,6 +153,10 @@ def tune_path(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
     key = tuple(int(v) for v in p)
     if key not in record:
       record[key] = errors(p)
+      if progress is not None:
+        most = max(max_evaluations, len(alternatives) + 1)
+        progress(f"tune path: {len(record)} of at most {most} candidates fitted "
+                 f"(fit error {record[key][0]:.3g})")
     return record[key][0]
 
   origin = start

@@ -4,7 +4,9 @@ Conventions (house style): bad input raises `TypeError` (wrong kind of object or
 `ValueError` (wrong shape or value), and the message names the argument, what was expected
 and what came. Suspicious but possible input (a schedule fitted for another model or
 guidance scale) warns with `ScheduleMismatchWarning`. Value checks are skipped for traced
-arrays (inside `jax.jit`), where only shapes are known.
+arrays (inside `jax.jit`), where only shapes are known: there the verbs use the traced
+counterparts (`schedule_is_valid`, `path_is_valid`) and return NaN for what they would have
+refused (each verb's docstring says what it checks under jit).
 """
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ _BLOCK_BYTES = 64 * 2**20
 
 class ScheduleMismatchWarning(UserWarning):
   """A schedule is used with another model or guidance scale than it was fitted for."""
+
+
+class FewFitNoisesWarning(UserWarning):
+  """A fit on fewer fitting noises than recommended (`recipe.RECOMMENDED_FIT_NOISES`)."""
 
 
 def _is_traced(x) -> bool:
@@ -210,12 +216,15 @@ def check_trajectory(traj, *, name: str = "traj", check_finite_values: bool = Tr
 
 
 def check_schedule(schedule, *, name: str = "schedule",
-                   num_train_timesteps: int | None = None) -> None:
+                   num_train_timesteps: int | None = None, kind: str | None = None) -> None:
   """Checks a `Schedule` (paper Eq. 12's weights): shapes, dtypes, structure, finiteness.
 
   timesteps (n,) integer or float (finite), n >= 1, each in [0, num_train_timesteps) (>= 0
-  if not given); weights (n, n + 1) float, finite, zero above the diagonal (row i uses x_T,
-  e_0..e_i only). Traced schedules (under jit) get the shape checks only.
+  if not given; a rectified flow, ``kind="flow"`` or a schedule whose metadata says so
+  (`schedule_kind`), calls its model at t = T s with s in [0, 1], so up to T inclusive);
+  weights (n, n + 1) float, finite, zero above the diagonal (row i uses x_T, e_0..e_i only).
+  Traced schedules (under jit) get the shape checks only (`schedule_is_valid` is the traced
+  counterpart that `sample` uses to return NaN instead).
   """
   if not isinstance(schedule, schedule_lib.Schedule):
     raise TypeError(f"{name}: expected an olss_jax Schedule, got {type(schedule).__name__}")
@@ -239,9 +248,11 @@ def check_schedule(schedule, *, name: str = "schedule",
                      f"minimum {ts.min()}")
   if num_train_timesteps is not None:
     t_max = _as_int(num_train_timesteps, "num_train_timesteps")
-    if np.any(ts >= t_max):
-      raise ValueError(f"{name}.timesteps: expected values < {t_max} (the model's training "
-                       f"timesteps), got maximum {ts.max()}")
+    flow = (kind or schedule_kind(schedule)) == "flow"
+    if np.any(ts > t_max) or (not flow and np.any(ts >= t_max)):
+      bound = f"<= {t_max} (the flow model's time scale)" if flow else (
+          f"< {t_max} (the model's training timesteps)")
+      raise ValueError(f"{name}.timesteps: expected values {bound}, got maximum {ts.max()}")
   idx = find_nonfinite(weights)
   if idx is not None:
     raise ValueError(f"{name}.weights: non-finite value at row {idx[0]}, column {idx[1]}")
@@ -251,14 +262,125 @@ def check_schedule(schedule, *, name: str = "schedule",
                      "x_T and e_0..e_i), got nonzero entries")
 
 
+def schedule_kind(schedule) -> str | None:
+  """The teacher kind (a `teacher.KINDS` key) a schedule was made for, from its metadata.
+
+  A fitted schedule records its teacher's kind (``metadata["teacher"]``), a baseline the
+  prediction type it was built for (diffusers' ``"prediction_type"``: ``"epsilon"``,
+  ``"v_prediction"``, ``"sample"``, ``"flow_prediction"``; PNDM and iPNDM are epsilon only).
+
+  Returns:
+    ``"ddim"``, ``"ddim_v"``, ``"ddim_x0"``, ``"flow"``, or None when the metadata does not say.
+  """
+  meta = schedule.metadata
+  kind = meta.get("teacher")
+  if isinstance(kind, str) and kind in teacher_lib.KINDS:
+    return kind
+  prediction = meta.get("prediction_type")
+  if prediction == teacher_lib.KINDS["flow"].prediction:
+    return "flow"
+  if isinstance(prediction, str) and prediction in teacher_lib.VP_PREDICTIONS:
+    return teacher_lib.VP_PREDICTIONS[prediction]
+  if meta.get("method") in ("pndm", "ipndm"):
+    return "ddim"
+  return None
+
+
+def _kind_text(kind: str) -> str:
+  spec = teacher_lib.KINDS[kind]
+  return f"{kind!r} teacher ({spec.process}, {spec.prediction})"
+
+
+def check_schedule_model(schedule, x_shape, *, teacher=None, name: str = "schedule") -> None:
+  """Checks that ``schedule`` can drive this model: what `sample` checks from the metadata.
+
+  Uses only static facts (the schedule's metadata, x_T's shape, the teacher's kind and
+  config), so it runs the same eagerly and at trace time under `jax.jit`. Errors
+  (`ValueError`) for what cannot work:
+
+  * samples of another rank, or another leading (channel) size, than the schedule's
+    ``metadata["sample_shape"]`` (a spatial size change alone is allowed: convolutional
+    models run at any resolution; `stable_diffusion.generate` warns about it);
+  * with ``teacher``: a schedule made for another teacher kind (`schedule_kind`: its weights
+    read the model outputs as that kind's epsilon, velocity, v or x_0), or for another
+    ``num_train_timesteps``.
+
+  Args:
+    schedule: the `Schedule`.
+    x_shape: the shape of x_T, (B, ...).
+    teacher: optional `Teacher` of the model (its kind and ``config["num_train_timesteps"]``).
+    name: the schedule's argument name in messages.
+  """
+  meta = schedule.metadata
+  shape = tuple(int(d) for d in x_shape[1:])
+  fitted = meta.get(META_SAMPLE_SHAPE)
+  if fitted is not None:
+    fitted = tuple(int(d) for d in fitted)
+    if len(fitted) != len(shape) or (fitted and fitted[0] != shape[0]):
+      raise ValueError(f"x_T: sample shape {shape} differs from the shape {fitted} {name} was "
+                       f"fitted for (metadata sample_shape: another rank or number of "
+                       f"channels); fit a schedule on this model")
+  if teacher is None:
+    return
+  if not isinstance(teacher, teacher_lib.Teacher):
+    raise TypeError(f"teacher: expected the model's olss_jax Teacher (e.g. "
+                    f"oj.ddim_teacher(alphas_cumprod) or oj.flow_teacher()), got "
+                    f"{type(teacher).__name__}")
+  kind = schedule_kind(schedule)
+  if kind is not None and kind != teacher.kind:
+    raise ValueError(f"{name}: made for a {_kind_text(kind)}, used with a "
+                     f"{_kind_text(teacher.kind)}; its weights read the model's outputs as "
+                     f"the other kind's, so the samples would be wrong: use "
+                     f"baseline_schedule(name, teacher, n) or a fit on this model")
+  t_model = teacher.config.get("num_train_timesteps")
+  t_fitted = meta.get(META_NUM_TRAIN_TIMESTEPS)
+  if t_model is not None and t_fitted is not None and int(t_model) != int(t_fitted):
+    raise ValueError(f"teacher: its model has num_train_timesteps={t_model}, but {name} was "
+                     f"made for {t_fitted}")
+
+
+def schedule_is_valid(timesteps, weights, *, num_train_timesteps: int | None = None,
+                      kind: str | None = None) -> jax.Array:
+  """A traced bool: what `check_schedule` checks of the values, for schedules under `jax.jit`.
+
+  Finite weights, zeros above the diagonal, finite timesteps >= 0 and, with
+  ``num_train_timesteps`` T, below T (up to T for ``kind="flow"``). `sample` replaces its
+  result by NaN where this is False (values cannot raise under jit).
+  """
+  timesteps = jnp.asarray(timesteps)
+  weights = jnp.asarray(weights)
+  n = timesteps.shape[0]
+  upper = jnp.asarray(~schedule_lib.lower_triangular_mask(n))
+  ok = jnp.all(jnp.isfinite(weights)) & jnp.all(jnp.where(upper, weights == 0, True))
+  ok &= jnp.all(timesteps >= 0)
+  if jnp.issubdtype(timesteps.dtype, jnp.floating):
+    ok &= jnp.all(jnp.isfinite(timesteps))
+  if num_train_timesteps is not None:
+    bound = timesteps <= num_train_timesteps if kind == "flow" else (
+        timesteps < num_train_timesteps)
+    ok &= jnp.all(bound)
+  return ok
+
+
+def path_is_valid(path, num_teacher_steps: int) -> jax.Array:
+  """A traced bool: what `check_path` checks of the values (``path[0] == 0``, strictly
+  increasing, every entry < K), for paths under `jax.jit`; the fits return NaN where False."""
+  path = jnp.asarray(path)
+  ok = (path[0] == 0) & (path[-1] < num_teacher_steps)
+  if path.shape[0] > 1:
+    ok &= jnp.all(path[1:] > path[:-1])
+  return ok
+
+
 def check_schedule_compatible(schedule, x_T, *, num_steps: int | None = None,
                               model_name: str | None = None, guidance_scale: float | None = None,
-                              num_train_timesteps: int | None = None) -> None:
+                              num_train_timesteps: int | None = None, teacher=None) -> None:
   """Checks that ``schedule`` can drive a sampler from ``x_T`` and was fitted for this use.
 
   Errors (`ValueError`) for the impossible: a malformed schedule, x_T without a batch axis,
   a sample shape other than ``schedule.metadata["sample_shape"]``, a step count other than
-  ``num_steps``, timesteps beyond ``num_train_timesteps``. Warnings
+  ``num_steps``, timesteps beyond ``num_train_timesteps``, a schedule of another teacher kind
+  than ``teacher``'s. Warnings
   (`ScheduleMismatchWarning`) for the suspicious: ``model_name`` or ``guidance_scale``
   differing from what the metadata records (keys ``"model_name"`` or ``"model"``,
   ``"guidance_scale"``) (schedules are specific to the model and guidance
@@ -270,9 +392,18 @@ def check_schedule_compatible(schedule, x_T, *, num_steps: int | None = None,
     num_steps: the expected n, if the caller has one.
     model_name: the model about to be sampled.
     guidance_scale: the classifier-free guidance scale about to be used.
-    num_train_timesteps: T of the model's noise schedule.
+    num_train_timesteps: T of the model's noise schedule (default: the teacher's).
+    teacher: the model's `Teacher`: a schedule of another kind (`schedule_kind`) is an error
+      (`check_schedule_model`).
   """
-  check_schedule(schedule, num_train_timesteps=num_train_timesteps)
+  if not isinstance(schedule, schedule_lib.Schedule):
+    raise TypeError(f"schedule: expected an olss_jax Schedule, got {type(schedule).__name__}")
+  if teacher is not None:
+    check_schedule_model(schedule, (1,) + tuple(np.shape(x_T))[1:], teacher=teacher)
+    if num_train_timesteps is None:
+      num_train_timesteps = teacher.config.get("num_train_timesteps")
+  check_schedule(schedule, num_train_timesteps=num_train_timesteps,
+                 kind=None if teacher is None else teacher.kind)
   x_shape = tuple(np.shape(x_T))
   if len(x_shape) < 1 or x_shape[0] < 1:
     raise ValueError(f"x_T: expected shape (B, ...) with B >= 1, got {x_shape}")

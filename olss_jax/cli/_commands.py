@@ -6,11 +6,18 @@ printing. Imports are inside the functions so that ``olss-jax --help`` stays fas
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 
 FIGURES = ("correlation", "paths", "errors", "weights", "grid")
+# Noises per chunk of 'olss-jax collect': an interrupted collection loses at most this many
+# noises' teacher runs (a chunk is the unit of resumption).
+DEFAULT_CHUNK_SIZE = 4
+# The baselines 'olss-jax compare' runs by default, per noise process of the model.
+DEFAULT_BASELINES = {"vp": ("ddim", "dpm_solver_pp", "unipc"),
+                     "flow": ("euler", "dpm_solver_pp", "unipc")}
 
 
 def is_stable_diffusion(spec: str) -> bool:
@@ -72,10 +79,10 @@ def demo(args) -> int:
 
 def collect(args) -> int:
   """The teacher into a resumable store (`collect_embedded_to_directory` / `collect_sd_to_directory`)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from olss_jax import stable_diffusion, store  # pylint: disable=import-outside-toplevel
   from olss_jax._src import progress  # pylint: disable=import-outside-toplevel
 
+  if args.chunk_size is None:  # resuming or growing a store: its own chunk size
+    args.chunk_size = _store_chunk_size(args.out_dir) or DEFAULT_CHUNK_SIZE
   for name, value in (("--num-images", args.num_images), ("--chunk-size", args.chunk_size),
                       ("--teacher-steps", args.teacher_steps)):
     if value < 1:
@@ -86,28 +93,93 @@ def collect(args) -> int:
   with progress.progress_bar(total, f"teacher ({args.teacher_steps} steps x {args.num_images} "
                              "noises)", enabled=not args.quiet, unit="step") as bar:
     callback = progress.store_callback(bar)
-    if is_stable_diffusion(args.model):
-      sd = load_sd(args.model)
-      info = stable_diffusion.collect_sd_to_directory(
-          args.out_dir, sd, read_prompts(args.prompts), key=jax.random.key(args.seed),
-          num_images=args.num_images, images_per_chunk=args.chunk_size,
-          num_teacher_steps=args.teacher_steps,
-          guidance_scale=7.0 if args.guidance_scale is None else args.guidance_scale,
-          height=args.height, width=args.width, steps_per_chunk=args.steps_per_chunk,
-          callback=callback)
-      name = sd.name
-    else:
-      info = store.collect_embedded_to_directory(
-          args.out_dir, args.model, num_images=args.num_images, images_per_chunk=args.chunk_size,
-          seed=args.seed, guidance_scale=args.guidance_scale,
-          num_teacher_steps=args.teacher_steps, steps_per_chunk=args.steps_per_chunk,
-          callback=callback)
-      name = store.model_record(args.out_dir)["model_name"]
+    with _naming_store_options(args.out_dir):
+      info, name = _collect(args, callback)
   print(f"{args.out_dir}: {num_chunks} chunks of {name} teacher trajectories "
         f"({args.num_images} noises x {args.teacher_steps} steps); collected "
         f"{len(info.collected) + len(info.recovered)}, already done {len(info.skipped)} "
         f"({time.perf_counter() - t0:.1f} s)")
   return 0
+
+
+# The store's config keys (`store.config_differences`) and the option of 'olss-jax collect'
+# that sets each, to name the option when a store was collected with other settings.
+_STORE_OPTIONS = (("num_teacher_steps", "--teacher-steps"), ("teacher.", "--teacher-steps"),
+                  ("user.images_per_chunk", "--chunk-size"), ("user.seed", "--seed"),
+                  ("user.latent_key", "--seed"), ("user.model.guidance_scale", "--guidance-scale"),
+                  ("user.model.", "--model"), ("user.schedule_metadata.guidance_scale",
+                                               "--guidance-scale"),
+                  ("user.schedule_metadata.prompts_sha256", "--prompts"),
+                  ("user.schedule_metadata.negative_prompts", "--prompts"),
+                  ("user.schedule_metadata.num_prompts", "--prompts"),
+                  ("user.schedule_metadata.resolution", "--height/--width"),
+                  ("user.schedule_metadata.latent_shape", "--height/--width"),
+                  ("user.schedule_metadata.", "--model"), ("num_chunks", "--num-images"),
+                  ("user.num_images", "--num-images"))
+
+
+def _store_option(key: str) -> str | None:
+  for prefix, option in _STORE_OPTIONS:
+    if key == prefix or (prefix.endswith(".") and key.startswith(prefix)):
+      return option
+  return None
+
+
+@contextlib.contextmanager
+def _naming_store_options(directory: str):
+  """Turns a store's `ConfigMismatchError` into one line naming the option that differs."""
+  from olss_jax._src import store as store_lib  # pylint: disable=import-outside-toplevel
+  try:
+    yield
+  except store_lib.ConfigMismatchError as error:
+    for key, found, wanted in error.differences:
+      option = _store_option(key)
+      if option is None:
+        continue
+      grow = "a store grows but never shrinks; " if option == "--num-images" else ""
+      raise ValueError(f"{option}: {directory!r} was collected with another configuration "
+                       f"({key} = {_short(found)} there, {_short(wanted)} here); {grow}use the "
+                       f"same {option} to resume it, or a new directory") from None
+    raise
+
+
+def _short(value) -> str:
+  text = repr(value)
+  return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _store_chunk_size(directory: str) -> int | None:
+  """The ``--chunk-size`` an existing store was collected with (None: no store there)."""
+  from olss_jax import store  # pylint: disable=import-outside-toplevel
+  if not os.path.isfile(os.path.join(directory, "manifest.json")):
+    return None
+  try:
+    size = (store.read_manifest(directory)["config"].get("user") or {}).get("images_per_chunk")
+  except ValueError:
+    return None
+  return size if isinstance(size, int) and size >= 1 else None
+
+
+def _collect(args, callback):
+  """Runs the collection of ``collect``: (CollectInfo, the model's name)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from olss_jax import stable_diffusion, store  # pylint: disable=import-outside-toplevel
+  if is_stable_diffusion(args.model):
+    sd = load_sd(args.model)
+    info = stable_diffusion.collect_sd_to_directory(
+        args.out_dir, sd, read_prompts(args.prompts), key=jax.random.key(args.seed),
+        num_images=args.num_images, images_per_chunk=args.chunk_size,
+        num_teacher_steps=args.teacher_steps,
+        guidance_scale=7.0 if args.guidance_scale is None else args.guidance_scale,
+        height=args.height, width=args.width, steps_per_chunk=args.steps_per_chunk,
+        callback=callback)
+    return info, sd.name
+  info = store.collect_embedded_to_directory(
+      args.out_dir, args.model, num_images=args.num_images, images_per_chunk=args.chunk_size,
+      seed=args.seed, guidance_scale=args.guidance_scale,
+      num_teacher_steps=args.teacher_steps, steps_per_chunk=args.steps_per_chunk,
+      callback=callback)
+  return info, store.model_record(args.out_dir)["model_name"]
 
 
 def _load_teacher(path: str):
@@ -147,12 +219,12 @@ def fit(args) -> int:
   if needs_model:
     sd = load_sd(args.model) if is_stable_diffusion(args.model) else None
     denoise = store.store_denoiser(args.trajectories, sd=sd)
-  with progress.progress_bar(1, f"fit {method}, {args.steps} steps", enabled=not args.quiet,
-                             unit="fit") as bar:
+  # The bar advances at each stage and at every candidate path olss-ft fits (total unknown).
+  with progress.progress_bar(None, f"fit {method}, {args.steps} steps", enabled=not args.quiet,
+                             unit="stage") as bar:
     t0 = time.perf_counter()
     schedule = oj.fit_olss(traj, args.steps, denoise_fn=denoise, method=method,
-                           refine=args.refine)
-    bar.update(1)
+                           refine=args.refine, progress=progress_messages(bar))
     seconds = time.perf_counter() - t0
   schedule = schedule.with_metadata(**meta)
   oj.save_schedule(args.output, schedule)
@@ -172,7 +244,7 @@ def fit(args) -> int:
 
 
 def sample(args) -> int:
-  """A schedule + a model -> a PNG grid of samples."""
+  """A schedule + a model -> a PNG (or JPEG) grid of samples."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -180,6 +252,8 @@ def sample(args) -> int:
 
   if args.num_images < 1:
     raise ValueError(f"--num-images: expected a positive integer, got {args.num_images}")
+  from olss_jax._src import figures as figures_lib  # pylint: disable=import-outside-toplevel
+  figures_lib.image_format(args.output, "-o")  # .png or .jpg/.jpeg, before any work
   schedule = oj.load_schedule(args.schedule)
   key = jax.random.key(args.seed)
   if is_stable_diffusion(args.model):
@@ -200,10 +274,12 @@ def sample(args) -> int:
     else:
       conditions = model.draw_conditions(args.seed, args.num_images)
     x_T = jax.random.normal(key, (args.num_images,) + tuple(model.sample_shape), jnp.float32)
+    teacher = model.make_teacher(2)  # its kind and time scale (VP table or rectified flow)
     oj.validation.check_schedule_compatible(
         schedule, x_T, model_name=model.name, guidance_scale=model.guidance_scale,
-        num_train_timesteps=int(np.shape(model.alphas_cumprod)[0]))
-    images = np.asarray(jax.jit(oj.sample)(model.denoiser(conditions), schedule, x_T))
+        teacher=teacher)
+    images = np.asarray(jax.jit(oj.sample)(model.denoiser(conditions), schedule, x_T,
+                                           teacher=teacher))
   oj.figures.save_image_grid(images, args.output, ncols=args.columns)
   print(f"{args.output}: {args.num_images} samples, {schedule.num_steps} steps "
         f"({schedule.metadata.get('method', '?')})")
@@ -220,27 +296,34 @@ def _labels(text: str) -> list[int]:
 def compare(args) -> int:
   """A schedule against the chosen baselines on held-out noises (`olss_jax.compare`)."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
   import olss_jax as oj  # pylint: disable=import-outside-toplevel
   from olss_jax._src import progress  # pylint: disable=import-outside-toplevel
 
   if is_stable_diffusion(args.model):
     raise ValueError("--model: compare runs on the embedded models (default, digits, analytic); "
                      "for Stable Diffusion use the stable_diffusion notebook")
-  names = [n.strip() for n in args.baselines.split(",") if n.strip()] if args.baselines else []
-  unknown = [n for n in names if n not in oj.baselines.BASELINES]
+  names = ([n.strip() for n in args.baselines.split(",") if n.strip()]
+           if args.baselines is not None else None)
+  unknown = [n for n in names or () if n not in oj.baselines.BASELINES]
   if unknown:
     raise ValueError(f"--baselines: unknown {unknown}; expected names from "
                      f"{sorted(oj.baselines.BASELINES)}")
   schedule = oj.load_schedule(args.schedule)
   model = oj.compare.embedded_model(args.model, guidance_scale=args.guidance_scale)
+  teacher = model.make_teacher(2)
+  offered = oj.baselines.baseline_names(teacher.kind)
+  if names is None:
+    names = list(DEFAULT_BASELINES[teacher.parametrisation.process])
+  unavailable = [n for n in names if n not in offered]
+  if unavailable:
+    raise ValueError(f"--baselines: {unavailable} not available for the {teacher.kind!r} "
+                     f"model {model.name!r}; expected names from {list(offered)}")
   oj.validation.check_schedule_compatible(
       schedule, jnp.zeros((1,) + tuple(model.sample_shape)), model_name=model.name,
-      guidance_scale=model.guidance_scale,
-      num_train_timesteps=int(np.shape(model.alphas_cumprod)[0]))
+      guidance_scale=model.guidance_scale, teacher=teacher)
   label = f"{os.path.basename(args.schedule)} ({schedule.metadata.get('method', '?')})"
   methods = {label: lambda ctx, n: schedule}
-  available = oj.compare.default_methods(baselines=names)
+  available = oj.compare.default_methods(baselines=names, kind=teacher.kind)
   refit = [args.refit] if args.refit else []
   methods.update({name: fn for name, fn in available.items() if name in names + refit})
   with progress.progress_bar(2 + len(methods), "compare", enabled=not args.quiet,
