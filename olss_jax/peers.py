@@ -5,13 +5,22 @@ programming on a one-step cost matrix from the teacher's warm-up trajectories.
 `tuned_schedule`: a classical solver's timesteps tuned by `coordinate_search` for its final
 error on the fitting noises. `ld3_schedule`: LD3 (Tong et al., ICLR 2025), DPM-Solver++'s
 continuous timesteps (and decoupled model-input times) learned by backpropagation through the
-solver with the soft-teacher loss (optax). Align Your Steps' published schedules are baselines
-(`olss_jax.baselines.ays_timesteps`, ``baseline_schedule("ays_dpm_solver_pp", ...)``).
+solver with the soft-teacher loss (optax). `bns_schedule`: BNS (Shaul et al., ICML 2024),
+every coefficient of a non-stationary solver and its times trained on the final error (PSNR
+loss), from Euler or midpoint. `ds_solver_schedule`: DS-Solver (arXiv 2505.21114) for flow
+models, softmax time increments and constrained coefficients over all previous velocities.
+Both run on the engine of ``fit_olss(..., method="olss-e2e")`` (`olss_jax._src.learned`).
+Align Your Steps' published schedules are baselines (`olss_jax.baselines.ays_timesteps`,
+``baseline_schedule("ays_dpm_solver_pp", ...)``).
 """
+from olss_jax._src.learned import LearnInfo
+from olss_jax._src.peers.bns import bns_init, bns_schedule
+from olss_jax._src.peers.ds_solver import ds_solver_schedule
 from olss_jax._src.peers.gits import GitsInfo, gits_path, polynomial_grid
 from olss_jax._src.peers.ld3 import Ld3Info, dpm_solver_pp_2m, ld3_schedule
 from olss_jax._src.peers.tuned import gits_schedule, nearest_path, tuned_schedule
 from olss_jax._src.tune import SearchResult, coordinate_search
 
-__all__ = ["GitsInfo", "Ld3Info", "SearchResult", "dpm_solver_pp_2m", "ld3_schedule", "coordinate_search", "gits_path", "gits_schedule",
-           "nearest_path", "polynomial_grid", "tuned_schedule"]
+__all__ = ["GitsInfo", "LearnInfo", "Ld3Info", "SearchResult", "bns_init", "bns_schedule",
+           "ds_solver_schedule", "dpm_solver_pp_2m", "ld3_schedule", "coordinate_search",
+           "gits_path", "gits_schedule", "nearest_path", "polynomial_grid", "tuned_schedule"]

@@ -1,4 +1,6 @@
 """olss_jax._src.recipe: `fit_olss`, the one recipe, and the one method vocabulary."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -29,7 +31,8 @@ def test_default_is_the_paper_without_a_model_and_the_tuned_closed_loop_with_one
   assert capped.metadata["tune_evaluations"] <= 2
 
 
-@pytest.mark.parametrize("method", oj.METHODS)
+# olss-e2e learns float times and records its own facts: tests/test_learned.py
+@pytest.mark.parametrize("method", [m for m in oj.METHODS if m != "olss-e2e"])
 def test_every_method_records_how_it_was_made(method):
   den, traj = testing.mixture_problem()
   sched = oj.fit_olss(traj, 3, denoise_fn=den, method=method)
@@ -66,13 +69,14 @@ def test_refine_option_and_legacy_spellings():
 
 
 def test_one_vocabulary_for_api_cli_and_comparison():
-  assert oj.METHODS == ("olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft")
+  assert oj.METHODS == ("olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft", "olss-e2e")
   assert cli_main._METHODS == oj.METHODS  # pylint: disable=protected-access
   assert cli_main._EMBEDDED == oj.compare.EMBEDDED_MODELS  # pylint: disable=protected-access
   methods = oj.compare.default_methods(baselines=["ddim"], peers=False)
   assert list(methods) == ["ddim", *oj.METHODS]
   with_peers = oj.compare.default_methods(baselines=["ddim"])
-  assert list(with_peers) == ["ddim", *oj.compare.PEERS, *oj.METHODS]
+  vp_peers = [p for p in oj.compare.PEERS if p != "ds-solver"]     # DS-Solver: flow only
+  assert list(with_peers) == ["ddim", *vp_peers, *oj.METHODS]
   flow = oj.compare.default_methods(kind="flow")
   assert "gits-ipndm" not in flow and "ipndm" not in flow and "tuned-unipc" in flow
 
@@ -91,3 +95,43 @@ def test_bad_arguments_are_named():
     oj.fit_olss(traj, 0)
   with pytest.raises(TypeError, match="traj"):
     oj.fit_olss(np.zeros(3), 3)
+
+
+def test_too_few_fitting_noises_are_refused_with_the_minimum_and_few_warn():
+  den, traj = testing.mixture_problem()
+  for b in (1, 2, 3):
+    with pytest.raises(ValueError, match=r"olss-ft.*at least 4 fitting noises.*got " + str(b)):
+      oj.fit_olss(traj.take(np.arange(b)), 3, denoise_fn=den)
+  with pytest.raises(ValueError, match=r"'olss-cl' needs at least 2 fitting noises.*got 1"):
+    oj.fit_olss(traj.take(np.arange(1)), 3, denoise_fn=den, method="olss-cl")
+  # one noise of 8 elements cannot determine the 10 weights of a 9-step schedule's last row
+  with pytest.raises(ValueError, match="equations"):
+    oj.fit_olss(traj.take(np.arange(1)), 9, method="olss-p")
+  with pytest.warns(oj.validation.FewFitNoisesWarning, match="4 fitting noises"):
+    sched = oj.fit_olss(traj.take(np.arange(4)), 3, denoise_fn=den, max_evaluations=3)
+  assert sched.metadata["num_fit_images"] == 4 and sched.metadata["method"] == "olss-ft"
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", oj.validation.FewFitNoisesWarning)
+    oj.fit_olss(traj.take(np.arange(recipe.RECOMMENDED_FIT_NOISES)), 3)
+
+
+def test_progress_reports_every_stage_and_candidate():
+  den, traj = testing.mixture_problem()
+  messages = []
+  sched = oj.fit_olss(traj, 3, denoise_fn=den, max_evaluations=5, progress=messages.append)
+  assert messages[0].startswith("search path")
+  tuned = [m for m in messages if m.startswith("tune path")]
+  assert len(tuned) == sched.metadata["tune_evaluations"] >= 2
+  assert messages[-1].startswith("fit weights")
+  paper = []
+  oj.fit_olss(traj, 3, progress=paper.append)
+  assert [m.split(":")[0] for m in paper] == ["search path", "fit weights"]
+
+
+def test_a_model_for_other_samples_fails_in_one_line_naming_denoise_fn():
+  _, traj = testing.mixture_problem()                           # samples of shape (8,)
+  digits = oj.digits.load_digits_model().denoiser(np.zeros(16, np.int32))  # (1, 8, 8) images
+  with pytest.raises((ValueError, TypeError), match=r"^denoise_fn: failed on x_t of shape "
+                     r"\(16, 8\)") as info:
+    oj.fit_olss(traj, 3, denoise_fn=digits)
+  assert "\n" not in str(info.value)

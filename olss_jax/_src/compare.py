@@ -22,6 +22,8 @@ from olss_jax._src import schedule as schedule_lib
 from olss_jax._src import teacher as teacher_lib
 from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src.baselines import registry
+from olss_jax._src.peers import bns as bns_lib
+from olss_jax._src.peers import ds_solver as ds_solver_lib
 from olss_jax._src.peers import ld3 as ld3_lib
 from olss_jax._src.peers import tuned as tuned_lib
 
@@ -113,6 +115,10 @@ PEERS: dict[str, tuple[str, str]] = {
     "tuned-dpm_solver_pp": ("dpm_solver_pp", "tuned"),
     "tuned-unipc": ("unipc", "tuned"),
     "ld3-dpm_solver_pp": ("dpm_solver_pp", "ld3"),
+    # every weight and the times trained on the final error (`peers.bns`, `peers.ds_solver`;
+    # their starting solver is Euler); DS-Solver is for flow models only
+    "bns": ("euler", "bns"),
+    "ds-solver": ("euler", "ds-solver"),
 }
 
 
@@ -124,6 +130,11 @@ def _peer(name: str, max_evaluations: int) -> MethodFn:
       return baseline_for(ctx.model, ctx.traj, solver, timesteps=timesteps)
     if how == "gits":
       sched = tuned_lib.gits_schedule(ctx.traj, n, build)
+    elif how == "bns":
+      sched, _ = bns_lib.bns_schedule(ctx.traj, n, ctx.denoise_fn,
+                                      alphas_cumprod=ctx.model.alphas_cumprod)
+    elif how == "ds-solver":
+      sched, _ = ds_solver_lib.ds_solver_schedule(ctx.traj, n, ctx.denoise_fn)
     elif how == "ld3":
       sched, _ = ld3_lib.ld3_schedule(ctx.traj, n, ctx.denoise_fn,
                                       alphas_cumprod=ctx.model.alphas_cumprod)
@@ -162,7 +173,8 @@ def default_methods(*, baselines: Sequence[str] | None = None, closed_loop: bool
   names = list(offered) if baselines is None else list(baselines)
   methods: dict[str, MethodFn] = {name: _baseline(name) for name in names}
   if peers is True:
-    peer_names = [p for p, (solver, _) in PEERS.items() if solver in offered]
+    peer_names = [p for p, (solver, how) in PEERS.items()
+                  if solver in offered and (how != "ds-solver" or kind == "flow")]
   else:
     peer_names = list(peers or ())
   for name in peer_names:

@@ -13,6 +13,9 @@ method          path                                                   weights
 ``olss-ft``     ``olss-cl``'s path (or the uniform one, if its final   closed-loop Eq. 12
                 error is lower) tuned for the final error
                 (`tune.tune_path`, validated on held-out fitting noises)
+``olss-e2e``    continuous times trained with the weights on the       all of Eq. 12's span,
+                final error (`learned.fit_e2e`), from the better of    end to end
+                ``olss-p-cl`` / ``olss-cl`` on held-out fitting noises
 ==============  =====================================================  ==================
 
 The paper's methods need only the trajectory (or its statistics); the closed-loop ones call
@@ -23,26 +26,37 @@ evaluated, validated on a held-out quarter of the fitting noises; README, "Resul
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
 from olss_jax._src import closed_loop
 from olss_jax._src import fit
+from olss_jax._src import learned
 from olss_jax._src import refine as refine_lib
 from olss_jax._src import regression
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src import search
 from olss_jax._src import tune
+from olss_jax._src import validation
 
-METHODS = ("olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft")
+METHODS = ("olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft", "olss-e2e")
 PAPER_METHODS = ("olss-p", "olss")
-MODEL_METHODS = ("olss-p-cl", "olss-cl", "olss-ft")
+MODEL_METHODS = ("olss-p-cl", "olss-cl", "olss-ft", "olss-e2e")
 TUNED_METHODS = ("olss-ft",)                 # take ``max_evaluations``
 DEFAULT_MAX_EVALUATIONS = tune.DEFAULT_MAX_EVALUATIONS
 DEFAULT_PAPER_METHOD = "olss"
 DEFAULT_MODEL_METHOD = "olss-ft"
+# The fewest fitting noises each method can use: the closed-loop ridge picks its strength by
+# cross-validation over the noises (two at least), and olss-ft also holds a quarter of them
+# out to validate its path (one held out, three to fit: a 3-fold cross-validation).
+MIN_FIT_NOISES = {"olss-p": 1, "olss": 1, "olss-p-cl": 2, "olss-cl": 2, "olss-ft": 4,
+                  "olss-e2e": 4}
+# Below this a fit warns (README, "Beyond the paper": 8 noises come close to the paper's 32).
+RECOMMENDED_FIT_NOISES = 8
+
+
 # The spellings of olss_jax 0.1 (method="paper" / "closed_loop", uniform=True).
 _LEGACY = {("paper", False): "olss", ("paper", True): "olss-p",
            ("closed_loop", False): "olss-cl", ("closed_loop", True): "olss-p-cl"}
@@ -60,6 +74,28 @@ def resolve_method(method: str | None, *, has_model: bool) -> str:
   return method
 
 
+def check_fit_noises(traj, num_steps: int, method: str) -> None:
+  """Refuses too few fitting noises for ``method`` (one line, with the minimum); warns below
+  `RECOMMENDED_FIT_NOISES`."""
+  b = int(traj.batch_size)
+  minimum = MIN_FIT_NOISES.get(method, 1)
+  if b < minimum:
+    why = ("its path is validated on a held-out quarter of them and each row's ridge is "
+           "cross-validated over the rest" if method == "olss-ft" else
+           "each row's ridge is cross-validated over them")
+    raise ValueError(f"traj: method={method!r} needs at least {minimum} fitting noises ({why}), "
+                     f"got {b}; collect more (the paper fits on 32) or use method='olss'")
+  elements = b * int(np.prod(traj.sample_shape))
+  if elements < num_steps + 1:
+    raise ValueError(f"traj: {b} fitting noise(s) of {elements // b} elements give {elements} "
+                     f"equations, fewer than the {num_steps + 1} weights of the last step; "
+                     "collect more noises or fit fewer steps")
+  if b < RECOMMENDED_FIT_NOISES:
+    warnings.warn(f"fit_olss: {b} fitting noises; at least {RECOMMENDED_FIT_NOISES} are "
+                  "recommended (the paper fits on 32), fewer overfit them",
+                  validation.FewFitNoisesWarning, stacklevel=3)
+
+
 def _concrete_list(x) -> list:
   return np.asarray(jax.device_get(x)).tolist()
 
@@ -67,7 +103,8 @@ def _concrete_list(x) -> list:
 def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None,
              refine: bool = False, refine_kwargs: dict[str, Any] | None = None,
              uniform: bool | None = None,
-             max_evaluations: int = DEFAULT_MAX_EVALUATIONS) -> schedule_lib.Schedule:
+             max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
+             progress: Callable[[str], None] | None = None) -> schedule_lib.Schedule:
   """Searches a path and fits its weights in one call: the library's front door to OLSS.
 
   Runs the method's path choice (`search_path`, Algorithms 1-3; `closed_loop_search`; or the
@@ -89,11 +126,19 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
     uniform: deprecated (0.1): with ``"paper"`` / ``"closed_loop"``, the uniform-path variant.
     max_evaluations: ``"olss-ft"``: the most candidate paths its search fits (n model calls on
       the B fitting noises each; `tune.tune_path`).
+    progress: optional ``callback(message)`` called at each stage (path search, every
+      candidate path ``"olss-ft"`` fits, the weights' fit, refinement): the default fit runs
+      for seconds to minutes.
 
   Returns:
     A `Schedule` ((n,) timesteps, (n, n + 1) weights) whose metadata records ``method``,
     ``fit`` ("teacher_forced", "closed_loop" or "refined"), ``path``, ``step_errors`` and the
     search's facts.
+
+  Raises:
+    ValueError: fewer fitting noises than the method needs (`MIN_FIT_NOISES`; below
+      `RECOMMENDED_FIT_NOISES` a `validation.FewFitNoisesWarning`), or the errors of the
+      verbs it calls.
   """
   has_model = denoise_fn is not None
   if method in ("paper", "closed_loop"):
@@ -108,28 +153,38 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
   if refine and not has_model:
     raise ValueError("denoise_fn: required for refine=True (it trains through the sampler)")
   regression.check_data(traj)
+  check_fit_noises(traj, num_steps, method)
+  say = progress or (lambda message: None)
+  if method == "olss-e2e":   # weights and times trained end to end (`learned.fit_e2e`)
+    if refine:
+      raise ValueError("refine: method='olss-e2e' already trains its weights end to end")
+    say("olss-e2e: closed-loop least-squares starts, then end-to-end training")
+    return learned.fit_e2e(traj, num_steps, denoise_fn)
   meta: dict[str, Any] = {}
   if method in ("olss-p", "olss-p-cl"):
     path = search.uniform_path(traj, num_steps)
     meta["path_search"] = "uniform"
   elif method == "olss":
+    say(f"search path: Algorithms 1-3, {num_steps} of {traj.num_teacher_steps} teacher steps")
     path, info = search.search_path(traj, num_steps)
     meta.update(path_search="teacher_forced", search_max_error=float(info.max_error),
                 search_chose_uniform=bool(info.chose_uniform))
   else:
+    say(f"search path: closed loop, {num_steps} of {traj.num_teacher_steps} teacher steps")
     path, info = closed_loop.closed_loop_search(traj, num_steps, denoise_fn)
     meta.update(path_search="closed_loop", search_max_error=float(info.max_error),
                 search_source=info.source_name, search_model_calls=int(info.num_model_calls))
-    if method == "olss-ft" and traj.batch_size < 2:
-      meta.update(path_search="closed_loop", tune_skipped="one fitting noise: none to validate on")
-    elif method == "olss-ft":
+    if method == "olss-ft":
       path, tinfo = tune.tune_path(traj, path, denoise_fn, max_evaluations=max_evaluations,
-                                   alternatives=[search.uniform_path(traj, num_steps)])
+                                   alternatives=[search.uniform_path(traj, num_steps)],
+                                   progress=progress)
       meta.update(path_search="closed_loop+final_error", tune_start_path=_concrete_list(
           tinfo.start_path), tune_kept_start=tinfo.kept_start,
           tune_evaluations=tinfo.num_evaluations,
           tune_holdout_error=_concrete_list(tinfo.holdout_error))
       meta["search_model_calls"] += tinfo.num_model_calls
+  say("fit weights: " + ("teacher-forced least squares" if method in PAPER_METHODS
+                          else "closed-loop least squares"))
   if method in PAPER_METHODS:
     sched, fit_info = fit.fit_weights(traj, path)
   else:
@@ -141,6 +196,7 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
               rank_deficient=bool(np.any(jax.device_get(fit_info.rank_deficient))))
   sched = sched.with_metadata(**meta)
   if refine:
+    say("refine weights end to end")
     sched, _ = refine_lib.refine(denoise_fn, traj, sched, **(refine_kwargs or {}))
     sched = sched.with_metadata(method=method + "+refine")
   return sched
