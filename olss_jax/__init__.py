@@ -4,7 +4,8 @@ The verbs of the paper, each a JAX function (``jax.jit`` / ``vmap`` / ``grad`` c
 them): `collect_trajectory` (the teacher), `trajectory_stats` (its compressed statistics),
 `search_path` (Algorithms 1-3), `fit_weights` (Eq. 12 by least squares) and `sample` (the
 n-step sampler); beyond the paper, `closed_loop_search` / `closed_loop_fit` (the same on the
-sampler's own states), `tune_path` (the path moved to lower the final error) and `refine`; `fit_olss` is the one recipe that chooses among them.
+sampler's own states), `tune_path` (the path moved to lower the final error), `refine` and
+`learn_schedule` (weights and continuous times trained on the final error); `fit_olss` is the one recipe that chooses among them.
 
 Sub-namespaces: `olss_jax.baselines` (every classical scheduler as a `Schedule`),
 `olss_jax.stable_diffusion`, `olss_jax.digits` (the shipped model), `olss_jax.analytic`
@@ -18,6 +19,7 @@ from olss_jax._src.teacher import Teacher, ddim_teacher, flow_teacher, karras_te
 from olss_jax._src.trajectory import Trajectory, collect_trajectory
 from olss_jax._src.stats import TrajectoryStats, trajectory_stats
 from olss_jax._src.sampler import sample, sample_states
+from olss_jax._src.sharding import to_numpy
 from olss_jax._src.search import SearchInfo, path_errors, search_path, uniform_path
 from olss_jax._src.fit import FitInfo, fit_weights
 from olss_jax._src.closed_loop import (
@@ -27,6 +29,7 @@ from olss_jax._src.closed_loop import (
     closed_loop_search,
 )
 from olss_jax._src.refine import RefineInfo, refine
+from olss_jax._src.learned import LearnInfo, learn_schedule
 from olss_jax._src.tune import TuneInfo, tune_path
 from olss_jax._src.recipe import METHODS, fit_olss
 from olss_jax._src.io import (
@@ -59,9 +62,11 @@ __all__ = [
     "fit_weights",
     "sample",
     "sample_states",
+    "to_numpy",
     "closed_loop_search",
     "closed_loop_fit",
     "refine",
+    "learn_schedule",
     "tune_path",
     "fit_olss",
     "METHODS",
@@ -81,6 +86,7 @@ __all__ = [
     "ClosedLoopSearchInfo",
     "ClosedLoopFitInfo",
     "RefineInfo",
+    "LearnInfo",
     "TuneInfo",
     # files
     "save_schedule",

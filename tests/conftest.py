@@ -8,7 +8,7 @@ the workers in collection order; a long file collected last leaves one worker id
 # The files whose tests take the longest in total (measured with --durations), longest first.
 LONGEST_FIRST = ("test_compare.py", "test_notebooks.py", "test_cli.py",
                  "test_stable_diffusion.py", "test_closed_loop.py", "test_stats.py",
-                 "test_tune.py", "test_ld3.py", "test_digits.py")
+                 "test_tune.py", "test_ld3.py", "test_digits.py", "test_multihost.py")
 
 
 def pytest_collection_modifyitems(session, config, items):  # noqa: ARG001

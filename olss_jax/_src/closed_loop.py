@@ -34,6 +34,7 @@ from olss_jax._src import regression
 from olss_jax._src import rows
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src import search
+from olss_jax._src import sharding as sharding_lib
 from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src import validation
 
@@ -132,32 +133,92 @@ def _fold_rows(num_samples: int, elements: int) -> list[np.ndarray]:
   return [np.flatnonzero(sample_of_row % folds == f) for f in range(folds)]
 
 
-def _row_fit(cols, y, ref, mask, grid, folds, num_rows: int):
-  """One row's weights: plain least squares, a fixed ridge, or the ridge chosen by CV.
+def _row_factors(cols, y, grid, folds):
+  """The small statistics of one row's regression, from its rows (one device).
+
+  Args:
+    cols: (N, c) the basis on the fitting rows; y: (N,) the target.
+    grid: the ridge grid (static); folds: static row indices of each CV fold.
+
+  Returns:
+    (r_all (c + 1, c + 1) factor of ``[cols, y]``, colsq (c,) column sums of squares or None
+    (no ridge), r_folds: a factor per fold, or () when no cross-validation runs).
+  """
+  c = cols.shape[1]
+  r_all = linalg.pad_rows(linalg.qr_r(jnp.concatenate([cols, y[:, None]], axis=1)), c + 1)
+  if grid == (0.0,):
+    return r_all, None, ()
+  colsq = jnp.sum(cols**2, axis=0)
+  if len(folds) < 2 or len(grid) == 1:
+    return r_all, colsq, ()
+  r_folds = tuple(linalg.pad_rows(linalg.qr_r(jnp.concatenate([cols[idx], y[idx][:, None]],
+                                                               axis=1)), c + 1) for idx in folds)
+  return r_all, colsq, r_folds
+
+
+def _sharded_row_factors(cols, y, fold_of_row, grid, num_folds: int, part):
+  """`_row_factors` of batch-sharded rows: per-device factors, then TSQR across devices.
+
+  Each device factors its own rows of ``[cols, y]`` (one masked Householder QR for all the
+  fitting rows and one per fold), the (c + 1, c + 1) factors are all-gathered and factored
+  again (``R`` of the stacked factors is ``R`` of the stacked rows), and the column sums of
+  squares are `psum`-med: only (devices x (folds + 1)) small triangles cross devices.
+
+  Args:
+    cols: (N, c) the basis on every row, rows split by ``part``; y: (N,) likewise.
+    fold_of_row: (N,) int32: the CV fold of each row, -1 for rows not fitted (held out).
+    grid, num_folds: as in `_row_factors` (static); part: ``(mesh, axes)`` (static).
+  """
+  c = cols.shape[1]
+  ridge = grid != (0.0,)
+  cross = ridge and num_folds >= 2 and len(grid) > 1
+
+  def local(cols, y, fold, axes):
+    with jax.enable_x64(True):
+      m = jnp.concatenate([cols, y[:, None]], axis=1)
+
+      def factor(keep):
+        r = linalg.pad_rows(linalg.qr_r(jnp.where(keep[:, None], m, 0.0)), c + 1)
+        stacked = jax.lax.all_gather(r, axes, tiled=True)
+        return linalg.pad_rows(linalg.qr_r(stacked), c + 1)
+
+      fit = fold >= 0
+      colsq = jax.lax.psum(jnp.sum(jnp.where(fit[:, None], cols, 0.0)**2, axis=0), axes)
+      r_folds = tuple(factor(fold == f) for f in range(num_folds)) if cross else ()
+      return factor(fit), colsq, r_folds
+
+  r_all, colsq, r_folds = sharding_lib.shard_rows(local, part, (0, 0, 0), None)(cols, y,
+                                                                               fold_of_row)
+  return r_all, colsq if ridge else None, r_folds
+
+
+def _row_solve(r_all, colsq, r_folds, sizes, ref, mask, grid, num_rows: int):
+  """One row's weights from its factors: plain least squares, a fixed ridge, or CV's ridge.
 
   Ridge towards ``ref`` with strength lam picked from ``grid`` by K-fold cross-validation
   over samples (fold f: samples ``b % F == f``), so the validation error measures how a row
-  generalises to new noises; each fold is reduced to its R factor once, every candidate
-  strength is then a small solve. The smallest strength within a relative 1e-9 of the best CV
-  error wins (ties at rounding level keep plain least squares).
+  generalises to new noises; each fold is reduced to its R factor once (`_row_factors`),
+  every candidate strength is then a small solve. The smallest strength within a relative
+  1e-9 of the best CV error wins (ties at rounding level keep plain least squares).
+
+  Args:
+    r_all: (c + 1, c + 1) factor of ``[cols, y]`` over the fitting rows; colsq: (c,) their
+      column sums of squares (None without ridge); r_folds: per-fold factors (() for none);
+      sizes: static rows per fold; ref, mask: (c,); grid: static; num_rows: fitting rows.
 
   Returns:
     (weights (c,), lam, deficient).
   """
-  c = cols.shape[1]
-  r_all = linalg.pad_rows(linalg.qr_r(jnp.concatenate([cols, y[:, None]], axis=1)), c + 1)
+  c = r_all.shape[1] - 1
   prefix = jnp.sum(mask).astype(jnp.int32)
   w_ls, _, deficient = linalg.prefix_solve(r_all, c, prefix, c)
   if grid == (0.0,):
     return w_ls, jnp.asarray(0.0, jnp.float64), deficient
-  scale = jnp.maximum(jnp.sum(cols**2, axis=0) / num_rows, 1e-300)
-  if len(folds) < 2 or len(grid) == 1:
+  scale = jnp.maximum(colsq / num_rows, 1e-300)
+  if not r_folds:
     lam = jnp.asarray(grid[0], jnp.float64)
     w = linalg.ridge_solve(r_all[:, :c], r_all[:, c], lam, scale, ref, num_rows)
     return jnp.where(mask, w, 0.0), lam, deficient
-  r_folds = [linalg.pad_rows(linalg.qr_r(jnp.concatenate([cols[idx], y[idx][:, None]], axis=1)),
-                             c + 1) for idx in folds]
-  sizes = [int(idx.shape[0]) for idx in folds]
 
   def cv_error(lam):
     total = 0.0
@@ -176,8 +237,27 @@ def _row_fit(cols, y, ref, mask, grid, folds, num_rows: int):
   return jnp.where(mask, w, 0.0), lam, deficient
 
 
-def _solve(traj, path, denoise_fn, grid: tuple, x64: bool, fit_noises: tuple | None = None):
-  """The closed-loop fit (see `closed_loop_fit`); traceable, statics: grid, x64, fit_noises."""
+def _row_fit(cols, y, ref, mask, grid, folds, num_rows: int):
+  """One row's weights from its rows (`_row_factors`, then `_row_solve`).
+
+  Returns:
+    (weights (c,), lam, deficient).
+  """
+  r_all, colsq, r_folds = _row_factors(cols, y, grid, folds)
+  sizes = [int(idx.shape[0]) for idx in folds]
+  return _row_solve(r_all, colsq, r_folds, sizes, ref, mask, grid, num_rows)
+
+
+def _solve(traj, path, denoise_fn, grid: tuple, x64: bool, fit_noises: tuple | None = None,
+           part=None, ys=None):
+  """The closed-loop fit (see `closed_loop_fit`); traceable, statics: grid, x64, fit_noises.
+
+  ``part`` (static ``(mesh, axes)``, `sharding.trajectory_partition`): the trajectory is
+  batch-sharded; the rows stay where they are (basis, states, teacher targets, model calls)
+  and each row's regression is reduced from per-device factors (`_sharded_row_factors`).
+  ``ys``: the (n, N) float64 teacher targets when the caller has them (`final_errors_fn`
+  keeps them between candidate paths), else computed here (one pass over the outputs).
+  """
   n = path.shape[0]
   k = traj.num_teacher_steps
   x_T = jnp.asarray(traj.x_T)
@@ -191,33 +271,48 @@ def _solve(traj, path, denoise_fn, grid: tuple, x64: bool, fit_noises: tuple | N
   hold_rows = np.repeat(hold, elements)
   num_fit_rows, num_hold_rows = int(fit_rows.size), int(hold_rows.sum())
   folds = _fold_rows(fit_samples.size, elements)
+  sizes = [int(idx.shape[0]) for idx in folds]
+  fold_of_sample = np.full(traj.batch_size, -1, np.int32)
+  fold_of_sample[fit_samples] = np.arange(fit_samples.size) % max(len(folds), 1)
   with jax.enable_x64(True):
-    ys = regression.teacher_states(traj, regression.path_targets(path, k))       # (n, N)
+    if ys is None:                                                               # (n, N)
+      ys = regression.teacher_states(traj, regression.path_targets(path, k), part=part)
     refs = traj.teacher.path_weights(path)                                       # (n, n + 1)
     timesteps = jnp.asarray(traj.timesteps)[path]
     basis = jnp.zeros((num_rows, n + 1), jnp.float64).at[:, 0].set(linalg.f64(x_T).reshape(-1))
-    states = jnp.zeros((n + 1,) + x_T.shape, dtype).at[0].set(x_T)
+    basis = sharding_lib.constrain(basis, part, 0)
+    states = sharding_lib.constrain(jnp.zeros((n + 1,) + x_T.shape, dtype).at[0].set(x_T),
+                                    part, 1)
     cols_idx = jnp.arange(n + 1)
     fit_rows_j = jnp.asarray(fit_rows)
     hold_rows_j = jnp.asarray(hold_rows)
+    fold_of_row = jnp.asarray(np.repeat(fold_of_sample, elements))
 
     def row(i, carry):
       basis, states, weights, errors, hold_errors, lams, deficient = carry
       e = _model(denoise_fn, states[i], timesteps[i], x64)
       basis = jax.lax.dynamic_update_slice(basis, linalg.f64(e).reshape(-1, 1),
                                            (jnp.int32(0), (i + 1).astype(jnp.int32)))
+      basis = sharding_lib.constrain(basis, part, 0)
       mask = cols_idx <= i + 1
       cols = jnp.where(mask[None, :], basis, 0.0)
       ref = jnp.where(mask, refs[i], 0.0)
-      if fit_noises is None:
+      if part is not None:   # per-device factors, reduced across devices (and processes)
+        factors = _sharded_row_factors(cols, ys[i], fold_of_row, grid, len(folds), part)
+        w, lam, defic = _row_solve(*factors, sizes, ref, mask, grid, num_fit_rows)
+      elif fit_noises is None:
         w, lam, defic = _row_fit(cols, ys[i], ref, mask, grid, folds, num_fit_rows)
       else:
         w, lam, defic = _row_fit(cols[fit_rows_j], ys[i][fit_rows_j], ref, mask, grid, folds,
                                  num_fit_rows)
       fitted = cols @ w
       states = states.at[i + 1].set(fitted.reshape(x_T.shape).astype(dtype))
+      states = sharding_lib.constrain(states, part, 1)
       sq = (fitted - ys[i]) ** 2
-      err = jnp.sum(sq if fit_noises is None else sq[fit_rows_j]) / num_fit_rows
+      if part is not None:
+        err = jnp.sum(jnp.where(fold_of_row >= 0, sq, 0.0)) / num_fit_rows
+      else:
+        err = jnp.sum(sq if fit_noises is None else sq[fit_rows_j]) / num_fit_rows
       hold_err = (jnp.sum(jnp.where(hold_rows_j, sq, 0.0)) / num_hold_rows if num_hold_rows
                   else jnp.asarray(jnp.nan, jnp.float64))
       return (basis, states, weights.at[i].set(w), errors.at[i].set(err),
@@ -230,7 +325,7 @@ def _solve(traj, path, denoise_fn, grid: tuple, x64: bool, fit_noises: tuple | N
                                       hold_errors)
 
 
-_solve_jit = jax.jit(_solve, static_argnums=(3, 4, 5))
+_solve_jit = jax.jit(_solve, static_argnums=(3, 4, 5, 6))
 
 
 def check_fit_noises(fit_noises, batch_size: int) -> tuple | None:
@@ -274,7 +369,9 @@ def closed_loop_fit(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
   as well. A rank-deficient basis gets the minimum-norm solution and a warning, never NaN.
 
   Pure JAX: the n model calls and every solve run under one `jax.jit` (this function jits
-  itself for concrete inputs and traces inline under the caller's jit).
+  itself for concrete inputs and traces inline under the caller's jit). Under the caller's
+  jit the path's values cannot raise: a path `validation.check_path` would refuse gives NaN
+  weights and step errors (`validation.path_is_valid`).
 
   Args:
     traj: the teacher `Trajectory` (B fitting noises, K steps).
@@ -299,7 +396,12 @@ def closed_loop_fit(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
   denoise_fn = trajectory_lib.as_denoise_pytree(denoise_fn)
   traced = noise.is_traced(path) or noise.is_traced(traj.x_T)
   solve = _solve if traced else _solve_jit
-  weights, info = solve(traj, path, denoise_fn, grid, _caller_x64(), fit_noises)
+  weights, info = solve(traj, path, denoise_fn, grid, _caller_x64(), fit_noises,
+                        sharding_lib.trajectory_partition(traj))
+  if noise.is_traced(path):  # under jit a bad path cannot raise: it gives NaN weights
+    weights, errors = fit_lib.poison_unless(
+        validation.path_is_valid(path, traj.num_teacher_steps), weights, info.step_errors)
+    info = info._replace(step_errors=errors)
   if not noise.is_traced(weights):
     with jax.enable_x64(True):
       finite = bool(jnp.all(jnp.isfinite(weights)))
@@ -319,17 +421,39 @@ def final_errors_fn(traj: trajectory_lib.Trajectory, denoise_fn, *, fit_noises,
   """``errors(path) -> (fit MSE, held-out MSE)`` of the final state, closed-loop fitted.
 
   One jitted `closed_loop_fit` per call (n model calls on all B noises, weights fitted on
-  ``fit_noises``), for searches that score many paths of one length (`tune.tune_path`).
+  ``fit_noises``), for searches that score many paths of one length (`tune.tune_path`). The
+  exact teacher targets are kept between calls (at most `CACHE_BYTES` of them), so a path
+  that moves one step computes one new target.
   """
   check_model_data(traj)
   grid = _grid(regularization)
   fit_noises = check_fit_noises(fit_noises, traj.batch_size)
   denoise_fn = trajectory_lib.as_denoise_pytree(denoise_fn)
   x64 = _caller_x64()
+  part = sharding_lib.trajectory_partition(traj)
+  k = traj.num_teacher_steps
+  # Teacher targets by state index, kept between candidates (a coordinate search moves one
+  # step at a time: one new target per candidate instead of n passes over the outputs).
+  kept: dict[int, jax.Array] = {}
+  most = max(2, CACHE_BYTES // max(1, traj.num_elements * 8))
+  states_jit = jax.jit(lambda tr, idx: regression.teacher_states(tr, idx, part=part))
+
+  def targets(path):
+    want = [int(t) for t in path[1:]] + [k]
+    missing = sorted({t for t in want if t not in kept})
+    with jax.enable_x64(True):
+      if missing:
+        new = states_jit(traj, jnp.asarray(missing, jnp.int32))
+        kept.update((t, new[j]) for j, t in enumerate(missing))
+      for old in [t for t in kept if t not in want][:max(0, len(kept) - most)]:
+        del kept[old]
+      return jnp.stack([kept[t] for t in want])
 
   def errors(path):
-    path = jnp.asarray(validation.check_path(path, traj.num_teacher_steps), jnp.int32)
-    _, info = _solve_jit(traj, path, denoise_fn, grid, x64, fit_noises)
+    path = np.asarray(validation.check_path(path, traj.num_teacher_steps), np.int32)
+    ys = targets(path)
+    path = jnp.asarray(path)
+    _, info = _solve_jit(traj, path, denoise_fn, grid, x64, fit_noises, part, ys)
     with jax.enable_x64(True):
       return float(info.step_errors[-1]), float(info.holdout_errors[-1])
 
@@ -356,31 +480,48 @@ class _Node(NamedTuple):
 
 
 class _Cache(NamedTuple):
-  """Model outputs by prefix: prefixes (cap, n), lengths (cap,), outputs (cap, N), next slot."""
+  """Model outputs by prefix: prefixes (cap, n), lengths (cap,), outputs (cap, N), next slot.
+
+  ``rows`` (cap, K + 1) float64: ``A^T q`` of the basis column the output added to the
+  prefix's basis (the node of a prefix is a function of the prefix), so a walk that revisits
+  a prefix costs neither a model call nor a pass over the teacher outputs.
+  """
 
   prefixes: jax.Array
   lengths: jax.Array
   outputs: jax.Array
   slot: jax.Array
   calls: jax.Array
+  rows: jax.Array
 
 
-def _project_columns(traj, v):
-  """``A^T v`` (K + 1,) float64 for v (N,): one pass over the teacher outputs."""
+def _project_columns(traj, v, part=None):
+  """``A^T v`` (K + 1,) float64 for v (N,): one pass over the teacher outputs.
+
+  Batch-sharded (``part``): each device's rows, then a `psum` of the (K + 1,) partial sums.
+  """
 
   def step(acc, x_rows, e_rows, v_rows):
     return acc + jnp.concatenate([(linalg.f64(x_rows) @ v_rows)[None],
                                   linalg.f64(e_rows) @ v_rows])
 
   init = jnp.zeros((traj.num_teacher_steps + 1,), jnp.float64)
-  return rows.fold_rows(step, init, traj.x_T, traj.model_outputs, extra=v)
+  if part is None:
+    return rows.fold_rows(step, init, traj.x_T, traj.model_outputs, extra=v)
+
+  def local(x, e, v_rows, axes):
+    with jax.enable_x64(True):
+      return jax.lax.psum(rows.fold_rows(step, init, x, e, extra=v_rows), axes)
+
+  return sharding_lib.shard_rows(local, part, (0, 1, 0), None)(traj.x_T, traj.model_outputs, v)
 
 
 class _Oracle:
   """Closed-loop step errors of any prefix (traced pieces of `closed_loop_search`)."""
 
-  def __init__(self, traj, denoise_fn, num_steps: int, x64: bool):
+  def __init__(self, traj, denoise_fn, num_steps: int, x64: bool, part=None):
     self.traj = traj
+    self.part = part
     self.denoise_fn = denoise_fn
     self.n = num_steps
     self.x64 = x64
@@ -388,7 +529,7 @@ class _Oracle:
     self.x_T = jnp.asarray(traj.x_T)
     self.num_rows = traj.num_elements
     self.coeffs = traj.state_coefficients()                      # (K + 1, K + 1)
-    self.norms = regression.state_norms(traj)                    # ||y_m||^2
+    self.norms = regression.state_norms(traj, part=part)         # ||y_m||^2
     self.timesteps = jnp.asarray(traj.timesteps)
 
   def root(self) -> _Node:
@@ -397,16 +538,20 @@ class _Oracle:
     norm = jnp.linalg.norm(x)
     q0 = jnp.where(norm > 0, x / jnp.where(norm > 0, norm, 1.0), 0.0)
     q = jnp.zeros((self.num_rows, n + 1), jnp.float64).at[:, 0].set(q0)
-    m = jnp.zeros((n + 1, k + 1), jnp.float64).at[0].set(_project_columns(self.traj, q0))
+    q = sharding_lib.constrain(q, self.part, 0)
+    m = jnp.zeros((n + 1, k + 1), jnp.float64).at[0].set(_project_columns(self.traj, q0,
+                                                                          self.part))
     return _Node(q, (norm > 0).astype(jnp.int32), m, jnp.zeros((n,), jnp.int32),
                  jnp.asarray(0, jnp.int32))
 
   def empty_cache(self) -> _Cache:
     itemsize = np.dtype(self.x_T.dtype).itemsize
     cap = int(min(1024, max(4 * self.n, CACHE_BYTES // max(1, self.num_rows * itemsize))))
+    outputs = sharding_lib.constrain(jnp.zeros((cap, self.num_rows), self.x_T.dtype),
+                                     self.part, 1)
     return _Cache(jnp.zeros((cap, self.n), jnp.int32), jnp.zeros((cap,), jnp.int32),
-                  jnp.zeros((cap, self.num_rows), self.x_T.dtype), jnp.asarray(0, jnp.int32),
-                  jnp.asarray(0, jnp.int32))
+                  outputs, jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32),
+                  jnp.zeros((cap, self.k + 1), jnp.float64))
 
   def error(self, node: _Node, target):
     proj = node.m @ self.coeffs[target]
@@ -429,19 +574,26 @@ class _Oracle:
       return _model(self.denoise_fn, x, self.timesteps[index], self.x64).reshape(-1)
 
     e = jax.lax.cond(hit, lambda _: cache.outputs[slot], call, None)
+    q, count = linalg.extend_orthonormal(node.q, node.count, linalg.f64(e))
+    q = sharding_lib.constrain(q, self.part, 0)
+    grew = count > node.count
+    # A^T q of the new column: cached with the output (one pass over the teacher's outputs
+    # per distinct prefix, not per extension).
+    row = jax.lax.cond(grew & ~hit,
+                       lambda _: _project_columns(self.traj, q[:, count - 1], self.part),
+                       lambda _: cache.rows[slot], None)
+    m = jnp.where(grew, node.m.at[jnp.maximum(count - 1, 0)].set(row), node.m)
     put = ~hit
     cap = cache.prefixes.shape[0]
+    at = cache.slot   # each buffer updated in place (a select of one row, not of the buffer)
     cache = _Cache(
-        jnp.where(put, cache.prefixes.at[cache.slot].set(prefix), cache.prefixes),
-        jnp.where(put, cache.lengths.at[cache.slot].set(length), cache.lengths),
-        jnp.where(put, cache.outputs.at[cache.slot].set(e), cache.outputs),
+        cache.prefixes.at[at].set(jnp.where(put, prefix, cache.prefixes[at])),
+        cache.lengths.at[at].set(jnp.where(put, length, cache.lengths[at])),
+        cache.outputs.at[at].set(jnp.where(put, e, cache.outputs[at])),
         jnp.where(put, (cache.slot + 1) % cap, cache.slot),
-        cache.calls + put.astype(jnp.int32))
-    q, count = linalg.extend_orthonormal(node.q, node.count, linalg.f64(e))
-    grew = count > node.count
-    m = jax.lax.cond(grew, lambda mm: mm.at[count - 1].set(_project_columns(self.traj,
-                                                                            q[:, count - 1])),
-                     lambda mm: mm, node.m)
+        cache.calls + put.astype(jnp.int32),
+        cache.rows.at[at].set(jnp.where(put, row, cache.rows[at])))
+    cache = cache._replace(outputs=sharding_lib.constrain(cache.outputs, self.part, 1))
     return _Node(q, count, m, prefix, length), cache
 
   def path_errors(self, path, start: _Node, cache: _Cache):
@@ -460,11 +612,15 @@ class _Oracle:
 
 
 def _search(traj, denoise_fn, tf_path, num_steps: int, num_bisection_steps, prefer_uniform,
-            include_teacher_forced, x64: bool):
-  """The closed-loop search (see `closed_loop_search`); traceable, statics: n and x64."""
+            include_teacher_forced, x64: bool, part=None):
+  """The closed-loop search (see `closed_loop_search`); traceable, statics: n, x64, part.
+
+  ``part`` as in `_solve`: the bases and cached outputs stay split over the batch, and only
+  (K + 1,)-vectors and scalars are reduced across devices.
+  """
   n = num_steps
   with jax.enable_x64(True):
-    oracle = _Oracle(traj, denoise_fn, n, x64)
+    oracle = _Oracle(traj, denoise_fn, n, x64, part)
     cache = oracle.empty_cache()
     start, cache = oracle.extend(oracle.root(), jnp.asarray(0, jnp.int32), cache)
 
@@ -500,7 +656,7 @@ def _search(traj, denoise_fn, tf_path, num_steps: int, num_bisection_steps, pref
                                       chose, walks, cache.calls, source)
 
 
-_search_jit = jax.jit(_search, static_argnums=(3, 7))
+_search_jit = jax.jit(_search, static_argnums=(3, 7, 8))
 
 
 def closed_loop_search(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
@@ -544,4 +700,5 @@ def closed_loop_search(traj: trajectory_lib.Trajectory, num_steps: int, denoise_
                                             include))
   fn = _search if traced else _search_jit
   return noise.to_host(fn(traj, denoise_fn, jnp.asarray(tf_path, jnp.int32), n, bisections,
-                          prefer, include, _caller_x64()))
+                          prefer, include, _caller_x64(),
+                          sharding_lib.trajectory_partition(traj)))

@@ -42,9 +42,16 @@ def to_host(tree):
   The verbs compute on the device in float64 (`jax.enable_x64`, scoped); their small results
   (paths, weights, diagnostics) come back to eager callers as numpy, which keeps float64
   usable without enabling x64 globally (JAX truncates float64 jax arrays in non-x64 code).
+  An array that spans other processes' devices (multi-host, `jax.distributed`) comes back
+  as numpy only when it is replicated (the small results are); a batch-sharded one (e.g.
+  `ClosedLoopFitInfo.states`) stays a global `jax.Array` (`olss_jax.to_numpy` gathers it).
   """
   def leaf(x):
-    return np.asarray(x) if isinstance(x, jax.Array) and not is_traced(x) else x
+    if not isinstance(x, jax.Array) or is_traced(x):
+      return x
+    if not x.is_fully_addressable and not x.is_fully_replicated:
+      return x
+    return np.asarray(x)
   return jax.tree_util.tree_map(leaf, tree)
 
 

@@ -137,20 +137,25 @@ def refine(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedule_lib.S
   w_hold = jnp.asarray(~train_mask / max(hold_idx.size, 1), dtype)
   has_holdout = hold_idx.size > 0
 
-  def losses(params, model):
+  # The data are arguments of the jitted functions, never closed over: a batch-sharded x_T
+  # spanning several processes (multi-host) cannot be baked into a computation.
+  data = (x_T, target)
+
+  def losses(params, model, data):
+    x_T, target = data
     x = sampler.sample(jax.checkpoint(lambda x, t: model(x, t)),
                        schedule_lib.Schedule(timesteps, to_weights(params)), x_T)
     per = jnp.mean(((x - target).astype(jnp.float32) ** 2).reshape(x.shape[0], -1), axis=1)
     hold = jnp.sum(w_hold * per) if has_holdout else jnp.sum(w_train * per)
     return jnp.sum(w_train * per), (hold, jnp.mean(per))
 
-  def step(params, opt_state, model):
-    (loss, (hold, _)), grads = jax.value_and_grad(losses, has_aux=True)(params, model)
+  def step(params, opt_state, model, data):
+    (loss, (hold, _)), grads = jax.value_and_grad(losses, has_aux=True)(params, model, data)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, hold
 
-  def evaluate(params, model):
-    loss, (hold, full) = losses(params, model)
+  def evaluate(params, model, data):
+    loss, (hold, full) = losses(params, model, data)
     return loss, hold, full
 
   if jit:
@@ -163,9 +168,9 @@ def refine(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedule_lib.S
   best_params, best_score, best_iter, since = params0, np.inf, 0, 0
   for it in range(num_iters + 1):
     if it < num_iters:
-      new_params, new_state, loss, hold = step(params, opt_state, denoise_fn)
+      new_params, new_state, loss, hold = step(params, opt_state, denoise_fn, data)
     else:  # the last iterate: evaluate only
-      loss, hold, _ = evaluate(params, denoise_fn)
+      loss, hold, _ = evaluate(params, denoise_fn, data)
     loss, hold = float(loss), float(hold)
     train_losses.append(loss)
     hold_losses.append(hold)
@@ -179,8 +184,8 @@ def refine(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedule_lib.S
       break
     params, opt_state = new_params, new_state
 
-  initial_loss = float(evaluate(params0, denoise_fn)[2])
-  final_loss = float(evaluate(best_params, denoise_fn)[2])
+  initial_loss = float(evaluate(params0, denoise_fn, data)[2])
+  final_loss = float(evaluate(best_params, denoise_fn, data)[2])
   kept_initial = best_iter == 0 or not final_loss < initial_loss
   if kept_initial:
     weights, best_iter, final_loss = init_weights, 0, initial_loss

@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from olss_jax._src import linalg
+from olss_jax._src import noise
 from olss_jax._src import rows
+from olss_jax._src import sharding as sharding_lib
 from olss_jax._src import stats as stats_lib
 from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src import validation
@@ -127,33 +129,78 @@ def solve_path(data, path):
     return weights, residuals / data.num_elements, deficient
 
 
-def teacher_states(traj: trajectory_lib.Trajectory, indices) -> jax.Array:
+def _states_block(coeffs, x_rows, e_rows):
+  return coeffs[:, :1] * linalg.f64(x_rows)[None] + coeffs[:, 1:] @ linalg.f64(e_rows)
+
+
+def _local_states(x, e, coeffs, axes):
+  del axes
+  with jax.enable_x64(True):
+    return rows.map_rows(lambda xr, er: _states_block(coeffs, xr, er), x, e)
+
+
+def _sharded_states(x_T, outputs, coeffs, part):
+  return sharding_lib.shard_rows(_local_states, part, (0, 1, None), 1)(x_T, outputs, coeffs)
+
+
+_sharded_states_jit = jax.jit(_sharded_states, static_argnums=3)
+
+
+def teacher_states(traj: trajectory_lib.Trajectory, indices, *, part=None) -> jax.Array:
   """Exact float64 teacher states ``states[m] = C[m] @ [x_T, e_0, ..., e_{K-1}]`` (Eq. 9).
+
+  A batch-sharded trajectory (``part``, by default `sharding.trajectory_partition`) is mapped
+  on each device's own rows, the result split the same way (nothing crosses devices).
 
   Args:
     traj: the teacher `Trajectory`.
     indices: (m,) ints in [0, K].
+    part: ``(mesh, axes)`` of a batch-sharded trajectory (static; inside jitted code that
+      knows it), or None.
 
   Returns:
     (m, B * D) float64, one flattened state per index.
   """
+  part = part or sharding_lib.trajectory_partition(traj)
   with jax.enable_x64(True):
     coeffs = traj.state_coefficients()[jnp.asarray(indices, jnp.int32)]      # (m, K + 1)
+    if part is not None:
+      traced = any(noise.is_traced(v) for v in (traj.x_T, traj.model_outputs, coeffs))
+      fn = _sharded_states if traced else _sharded_states_jit
+      return fn(traj.x_T, traj.model_outputs, coeffs, part)
+    return rows.map_rows(lambda x_rows, e_rows: _states_block(coeffs, x_rows, e_rows),
+                         traj.x_T, traj.model_outputs)
 
-    def block(x_rows, e_rows):
-      return coeffs[:, :1] * linalg.f64(x_rows)[None] + coeffs[:, 1:] @ linalg.f64(e_rows)
 
-    return rows.map_rows(block, traj.x_T, traj.model_outputs)
+def _local_norms(x, e, a, b, axes):
+  with jax.enable_x64(True):
+    init = jnp.zeros((e.shape[0] + 1,), jnp.float64)
+    acc = rows.fold_rows(lambda acc, xr, er, _: _norms_step(acc, xr, er, a, b), init, x, e)
+    return jax.lax.psum(acc, axes)
 
 
-def state_norms(traj: trajectory_lib.Trajectory) -> jax.Array:
+def _sharded_norms(x_T, outputs, a, b, part):
+  return sharding_lib.shard_rows(_local_norms, part, (0, 1, None, None), None)(x_T, outputs,
+                                                                               a, b)
+
+
+_sharded_norms_jit = jax.jit(_sharded_norms, static_argnums=4)
+
+
+def state_norms(traj: trajectory_lib.Trajectory, *, part=None) -> jax.Array:
   """(K + 1,) float64 squared norms ``||states[m]||^2`` of every exact teacher state.
 
   Replays the teacher's recurrence in float64 over each block of rows (O(K * B * D)), far
-  cheaper than the Gram.
+  cheaper than the Gram. A batch-sharded trajectory (``part``, as in `teacher_states`) sums
+  each device's rows, then a `psum` of the (K + 1,) partial sums.
   """
+  part = part or sharding_lib.trajectory_partition(traj)
   with jax.enable_x64(True):
     a, b = traj.step_coefficients()
+    if part is not None:
+      traced = any(noise.is_traced(v) for v in (traj.x_T, traj.model_outputs, a, b))
+      return (_sharded_norms if traced else _sharded_norms_jit)(traj.x_T, traj.model_outputs,
+                                                                a, b, part)
     init = jnp.zeros((traj.num_teacher_steps + 1,), jnp.float64)
     return rows.fold_rows(lambda acc, x, e, _: _norms_step(acc, x, e, a, b), init, traj.x_T,
                           traj.model_outputs)

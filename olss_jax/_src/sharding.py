@@ -18,11 +18,18 @@ Many hosts: call ``jax.distributed.initialize()`` in every process first; ``jax.
 then lists every host's devices and the default mesh spans all of them. Every process runs
 the same program on the same global ``x_T`` (e.g. drawn from the same key; each keeps only
 its own devices' shards), and the Gram of `trajectory_stats` comes back replicated to all.
+The fits and searches read a batch-sharded trajectory where it lives: row-wise work (teacher
+states, the closed loop's bases, model calls) stays on each device's rows, and only small
+reductions cross devices and processes (`psum` of Grams, norms and ``A^T v`` products, an
+`all_gather` of per-device triangular factors, TSQR); every process then holds the same
+replicated schedule. A batch-sharded result (samples, `ClosedLoopFitInfo.states`) stays a
+global `jax.Array`; `to_numpy` gathers it to the host of every process.
 """
 from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 BATCH_AXIS = "batch"
@@ -79,3 +86,96 @@ def shard_batch(x, mesh: Mesh | None, axis: int = 0):
   if isinstance(x, jax.core.Tracer):
     return jax.lax.with_sharding_constraint(x, sharding)
   return jax.device_put(x, sharding)
+
+
+def array_partition(x, axis: int = 0):
+  """``(mesh, axes)`` of a concrete `jax.Array` split along ``axis`` only, over 2+ devices.
+
+  ``axes`` is the mesh axis name (or tuple of names) of that dimension in the array's
+  `NamedSharding`. None for host arrays, traced values, other shardings, single devices.
+  """
+  if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+    return None
+  spec_of = x.sharding
+  if not isinstance(spec_of, NamedSharding) or len(spec_of.device_set) < 2:
+    return None
+  spec = tuple(spec_of.spec) + (None,) * (x.ndim - len(spec_of.spec))
+  if spec[axis] is None or any(p is not None for i, p in enumerate(spec) if i != axis):
+    return None
+  axes = spec[axis]
+  return spec_of.mesh, tuple(axes) if isinstance(axes, list) else axes
+
+
+def trajectory_partition(traj):
+  """``(mesh, axes)`` of a concrete trajectory whose model_outputs are split on the batch axis.
+
+  The static description the fits pass into their jitted code (`shard_rows`); None when the
+  trajectory is not batch-sharded over several devices (or is traced: under the caller's
+  `jax.jit` XLA places the work from the arguments' shardings).
+  """
+  return array_partition(getattr(traj, "model_outputs", None), 1)
+
+
+def is_global(x) -> bool:
+  """True for a concrete `jax.Array` with shards on other processes' devices (multi-host)."""
+  return (isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+          and not x.is_fully_addressable)
+
+
+def to_numpy(x) -> np.ndarray:
+  """The whole of ``x`` as a host numpy array, in every process (multi-host included).
+
+  A batch-sharded result of `sample` or `collect_trajectory` after
+  ``jax.distributed.initialize()`` spans devices of several processes, and ``np.asarray``
+  refuses it ("spans non-addressable devices"); this gathers it with
+  `jax.experimental.multihost_utils.process_allgather` (a collective: call it in every
+  process). Local arrays (one process) are simply copied to the host.
+
+  Args:
+    x: a `jax.Array` (any sharding) or anything ``np.asarray`` takes.
+
+  Returns:
+    numpy array of ``x``'s global shape and dtype.
+  """
+  if is_global(x):
+    if x.is_fully_replicated:
+      return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def constrain(x, part, axis: int = 0):
+  """``x`` (traced, global view) pinned to be split along ``axis`` by ``part`` (None: as is)."""
+  if part is None:
+    return x
+  mesh, axes = part
+  spec = [None] * x.ndim
+  spec[axis] = axes
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+
+def _spec(axes, axis):
+  return PartitionSpec() if axis is None else PartitionSpec(*([None] * axis + [axes]))
+
+
+def shard_rows(fn, part, in_axes, out_axes):
+  """``fn`` run per device on its own rows (`jax.shard_map` over ``part``'s mesh).
+
+  Args:
+    fn: ``fn(*local_args)``; it sees each device's slice of the split arguments and must make
+      replicated outputs the same on every device (a `psum` / `all_gather` over
+      ``part[1]``, the axis names passed as its last argument ``axes``).
+    part: ``(mesh, axes)`` (`trajectory_partition`).
+    in_axes: per positional argument, the dimension split over the batch axes (None:
+      replicated).
+    out_axes: per output (a tuple for several), the split dimension or None (replicated).
+
+  Returns:
+    A function of the global arrays, usable inside `jax.jit`.
+  """
+  mesh, axes = part
+  in_specs = tuple(_spec(axes, a) for a in in_axes)
+  out_specs = (tuple(_spec(axes, a) for a in out_axes) if isinstance(out_axes, tuple)
+               else _spec(axes, out_axes))
+  return jax.shard_map(lambda *args: fn(*args, axes), mesh=mesh, in_specs=in_specs,
+                       out_specs=out_specs, check_vma=False)

@@ -36,6 +36,7 @@ import optax
 from olss_jax._src import noise
 from olss_jax._src import regression
 from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import sharding as sharding_lib
 from olss_jax._src import split
 from olss_jax._src import teacher as teacher_lib
 from olss_jax._src import trajectory as trajectory_lib
@@ -169,7 +170,10 @@ def ld3_schedule(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
   x_T = jnp.asarray(traj.x_T)
   with jax.enable_x64(True):
     target = regression.teacher_states(traj, [traj.num_teacher_steps])[0]
-  target = jnp.asarray(np.asarray(target).reshape(x_T.shape), x_T.dtype)
+  if sharding_lib.is_global(target):   # spans processes: reshaped where it lives
+    target = target.reshape(x_T.shape).astype(x_T.dtype)
+  else:
+    target = jnp.asarray(np.asarray(target).reshape(x_T.shape), x_T.dtype)
   train, hold = split.holdout_split(traj.batch_size, holdout)
   fit_mask = jnp.zeros(traj.batch_size, x_T.dtype).at[jnp.asarray(train)].set(1.0)
   hold_mask = 1.0 - fit_mask

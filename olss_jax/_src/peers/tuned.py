@@ -22,6 +22,7 @@ import numpy as np
 from olss_jax._src import regression
 from olss_jax._src import sampler
 from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import sharding as sharding_lib
 from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src import tune
 from olss_jax._src.peers import gits
@@ -30,6 +31,12 @@ from olss_jax._src.peers import gits
 BuildFn = Callable[[np.ndarray], schedule_lib.Schedule]
 
 _sample_jit = jax.jit(sampler.sample)
+
+
+@jax.jit
+def _mse64(out, target):
+  """float64 mean of ``(out - target)^2`` over every element (call under `jax.enable_x64`)."""
+  return jnp.mean((out.astype(jnp.float64).reshape(-1) - target) ** 2)
 
 
 def nearest_path(traj: trajectory_lib.Trajectory, timesteps) -> np.ndarray:
@@ -105,11 +112,16 @@ def tuned_schedule(traj: trajectory_lib.Trajectory, num_steps: int, build: Build
   x_T = jnp.asarray(traj.x_T)
   denoise_fn = trajectory_lib.as_denoise_pytree(denoise_fn)
   with jax.enable_x64(True):
-    target = np.asarray(regression.teacher_states(traj, [k])[0], np.float64)
+    target = regression.teacher_states(traj, [k])[0]
+    if not sharding_lib.is_global(target):
+      target = np.asarray(target, np.float64)
   timesteps = np.asarray(traj.timesteps)
 
   def score(path):
     out = _sample_jit(denoise_fn, build(timesteps[path]), x_T)
+    if sharding_lib.is_global(out):   # across processes: reduced where it lives
+      with jax.enable_x64(True):
+        return float(_mse64(out, target))
     return float(np.mean((np.asarray(out, np.float64).reshape(-1) - target) ** 2))
 
   result = tune.coordinate_search(score, start, k, max_evaluations=max_evaluations)
