@@ -1,12 +1,17 @@
-"""Writes the notebooks of this folder from the cells below, without outputs.
+"""Writes the notebooks of this folder from the cells below, executed, with their outputs.
 
-Edit the cells here, then run ``python notebooks/make_notebooks.py``: the .ipynb files are
-generated (nbformat v4, outputs stripped), so diffs stay readable and no output is committed.
-The test suite executes them (tests/test_notebooks.py).
+Edit the cells here, then run ``python notebooks/make_notebooks.py``: each .ipynb is generated
+(nbformat v4) and executed top to bottom with nbclient at the reduced size
+(``OLSS_NOTEBOOK_SIZE=small``: a few minutes in all on a 2-core CPU), so the committed notebooks
+show their tables and figures on a repository page. ``--no-execute`` writes them without
+outputs. The test suite checks that the committed cells are the ones written here and carry
+outputs, and executes the notebooks again at the reduced size (tests/test_notebooks.py).
 """
 from __future__ import annotations
 
+import argparse
 import os
+import time
 
 import nbformat
 from nbformat import v4
@@ -70,7 +75,7 @@ conditions = model.draw_conditions(2, NUM_EVAL)
 denoise_eval = model.denoiser(conditions)
 reference = oj.collect_trajectory(denoise_eval, x_eval, model.alphas_cumprod, TEACHER_STEPS,
                                   steps_per_chunk=100).states[-1]
-ddim = oj.baselines.ddim_baseline_schedule(model.alphas_cumprod, STEPS)
+ddim = oj.baseline_schedule("ddim", model.alphas_cumprod, STEPS)
 sample = jax.jit(oj.sample)
 samples = {"teacher (1000)": np.asarray(reference)}
 for name, sched in {"ddim": ddim, "olss": schedule, "olss-ft": closed}.items():
@@ -139,7 +144,7 @@ denoise = model.denoiser(model.draw_conditions(3, 8))
 traj = oj.collect_trajectory(denoise, x_T, model.alphas_cumprod, TEACHER, steps_per_chunk=100)
 oj.figures.correlation_figure(traj, num_points=60)"""),
     ("code", """olss, _ = oj.fit_weights(traj, oj.search_path(traj, 6)[0])
-ddim = oj.baselines.ddim_baseline_schedule(model.alphas_cumprod, 6)
+ddim = oj.baseline_schedule("ddim", model.alphas_cumprod, 6)
 oj.figures.weights_figure({"OLSS (6 steps)": olss, "DDIM (6 steps)": ddim})"""),
     ("code", """# The paths on three held-out noises (seed 4; the fit used seed 3) and their own teacher.
 x_new = jax.random.normal(jax.random.key(4), (3,) + tuple(model.sample_shape))
@@ -191,8 +196,8 @@ file = os.path.join(tempfile.mkdtemp(), f"sd-olss{STEPS}.safetensors")
 oj.save_schedule(file, schedule)"""),
     ("md", """## Generate with OLSS and with DDIM from the same noises"""),
     ("code", """noise = sd.info.noise
-ddim = oj.baselines.ddim_baseline_schedule(sd.alphas_cumprod, STEPS, steps_offset=noise.steps_offset,
-                                 final_alpha_cumprod=noise.final_alpha_cumprod)
+ddim = oj.baseline_schedule("ddim", sd.alphas_cumprod, STEPS, steps_offset=noise.steps_offset,
+                            final_alpha_cumprod=noise.final_alpha_cumprod)
 key = jax.random.key(42)
 rows = {name: np.asarray(oj.stable_diffusion.generate(sd, sched, prompts, key=key, guidance_scale=7.0))
         for name, sched in {f"DDIM ({STEPS})": ddim,
@@ -224,9 +229,26 @@ def build(cells) -> nbformat.NotebookNode:
   return nb
 
 
-def main() -> None:
-  for name, cells in NOTEBOOKS.items():
-    nb = build(cells)
+def execute(nb: nbformat.NotebookNode, *, timeout: int = 1800) -> float:
+  """Runs ``nb`` in place at the reduced size (its outputs filled in); returns the seconds."""
+  from nbclient import NotebookClient  # pylint: disable=import-outside-toplevel
+  os.environ["OLSS_NOTEBOOK_SIZE"] = "small"
+  os.environ.pop("OLSS_SD_WEIGHTS", None)  # the committed notebook shows the tiny pipeline
+  start = time.perf_counter()
+  NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                 resources={"metadata": {"path": HERE}}).execute()
+  return time.perf_counter() - start
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--no-execute", action="store_true", help="write without outputs")
+  parser.add_argument("names", nargs="*", default=list(NOTEBOOKS), help="notebooks to write")
+  args = parser.parse_args(argv)
+  for name in args.names:
+    nb = build(NOTEBOOKS[name])
+    if not args.no_execute:
+      print(f"executed {name} in {execute(nb):.0f} s")
     nbformat.validate(nb)
     nbformat.write(nb, os.path.join(HERE, name))
     print("wrote", os.path.join(HERE, name))

@@ -5,7 +5,7 @@ Subcommands (``olss-jax <command> --help`` for each):
   demo      the scheduler comparison on the embedded model (the default command)
   collect   teacher trajectories (paper Sec. 3.3) into a resumable directory
   fit       trajectories -> schedule file (`olss_jax.fit_olss`, methods `olss_jax.METHODS`)
-  sample    schedule + model -> PNG images
+  sample    schedule + model -> PNG (or JPEG) images
   compare   a schedule against the classical schedulers, held-out RMSE table
   figures   the paper's figures (2, 4, 5, 6 and the weight heat map) as PNGs
 
@@ -24,11 +24,11 @@ from olss_jax.cli import _commands as commands
 PROG = "olss-jax"
 COMMANDS = ("demo", "collect", "fit", "sample", "compare", "figures")
 FIGURES = commands.FIGURES
-_DEFAULT_BASELINES = "ddim,dpm_solver_pp,unipc"
 # The one method vocabulary (`olss_jax.METHODS`), spelled here so --help needs no JAX import.
-_METHODS = ("olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft")
+_METHODS = ("olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft", "olss-e2e")
 # The embedded models (`olss_jax.compare.EMBEDDED_MODELS`), spelled here for the same reason.
-_EMBEDDED = ("default", "digits", "digits-flow", "analytic", "analytic-flow", "analytic-latent")
+_EMBEDDED = ("default", "digits", "digits-flow", "mnist", "analytic", "analytic-flow",
+             "analytic-latent")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -39,7 +39,7 @@ def _model_options(parser, *, prompts: bool = True) -> None:
   group = parser.add_argument_group("model")
   group.add_argument("--model", default="default", metavar="NAME_OR_DIR",
                      help="'default' (digits if installed, else analytic), 'digits', "
-                          "'digits-flow', 'analytic', 'analytic-flow', 'analytic-latent', or a "
+                          "'digits-flow', 'mnist', 'analytic', 'analytic-flow', 'analytic-latent', or a "
                           "local Flax Stable Diffusion directory")
   group.add_argument("--guidance-scale", type=float, default=None,
                      help="classifier-free guidance (digits: its default; Stable Diffusion: 7.0, "
@@ -56,15 +56,28 @@ def _demo_arguments(parser) -> None:
                            "at Stable Diffusion's latent size)")
   parser.add_argument("--guidance-scale", type=float, default=None,
                       help="classifier-free guidance of the digits model (its default if unset)")
-  parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20],
-                      help="step counts to evaluate")
+  parser.add_argument("--full", action="store_true",
+                      help="the complete comparison the README's tables come from: every "
+                           "method, 5 / 10 / 20 steps, 256 held-out noises, the searches' full "
+                           "budget (tens of minutes on a 2-core CPU; it prints its estimate). "
+                           "Without it, a quick comparison: the key classical solvers, the "
+                           "strongest learned peer, the paper's OLSS and the default, at 5 and "
+                           "10 steps on 64 held-out noises (about two minutes)")
+  parser.add_argument("--steps", type=int, nargs="+", default=None,
+                      help="step counts to evaluate (quick: 5 10; --full: 5 10 20)")
   parser.add_argument("--num-fit", type=int, default=32,
                       help="fitting noises for the teacher (the paper's 32)")
-  parser.add_argument("--num-eval", type=int, default=256,
-                      help="held-out evaluation noises, never used in any fit")
+  parser.add_argument("--num-eval", type=int, default=None,
+                      help="held-out evaluation noises, never used in any fit (quick: 64; "
+                           "--full: 256)")
   parser.add_argument("--teacher-steps", type=int, default=1000, help="teacher steps (DDIM, or flow Euler for a flow model)")
   parser.add_argument("--methods", nargs="+", default=None,
-                      help="methods to compare (default: every baseline and every OLSS method)")
+                      help="methods to compare (quick: ddim or euler, dpm_solver_pp, unipc, "
+                           "tuned-unipc, olss, olss-ft; --full: every baseline, peer and OLSS "
+                           "method)")
+  parser.add_argument("--max-evaluations", type=int, default=None,
+                      help="candidate paths of the coordinate searches (olss-ft and the tuned "
+                           "peers alike; quick: 60, --full: 400)")
   parser.add_argument("--out", default="olss_jax_demo",
                       help="directory for the PNGs (sample grid, error vs steps); '' for none")
 
@@ -92,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the scheduler comparison on the embedded model (default)",
                      description="Fits every OLSS method on the embedded model's teacher and prints "
                                  "the held-out comparison with every classical scheduler.",
-                     epilog="examples:\n  olss-jax demo\n  olss-jax demo --quiet --steps 5 10")
+                     epilog="examples:\n  olss-jax demo\n  olss-jax demo --full\n"
+                            "  olss-jax demo --model mnist\n  olss-jax demo --quiet --steps 5 10")
   _demo_arguments(p)
   p.set_defaults(func=commands.demo)
 
@@ -102,16 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
       description="Runs the complete DDIM generation process (the teacher, paper Sec. 3.3) on "
                   "--num-images starting noises, in chunks of --chunk-size, each chunk saved "
                   "atomically and checksummed. Rerunning the same command after an interruption "
-                  "skips the finished chunks.",
+                  "skips the finished chunks; rerunning it with a larger --num-images (the other "
+                  "options the same) extends a finished store.",
       epilog="examples:\n"
              "  olss-jax collect teacher/                                   # embedded model\n"
              "  olss-jax collect sd-teacher/ --model ~/sd15-flax --prompts prompts.txt\n"
-             "  olss-jax collect teacher/      # again after Ctrl-C: resumes, no chunk redone")
+             "  olss-jax collect teacher/      # again after Ctrl-C: resumes, no chunk redone\n"
+             "  olss-jax collect teacher/ --num-images 64                 # grows it to 64")
   p.add_argument("out_dir", metavar="OUT_DIR", help="the trajectory directory (created)")
   _model_options(p)
   p.add_argument("--num-images", "--num-fit", type=int, default=32, dest="num_images",
                  help="starting noises (the paper fits on 32)")
-  p.add_argument("--chunk-size", type=int, default=8, help="noises per saved chunk")
+  p.add_argument("--chunk-size", type=int, default=None,
+                 help=f"noises per saved chunk, the unit of resumption (default: the store's, "
+                      f"or {commands.DEFAULT_CHUNK_SIZE} for a new one)")
   p.add_argument("--seed", type=int, default=1, help="seed of the noises (and labels)")
   p.add_argument("--height", type=int, default=None, help="Stable Diffusion: pixels")
   p.add_argument("--width", type=int, default=None, help="Stable Diffusion: pixels")
@@ -151,15 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
 
   p = sub.add_parser(
       "sample", parents=[common], formatter_class=_Formatter,
-      help="schedule + model -> PNG images",
+      help="schedule + model -> PNG (or JPEG) images",
       description="Generates with a schedule (any: fitted, or a baseline saved by the API) and "
-                  "writes the samples as one PNG grid.",
+                  "writes the samples as one image grid (PNG, or JPEG for -o *.jpg / *.jpeg).",
       epilog="examples:\n"
              "  olss-jax sample olss10.safetensors -o samples.png\n"
              "  olss-jax sample olss10.safetensors -o sevens.png --labels 7 --num-images 8\n"
              "  olss-jax sample sd10.safetensors --model ~/sd15-flax --prompt 'a castle' -o c.png")
   p.add_argument("schedule", metavar="SCHEDULE", help="a schedule file")
-  p.add_argument("-o", "--output", required=True, metavar="PNG", help="the image grid to write")
+  p.add_argument("-o", "--output", required=True, metavar="IMAGE",
+                 help="the image grid to write (.png, .jpg or .jpeg)")
   _model_options(p)
   p.add_argument("--prompt", default=None, help="Stable Diffusion: one prompt for every image")
   p.add_argument("--labels", default=None, help="digits: class labels, comma-separated (cycled)")
@@ -180,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
              "--refit olss-cl")
   p.add_argument("schedule", metavar="SCHEDULE", help="a schedule file")
   _model_options(p, prompts=False)
-  p.add_argument("--baselines", default=_DEFAULT_BASELINES,
-                 help="comma-separated names from olss_jax.baselines.BASELINES")
+  p.add_argument("--baselines", default=None,
+                 help="comma-separated names from olss_jax.baselines.baseline_names(kind) "
+                      "(default: ddim,dpm_solver_pp,unipc; euler for ddim on a flow model)")
   p.add_argument("--refit", choices=_METHODS, default=None,
                  help="also fit this OLSS method afresh on this run's fitting noises")
   p.add_argument("--num-eval", type=int, default=128, help="held-out evaluation noises")
