@@ -74,7 +74,11 @@ def test_quickstart_runs(monkeypatch):
   assert "timesteps:" in text and "RMSE to the teacher" in text
 
 
+@pytest.mark.slow
 def test_analysis_runs_at_reduced_size(monkeypatch):
+  """Slow (about 3 minutes): the committed notebook carries these outputs already
+  (`test_committed_executed_with_outputs`) and tests/test_figures.py runs each figure function;
+  this re-executes the whole notebook against today's code."""
   monkeypatch.setenv("OLSS_NOTEBOOK_SIZE", "small")
   nb, _ = execute("analysis.ipynb", monkeypatch)
   images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs

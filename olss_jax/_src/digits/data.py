@@ -24,13 +24,20 @@ def _load_all() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   bunch = load_digits()
   images = np.asarray(bunch.images, np.float32)  # (1797, 8, 8), values 0..16
   labels = np.asarray(bunch.target, np.int32)
-  rng = np.random.RandomState(SPLIT_SEED)
+  test = stratified_test_mask(labels, TEST_PER_CLASS, SPLIT_SEED)
+  x = (images / 8.0 - 1.0)[:, None]  # 0..16 -> [-1, 1]
+  return x, labels, test
+
+
+def stratified_test_mask(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+  """(N,) bool: ``per_class`` images of each of the 10 classes drawn for the test split by
+  ``np.random.RandomState(seed)`` (the fixed split of every shipped data set)."""
+  rng = np.random.RandomState(seed)
   test = np.zeros(labels.shape[0], bool)
   for c in range(NUM_CLASSES):
     idx = np.flatnonzero(labels == c)
-    test[rng.choice(idx, TEST_PER_CLASS, replace=False)] = True
-  x = (images / 8.0 - 1.0)[:, None]  # 0..16 -> [-1, 1]
-  return x, labels, test
+    test[rng.choice(idx, per_class, replace=False)] = True
+  return test
 
 
 def load_digits_dataset(split: str = "train") -> tuple[np.ndarray, np.ndarray]:

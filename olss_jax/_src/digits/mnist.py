@@ -20,6 +20,8 @@ import pathlib
 
 import numpy as np
 
+from olss_jax._src.digits import data as data_lib
+
 SPLIT_SEED = 0
 TEST_PER_CLASS = 100
 NUM_CLASSES = 10
@@ -50,11 +52,7 @@ def _load_all() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     raise ValueError(f"mnist_5k.csv.gz: expected ({NUM_IMAGES}, 785) values, got {table.shape}")
   images = table[:, :784].reshape(-1, 28, 28)
   labels = table[:, 784].astype(np.int32)
-  rng = np.random.RandomState(SPLIT_SEED)
-  test = np.zeros(labels.shape[0], bool)
-  for c in range(NUM_CLASSES):
-    idx = np.flatnonzero(labels == c)
-    test[rng.choice(idx, TEST_PER_CLASS, replace=False)] = True
+  test = data_lib.stratified_test_mask(labels, TEST_PER_CLASS, SPLIT_SEED)
   x = (images / 127.5 - 1.0)[:, None]  # 0..255 -> [-1, 1]
   return x.astype(np.float32), labels, test
 
