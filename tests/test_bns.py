@@ -91,8 +91,7 @@ def test_bns_lowers_the_error_on_fresh_noises_and_records_its_cost():
   _, _, _, start = bns.bns_parametrisation(traj.teacher, 5)
   x = jax.random.normal(jax.random.key(7), (64, 8))
   ref = np.asarray(oj.collect_trajectory(den, x, traj.teacher).states[-1])
-  rmse = lambda s: float(np.mean(np.sqrt(np.mean((np.asarray(oj.sample(den, s, x)) - ref) ** 2,
-                                                 axis=1))))
+  rmse = lambda s: float(oj.compare.per_sample_rmse(oj.sample(den, s, x), ref).mean())  # noqa: E731
   assert rmse(sched) * 1.5 < rmse(start), (rmse(sched), rmse(start))
 
 
