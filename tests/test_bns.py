@@ -95,7 +95,11 @@ def test_bns_lowers_the_error_on_fresh_noises_and_records_its_cost():
   assert rmse(sched) * 1.5 < rmse(start), (rmse(sched), rmse(start))
 
 
+@pytest.mark.slow
 def test_bns_jit_and_eager_agree_on_a_vp_model():
+  """Slow (about 30 s: the gradient through the sampler op by op): the engine's jit and eager
+  updates agree in tests/test_learned.py (`test_jit_and_eager_agree_and_the_update_is_traced_once`);
+  this repeats the check through BNS's parametrisation."""
   den, traj = _problem(False)
   kw = dict(alphas_cumprod=ALPHAS, num_iters=1, learning_rate=1e-3, patience=None)
   _, a = bns.bns_schedule(traj, 3, den, jit=True, **kw)

@@ -60,7 +60,9 @@ def _make_guided_fn(unet, prediction_type: str):
       guided = s_ab * guided + s_one * x32
     return guided.astype(x.dtype)
 
-  return guided_epsilon
+  # Compiled once per shape when called eagerly (op by op, the UNet's hundreds of operations
+  # would each be dispatched on their own); inlined under an outer jit, grad or vmap.
+  return jax.jit(guided_epsilon)
 
 
 def sd_denoiser(sd: model_lib.StableDiffusion, prompt_embeds, *, guidance_scale=7.0,
