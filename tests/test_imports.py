@@ -1,10 +1,17 @@
 """The package's shape: imports point one way, a small front door, no global side effects on import."""
 import ast
+import io
+import json
 import os
+import re
 import subprocess
 import sys
+import tokenize
 
 import olss_jax as oj
+from olss_jax._src import compare as compare_lib
+from olss_jax._src import model as model_lib
+from olss_jax._src import store as store_lib
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "olss_jax")
 
@@ -64,8 +71,8 @@ def test_no_import_cycles_inside_the_package():
 
 def test_the_fitting_layers_import_downward_only():
   graph = _module_graph()
-  layers = ["schedule", "noise", "teacher", "linalg", "rows", "trajectory", "validation",
-            "stats", "regression", "search", "fit", "closed_loop", "refine", "recipe"]
+  layers = ["schedule", "noise", "teacher", "linalg", "rows", "trajectory", "stats",
+            "validation", "regression", "search", "fit", "closed_loop", "refine", "recipe"]
   rank = {f"olss_jax._src.{name}": i for i, name in enumerate(layers)}
   for module, deps in graph.items():
     for dep in deps:
@@ -104,3 +111,84 @@ def test_importing_the_package_installs_no_warning_filter_and_imports_no_diffuse
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                         timeout=300, check=False, cwd=os.path.dirname(PACKAGE))
   assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+# The bottom layer: the shared types (`model`: ComparisonModel, StoreProgress) and what they use.
+_BOTTOM = ("olss_jax._src.model", "olss_jax._src.teacher", "olss_jax._src.noise")
+
+
+def test_the_shared_types_live_in_a_bottom_module():
+  graph = _module_graph()
+  for module in _BOTTOM:
+    assert graph[module] <= set(_BOTTOM), (module, graph[module] - set(_BOTTOM))
+  # besides the package, the bottom module imports only jax, numpy and the standard library
+  path = os.path.join(PACKAGE, "_src", "model.py")
+  roots = set()
+  for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+    if isinstance(node, ast.Import):
+      roots.update(a.name.split(".")[0] for a in node.names)
+    elif isinstance(node, ast.ImportFrom):
+      roots.add(node.module.split(".")[0])
+  assert roots - {"olss_jax", "jax", "numpy"} <= set(sys.stdlib_module_names), roots
+  # who uses the types imports them downward, not from the harness or the store
+  assert "olss_jax._src.compare" not in graph["olss_jax._src.embedded"]
+  assert "olss_jax._src.store" not in graph["olss_jax._src.progress"]
+  assert compare_lib.ComparisonModel is model_lib.ComparisonModel  # the old names still work
+  assert store_lib.StoreProgress is model_lib.StoreProgress
+
+
+def _comment_lines(source):
+  """{line: its comment's text without lint pragmas} for every comment in ``source``."""
+  pragma = re.compile(r"noqa(:\s*[A-Z]+\d+(\s*,\s*[A-Z]+\d+)*)?|pylint:\s*disable=[\w,-]+")
+  return {tok.start[0]: pragma.sub("", tok.string.lstrip("#")).strip()
+          for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+          if tok.type == tokenize.COMMENT}
+
+
+def test_few_function_level_imports_of_the_package_each_with_its_reason():
+  found = {}
+  for root, _, files in os.walk(PACKAGE):
+    for name in files:
+      if not name.endswith(".py"):
+        continue
+      path = os.path.join(root, name)
+      source = open(path, encoding="utf-8").read()
+      comments = _comment_lines(source)
+      for fn in ast.walk(ast.parse(source)):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+          continue
+        for node in ast.walk(fn):
+          own = ((isinstance(node, ast.Import)
+                  and any(a.name.split(".")[0] == "olss_jax" for a in node.names))
+                 or (isinstance(node, ast.ImportFrom)
+                     and (node.level > 0 or (node.module or "").split(".")[0] == "olss_jax")))
+          if own:
+            reason = comments.get(node.lineno) or comments.get(node.lineno - 1)
+            found[(os.path.relpath(path, PACKAGE), node.lineno)] = reason
+  assert len(found) <= 5, sorted(found)
+  assert all(found.values()), [where for where, reason in found.items() if not reason]
+
+
+def test_the_store_namespace_and_the_bottom_module_load_nothing_above_them():
+  # `import olss_jax.X` first runs olss_jax/__init__.py, which imports every namespace; the
+  # parent package is stubbed so that only what the module itself needs gets loaded.
+  code = ("import json, os, sys, types\n"
+          "pkg = types.ModuleType('olss_jax')\n"
+          "pkg.__path__ = [os.path.abspath('olss_jax')]\n"
+          "sys.modules['olss_jax'] = pkg\n"
+          "def loaded():\n"
+          "  return sorted(m for m in sys.modules if m.startswith('olss_jax.'))\n"
+          "import olss_jax._src.model\n"
+          "bottom = loaded()\n"
+          "import olss_jax.store\n"
+          "print(json.dumps({'bottom': bottom, 'store': loaded()}))\n")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=300, check=False, cwd=os.path.dirname(PACKAGE))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert set(loaded["bottom"]) <= set(_BOTTOM) | {"olss_jax._src"}, loaded["bottom"]
+  assert "olss_jax._src.model" in loaded["bottom"]
+  assert "olss_jax.store" in loaded["store"]
+  for above in ("olss_jax._src.compare", "olss_jax._src.recipe", "olss_jax._src.workbench",
+                "olss_jax._src.demo"):
+    assert above not in loaded["store"], above

@@ -7,6 +7,7 @@ import pytest
 import olss_jax as oj
 from olss_jax import testing
 from olss_jax._src import recipe
+from olss_jax._src import validation
 from olss_jax.cli import _main as cli_main
 
 
@@ -135,3 +136,28 @@ def test_a_model_for_other_samples_fails_in_one_line_naming_denoise_fn():
                      r"\(16, 8\)") as info:
     oj.fit_olss(traj, 3, denoise_fn=digits)
   assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("method", ["olss-ft", "olss", "olss-cl"])
+def test_fit_olss_scans_the_trajectory_once(monkeypatch, method):
+  # `fit_olss` checks at the door, then calls the verbs' cores, which trust the trajectory:
+  # one finiteness scan of the (K, B, ...) outputs, not one per verb (issue 24).
+  den, traj = testing.mixture_problem()
+  checks, scans = [], []
+  check_trajectory, find_nonfinite = validation.check_trajectory, validation.find_nonfinite
+
+  def counting_check(data, **kwargs):
+    checks.append(data)
+    return check_trajectory(data, **kwargs)
+
+  def counting_scan(array):
+    if np.shape(array) == np.shape(traj.model_outputs):
+      scans.append(array)
+    return find_nonfinite(array)
+
+  monkeypatch.setattr(validation, "check_trajectory", counting_check)
+  monkeypatch.setattr(validation, "find_nonfinite", counting_scan)
+  model = None if method in recipe.PAPER_METHODS else den
+  sched = oj.fit_olss(traj, 3, denoise_fn=model, method=method, max_evaluations=3)
+  assert sched.metadata["method"] == method
+  assert len(checks) == 1 and len(scans) == 1, (len(checks), len(scans))

@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from olss_jax._src import model as model_lib
 from olss_jax._src import noise
+from olss_jax._src import teacher as teacher_lib
 
 
 @jax.tree_util.register_dataclass
@@ -214,3 +216,32 @@ def flow_mixture_denoiser(mixture: GaussianMixture, *,
   """
   t = noise.check_count(num_train_timesteps, "num_train_timesteps")
   return jax.tree_util.Partial(mixture_velocity, mixture, np.float64(t))
+
+
+def analytic_comparison_model(*, seed: int = 0, num_components: int = 8, dim: int = 16,
+                              std: float = 0.1, sample_shape: tuple[int, ...] | None = None,
+                              flow: bool = False) -> model_lib.ComparisonModel:
+  """An analytic model: a sharp isotropic Gaussian mixture with its exact prediction.
+
+  Args:
+    seed, num_components, std: the mixture (`make_gaussian_mixture`).
+    dim: the sample shape ``(dim,)`` unless ``sample_shape`` is given (e.g. (4, 64, 64),
+      Stable Diffusion's latent size).
+    flow: the exact rectified flow (velocity, `flow_teacher`) instead of the VP epsilon model
+      on Stable Diffusion's schedule (DDIM teacher).
+  """
+  shape = (dim,) if sample_shape is None else tuple(sample_shape)
+  mixture = make_gaussian_mixture(jax.random.key(seed), num_components, shape, std=std)
+  label = "x".join(str(d) for d in shape)
+  if flow:
+    denoise_fn = flow_mixture_denoiser(mixture)
+    return model_lib.ComparisonModel(
+        name=f"gaussian-mixture-flow-{num_components}x{label}-std{std}",
+        alphas_cumprod=None, sample_shape=shape, denoiser=lambda conditions: denoise_fn,
+        teacher=teacher_lib.flow_teacher)
+  alphas = noise.scaled_linear_alphas_cumprod()
+  denoise_fn = mixture_denoiser(mixture, alphas)
+  suffix = f"{shape[0]}d" if len(shape) == 1 else label
+  return model_lib.ComparisonModel(name=f"gaussian-mixture-{num_components}x{suffix}-std{std}",
+                                   alphas_cumprod=alphas, sample_shape=shape,
+                                   denoiser=lambda conditions: denoise_fn)

@@ -44,6 +44,7 @@ NUM_FOLDS = 4
 # Model outputs kept by the search's prefix cache: at most this many bytes (and 1024 entries).
 CACHE_BYTES = 256 * 2**20
 SOURCES = ("closed_loop_walk", "teacher_forced_walk", "uniform")
+DEFAULT_REGULARIZATION = "cv"
 
 
 class ClosedLoopFitInfo(NamedTuple):
@@ -328,28 +329,8 @@ def _solve(traj, path, denoise_fn, grid: tuple, x64: bool, fit_noises: tuple | N
 _solve_jit = jax.jit(_solve, static_argnums=(3, 4, 5, 6))
 
 
-def check_fit_noises(fit_noises, batch_size: int) -> tuple | None:
-  """``fit_noises`` as a sorted tuple of distinct indices into the batch (None: all)."""
-  if fit_noises is None:
-    return None
-  idx = np.asarray(fit_noises)
-  if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
-    raise ValueError(f"fit_noises: expected a non-empty 1-D array of ints, got {fit_noises!r:.80}")
-  if np.any(idx < 0) or np.any(idx >= batch_size) or np.unique(idx).size != idx.size:
-    raise ValueError(f"fit_noises: expected distinct indices in [0, {batch_size}), got "
-                     f"{idx.tolist()!r:.80}")
-  return tuple(int(i) for i in np.sort(idx))
-
-
-def check_model_data(traj, name: str = "traj") -> None:
-  if not isinstance(traj, trajectory_lib.Trajectory):
-    raise TypeError(f"{name}: expected a Trajectory (the closed loop needs its noises and "
-                    f"model outputs), got {type(traj).__name__}")
-  validation.check_trajectory(traj, name=name)
-
-
 def closed_loop_fit(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
-                    regularization="cv", fit_noises=None):
+                    regularization=DEFAULT_REGULARIZATION, fit_noises=None):
   """Fits OLSS weights on a path by closed-loop least squares (Eq. 12 on the sampler's basis).
 
   Row by row: call the model at the current predicted state (x_T for row 0) at timestep
@@ -389,10 +370,17 @@ def closed_loop_fit(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
     (schedule, info): a `Schedule` (timesteps ``traj.timesteps[path]``, (n, n + 1) weights,
     metadata ``method="olss"``, ``fit="closed_loop"``, ...) and a `ClosedLoopFitInfo`.
   """
-  check_model_data(traj)
-  path = jnp.asarray(validation.check_path(path, traj.num_teacher_steps), jnp.int32)
+  validation.check_model_data(traj)
+  return _closed_loop_fit(traj, validation.check_path(path, traj.num_teacher_steps),
+                          denoise_fn, regularization=regularization, fit_noises=fit_noises)
+
+
+def _closed_loop_fit(traj, path, denoise_fn, *, regularization=DEFAULT_REGULARIZATION,
+                     fit_noises=None):
+  """`closed_loop_fit` on a checked trajectory and path (the core that trusts them)."""
+  path = jnp.asarray(path, jnp.int32)
   grid = _grid(regularization)
-  fit_noises = check_fit_noises(fit_noises, traj.batch_size)
+  fit_noises = validation.check_fit_noises(fit_noises, traj.batch_size)
   denoise_fn = trajectory_lib.as_denoise_pytree(denoise_fn)
   traced = noise.is_traced(path) or noise.is_traced(traj.x_T)
   solve = _solve if traced else _solve_jit
@@ -408,7 +396,7 @@ def closed_loop_fit(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
     if not finite:
       raise ValueError("denoise_fn: the closed-loop fit produced non-finite weights (the model "
                        "returned non-finite outputs along the fitted trajectory)")
-  fit_lib.warn_if_deficient(info.rank_deficient, "closed_loop_fit")
+  fit_lib.warn_if_deficient(info.rank_deficient, "closed_loop_fit", stacklevel=4)
   meta = fit_lib.fit_metadata(traj, "closed_loop")
   meta["regularization"] = regularization if isinstance(regularization, str) else float(
       regularization)
@@ -417,7 +405,7 @@ def closed_loop_fit(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
 
 
 def final_errors_fn(traj: trajectory_lib.Trajectory, denoise_fn, *, fit_noises,
-                    regularization="cv") -> Callable:
+                    regularization=DEFAULT_REGULARIZATION) -> Callable:
   """``errors(path) -> (fit MSE, held-out MSE)`` of the final state, closed-loop fitted.
 
   One jitted `closed_loop_fit` per call (n model calls on all B noises, weights fitted on
@@ -425,9 +413,16 @@ def final_errors_fn(traj: trajectory_lib.Trajectory, denoise_fn, *, fit_noises,
   exact teacher targets are kept between calls (at most `CACHE_BYTES` of them), so a path
   that moves one step computes one new target.
   """
-  check_model_data(traj)
+  validation.check_model_data(traj)
+  return _final_errors_fn(traj, denoise_fn, fit_noises=fit_noises,
+                          regularization=regularization)
+
+
+def _final_errors_fn(traj, denoise_fn, *, fit_noises,
+                     regularization=DEFAULT_REGULARIZATION) -> Callable:
+  """`final_errors_fn` of a checked trajectory (the core that trusts it)."""
   grid = _grid(regularization)
-  fit_noises = check_fit_noises(fit_noises, traj.batch_size)
+  fit_noises = validation.check_fit_noises(fit_noises, traj.batch_size)
   denoise_fn = trajectory_lib.as_denoise_pytree(denoise_fn)
   x64 = _caller_x64()
   part = sharding_lib.trajectory_partition(traj)
@@ -660,7 +655,8 @@ _search_jit = jax.jit(_search, static_argnums=(3, 7, 8))
 
 
 def closed_loop_search(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
-                       num_bisection_steps: int = 30, prefer_uniform_if_better: bool = True,
+                       num_bisection_steps: int = search.DEFAULT_BISECTION_STEPS,
+                       prefer_uniform_if_better: bool = True,
                        include_teacher_forced: bool = True):
   """Path optimisation (paper Eq. 13-14, Algorithms 1-3) on closed-loop step errors.
 
@@ -688,13 +684,24 @@ def closed_loop_search(traj: trajectory_lib.Trajectory, num_steps: int, denoise_
   Returns:
     (path, info): (n,) int32 path and a `ClosedLoopSearchInfo`.
   """
-  check_model_data(traj)
+  validation.check_model_data(traj)
   n = validation.check_num_steps(num_steps, traj.num_teacher_steps)
+  return _closed_loop_search(traj, n, denoise_fn, num_bisection_steps=num_bisection_steps,
+                             prefer_uniform_if_better=prefer_uniform_if_better,
+                             include_teacher_forced=include_teacher_forced)
+
+
+def _closed_loop_search(traj, num_steps: int, denoise_fn, *,
+                        num_bisection_steps: int = search.DEFAULT_BISECTION_STEPS,
+                        prefer_uniform_if_better: bool = True,
+                        include_teacher_forced: bool = True):
+  """`closed_loop_search` on a checked trajectory and step count (the core that trusts them)."""
+  n = num_steps
   bisections, prefer = search._search_options(num_bisection_steps,  # pylint: disable=protected-access
                                               prefer_uniform_if_better)
   denoise_fn = trajectory_lib.as_denoise_pytree(denoise_fn)
-  tf_path, _ = search.search_path(traj, n, num_bisection_steps=bisections,
-                                  prefer_uniform_if_better=False)
+  tf_path, _ = search._search_path(  # pylint: disable=protected-access
+      traj, n, num_bisection_steps=bisections, prefer_uniform_if_better=False)
   include = jnp.asarray(include_teacher_forced, bool)
   traced = any(noise.is_traced(x) for x in (traj.x_T, traj.model_outputs, bisections, prefer,
                                             include))

@@ -15,59 +15,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from olss_jax._src import noise
 from olss_jax._src import recipe
 from olss_jax._src import sampler
 from olss_jax._src import schedule as schedule_lib
-from olss_jax._src import teacher as teacher_lib
 from olss_jax._src import trajectory as trajectory_lib
+from olss_jax._src.analytic import analytic_comparison_model  # re-exported
 from olss_jax._src.baselines import registry
+from olss_jax._src.model import ComparisonModel  # re-exported: the type lives in the bottom layer
 from olss_jax._src.peers import bns as bns_lib
 from olss_jax._src.peers import ds_solver as ds_solver_lib
 from olss_jax._src.peers import ld3 as ld3_lib
 from olss_jax._src.peers import tuned as tuned_lib
-
-
-@dataclasses.dataclass(frozen=True)
-class ComparisonModel:
-  """A model under comparison.
-
-  Attributes:
-    name: shown in tables and recorded in schedules.
-    alphas_cumprod: (T,) training alpha_bar of a VP model (None for a rectified flow).
-    sample_shape: shape of one sample.
-    denoiser: ``conditions -> denoise_fn``; conditions is (B,) (e.g. class labels) or None.
-    draw_conditions: ``(seed, B) -> conditions`` for B noises (None: unconditional).
-    guidance_scale: recorded in metadata when the model uses classifier-free guidance.
-    metrics: optional ``(samples, teacher_samples, conditions) -> {name: value}`` extra metrics
-      (e.g. Frechet distance and class accuracy).
-    teacher: optional ``K -> Teacher``, the model's K-step reference solver (default: the
-      paper's DDIM teacher on ``alphas_cumprod``, for an epsilon model); e.g.
-      ``oj.flow_teacher`` for a flow model or ``partial(oj.ddim_teacher, alphas,
-      prediction_type="v_prediction")``.
-  """
-
-  name: str
-  alphas_cumprod: np.ndarray | None
-  sample_shape: tuple[int, ...]
-  denoiser: Callable[[Any], trajectory_lib.DenoiseFn]
-  draw_conditions: Callable[[int, int], Any] = lambda seed, n: None
-  guidance_scale: float | None = None
-  metrics: Callable[..., Mapping[str, float]] | None = None
-  teacher: Callable[[int], teacher_lib.Teacher] | None = None
-
-  def make_teacher(self, num_teacher_steps: int) -> teacher_lib.Teacher:
-    """The K-step teacher: ``teacher(K)``, or ``ddim_teacher(alphas_cumprod, K)``."""
-    if self.teacher is not None:
-      return self.teacher(num_teacher_steps)
-    if self.alphas_cumprod is None:
-      raise ValueError(f"model: {self.name!r} has neither alphas_cumprod nor a teacher")
-    return teacher_lib.ddim_teacher(self.alphas_cumprod, num_teacher_steps)
-
-  @property
-  def kind(self) -> str:
-    """The teacher kind (`teacher.KINDS` key): what the model predicts, which baselines run."""
-    return self.make_teacher(2).kind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,33 +301,3 @@ def format_markdown(comparison: Comparison, *, metric: str = "rmse",
       parts.append(f"**{text}**" if r[metric] == best_values[n] else text)
     lines.append(f"| {m} | " + " | ".join(parts) + " |")
   return "\n".join(lines)
-
-
-def analytic_comparison_model(*, seed: int = 0, num_components: int = 8, dim: int = 16,
-                              std: float = 0.1, sample_shape: tuple[int, ...] | None = None,
-                              flow: bool = False) -> ComparisonModel:
-  """An analytic model: a sharp isotropic Gaussian mixture with its exact prediction.
-
-  Args:
-    seed, num_components, std: the mixture (`analytic.make_gaussian_mixture`).
-    dim: the sample shape ``(dim,)`` unless ``sample_shape`` is given (e.g. (4, 64, 64),
-      Stable Diffusion's latent size).
-    flow: the exact rectified flow (velocity, `flow_teacher`) instead of the VP epsilon model
-      on Stable Diffusion's schedule (DDIM teacher).
-  """
-  from olss_jax._src import analytic  # noqa: PLC0415
-  shape = (dim,) if sample_shape is None else tuple(sample_shape)
-  mixture = analytic.make_gaussian_mixture(jax.random.key(seed), num_components, shape, std=std)
-  label = "x".join(str(d) for d in shape)
-  if flow:
-    denoise_fn = analytic.flow_mixture_denoiser(mixture)
-    return ComparisonModel(name=f"gaussian-mixture-flow-{num_components}x{label}-std{std}",
-                           alphas_cumprod=None, sample_shape=shape,
-                           denoiser=lambda conditions: denoise_fn,
-                           teacher=teacher_lib.flow_teacher)
-  alphas = noise.scaled_linear_alphas_cumprod()
-  denoise_fn = analytic.mixture_denoiser(mixture, alphas)
-  suffix = f"{shape[0]}d" if len(shape) == 1 else label
-  return ComparisonModel(name=f"gaussian-mixture-{num_components}x{suffix}-std{std}",
-                         alphas_cumprod=alphas, sample_shape=shape,
-                         denoiser=lambda conditions: denoise_fn)

@@ -20,7 +20,14 @@ import time
 import numpy as np
 
 from olss_jax._src import compare
+from olss_jax._src import embedded
+from olss_jax._src import figures
+from olss_jax._src import frechet
+from olss_jax._src import progress as progress_lib
 from olss_jax._src import recipe
+from olss_jax._src.digits import classifier as classifier_lib
+from olss_jax._src.digits import data
+from olss_jax._src.digits import mnist
 
 
 def digits_metrics(model: compare.ComparisonModel,
@@ -29,10 +36,6 @@ def digits_metrics(model: compare.ComparisonModel,
   the frozen classifier's features (``fd_teacher``, ``fd_real``) and class accuracy
   (``accuracy``); ``dataset`` ``"digits"`` (8x8) or ``"mnist"`` (28x28) picks the classifier
   and the real images."""
-  from olss_jax._src import frechet  # noqa: PLC0415
-  from olss_jax._src.digits import classifier as classifier_lib  # noqa: PLC0415
-  from olss_jax._src.digits import data  # noqa: PLC0415
-  from olss_jax._src.digits import mnist  # noqa: PLC0415
   if dataset == "mnist":
     clf = classifier_lib.load_mnist_classifier()
     real_images = mnist.load_mnist_dataset("test")[0]
@@ -52,7 +55,6 @@ def digits_metrics(model: compare.ComparisonModel,
 
 def build_model(name: str, guidance_scale: float | None = None) -> compare.ComparisonModel:
   """The comparison model for a ``--model`` choice (digits and MNIST carry their metrics)."""
-  from olss_jax._src import embedded  # noqa: PLC0415
   model = embedded.embedded_model(name, guidance_scale=guidance_scale)
   dataset = embedded.image_dataset(embedded.resolved_name(model))
   return digits_metrics(model, dataset) if dataset else model
@@ -110,7 +112,6 @@ def task_cost(method: str, n: int, *, num_fit: int, num_eval: int, max_evaluatio
 
 
 def _write_figures(result: compare.Comparison, out: str) -> list[str]:
-  from olss_jax._src import figures  # noqa: PLC0415
   os.makedirs(out, exist_ok=True)
   written = []
   path = os.path.join(out, "error_vs_steps.png")
@@ -159,7 +160,6 @@ def main(args: argparse.Namespace) -> int:
     args: the ``olss-jax demo`` options (``model``, ``guidance_scale``, ``steps``,
       ``num_fit``, ``num_eval``, ``teacher_steps``, ``methods``, ``out``, ``quiet``).
   """
-  from olss_jax._src import progress as progress_lib  # noqa: PLC0415
   start = time.perf_counter()
   model = build_model(args.model, args.guidance_scale)
   full = bool(getattr(args, "full", False))

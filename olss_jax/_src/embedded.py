@@ -13,9 +13,15 @@ from __future__ import annotations
 
 import functools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from olss_jax._src import compare
+from olss_jax._src import analytic
+from olss_jax._src import model as model_lib
+from olss_jax._src import noise
+from olss_jax._src import store
+from olss_jax._src.digits import model as digits_model
 
 EMBEDDED_MODELS = ("default", "digits", "digits-flow", "mnist", "analytic", "analytic-flow",
                    "analytic-latent")
@@ -28,9 +34,8 @@ _IMAGE_MODELS = {"digits": ("epsilon", "digits"), "digits-flow": ("flow", "digit
 def digits_available() -> bool:
   """True when the shipped digits model loads (its weights are in ``olss_jax/assets``)."""
   try:
-    from olss_jax._src.digits import model as digits_model  # pylint: disable=import-outside-toplevel
     digits_model.load_digits_model()
-  except Exception:  # noqa: BLE001  - missing asset, or the module not landed yet
+  except Exception:  # noqa: BLE001  - missing asset
     return False
   return True
 
@@ -45,7 +50,6 @@ def balanced_labels(seed: int, num: int, num_classes: int = 10) -> np.ndarray:
 def mnist_available() -> bool:
   """True when the shipped MNIST model loads (``olss_jax/assets/mnist_unet.msgpack``)."""
   try:
-    from olss_jax._src.digits import model as digits_model  # pylint: disable=import-outside-toplevel
     digits_model.load_mnist_model()
   except Exception:  # noqa: BLE001  - missing asset
     return False
@@ -58,13 +62,12 @@ def image_dataset(name: str) -> str | None:
 
 
 def _digits_model(guidance_scale: float | None, objective: str = "epsilon",
-                  dataset: str = "digits") -> compare.ComparisonModel:
-  from olss_jax._src.digits import model as digits_model  # pylint: disable=import-outside-toplevel
+                  dataset: str = "digits") -> model_lib.ComparisonModel:
   model = (digits_model.load_mnist_model() if dataset == "mnist"
            else digits_model.load_digits_model(objective=objective))
   g = model.default_guidance_scale if guidance_scale is None else float(guidance_scale)
   flow = objective == "flow"
-  return compare.ComparisonModel(
+  return model_lib.ComparisonModel(
       name="mnist-unet" if dataset == "mnist" else "digits-flow-unet" if flow else "digits-unet",
       alphas_cumprod=None if flow else model.alphas_cumprod,
       sample_shape=tuple(model.sample_shape),
@@ -74,7 +77,7 @@ def _digits_model(guidance_scale: float | None, objective: str = "epsilon",
 
 
 def embedded_model(name: str = "default", *,
-                   guidance_scale: float | None = None) -> compare.ComparisonModel:
+                   guidance_scale: float | None = None) -> model_lib.ComparisonModel:
   """An embedded model as a `ComparisonModel` (its teacher, sample_shape, denoiser).
 
   Args:
@@ -110,13 +113,13 @@ def embedded_model(name: str = "default", *,
   if guidance_scale is not None:
     raise ValueError("guidance_scale: the analytic models have no classifier-free guidance")
   if name == "analytic-flow":
-    return compare.analytic_comparison_model(flow=True)
+    return analytic.analytic_comparison_model(flow=True)
   if name == "analytic-latent":
-    return compare.analytic_comparison_model(sample_shape=(4, 64, 64))
-  return compare.analytic_comparison_model()
+    return analytic.analytic_comparison_model(sample_shape=(4, 64, 64))
+  return analytic.analytic_comparison_model()
 
 
-def resolved_name(model: compare.ComparisonModel) -> str:
+def resolved_name(model: model_lib.ComparisonModel) -> str:
   """The `EMBEDDED_MODELS` name that rebuilds ``model`` (never ``"default"``)."""
   for name in EMBEDDED_MODELS[1:]:
     if name.startswith("digits") and not digits_available():
@@ -128,13 +131,13 @@ def resolved_name(model: compare.ComparisonModel) -> str:
   raise ValueError(f"model: {model.name!r} is not an embedded model")
 
 
-def model_record(model: compare.ComparisonModel, name: str) -> dict:
+def model_record(model: model_lib.ComparisonModel, name: str) -> dict:
   """What a store records to rebuild an embedded model: its name and guidance scale."""
   return {"source": "embedded", "name": name, "model_name": model.name,
           "guidance_scale": model.guidance_scale}
 
 
-def schedule_metadata(model: compare.ComparisonModel) -> dict:
+def schedule_metadata(model: model_lib.ComparisonModel) -> dict:
   """The facts a schedule fitted on this model records (checked by `check_schedule_compatible`)."""
   teacher = model.make_teacher(2)
   num_train = (int(np.shape(model.alphas_cumprod)[0]) if model.alphas_cumprod is not None
@@ -172,10 +175,6 @@ def collect_embedded_to_directory(directory, name: str = "default", *, num_image
   Returns:
     The `store.CollectInfo`.
   """
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from olss_jax._src import noise  # pylint: disable=import-outside-toplevel
-  from olss_jax._src import store  # pylint: disable=import-outside-toplevel
   num_images = noise.check_count(num_images, "num_images")
   images_per_chunk = noise.check_count(images_per_chunk, "images_per_chunk")
   model = embedded_model(name, guidance_scale=guidance_scale)

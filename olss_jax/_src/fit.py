@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from olss_jax._src import linalg
 from olss_jax._src import noise
 from olss_jax._src import regression
 from olss_jax._src import schedule as schedule_lib
@@ -35,12 +36,12 @@ def fit_metadata(data, fit: str) -> dict:
           "sample_shape": list(data.sample_shape)}
 
 
-def warn_if_deficient(deficient, where: str) -> None:
+def warn_if_deficient(deficient, where: str, stacklevel: int = 3) -> None:
   """The rank-deficiency warning of a concrete fit (none under jit)."""
   if not noise.is_traced(deficient) and bool(np.any(np.asarray(deficient))):
     warnings.warn(f"{where}: the basis of some steps is rank deficient (repeated or zero "
                   "model outputs); the minimum-norm least-squares weights were used",
-                  RuntimeWarning, stacklevel=3)
+                  RuntimeWarning, stacklevel=stacklevel)
 
 
 def poison_unless(valid, *arrays):
@@ -62,7 +63,9 @@ def fit_weights(traj, path):
   (repeated or zero outputs) gets the minimum-norm solution and a warning, never NaN.
 
   Pure JAX: ``jax.jit(fit_weights)`` and ``jax.vmap(fit_weights, in_axes=(None, 0))`` (a
-  batch of paths) work, and the weights are differentiable in the model outputs.
+  batch of paths) work, and the weights are differentiable in the model outputs, also from
+  JAX's default float32 mode (reverse mode, `linalg.x64_call`: the gradient comes back in
+  the outputs' dtype; cast the float64 weights to float32 before float32 arithmetic).
 
   Checked under jit: the trajectory's and the path's shapes and dtypes (raise at trace time).
   The path's values (``path[0] == 0``, strictly increasing, below K) and the trajectory's
@@ -84,20 +87,31 @@ def fit_weights(traj, path):
   Raises:
     ValueError: a bad path, or non-finite weights (the trajectory holds NaN or inf).
   """
-  regression.check_data(traj)
-  path = validation.check_path(path, traj.num_teacher_steps)
+  validation.check_data(traj)
+  return _fit_weights(traj, validation.check_path(path, traj.num_teacher_steps))
+
+
+def _fit_weights(traj, path):
+  """`fit_weights` on a checked trajectory and path (the core that trusts its inputs)."""
   path = jnp.asarray(path, jnp.int32)
-  weights, errors, deficient = regression.solve_path(traj, path)
-  if noise.is_traced(path):  # under jit a bad path cannot raise: it gives NaN weights
-    weights, errors = poison_unless(validation.path_is_valid(path, traj.num_teacher_steps),
-                                    weights, errors)
+  traced_path = noise.is_traced(path)
+
+  def solve(data, path):
+    weights, errors, deficient = regression.solve_path(data, path)
+    if traced_path:  # under jit a bad path cannot raise: it gives NaN weights
+      weights, errors = poison_unless(validation.path_is_valid(path, data.num_teacher_steps),
+                                      weights, errors)
+    return weights, errors, deficient
+
+  # float64 inside; `grad` from JAX's float32 mode also transposes in float64 (`x64_call`)
+  weights, errors, deficient = linalg.x64_call(solve, traj, path)
   if not noise.is_traced(weights):
     with jax.enable_x64(True):
       finite = bool(jnp.all(jnp.isfinite(weights)))
     if not finite:
       raise ValueError("traj: the least-squares fit produced non-finite weights; the "
                        "trajectory contains non-finite values")
-  warn_if_deficient(deficient, "fit_weights")
+  warn_if_deficient(deficient, "fit_weights", stacklevel=4)
   timesteps = jnp.asarray(traj.timesteps)[path]
   schedule = schedule_lib.Schedule(timesteps, weights, fit_metadata(traj, "teacher_forced"))
   return noise.to_host((schedule, FitInfo(errors, deficient)))

@@ -44,7 +44,6 @@ import numpy as np
 import optax
 
 from olss_jax._src import closed_loop
-from olss_jax._src import noise
 from olss_jax._src import regression
 from olss_jax._src import sampler
 from olss_jax._src import schedule as schedule_lib
@@ -292,11 +291,23 @@ def train(denoise_fn, traj: trajectory_lib.Trajectory, param, params0, start, *,
   """
   t_start = time.perf_counter()
   validation.check_trajectory(traj)
+  return _train(denoise_fn, traj, param, params0, start, loss=loss, criterion=criterion,
+                num_iters=num_iters, learning_rate=learning_rate, optimizer=optimizer,
+                holdout=holdout, patience=patience, data=data, jit=jit, t_start=t_start)
+
+
+def _train(denoise_fn, traj, param, params0, start, *, loss: str = DEFAULT_LOSS,
+           criterion: str = "rmse", num_iters: int = DEFAULT_NUM_ITERS,
+           learning_rate=DEFAULT_LEARNING_RATES, optimizer: Callable[..., Any] = optax.adam,
+           holdout=DEFAULT_HOLDOUT, patience: int | None = DEFAULT_PATIENCE,
+           data: dict | None = None, jit: bool = True, t_start: float | None = None):
+  """`train` on a checked trajectory (the core that trusts it; its options are checked)."""
+  t_start = time.perf_counter() if t_start is None else t_start
   loss = check_loss(loss)
   criterion = check_loss(criterion, "criterion", CRITERIA)
-  num_iters = noise.check_count(num_iters, "num_iters", minimum=0)
+  num_iters = validation.check_count(num_iters, "num_iters", minimum=0)
   if patience is not None:
-    patience = noise.check_count(patience, "patience")
+    patience = validation.check_count(patience, "patience")
   rates = _rates(learning_rate)
   if not callable(optimizer):
     raise TypeError(f"optimizer: expected a function learning_rate -> optax "
@@ -446,6 +457,20 @@ def learn_schedule(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedu
   if not isinstance(schedule, schedule_lib.Schedule):
     raise TypeError(f"schedule: expected a Schedule, got {type(schedule).__name__}")
   validation.check_schedule(schedule)
+  validation.check_trajectory(traj)
+  return _learn_schedule(denoise_fn, traj, schedule, learn_times=learn_times, loss=loss,
+                         criterion=criterion, num_iters=num_iters, learning_rate=learning_rate,
+                         time_scale=time_scale, holdout=holdout, patience=patience,
+                         optimizer=optimizer, jit=jit)
+
+
+def _learn_schedule(denoise_fn, traj, schedule, *, learn_times: bool = True,
+                    loss: str = DEFAULT_LOSS, criterion: str = "rmse",
+                    num_iters: int = DEFAULT_NUM_ITERS, learning_rate=DEFAULT_LEARNING_RATES,
+                    time_scale: float = DEFAULT_TIME_SCALE, holdout=DEFAULT_HOLDOUT,
+                    patience: int | None = DEFAULT_PATIENCE, optimizer=optax.adam,
+                    jit: bool = True):
+  """`learn_schedule` of a checked trajectory and schedule (the core that trusts them)."""
   if not np.isfinite(time_scale) or time_scale <= 0:
     raise ValueError(f"time_scale: expected a finite value > 0, got {time_scale!r}")
   n = schedule.num_steps
@@ -457,7 +482,7 @@ def learn_schedule(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedu
   param = FreeSchedule(n, grid, float(time_scale))
   dtype = jnp.asarray(traj.x_T).dtype
   params0 = param.init(times0, schedule.weights, dtype)
-  times, weights, info = train(
+  times, weights, info = _train(
       denoise_fn, traj, param, params0, (times0, schedule.weights), loss=loss,
       criterion=criterion, num_iters=num_iters, learning_rate=learning_rate,
       optimizer=optimizer, holdout=holdout,
@@ -525,8 +550,17 @@ def fit_e2e(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
     `info_metadata` facts and ``fit_model_calls`` (search + fits + training).
   """
   t0 = time.perf_counter()
-  closed_loop.check_model_data(traj)
+  validation.check_model_data(traj)
   n = validation.check_num_steps(num_steps, traj.num_teacher_steps)
+  return _fit_e2e(traj, n, denoise_fn, starts=starts, holdout=holdout, t0=t0, **learn_kwargs)
+
+
+def _fit_e2e(traj, num_steps: int, denoise_fn, *, starts=DEFAULT_E2E_STARTS,
+             holdout=DEFAULT_HOLDOUT, t0: float | None = None,
+             **learn_kwargs) -> schedule_lib.Schedule:
+  """`fit_e2e` on a checked trajectory and step count (the core that trusts them)."""
+  t0 = time.perf_counter() if t0 is None else t0
+  n = num_steps
   starts = tuple(starts)
   if not starts or any(s not in E2E_STARTS for s in starts):
     raise ValueError(f"starts: expected names from {E2E_STARTS}, got {starts!r}")
@@ -539,26 +573,29 @@ def fit_e2e(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
     if name == "olss-p-cl":
       path = search.uniform_path(traj, n)
     elif searched is None:
-      path, sinfo = closed_loop.closed_loop_search(traj, n, denoise_fn)
+      path, sinfo = closed_loop._closed_loop_search(  # pylint: disable=protected-access
+          traj, n, denoise_fn)
       calls += int(sinfo.num_model_calls)
       meta["search_max_error"] = float(sinfo.max_error)
       searched = path
     if name == "olss-ft":
       # the tuning's fit part is this split's (same holdout): its walk never sees the held-out
       # targets, but its final choice did (so its held-out error is optimistic)
-      path, tinfo = tune.tune_path(traj, searched, denoise_fn, holdout=holdout,
-                                   alternatives=[search.uniform_path(traj, n)])
+      path, tinfo = tune._tune_path(  # pylint: disable=protected-access
+          traj, searched, denoise_fn, holdout=holdout,
+          alternatives=[search.uniform_path(traj, n)])
       calls += tinfo.num_model_calls
     elif name == "olss-cl":
       path = searched
-    sched, _ = closed_loop.closed_loop_fit(traj, path, denoise_fn, fit_noises=train_idx)
+    sched, _ = closed_loop._closed_loop_fit(  # pylint: disable=protected-access
+        traj, path, denoise_fn, fit_noises=train_idx)
     calls += 2 * n                                  # the fit and its held-out evaluation
     err = holdout_criterion(sched, denoise_fn, traj, hold_idx, criterion)
     candidates[name] = (err, sched, np.asarray(path))
   name = min(candidates, key=lambda k: candidates[k][0])
   _, start, path = candidates[name]
   start = start.with_metadata(method=name, path=path.tolist())
-  sched, info = learn_schedule(denoise_fn, traj, start, holdout=holdout, **learn_kwargs)
+  sched, info = _learn_schedule(denoise_fn, traj, start, holdout=holdout, **learn_kwargs)
   meta.update(method="olss-e2e", e2e_start=name, path=path.tolist(),
               e2e_start_holdout={k: float(v[0]) for k, v in candidates.items()},
               fit_model_calls=calls + info.num_model_calls,

@@ -33,6 +33,62 @@ def f64(x):
   return jnp.asarray(x).astype(jnp.float64)
 
 
+def x64_call(fn, *args):
+  """``fn(*args)`` in float64 (scoped `jax.enable_x64`), differentiable from float32 mode.
+
+  `jax.grad` transposes a function after it has been traced, outside any `jax.enable_x64`
+  block the forward pass ran in: in JAX's default float32 mode the transpose rules of the
+  float64 operations then build float32 zeros and fail (``lax.scatter requires arguments to
+  have the same dtypes, got float32, float64``). So when x64 is off and some argument is
+  traced, ``fn`` runs as a `jax.custom_vjp` whose backward pass replays its `jax.vjp`
+  inside `jax.enable_x64` as well. The outputs keep ``fn``'s dtypes (float64); each
+  argument's cotangent comes back in that argument's dtype (float32 model outputs get float32
+  gradients). With x64 on (the caller's `jax.enable_x64`, or inside another float64 block)
+  or on concrete arguments, ``fn`` is called directly, so forward mode (`jax.jvp`) and
+  higher derivatives work there; in float32 mode ``fn`` supports first-order reverse mode
+  (`jax.grad`, `jax.vjp`, under `jax.jit` and `jax.vmap`) only.
+
+  Args:
+    fn: a pure function of pytrees of arrays, returning a pytree of arrays.
+    *args: its arguments (integer and bool leaves get float0 cotangents).
+  """
+  leaves, tree = jax.tree_util.tree_flatten(args)
+  traced = [isinstance(leaf, jax.core.Tracer) for leaf in leaves]
+  if jax.config.jax_enable_x64 or not any(traced):
+    with jax.enable_x64(True):
+      return fn(*args)
+  # Only the traced leaves are the custom_vjp's arguments (concrete ones, such as a teacher's
+  # float64 levels, have no cotangent, so none crosses back into float32 code).
+  out_dtypes = []
+
+  def inner(*traced_leaves):
+    it = iter(traced_leaves)
+    full = [next(it) if t else leaf for leaf, t in zip(leaves, traced)]
+    return fn(*jax.tree_util.tree_unflatten(tree, full))
+
+  @jax.custom_vjp
+  def call(*xs):
+    with jax.enable_x64(True):
+      return inner(*xs)
+
+  def fwd(*xs):
+    with jax.enable_x64(True):
+      out, pullback = jax.vjp(inner, *xs)
+      out_dtypes[:] = [jnp.result_type(o) for o in jax.tree_util.tree_leaves(out)]
+      return out, pullback
+
+  def bwd(pullback, cts):
+    with jax.enable_x64(True):
+      ct_leaves, ct_tree = jax.tree_util.tree_flatten(cts)
+      ct_leaves = [c if not jnp.issubdtype(d, jnp.inexact) else jnp.asarray(c).astype(d)
+                   for c, d in zip(ct_leaves, out_dtypes)]
+      return tuple(pullback(jax.tree_util.tree_unflatten(ct_tree, ct_leaves)))
+
+  call.defvjp(fwd, bwd)
+  with jax.enable_x64(True):
+    return call(*(leaf for leaf, t in zip(leaves, traced) if t))
+
+
 def qr_r(a) -> jax.Array:
   """(min(m, c), c) triangular factor R of a (m, c) matrix: ``A^T A = R^T R`` (Householder)."""
   with jax.enable_x64(True):

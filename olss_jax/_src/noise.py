@@ -5,6 +5,8 @@ traced function here, `alpha_bar_at`, reads a schedule at integer or continuous 
 """
 from __future__ import annotations
 
+import operator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,13 +83,25 @@ def check_alphas_cumprod(alphas_cumprod, *, name: str = "alphas_cumprod"):
   return arr
 
 
-def check_count(value, name: str, *, minimum: int = 1, maximum: int | None = None) -> int:
-  """An int argument (not bool) with ``minimum <= value <= maximum``; returns it as int."""
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+def check_count(value, name: str, *, minimum: int | None = 1,
+                maximum: int | None = None) -> int:
+  """An int argument with ``minimum <= value <= maximum`` (None: no bound); returns a Python int.
+
+  Accepts what `operator.index` accepts (an int, a numpy integer, a 0-d integer array), never
+  a bool or a float. olss_jax's one integer checker, public as `validation.check_count` (the
+  command line's options use it too); it lives here, at the bottom of the package, because
+  the noise schedules and teachers below `validation` need it.
+  """
+  if isinstance(value, (bool, np.bool_)):
     raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r:.50}")
-  value = int(value)
-  if value < minimum or (maximum is not None and value > maximum):
-    bound = f"{minimum} <= {name}" + (f" <= {maximum}" if maximum is not None else "")
+  try:
+    value = operator.index(value)
+  except TypeError:
+    raise TypeError(f"{name}: expected an int, got {type(value).__name__} "
+                    f"{value!r:.50}") from None
+  if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+    bound = (f"{minimum} <= " if minimum is not None else "") + name + (
+        f" <= {maximum}" if maximum is not None else "")
     raise ValueError(f"{name}: expected {bound}, got {value}")
   return value
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from olss_jax._src import store as store_lib
+from olss_jax._src import model as model_lib
 
 
 class _NullBar:
@@ -73,13 +73,13 @@ def teacher_callback(bar) -> Callable[[int, int], None]:
   return callback
 
 
-def store_callback(bar) -> Callable[[store_lib.StoreProgress], None]:
+def store_callback(bar) -> Callable[[model_lib.StoreProgress], None]:
   """A `collect_to_directory` callback: the bar counts teacher steps over all chunks.
 
   Skipped (already finished) chunks jump the bar forward at once; the bar's total should be
   ``num_chunks * num_teacher_steps``.
   """
-  def callback(event: store_lib.StoreProgress) -> None:
+  def callback(event: model_lib.StoreProgress) -> None:
     position = event.chunk_index * event.num_teacher_steps + event.steps_done
     _advance_to(bar, position)
     if event.status == "skipped":

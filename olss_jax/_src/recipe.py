@@ -35,7 +35,6 @@ from olss_jax._src import closed_loop
 from olss_jax._src import fit
 from olss_jax._src import learned
 from olss_jax._src import refine as refine_lib
-from olss_jax._src import regression
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src import search
 from olss_jax._src import tune
@@ -74,26 +73,12 @@ def resolve_method(method: str | None, *, has_model: bool) -> str:
   return method
 
 
-def check_fit_noises(traj, num_steps: int, method: str) -> None:
-  """Refuses too few fitting noises for ``method`` (one line, with the minimum); warns below
-  `RECOMMENDED_FIT_NOISES`."""
-  b = int(traj.batch_size)
-  minimum = MIN_FIT_NOISES.get(method, 1)
-  if b < minimum:
-    why = ("its path is validated on a held-out quarter of them and each row's ridge is "
-           "cross-validated over the rest" if method == "olss-ft" else
-           "each row's ridge is cross-validated over them")
-    raise ValueError(f"traj: method={method!r} needs at least {minimum} fitting noises ({why}), "
-                     f"got {b}; collect more (the paper fits on 32) or use method='olss'")
-  elements = b * int(np.prod(traj.sample_shape))
-  if elements < num_steps + 1:
-    raise ValueError(f"traj: {b} fitting noise(s) of {elements // b} elements give {elements} "
-                     f"equations, fewer than the {num_steps + 1} weights of the last step; "
-                     "collect more noises or fit fewer steps")
-  if b < RECOMMENDED_FIT_NOISES:
-    warnings.warn(f"fit_olss: {b} fitting noises; at least {RECOMMENDED_FIT_NOISES} are "
-                  "recommended (the paper fits on 32), fewer overfit them",
-                  validation.FewFitNoisesWarning, stacklevel=3)
+def _why_minimum(method: str) -> str:
+  """Why ``method`` needs `MIN_FIT_NOISES` of them (for the refusal's message)."""
+  if method == "olss-ft":
+    return ("its path is validated on a held-out quarter of them and each row's ridge is "
+            "cross-validated over the rest")
+  return "each row's ridge is cross-validated over them"
 
 
 def _concrete_list(x) -> list:
@@ -111,7 +96,8 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
   uniform path) and its least squares (`fit_weights`, Eq. 12; or `closed_loop_fit`), see
   `METHODS`. ``refine=True`` then trains the weights end to end through the sampler
   (`refine`, needs the model). Runs eagerly and records its diagnostics in the schedule's
-  metadata (the verbs it calls are each jittable).
+  metadata (the verbs it calls are each jittable). Its inputs are checked once, here (one
+  scan of the trajectory for NaN); the verbs' cores it calls trust them.
 
   Args:
     traj: the teacher `Trajectory` (B fitting noises, K steps); the paper's methods also take
@@ -152,32 +138,41 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
   method = resolve_method(method, has_model=has_model)
   if refine and not has_model:
     raise ValueError("denoise_fn: required for refine=True (it trains through the sampler)")
-  regression.check_data(traj)
-  check_fit_noises(traj, num_steps, method)
+  # The one check of the trajectory (a scan of its outputs for NaN); the verbs below are the
+  # cores of `search_path`, `closed_loop_fit`, ... that trust it (`validation`'s docstring).
+  if method in MODEL_METHODS:
+    validation.check_model_data(traj)
+  else:
+    validation.check_data(traj)
+  num_steps = validation.check_num_steps(num_steps, traj.num_teacher_steps)
+  validation.check_fit_noise_count(traj, num_steps, method=method,
+                                   minimum=MIN_FIT_NOISES.get(method, 1),
+                                   recommended=RECOMMENDED_FIT_NOISES, why=_why_minimum(method))
   say = progress or (lambda message: None)
   if method == "olss-e2e":   # weights and times trained end to end (`learned.fit_e2e`)
     if refine:
       raise ValueError("refine: method='olss-e2e' already trains its weights end to end")
     say("olss-e2e: closed-loop least-squares starts, then end-to-end training")
-    return learned.fit_e2e(traj, num_steps, denoise_fn)
+    return learned._fit_e2e(traj, num_steps, denoise_fn)  # pylint: disable=protected-access
   meta: dict[str, Any] = {}
+  # pylint: disable=protected-access
   if method in ("olss-p", "olss-p-cl"):
     path = search.uniform_path(traj, num_steps)
     meta["path_search"] = "uniform"
   elif method == "olss":
     say(f"search path: Algorithms 1-3, {num_steps} of {traj.num_teacher_steps} teacher steps")
-    path, info = search.search_path(traj, num_steps)
+    path, info = search._search_path(traj, num_steps)
     meta.update(path_search="teacher_forced", search_max_error=float(info.max_error),
                 search_chose_uniform=bool(info.chose_uniform))
   else:
     say(f"search path: closed loop, {num_steps} of {traj.num_teacher_steps} teacher steps")
-    path, info = closed_loop.closed_loop_search(traj, num_steps, denoise_fn)
+    path, info = closed_loop._closed_loop_search(traj, num_steps, denoise_fn)
     meta.update(path_search="closed_loop", search_max_error=float(info.max_error),
                 search_source=info.source_name, search_model_calls=int(info.num_model_calls))
     if method == "olss-ft":
-      path, tinfo = tune.tune_path(traj, path, denoise_fn, max_evaluations=max_evaluations,
-                                   alternatives=[search.uniform_path(traj, num_steps)],
-                                   progress=progress)
+      path, tinfo = tune._tune_path(traj, path, denoise_fn, max_evaluations=max_evaluations,
+                                    alternatives=[search.uniform_path(traj, num_steps)],
+                                    progress=progress)
       meta.update(path_search="closed_loop+final_error", tune_start_path=_concrete_list(
           tinfo.start_path), tune_kept_start=tinfo.kept_start,
           tune_evaluations=tinfo.num_evaluations,
@@ -186,9 +181,9 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
   say("fit weights: " + ("teacher-forced least squares" if method in PAPER_METHODS
                           else "closed-loop least squares"))
   if method in PAPER_METHODS:
-    sched, fit_info = fit.fit_weights(traj, path)
+    sched, fit_info = fit._fit_weights(traj, path)
   else:
-    sched, fit_info = closed_loop.closed_loop_fit(traj, path, denoise_fn)
+    sched, fit_info = closed_loop._closed_loop_fit(traj, path, denoise_fn)
     meta["fit_model_calls"] = int(fit_info.num_model_calls) + meta.get("search_model_calls", 0)
     meta["ridge"] = _concrete_list(fit_info.ridge)
   meta.update(method=method, path=_concrete_list(path),
@@ -197,6 +192,6 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
   sched = sched.with_metadata(**meta)
   if refine:
     say("refine weights end to end")
-    sched, _ = refine_lib.refine(denoise_fn, traj, sched, **(refine_kwargs or {}))
+    sched, _ = refine_lib._refine(denoise_fn, traj, sched, **(refine_kwargs or {}))
     sched = sched.with_metadata(method=method + "+refine")
   return sched

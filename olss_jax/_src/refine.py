@@ -23,6 +23,10 @@ from olss_jax._src import split
 from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src import validation
 
+DEFAULT_NUM_ITERS = 200
+DEFAULT_HOLDOUT = 0.25
+DEFAULT_PATIENCE = 50
+
 
 class RefineInfo(NamedTuple):
   """Diagnostics of `refine` (host values).
@@ -65,8 +69,9 @@ def final_sample_loss(weights: jax.Array, timesteps: jax.Array, denoise_fn, x_T:
 
 
 def refine(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedule_lib.Schedule, *,
-           optimizer: optax.GradientTransformation | None = None, num_iters: int = 200,
-           holdout=0.25, patience: int | None = 50, jit: bool = True):
+           optimizer: optax.GradientTransformation | None = None,
+           num_iters: int = DEFAULT_NUM_ITERS, holdout=DEFAULT_HOLDOUT,
+           patience: int | None = DEFAULT_PATIENCE, jit: bool = True):
   """Refines a schedule's weights end to end through the sampler (beyond the paper).
 
   Minimises ``mean((sample(denoise_fn, W, x_T) - x_teacher_final)^2)`` over the fitting
@@ -99,6 +104,13 @@ def refine(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedule_lib.S
     is True and ``fit`` stays the starting schedule's.
   """
   validation.check_trajectory(traj)
+  return _refine(denoise_fn, traj, schedule, optimizer=optimizer, num_iters=num_iters,
+                 holdout=holdout, patience=patience, jit=jit)
+
+
+def _refine(denoise_fn, traj, schedule, *, optimizer=None, num_iters: int = DEFAULT_NUM_ITERS,
+            holdout=DEFAULT_HOLDOUT, patience: int | None = DEFAULT_PATIENCE, jit: bool = True):
+  """`refine` of a checked trajectory (the core that trusts it; its options are checked)."""
   if not isinstance(schedule, schedule_lib.Schedule):
     raise TypeError(f"schedule: expected a Schedule, got {type(schedule).__name__}")
   if isinstance(num_iters, bool) or not isinstance(num_iters, (int, np.integer)) or num_iters < 0:

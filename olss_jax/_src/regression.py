@@ -20,7 +20,6 @@ from olss_jax._src import rows
 from olss_jax._src import sharding as sharding_lib
 from olss_jax._src import stats as stats_lib
 from olss_jax._src import trajectory as trajectory_lib
-from olss_jax._src import validation
 
 # Above this many flops (2 m (K + 1)^2 for m = B * D rows) a `Trajectory`'s full factor (the
 # search's R) comes from its float64 Gram (`trajectory_stats`) rather than a streamed
@@ -28,16 +27,6 @@ from olss_jax._src import validation
 # Stable Diffusion's size the QR of all 1001 columns runs at 3-4 GFLOP/s (minutes), the Gram
 # at ~30 (seconds). The digits model (2048 x 1001, 4e9 flops) stays on the QR.
 QR_FLOPS_LIMIT = 1e10
-
-
-def check_data(data, name: str = "traj") -> None:
-  """A `Trajectory` (validated) or `TrajectoryStats`; anything else is a TypeError."""
-  if isinstance(data, stats_lib.TrajectoryStats):
-    return
-  if not isinstance(data, trajectory_lib.Trajectory):
-    raise TypeError(f"{name}: expected a Trajectory or TrajectoryStats, got "
-                    f"{type(data).__name__}")
-  validation.check_trajectory(data, name=name)
 
 
 def path_targets(path, num_teacher_steps: int) -> jax.Array:

@@ -33,6 +33,7 @@ def _flat(x_T, outputs):
 
 def _block(arrays, start, size: int):
   """Rows [start, start + size) of each flat array (rows on the last axis; None stays None)."""
+  start = jnp.asarray(start, jnp.int32)  # int32 indices also in float64 code (see fold_rows)
   return tuple(None if a is None else jax.lax.dynamic_slice_in_dim(a, start, size, axis=-1)
                for a in arrays)
 
@@ -68,7 +69,9 @@ def fold_rows(step: Callable, init, x_T, outputs, *, rows_per_block: int = ROWS_
     def body(i, acc):
       return step(acc, *_block(arrays, i * size, size))
 
-    acc = jax.lax.fori_loop(0, blocks, body, init)
+    # int32 loop indices: float64 callers run under jax.enable_x64, where Python ints would
+    # become int64, which a caller's jit (float32 mode) cannot lower after vmap and grad.
+    acc = jax.lax.fori_loop(np.int32(0), np.int32(blocks), body, init)
     if rest:
       acc = step(acc, *_block(arrays, blocks * size, rest))
     return acc

@@ -69,10 +69,13 @@ def _sample(denoise_fn, schedule, x_T, mesh, keep_states: bool, num_train_timest
   x_T = sharding_lib.shard_batch(x_T, sharding_lib.resolve_mesh(mesh, x_T.shape[0]))
   compute_dtype = jnp.promote_types(jnp.result_type(float), weights.dtype)
   compute_dtype = jnp.promote_types(compute_dtype, x_T.dtype)
+  # In float32 mode traced float64 weights (`fit_weights` under the caller's jit or grad) are
+  # rounded to float32 here, once, like host float64 weights are on entry.
+  compute_dtype = jax.dtypes.canonicalize_dtype(compute_dtype)
+  weights = weights.astype(compute_dtype)
   # Under jit the values cannot raise: a schedule `check_schedule` would refuse gives NaN.
   valid = validation.schedule_is_valid(timesteps, weights,
                                        num_train_timesteps=num_train_timesteps, kind=kind)
-  weights = weights.astype(compute_dtype)
   outputs = jnp.zeros((n,) + x_T.shape, x_T.dtype)
   states = jnp.zeros((n + 1,) + x_T.shape, x_T.dtype).at[0].set(x_T) if keep_states else None
 

@@ -22,6 +22,7 @@ from olss_jax._src import regression
 from olss_jax._src import validation
 
 MAX_BRACKET_DOUBLINGS = 64
+DEFAULT_BISECTION_STEPS = 30   # the reference code's halvings of the bound bracket
 
 
 class Walk(NamedTuple):
@@ -307,7 +308,7 @@ def search_on_projection(proj: Projection, num_steps: int, num_bisection_steps,
 _search_jit = jax.jit(search_on_projection, static_argnums=1)
 
 
-def search_path(traj, num_steps: int, *, num_bisection_steps: int = 30,
+def search_path(traj, num_steps: int, *, num_bisection_steps: int = DEFAULT_BISECTION_STEPS,
                 prefer_uniform_if_better: bool = True):
   """Path optimisation (paper Eq. 13-14, Algorithms 1-3): min over paths of the max step error.
 
@@ -340,8 +341,16 @@ def search_path(traj, num_steps: int, *, num_bisection_steps: int = 30,
     (path, info): (n,) int32 indices into the teacher's timesteps (``path[0] == 0``) and a
     `SearchInfo` (host numpy arrays when called eagerly, traced arrays under jit).
   """
-  regression.check_data(traj)
+  validation.check_data(traj)
   n = validation.check_num_steps(num_steps, traj.num_teacher_steps)
+  return _search_path(traj, n, num_bisection_steps=num_bisection_steps,
+                      prefer_uniform_if_better=prefer_uniform_if_better)
+
+
+def _search_path(traj, num_steps: int, *, num_bisection_steps=DEFAULT_BISECTION_STEPS,
+                 prefer_uniform_if_better=True):
+  """`search_path` on a checked trajectory and step count (the core that trusts them)."""
+  n = num_steps
   bisections, prefer = _search_options(num_bisection_steps, prefer_uniform_if_better)
   proj = projection(traj)
   if any(noise.is_traced(x) for x in (proj.columns, proj.states, bisections, prefer)):
@@ -355,8 +364,8 @@ def _search_options(num_bisection_steps, prefer_uniform_if_better):
     num_bisection_steps = num_bisection_steps.item() if num_bisection_steps.ndim == 0 and (
         jnp.issubdtype(num_bisection_steps.dtype, jnp.integer)) else num_bisection_steps
   if not noise.is_traced(num_bisection_steps):
-    num_bisection_steps = noise.check_count(num_bisection_steps, "num_bisection_steps",
-                                            minimum=0)
+    num_bisection_steps = validation.check_count(num_bisection_steps, "num_bisection_steps",
+                                                 minimum=0)
   return (jnp.asarray(num_bisection_steps, jnp.int32),
           jnp.asarray(prefer_uniform_if_better, bool))
 
@@ -371,7 +380,9 @@ def path_errors(traj, path) -> jax.Array:
   Returns:
     (n,) float64 mean squared error per element of each step's Eq. 12 fit.
   """
-  regression.check_data(traj)
+  validation.check_data(traj)
   path = validation.check_path(path, traj.num_teacher_steps)
-  return noise.to_host(regression.solve_path(traj, jnp.asarray(path, jnp.int32))[1])
+  errors = linalg.x64_call(lambda data, p: regression.solve_path(data, p)[1], traj,
+                           jnp.asarray(path, jnp.int32))   # grad from float32 mode too
+  return noise.to_host(errors)
 

@@ -98,8 +98,8 @@ class TrajectoryStats:
     """These statistics with `factor` computed (a no-op when it is already there)."""
     if self.factor is not None:
       return self
-    return TrajectoryStats(self.gram, linalg.gram_sqrt(self.gram), self.teacher,
-                           self.num_images, self.sample_shape)
+    factor = linalg.x64_call(linalg.gram_sqrt, self.gram)   # grad from float32 mode too
+    return TrajectoryStats(self.gram, factor, self.teacher, self.num_images, self.sample_shape)
 
   def __repr__(self) -> str:
     return (f"TrajectoryStats(num_images={self.num_images}, sample_shape={self.sample_shape}, "
@@ -221,7 +221,8 @@ def trajectory_stats(traj: trajectory_lib.Trajectory, *, factor: bool = True,
   if sharded is not None:
     gram = _sharded_gram(traj.x_T, traj.model_outputs, *sharded)
   else:
-    gram = gram_of(traj.x_T, traj.model_outputs, rows_per_block=rows_per_block)
+    gram = linalg.x64_call(lambda x, e: gram_of(x, e, rows_per_block=rows_per_block),
+                           traj.x_T, traj.model_outputs)   # grad from float32 mode too
   if not noise.is_traced(gram) and not _all_finite(gram):
     raise ValueError("traj: the trajectory contains non-finite values (NaN or inf)")
   stats = TrajectoryStats(gram, None, traj.teacher, traj.batch_size, traj.sample_shape)

@@ -35,6 +35,7 @@ from olss_jax._src import teacher as teacher_lib
 from olss_jax._src import io as io_lib
 from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src import validation
+from olss_jax._src.model import StoreProgress  # re-exported: the event lives in the bottom layer
 
 try:
   import fcntl
@@ -57,26 +58,6 @@ def chunk_path(directory: str, manifest: dict, chunk_index: int) -> str:
   """The file of a chunk: as the manifest records it (version 1: ``chunk-00000.olss``)."""
   record = manifest["chunks"].get(str(chunk_index)) or {}
   return os.path.join(directory, record.get("file") or chunk_file_name(chunk_index))
-
-
-class StoreProgress(NamedTuple):
-  """What `collect_to_directory` passes to its ``callback``.
-
-  Attributes:
-    chunk_index: the chunk concerned.
-    num_chunks: the total number of chunks.
-    steps_done: teacher steps done in this chunk (== num_teacher_steps when finished).
-    num_teacher_steps: K.
-    status: ``"skipped"`` (already finished and verified), ``"step"`` (teacher progress within
-      the chunk, after every ``steps_per_chunk`` steps or once at the end) or ``"done"`` (the
-      chunk file is written and recorded).
-  """
-
-  chunk_index: int
-  num_chunks: int
-  steps_done: int
-  num_teacher_steps: int
-  status: str
 
 
 class CollectInfo(NamedTuple):
@@ -375,9 +356,7 @@ def collect_to_directory(directory: str | os.PathLike,
     raise TypeError("denoise_fn_for_chunk and noises_for_chunk: expected callables of the "
                     f"chunk index, got {type(denoise_fn_for_chunk).__name__} and "
                     f"{type(noises_for_chunk).__name__}")
-  num_chunks = validation._as_int(num_chunks, "num_chunks")  # pylint: disable=protected-access
-  if num_chunks < 1:
-    raise ValueError(f"num_chunks: expected >= 1, got {num_chunks}")
+  num_chunks = validation.check_count(num_chunks, "num_chunks")
   teacher = trajectory_lib.resolve_teacher(teacher, num_teacher_steps, steps_offset=steps_offset,
                                            final_alpha_cumprod=final_alpha_cumprod)
   if noise.is_traced(teacher.levels):
@@ -485,8 +464,8 @@ def collect_to_directory(directory: str | os.PathLike,
   return CollectInfo(directory, num_chunks, tuple(collected), tuple(skipped), tuple(recovered))
 
 
-def load_store(directory: str | os.PathLike, *,
-               allow_partial: bool = False) -> trajectory_lib.Trajectory:
+def load_store(directory: str | os.PathLike, *, allow_partial: bool = False,
+               manifest: dict | None = None) -> trajectory_lib.Trajectory:
   """Loads a store as one `Trajectory`, chunks concatenated along the batch axis in order.
 
   Every chunk is fully verified (SHA-256 against its trailer and the manifest). Memory: the
@@ -495,6 +474,8 @@ def load_store(directory: str | os.PathLike, *,
   Args:
     directory: a store written by `collect_to_directory`.
     allow_partial: load only the finished chunks instead of raising when some are missing.
+    manifest: the store's manifest, when the caller has read it (`read_manifest`; a command
+      reads it once and passes it on); default: read here.
 
   Returns:
     The `Trajectory`: x_T (sum B_i, ...), model_outputs (K, sum B_i, ...), host numpy.
@@ -504,7 +485,7 @@ def load_store(directory: str | os.PathLike, *,
       corrupt or inconsistent with the manifest.
   """
   directory = os.fspath(directory)
-  manifest = read_manifest(directory)
+  manifest = read_manifest(directory) if manifest is None else manifest
   num_chunks = manifest["config"].get("num_chunks")
   finished = sorted(int(k) for k in manifest["chunks"])
   missing = [i for i in range(num_chunks) if i not in finished]

@@ -16,6 +16,8 @@ import tempfile
 
 import numpy as np
 
+from olss_jax._src import quiet
+
 SEQ_LEN = 16
 _VOCAB = (["<|startoftext|>", "<|endoftext|>", "<unk>"] + list("abcdefghijklmnopqrstuvwxyz")
           + [c + "</w>" for c in "abcdefghijklmnopqrstuvwxyz"]
@@ -61,7 +63,6 @@ def save_tiny_stable_diffusion(directory, *, seed: int = 0,
   """
   import jax  # pylint: disable=import-outside-toplevel
   from diffusers.utils import logging as diffusers_logging  # pylint: disable=import-outside-toplevel
-  from olss_jax._src import quiet  # pylint: disable=import-outside-toplevel
   with quiet.flax_imports():
     from diffusers import (FlaxAutoencoderKL, FlaxDDIMScheduler,  # pylint: disable=import-outside-toplevel
                            FlaxStableDiffusionPipeline, FlaxUNet2DConditionModel)

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from olss_jax._src import closed_loop
-from olss_jax._src import noise
 from olss_jax._src import split
 from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src import validation
@@ -55,7 +54,7 @@ def coordinate_search(score: Callable[[np.ndarray], float], path, num_teacher_st
   """
   path = np.asarray(validation.check_path(path, num_teacher_steps), np.int64)
   n, k = path.shape[0], num_teacher_steps
-  max_evaluations = noise.check_count(max_evaluations, "max_evaluations")
+  max_evaluations = validation.check_count(max_evaluations, "max_evaluations")
   cache: dict[tuple, float] = {}
 
   def value(p) -> float:
@@ -68,7 +67,7 @@ def coordinate_search(score: Callable[[np.ndarray], float], path, num_teacher_st
   best = value(path)
   if initial_step is None:
     initial_step = max(1, int(np.max(np.diff(np.append(path, k)))) // 4)
-  step = noise.check_count(initial_step, "initial_step")
+  step = validation.check_count(initial_step, "initial_step")
   while step >= 1 and len(cache) < max_evaluations:
     improved = False
     for i in range(1, n):
@@ -111,7 +110,7 @@ class TuneInfo(NamedTuple):
 
 def tune_path(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
               holdout=DEFAULT_HOLDOUT, max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
-              regularization="cv", alternatives=(),
+              regularization=closed_loop.DEFAULT_REGULARIZATION, alternatives=(),
               progress: Callable[[str], None] | None = None):
   """Moves a path's steps to lower the closed-loop sampler's *final* error (beyond the paper).
 
@@ -137,16 +136,27 @@ def tune_path(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
   Returns:
     ``(path (n,) int32, TuneInfo)``; ``TuneInfo.start_path`` is ``path``.
   """
-  closed_loop.check_model_data(traj)
-  start = np.asarray(validation.check_path(path, traj.num_teacher_steps), np.int32)
+  validation.check_model_data(traj)
+  return _tune_path(traj, validation.check_path(path, traj.num_teacher_steps), denoise_fn,
+                    holdout=holdout, max_evaluations=max_evaluations,
+                    regularization=regularization, alternatives=alternatives,
+                    progress=progress)
+
+
+def _tune_path(traj, path, denoise_fn, *, holdout=DEFAULT_HOLDOUT,
+               max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
+               regularization=closed_loop.DEFAULT_REGULARIZATION,
+               alternatives=(), progress: Callable[[str], None] | None = None):
+  """`tune_path` on a checked trajectory and path (the core that trusts them)."""
+  start = np.asarray(path, np.int32)
   if (isinstance(holdout, (float, np.floating)) and 0 < holdout < 1 and traj.batch_size >= 2
       and round(holdout * traj.batch_size) == 0):
     holdout = 1                      # a fraction of very few noises: still hold one out
   train, hold = split.holdout_split(traj.batch_size, holdout)
   if hold.size == 0:
     raise ValueError("holdout: tune_path needs held-out fitting noises (got none)")
-  errors = closed_loop.final_errors_fn(traj, denoise_fn, fit_noises=train,
-                                       regularization=regularization)
+  errors = closed_loop._final_errors_fn(  # pylint: disable=protected-access
+      traj, denoise_fn, fit_noises=train, regularization=regularization)
   record: dict[tuple, tuple[float, float]] = {}
 
   def score(p):

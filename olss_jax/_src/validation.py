@@ -7,17 +7,27 @@ guidance scale) warns with `ScheduleMismatchWarning`. Value checks are skipped f
 arrays (inside `jax.jit`), where only shapes are known: there the verbs use the traced
 counterparts (`schedule_is_valid`, `path_is_valid`) and return NaN for what they would have
 refused (each verb's docstring says what it checks under jit).
+
+The one home of the checks, and they run once, at the door: a public verb (`fit_olss`,
+`search_path`, `fit_weights`, `closed_loop_fit`, `closed_loop_search`, `tune_path`, `refine`,
+`learn_schedule`, ...) checks its inputs here, then calls its private core (`_search_path`,
+`_fit_weights`, `_closed_loop_fit`, ...), which trusts them; a verb built on others calls
+their cores. So one `fit_olss` scans the trajectory for NaN once (`check_trajectory`), as
+diffrax's `diffeqsolve` checks once and its inner loop trusts its inputs. The checks of the
+bottom layer (`noise.check_count`, the one integer checker; `noise.check_alphas_cumprod`;
+`teacher.check_teacher`) are written there, below this module, and exported here.
 """
 from __future__ import annotations
 
-import operator
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from olss_jax._src import noise
 from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import stats as stats_lib
 from olss_jax._src import teacher as teacher_lib
 from olss_jax._src import trajectory as trajectory_lib
 
@@ -42,13 +52,11 @@ def _is_traced(x) -> bool:
   return isinstance(x, jax.core.Tracer)
 
 
-def _as_int(value, name: str) -> int:
-  if isinstance(value, (bool, np.bool_)):
-    raise TypeError(f"{name}: expected an int, got bool {value!r}")
-  try:
-    return operator.index(value)
-  except TypeError:
-    raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r:.50}") from None
+# The checks of the bottom layer, which the ones here build on (`noise` and `teacher` sit below
+# this module, so their checks are written there); they belong to this module's API.
+check_count = noise.check_count              # olss_jax's one integer checker
+check_alphas_cumprod = noise.check_alphas_cumprod
+check_teacher = teacher_lib.check_teacher
 
 
 def check_num_steps(num_steps, num_teacher_steps, *, name: str = "num_steps") -> int:
@@ -57,8 +65,8 @@ def check_num_steps(num_steps, num_teacher_steps, *, name: str = "num_steps") ->
   Returns:
     n as a Python int.
   """
-  k = _as_int(num_teacher_steps, "num_teacher_steps")
-  n = _as_int(num_steps, name)
+  k = check_count(num_teacher_steps, "num_teacher_steps", minimum=None)
+  n = check_count(num_steps, name, minimum=None)
   if not 1 <= n <= k:
     raise ValueError(f"{name}: expected 1 <= {name} <= {k} (the number of teacher steps), "
                      f"got {n}")
@@ -106,7 +114,7 @@ def check_path(path, num_teacher_steps, *, name: str = "path") -> np.ndarray:
     (n,) int32 host copy: strictly increasing, ``path[0] == 0``, every entry < K, n <= K.
     A traced path (under jit) is checked for shape and dtype only and returned as int32.
   """
-  k = _as_int(num_teacher_steps, "num_teacher_steps")
+  k = check_count(num_teacher_steps, "num_teacher_steps", minimum=None)
   if k < 1:
     raise ValueError(f"num_teacher_steps: expected >= 1, got {k}")
   if _is_traced(path):  # under jit: what the shape and dtype can tell
@@ -145,10 +153,11 @@ def find_nonfinite(array) -> tuple[int, ...] | None:
   if isinstance(array, jax.Array):
     if not jnp.issubdtype(array.dtype, jnp.inexact):
       return None
-    bad = ~jnp.isfinite(array)
-    if not bool(jnp.any(bad)):
-      return None
-    flat = int(jnp.argmax(bad.reshape(-1)))
+    with jax.ensure_compile_time_eval():  # concrete also inside a caller's jit (a closure)
+      bad = ~jnp.isfinite(array)
+      if not bool(jnp.any(bad)):
+        return None
+      flat = int(jnp.argmax(bad.reshape(-1)))
     return tuple(int(i) for i in np.unravel_index(flat, array.shape))
   arr = np.asarray(array)
   if not np.issubdtype(arr.dtype, np.inexact) and arr.dtype.name != "bfloat16":
@@ -215,6 +224,112 @@ def check_trajectory(traj, *, name: str = "traj", check_finite_values: bool = Tr
     check_finite(outputs, f"{name}.model_outputs", axis_names=("step", "sample"))
 
 
+def check_data(data, name: str = "traj") -> None:
+  """A `Trajectory` (`check_trajectory`: one finiteness scan) or its `TrajectoryStats` (the
+  paper's fits take either); anything else is a TypeError."""
+  if isinstance(data, stats_lib.TrajectoryStats):
+    return
+  if not isinstance(data, trajectory_lib.Trajectory):
+    raise TypeError(f"{name}: expected a Trajectory or TrajectoryStats, got "
+                    f"{type(data).__name__}")
+  check_trajectory(data, name=name)
+
+
+def check_model_data(traj, name: str = "traj") -> None:
+  """A `Trajectory` (`check_trajectory`) for the fits that call the model (closed loop, tuning,
+  end-to-end training): they need its noises and model outputs, not only its statistics."""
+  if not isinstance(traj, trajectory_lib.Trajectory):
+    raise TypeError(f"{name}: expected a Trajectory (the closed loop needs its noises and "
+                    f"model outputs), got {type(traj).__name__}")
+  check_trajectory(traj, name=name)
+
+
+def check_fit_noises(fit_noises, batch_size: int) -> tuple | None:
+  """``fit_noises`` as a sorted tuple of distinct indices into the batch (None: all)."""
+  if fit_noises is None:
+    return None
+  idx = np.asarray(fit_noises)
+  if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+    raise ValueError(f"fit_noises: expected a non-empty 1-D array of ints, got {fit_noises!r:.80}")
+  if np.any(idx < 0) or np.any(idx >= batch_size) or np.unique(idx).size != idx.size:
+    raise ValueError(f"fit_noises: expected distinct indices in [0, {batch_size}), got "
+                     f"{idx.tolist()!r:.80}")
+  return tuple(int(i) for i in np.sort(idx))
+
+
+def check_fit_noise_count(traj, num_steps: int, *, method: str, minimum: int,
+                          recommended: int, why: str) -> None:
+  """Refuses fewer than ``minimum`` fitting noises for ``method`` (one line naming the minimum
+  and ``why``), or fewer equations than the last row's n + 1 weights; warns
+  (`FewFitNoisesWarning`) below ``recommended``. The numbers are the recipe's
+  (`recipe.MIN_FIT_NOISES`, `recipe.RECOMMENDED_FIT_NOISES`)."""
+  b = int(traj.batch_size)
+  if b < minimum:
+    raise ValueError(f"traj: method={method!r} needs at least {minimum} fitting noises ({why}), "
+                     f"got {b}; collect more (the paper fits on 32) or use method='olss'")
+  elements = b * int(np.prod(traj.sample_shape))
+  if elements < num_steps + 1:
+    raise ValueError(f"traj: {b} fitting noise(s) of {elements // b} elements give {elements} "
+                     f"equations, fewer than the {num_steps + 1} weights of the last step; "
+                     "collect more noises or fit fewer steps")
+  if b < recommended:
+    warnings.warn(f"fit_olss: {b} fitting noises; at least {recommended} are "
+                  "recommended (the paper fits on 32), fewer overfit them",
+                  FewFitNoisesWarning, stacklevel=3)
+
+
+def check_timesteps(timesteps, num_train_timesteps: int, *, name: str = "timesteps",
+                    maximum: float | None = None) -> np.ndarray:
+  """Validates explicit model-call timesteps (diffusers' ``set_timesteps(timesteps=...)``).
+
+  Args:
+    timesteps: (n,) strictly decreasing training timesteps in [0, T - 1], integer or float.
+    num_train_timesteps: T.
+    name: the argument's name in error messages.
+    maximum: the largest allowed time (default T - 1; flow models take T).
+
+  Returns:
+    (n,) int32 for integer input, else float32 (the dtype the model is called with).
+
+  Raises:
+    TypeError: not an integer or float array.
+    ValueError: wrong shape, non-finite, outside [0, T - 1], or not strictly decreasing.
+  """
+  arr = np.asarray(timesteps)
+  if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer)
+                                   or np.issubdtype(arr.dtype, np.floating)):
+    raise TypeError(f"{name}: expected integer or float training timesteps, got dtype {arr.dtype}")
+  if arr.ndim != 1 or arr.shape[0] < 1:
+    raise ValueError(f"{name}: expected shape (n,) with n >= 1, got {arr.shape}")
+  if np.issubdtype(arr.dtype, np.floating):
+    if not np.all(np.isfinite(arr)):
+      raise ValueError(f"{name}: contains non-finite values")
+    arr = arr.astype(np.float32)
+  top = num_train_timesteps - 1 if maximum is None else maximum
+  if arr.min() < 0 or arr.max() > top:
+    raise ValueError(f"{name}: expected every timestep in [0, {top}], got "
+                     f"[{arr.min()}, {arr.max()}]")
+  if np.any(np.diff(arr) >= 0):
+    raise ValueError(f"{name}: expected strictly decreasing timesteps, got {arr.tolist()}")
+  return arr.astype(np.int32) if np.issubdtype(arr.dtype, np.integer) else arr
+
+
+def check_sigma_options(*, use_karras_sigmas: bool, use_lu_lambdas: bool, use_flow_sigmas: bool,
+                        timesteps) -> str | None:
+  """The one sigma spacing asked for (None: a timestep spacing), or ValueError."""
+  chosen = [name for name, flag in (("use_karras_sigmas", use_karras_sigmas),
+                                    ("use_lu_lambdas", use_lu_lambdas),
+                                    ("use_flow_sigmas", use_flow_sigmas)) if flag]
+  if len(chosen) > 1:
+    raise ValueError(f"{chosen[1]}: only one of use_karras_sigmas, use_lu_lambdas and "
+                     f"use_flow_sigmas can be set; got {chosen}")
+  if chosen and chosen[0] != "use_flow_sigmas" and timesteps is not None:
+    raise ValueError(f"timesteps: explicit timesteps cannot be combined with {chosen[0]}=True "
+                     "(as in diffusers' set_timesteps)")
+  return {"use_karras_sigmas": "karras", "use_lu_lambdas": "lu",
+          "use_flow_sigmas": "flow"}[chosen[0]] if chosen else None
+
+
 def check_schedule(schedule, *, name: str = "schedule",
                    num_train_timesteps: int | None = None, kind: str | None = None) -> None:
   """Checks a `Schedule` (paper Eq. 12's weights): shapes, dtypes, structure, finiteness.
@@ -247,7 +362,7 @@ def check_schedule(schedule, *, name: str = "schedule",
     raise ValueError(f"{name}.timesteps: expected non-negative training timesteps, got "
                      f"minimum {ts.min()}")
   if num_train_timesteps is not None:
-    t_max = _as_int(num_train_timesteps, "num_train_timesteps")
+    t_max = check_count(num_train_timesteps, "num_train_timesteps", minimum=None)
     flow = (kind or schedule_kind(schedule)) == "flow"
     if np.any(ts > t_max) or (not flow and np.any(ts >= t_max)):
       bound = f"<= {t_max} (the flow model's time scale)" if flow else (
@@ -408,7 +523,8 @@ def check_schedule_compatible(schedule, x_T, *, num_steps: int | None = None,
   if len(x_shape) < 1 or x_shape[0] < 1:
     raise ValueError(f"x_T: expected shape (B, ...) with B >= 1, got {x_shape}")
   _check_float_dtype(x_T if hasattr(x_T, "dtype") else np.asarray(x_T), "x_T")
-  if num_steps is not None and _as_int(num_steps, "num_steps") != schedule.num_steps:
+  if (num_steps is not None
+      and check_count(num_steps, "num_steps", minimum=None) != schedule.num_steps):
     raise ValueError(f"schedule: has {schedule.num_steps} steps, expected num_steps = "
                      f"{num_steps}")
   meta = schedule.metadata

@@ -25,16 +25,16 @@ import time
 import jax
 
 import olss_jax as oj  # noqa: E402  pylint: disable=wrong-import-position
+from olss_jax._src import model as model_lib  # noqa: E402  pylint: disable=wrong-import-position
 from olss_jax._src import progress  # noqa: E402  pylint: disable=wrong-import-position
+from olss_jax._src.digits import model as digits  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _digits_random():
   """The digits model's architecture with random weights (timing does not need trained ones)."""
-  from olss_jax._src import compare  # pylint: disable=import-outside-toplevel
-  from olss_jax._src.digits import model as digits  # pylint: disable=import-outside-toplevel
   net = digits.DigitsModel(params=digits.init_params(jax.random.key(0)),
                            config={"unet": dict(digits.UNET_CONFIG)})
-  return compare.ComparisonModel(
+  return model_lib.ComparisonModel(
       name="digits-unet-architecture (random weights)", alphas_cumprod=net.alphas_cumprod,
       sample_shape=tuple(net.sample_shape),
       denoiser=lambda labels: net.denoiser(labels, guidance_scale=2.0),

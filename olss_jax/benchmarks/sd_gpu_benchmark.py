@@ -36,6 +36,8 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 import olss_jax as oj  # noqa: E402  pylint: disable=wrong-import-position
+from olss_jax._src import quiet  # noqa: E402
+from olss_jax.cli import main as cli_main  # noqa: E402
 from olss_jax._src.stable_diffusion import generate as generate_lib  # noqa: E402
 from olss_jax._src.stable_diffusion import model as model_lib  # noqa: E402
 from olss_jax._src.stable_diffusion import noise_config as noise_config_lib  # noqa: E402
@@ -115,7 +117,6 @@ def build_random_sd(*, tiny: bool, dtype) -> model_lib.StableDiffusion:
   """The SD 1.5 architecture (or the toy one) with random weights, built in memory."""
   from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel  # pylint: disable=import-outside-toplevel
   from transformers import CLIPTextConfig, FlaxCLIPTextModel  # pylint: disable=import-outside-toplevel
-  from olss_jax._src import quiet  # pylint: disable=import-outside-toplevel
   quiet.silence_flax_deprecations()
   unet_cfg, vae_cfg, text_cfg = (TINY_UNET, TINY_VAE, TINY_TEXT) if tiny else (
       SD15_UNET, SD15_VAE, SD15_TEXT)
@@ -278,7 +279,6 @@ def fit_markdown(rows, title: str) -> str:
 
 def main_job_seconds(*, tiny: bool) -> float:
   """Wall seconds of the main job (`olss-jax demo`, digits) on the default device."""
-  from olss_jax.cli import main as cli_main  # pylint: disable=import-outside-toplevel
   argv = ["demo", "-q", "--out", ""]
   if tiny:
     argv += ["--model", "analytic", "--steps", "3", "--num-fit", "4", "--num-eval", "4",

@@ -240,6 +240,7 @@ def run(num_images, sample_shape, num_teacher_steps, num_steps, *, num_bisection
         noise=0.002, seed=0, verify=True, verbose=True):
   """Runs (b) here and (a), (a') in a child process on the same data; returns the figures."""
   import jax  # pylint: disable=import-outside-toplevel
+  # Not at the top: the torch child process runs this file as a script and must not load JAX.
   import olss_jax as oj  # pylint: disable=import-outside-toplevel
 
   say = print if verbose else (lambda *a, **k: None)

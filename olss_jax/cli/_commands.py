@@ -2,7 +2,7 @@
 
 Every command is a few calls into the library (`olss_jax.store`, `olss_jax.fit_olss`,
 `olss_jax.sample`, `olss_jax.compare`, `olss_jax.figures`, `olss_jax.stable_diffusion`), plus
-printing. Imports are inside the functions so that ``olss-jax --help`` stays fast.
+printing.
 """
 from __future__ import annotations
 
@@ -10,6 +10,19 @@ import contextlib
 import os
 import sys
 import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import olss_jax as oj
+from olss_jax import stable_diffusion
+from olss_jax import store
+from olss_jax._src import demo as demo_lib
+from olss_jax._src import embedded
+from olss_jax._src import figures as figures_lib
+from olss_jax._src import progress
+from olss_jax._src import recipe
 
 FIGURES = ("correlation", "paths", "errors", "weights", "grid")
 # Noises per chunk of 'olss-jax collect': an interrupted collection loses at most this many
@@ -22,13 +35,11 @@ DEFAULT_BASELINES = {"vp": ("ddim", "dpm_solver_pp", "unipc"),
 
 def is_stable_diffusion(spec: str) -> bool:
   """``--model`` names a Stable Diffusion directory rather than an embedded model."""
-  from olss_jax._src import embedded  # pylint: disable=import-outside-toplevel
   return spec not in embedded.EMBEDDED_MODELS
 
 
 def load_sd(spec: str):
   """The Stable Diffusion of a ``--model DIR`` (diffusers' notices silenced)."""
-  from olss_jax import stable_diffusion  # pylint: disable=import-outside-toplevel
   if not os.path.isdir(spec):
     raise FileNotFoundError(f"--model: {spec!r} is neither an embedded model (default, digits, "
                             "analytic) nor a Stable Diffusion directory")
@@ -57,15 +68,46 @@ def progress_messages(bar):
   return say
 
 
+@contextlib.contextmanager
+def stage_bar(desc: str, *, enabled: bool):
+  """A ``say(message)`` callback whose bar (one stage a message, total unknown) opens at the
+  first message: an error at the library's door, before any stage, stays one line."""
+  bars = []
+
+  def say(message: str) -> None:
+    if not bars:
+      bars.append(progress.progress_bar(None, desc, enabled=enabled, unit="stage"))
+    progress_messages(bars[0])(message)
+
+  try:
+    yield say
+  finally:
+    for bar in bars:
+      bar.close()
+
+
 def int_list(text: str, name: str) -> list[int]:
-  """Comma-separated positive integers."""
+  """Comma-separated positive integers (each checked by `validation.check_count`)."""
   try:
     values = [int(v) for v in text.split(",") if v.strip()]
   except ValueError:
     raise ValueError(f"{name}: expected comma-separated integers, got {text!r}") from None
-  if not values or min(values) < 1:
-    raise ValueError(f"{name}: expected positive integers, got {text!r}")
-  return values
+  if not values:
+    raise ValueError(f"{name}: expected comma-separated integers, got {text!r}")
+  return [oj.validation.check_count(v, name) for v in values]
+
+
+@contextlib.contextmanager
+def _naming_option(argument: str, option: str):
+  """Names the command-line ``option`` in the library's error about its ``argument``: the
+  library checks the value (once, at its door); the command line only says where it came from."""
+  try:
+    yield
+  except (ValueError, TypeError) as error:
+    text = str(error)
+    if not text.startswith(f"{argument}:"):
+      raise
+    raise type(error)(text.replace(argument, option)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,20 +115,16 @@ def int_list(text: str, name: str) -> list[int]:
 
 def demo(args) -> int:
   """The main job: the scheduler comparison on an embedded model (`olss_jax._src.demo`)."""
-  from olss_jax._src import demo as demo_lib  # pylint: disable=import-outside-toplevel
   return int(demo_lib.main(args) or 0)
 
 
 def collect(args) -> int:
   """The teacher into a resumable store (`collect_embedded_to_directory` / `collect_sd_to_directory`)."""
-  from olss_jax._src import progress  # pylint: disable=import-outside-toplevel
-
   if args.chunk_size is None:  # resuming or growing a store: its own chunk size
     args.chunk_size = _store_chunk_size(args.out_dir) or DEFAULT_CHUNK_SIZE
   for name, value in (("--num-images", args.num_images), ("--chunk-size", args.chunk_size),
                       ("--teacher-steps", args.teacher_steps)):
-    if value < 1:
-      raise ValueError(f"{name}: expected a positive integer, got {value}")
+    oj.validation.check_count(value, name)
   num_chunks = -(-args.num_images // args.chunk_size)
   total = num_chunks * args.teacher_steps
   t0 = time.perf_counter()
@@ -128,10 +166,9 @@ def _store_option(key: str) -> str | None:
 @contextlib.contextmanager
 def _naming_store_options(directory: str):
   """Turns a store's `ConfigMismatchError` into one line naming the option that differs."""
-  from olss_jax._src import store as store_lib  # pylint: disable=import-outside-toplevel
   try:
     yield
-  except store_lib.ConfigMismatchError as error:
+  except store.ConfigMismatchError as error:
     for key, found, wanted in error.differences:
       option = _store_option(key)
       if option is None:
@@ -150,7 +187,6 @@ def _short(value) -> str:
 
 def _store_chunk_size(directory: str) -> int | None:
   """The ``--chunk-size`` an existing store was collected with (None: no store there)."""
-  from olss_jax import store  # pylint: disable=import-outside-toplevel
   if not os.path.isfile(os.path.join(directory, "manifest.json")):
     return None
   try:
@@ -162,8 +198,6 @@ def _store_chunk_size(directory: str) -> int | None:
 
 def _collect(args, callback):
   """Runs the collection of ``collect``: (CollectInfo, the model's name)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from olss_jax import stable_diffusion, store  # pylint: disable=import-outside-toplevel
   if is_stable_diffusion(args.model):
     sd = load_sd(args.model)
     info = stable_diffusion.collect_sd_to_directory(
@@ -183,48 +217,50 @@ def _collect(args, callback):
 
 
 def _load_teacher(path: str):
-  """A store or a trajectory file -> (Trajectory, schedule metadata to record)."""
-  import olss_jax as oj  # pylint: disable=import-outside-toplevel
-  from olss_jax import store  # pylint: disable=import-outside-toplevel
+  """A store or a trajectory file -> (Trajectory, schedule metadata to record, the store's
+  manifest or None for a file). A store's manifest is read once, here, and passed on."""
   if os.path.isdir(path):
-    return store.load_store(path), store.schedule_metadata(path)
+    manifest = store.read_manifest(path)
+    return (store.load_store(path, manifest=manifest),
+            store.schedule_metadata(path, manifest=manifest), manifest)
   if os.path.exists(path):
     meta = oj.read_metadata(path)
-    return oj.load_trajectory(path), dict(meta.get("schedule_metadata") or {})
+    return oj.load_trajectory(path), dict(meta.get("schedule_metadata") or {}), None
   raise FileNotFoundError(f"trajectories: {path!r} does not exist (expected a directory "
                           "written by 'olss-jax collect' or a trajectory file)")
 
 
 def fit(args) -> int:
-  """A store (or trajectory file) -> a schedule file, by `fit_olss` with the method named."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  import olss_jax as oj  # pylint: disable=import-outside-toplevel
-  from olss_jax import store  # pylint: disable=import-outside-toplevel
-  from olss_jax._src import progress, recipe  # pylint: disable=import-outside-toplevel
+  """A store (or trajectory file) -> a schedule file, by `fit_olss` with the method named.
 
-  traj, meta = _load_teacher(args.trajectories)
-  oj.validation.check_num_steps(args.steps, traj.num_teacher_steps, name="--steps")
-  has_model = os.path.isdir(args.trajectories)
-  if has_model:
+  The method (named, or the recipe's default for having the model or not:
+  `recipe.resolve_method`) and the step count are the library's to check and choose; a store
+  whose manifest records its model has the model (`store.store_denoiser`).
+  """
+  traj, meta, manifest = _load_teacher(args.trajectories)
+  no_model = None            # why the teacher's model cannot be rebuilt (None: it can)
+  if manifest is None:
+    no_model = ValueError(f"{'--refine' if args.method is None else '--method ' + args.method}"
+                          ": needs the teacher's model and conditions; pass a directory "
+                          "written by 'olss-jax collect', not a single trajectory file")
+  else:
     try:
-      store.model_record(args.trajectories)
-    except ValueError:
-      has_model = False
-  method = args.method or (recipe.DEFAULT_MODEL_METHOD if has_model else recipe.DEFAULT_PAPER_METHOD)
-  needs_model = method in recipe.MODEL_METHODS or args.refine
-  if needs_model and not os.path.isdir(args.trajectories):
-    raise ValueError(f"--method {method}: needs the teacher's model and conditions; pass a "
-                     "directory written by 'olss-jax collect', not a single trajectory file")
+      store.model_record(args.trajectories, manifest=manifest)
+    except ValueError as error:
+      no_model = error
+  if no_model is not None and (args.method in recipe.MODEL_METHODS or args.refine):
+    raise no_model
+  method = recipe.resolve_method(args.method, has_model=no_model is None)
   denoise = None
-  if needs_model:
+  if method in recipe.MODEL_METHODS or args.refine:
     sd = load_sd(args.model) if is_stable_diffusion(args.model) else None
-    denoise = store.store_denoiser(args.trajectories, sd=sd)
+    denoise = store.store_denoiser(args.trajectories, sd=sd, manifest=manifest)
   # The bar advances at each stage and at every candidate path olss-ft fits (total unknown).
-  with progress.progress_bar(None, f"fit {method}, {args.steps} steps", enabled=not args.quiet,
-                             unit="stage") as bar:
+  with _naming_option("num_steps", "--steps"), stage_bar(
+      f"fit {method}, {args.steps} steps", enabled=not args.quiet) as say:
     t0 = time.perf_counter()
     schedule = oj.fit_olss(traj, args.steps, denoise_fn=denoise, method=method,
-                           refine=args.refine, progress=progress_messages(bar))
+                           refine=args.refine, progress=say)
     seconds = time.perf_counter() - t0
   schedule = schedule.with_metadata(**meta)
   oj.save_schedule(args.output, schedule)
@@ -245,14 +281,7 @@ def fit(args) -> int:
 
 def sample(args) -> int:
   """A schedule + a model -> a PNG (or JPEG) grid of samples."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  import olss_jax as oj  # pylint: disable=import-outside-toplevel
-
-  if args.num_images < 1:
-    raise ValueError(f"--num-images: expected a positive integer, got {args.num_images}")
-  from olss_jax._src import figures as figures_lib  # pylint: disable=import-outside-toplevel
+  oj.validation.check_count(args.num_images, "--num-images")
   figures_lib.image_format(args.output, "-o")  # .png or .jpg/.jpeg, before any work
   schedule = oj.load_schedule(args.schedule)
   key = jax.random.key(args.seed)
@@ -295,10 +324,6 @@ def _labels(text: str) -> list[int]:
 
 def compare(args) -> int:
   """A schedule against the chosen baselines on held-out noises (`olss_jax.compare`)."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import olss_jax as oj  # pylint: disable=import-outside-toplevel
-  from olss_jax._src import progress  # pylint: disable=import-outside-toplevel
-
   if is_stable_diffusion(args.model):
     raise ValueError("--model: compare runs on the embedded models (default, digits, analytic); "
                      "for Stable Diffusion use the stable_diffusion notebook")
@@ -340,7 +365,6 @@ def compare(args) -> int:
 
 def figures(args) -> int:
   """The paper's figures as PNGs (`olss_jax.figures.paper_figures`)."""
-  import olss_jax as oj  # pylint: disable=import-outside-toplevel
   if is_stable_diffusion(args.model):
     raise ValueError("--model: figures run on the embedded models (default, digits, analytic)")
   which = [w.strip() for w in args.only.split(",") if w.strip()] if args.only else list(FIGURES)

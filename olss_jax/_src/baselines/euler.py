@@ -8,6 +8,7 @@ import numpy as np
 
 from olss_jax._src import noise
 from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import validation
 from olss_jax._src.baselines import levels as levels_lib
 from olss_jax._src.baselines import linear
 from olss_jax._src.baselines import spacing as spacing_lib
@@ -96,13 +97,13 @@ def euler_schedule(alphas_cumprod, num_steps: int | None = None, *,
   alphas = noise.check_alphas_cumprod(alphas_cumprod)
   num_train = alphas.shape[0]
   kind = levels_lib.resolve_kind(prediction_type)
-  sigma_spacing = levels_lib.check_sigma_options(use_karras_sigmas=use_karras_sigmas,
+  sigma_spacing = validation.check_sigma_options(use_karras_sigmas=use_karras_sigmas,
                                                  use_lu_lambdas=False, use_flow_sigmas=False,
                                                  timesteps=timesteps)
   num_steps = levels_lib.resolve_num_steps(num_steps, timesteps)
   table = noise.vp_sigmas(alphas)
   if timesteps is not None:
-    timesteps = levels_lib.check_timesteps(timesteps, num_train)
+    timesteps = validation.check_timesteps(timesteps, num_train)
     sigmas = np.interp(timesteps.astype(np.float32), np.arange(num_train), table)
   elif sigma_spacing == "karras":
     if timestep_spacing == "linspace":
@@ -168,7 +169,7 @@ def flow_euler_schedule(num_steps: int | None = None, *, shift: float = 1.0,
   else:
     if not np.isfinite(shift) or shift <= 0:
       raise ValueError(f"shift: expected a finite value > 0, got {shift}")
-    ts = levels_lib.check_timesteps(timesteps, num_train, maximum=num_train).astype(np.float32)
+    ts = validation.check_timesteps(timesteps, num_train, maximum=num_train).astype(np.float32)
     s = ts / np.float32(num_train)                               # float32 arithmetic, as diffusers
     s = (np.float32(shift) * s / (np.float32(1) + np.float32(shift - 1) * s)).astype(np.float32)
     sigmas = np.append(s, np.float32(0.0))

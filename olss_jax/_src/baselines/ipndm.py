@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from olss_jax._src import noise
 from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import validation
 from olss_jax._src.baselines import levels as levels_lib
 from olss_jax._src.baselines import linear
 from olss_jax._src.baselines import spacing as spacing_lib
@@ -65,7 +66,7 @@ def ipndm_schedule(alphas_cumprod, num_steps: int | None = None, *,
     ts = spacing_lib.multistep_timesteps(num_steps, alphas.shape[0], spacing=timestep_spacing,
                                          steps_offset=steps_offset)
   else:
-    ts = levels_lib.check_timesteps(timesteps, alphas.shape[0])
+    ts = validation.check_timesteps(timesteps, alphas.shape[0])
   alpha, sigma, _ = levels_lib.vp_levels(alphas, ts, final_alpha_cumprod)
   meta = {"method": "ipndm", "timestep_spacing": "custom" if timesteps is not None else timestep_spacing,
           "steps_offset": int(steps_offset), "final_alpha_cumprod": float(final_alpha_cumprod),

@@ -42,6 +42,7 @@ import numpy as np
 
 from olss_jax._src import noise
 from olss_jax._src import teacher as teacher_lib
+from olss_jax._src import validation
 from olss_jax._src.baselines import spacing as spacing_lib
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")
@@ -130,42 +131,6 @@ def conversion(kind: teacher_lib.Kind | str, alpha, sigma) -> Conversion:
     cx, ce = (np.broadcast_to(np.asarray(c, np.float64), alpha.shape) for c in kind.to_x0_fn(a, s))
     dx, de = (np.broadcast_to(np.asarray(c, np.float64), alpha.shape) for c in kind.to_eps_fn(a, s))
   return Conversion(kind, alpha, sigma, (cx, ce), (dx, de))
-
-
-def check_timesteps(timesteps, num_train_timesteps: int, *, name: str = "timesteps",
-                    maximum: float | None = None) -> np.ndarray:
-  """Validates explicit model-call timesteps (diffusers' ``set_timesteps(timesteps=...)``).
-
-  Args:
-    timesteps: (n,) strictly decreasing training timesteps in [0, T - 1], integer or float.
-    num_train_timesteps: T.
-    name: the argument's name in error messages.
-    maximum: the largest allowed time (default T - 1; flow models take T).
-
-  Returns:
-    (n,) int32 for integer input, else float32 (the dtype the model is called with).
-
-  Raises:
-    TypeError: not an integer or float array.
-    ValueError: wrong shape, non-finite, outside [0, T - 1], or not strictly decreasing.
-  """
-  arr = np.asarray(timesteps)
-  if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer)
-                                   or np.issubdtype(arr.dtype, np.floating)):
-    raise TypeError(f"{name}: expected integer or float training timesteps, got dtype {arr.dtype}")
-  if arr.ndim != 1 or arr.shape[0] < 1:
-    raise ValueError(f"{name}: expected shape (n,) with n >= 1, got {arr.shape}")
-  if np.issubdtype(arr.dtype, np.floating):
-    if not np.all(np.isfinite(arr)):
-      raise ValueError(f"{name}: contains non-finite values")
-    arr = arr.astype(np.float32)
-  top = num_train_timesteps - 1 if maximum is None else maximum
-  if arr.min() < 0 or arr.max() > top:
-    raise ValueError(f"{name}: expected every timestep in [0, {top}], got "
-                     f"[{arr.min()}, {arr.max()}]")
-  if np.any(np.diff(arr) >= 0):
-    raise ValueError(f"{name}: expected strictly decreasing timesteps, got {arr.tolist()}")
-  return arr.astype(np.int32) if np.issubdtype(arr.dtype, np.integer) else arr
 
 
 def resolve_num_steps(num_steps, timesteps) -> int | None:
@@ -278,22 +243,6 @@ class States:
     return self.alpha, self.sigma, self.lam
 
 
-def check_sigma_options(*, use_karras_sigmas: bool, use_lu_lambdas: bool, use_flow_sigmas: bool,
-                        timesteps) -> str | None:
-  """The one sigma spacing asked for (None: a timestep spacing), or ValueError."""
-  chosen = [name for name, flag in (("use_karras_sigmas", use_karras_sigmas),
-                                    ("use_lu_lambdas", use_lu_lambdas),
-                                    ("use_flow_sigmas", use_flow_sigmas)) if flag]
-  if len(chosen) > 1:
-    raise ValueError(f"{chosen[1]}: only one of use_karras_sigmas, use_lu_lambdas and "
-                     f"use_flow_sigmas can be set; got {chosen}")
-  if chosen and chosen[0] != "use_flow_sigmas" and timesteps is not None:
-    raise ValueError(f"timesteps: explicit timesteps cannot be combined with {chosen[0]}=True "
-                     "(as in diffusers' set_timesteps)")
-  return {"use_karras_sigmas": "karras", "use_lu_lambdas": "lu",
-          "use_flow_sigmas": "flow"}[chosen[0]] if chosen else None
-
-
 def multistep_states(alphas_cumprod, num_steps: int | None, *, scheduler: str,
                      timestep_spacing: str = "linspace", steps_offset: int = 0,
                      final_sigmas_type: str = "zero", timesteps=None,
@@ -322,9 +271,10 @@ def multistep_states(alphas_cumprod, num_steps: int | None, *, scheduler: str,
     final level repeats the last model-call level, as in diffusers (whose float32 sigma_min of
     the table equals it): the last step has zero length and is the identity.
   """
-  sigma_spacing = check_sigma_options(use_karras_sigmas=use_karras_sigmas,
-                                      use_lu_lambdas=use_lu_lambdas,
-                                      use_flow_sigmas=use_flow_sigmas, timesteps=timesteps)
+  sigma_spacing = validation.check_sigma_options(use_karras_sigmas=use_karras_sigmas,
+                                                 use_lu_lambdas=use_lu_lambdas,
+                                                 use_flow_sigmas=use_flow_sigmas,
+                                                 timesteps=timesteps)
   kind = resolve_kind(prediction_type, use_flow_sigmas)
   if final_sigmas_type not in FINAL_SIGMAS_TYPES:
     raise ValueError(f"final_sigmas_type: expected 'zero' or 'sigma_min', got {final_sigmas_type!r}")
@@ -349,7 +299,7 @@ def multistep_states(alphas_cumprod, num_steps: int | None, *, scheduler: str,
       ts = spacing_lib.multistep_timesteps(num_steps, num_train, spacing=timestep_spacing,
                                            steps_offset=steps_offset)
     else:
-      ts = check_timesteps(timesteps, num_train)
+      ts = validation.check_timesteps(timesteps, num_train)
       meta["timesteps"] = ts.tolist()
     final = float(alphas[0]) if scheduler == "deis" else spacing_lib.final_alpha(alphas, final_sigmas_type)
     alpha, sigma, lam = vp_levels(alphas, ts, final)
@@ -374,7 +324,8 @@ def multistep_states(alphas_cumprod, num_steps: int | None, *, scheduler: str,
       # Beyond diffusers (whose flow schedulers take no timesteps=): the model is called at the
       # given times t exactly (float32) and the states sit at s = t / T, e.g. a flow teacher's
       # own steps; s = 1 is lowered by 1e-6 (UniPC's guard against log(1 - s) = -inf).
-      ts = check_timesteps(timesteps, num_train, maximum=float(num_train)).astype(np.float32)
+      ts = validation.check_timesteps(timesteps, num_train,
+                                      maximum=float(num_train)).astype(np.float32)
       s = ts.astype(np.float64) / num_train
       if np.fabs(s[0] - 1) < _FLOW_SHIFT_CLAMP:
         s[0] -= _FLOW_SHIFT_CLAMP

@@ -14,6 +14,7 @@ import numpy as np
 from olss_jax._src import noise
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src import teacher as teacher_lib
+from olss_jax._src import validation
 from olss_jax._src.baselines import levels as levels_lib
 from olss_jax._src.baselines import spacing as spacing_lib
 from olss_jax._src.baselines.ays import ays_timesteps
@@ -51,7 +52,7 @@ def ddim_schedule(alphas_cumprod, timesteps, *, final_alpha_cumprod: float = 1.0
   timesteps = np.asarray(timesteps)
   if np.issubdtype(timesteps.dtype, np.floating):
     alphas = noise.check_alphas_cumprod(alphas_cumprod)
-    timesteps = levels_lib.check_timesteps(timesteps, alphas.shape[0])
+    timesteps = validation.check_timesteps(timesteps, alphas.shape[0])
     if not 0 < final_alpha_cumprod <= 1:
       raise ValueError(f"final_alpha_cumprod: expected a value in (0, 1], got {final_alpha_cumprod}")
     levels = np.append(levels_lib.table_alpha_bars(alphas, timesteps), float(final_alpha_cumprod))
@@ -100,7 +101,7 @@ def ddim_baseline_schedule(alphas_cumprod, num_steps: int | None = None, *,
   num_train = alphas.shape[0]
   num_steps = levels_lib.resolve_num_steps(num_steps, timesteps)
   if timesteps is not None:
-    timesteps = levels_lib.check_timesteps(timesteps, num_train)
+    timesteps = validation.check_timesteps(timesteps, num_train)
     return ddim_schedule(alphas, timesteps, final_alpha_cumprod=final_alpha_cumprod,
                          prediction_type=prediction_type,
                          metadata={"timestep_spacing": "custom", "custom_timesteps": True,

@@ -15,7 +15,12 @@ from typing import Any, Callable, NamedTuple
 import jax
 import numpy as np
 
+from olss_jax._src import recipe
+from olss_jax._src import regression
 from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import stats
+from olss_jax._src import store
+from olss_jax._src import store_model
 from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src.stable_diffusion import denoiser as denoiser_lib
 from olss_jax._src.stable_diffusion import generate as generate_lib
@@ -179,7 +184,6 @@ def collect_sd_to_directory(directory, sd: model_lib.StableDiffusion, prompts, *
   Returns:
     The `CollectInfo` of `collect_to_directory`.
   """
-  from olss_jax._src import store  # pylint: disable=import-outside-toplevel
   prompt_set = text_lib.prompt_list(prompts)
   negative_set = text_lib.prompt_list("" if negative_prompts is None else negative_prompts,
                                       name="negative_prompts", batch_size=len(prompt_set))
@@ -238,22 +242,17 @@ def load_sd_teacher(directory, *, allow_partial: bool = False) -> SDTeacher:
   Returns:
     The `SDTeacher` (host float32 outputs, chunks concatenated along the batch axis).
   """
-  from olss_jax._src import store  # pylint: disable=import-outside-toplevel
-  trajectory = store.load_store(directory, allow_partial=allow_partial)
-  user = store.read_manifest(directory)["config"].get("user") or {}
-  record = user.get("model")
-  if isinstance(record, dict) and record.get("source") == "stable_diffusion":
-    info = dict(user.get("schedule_metadata") or {})
-  elif isinstance(user.get("model"), str) and "resolution" in user:  # a store of olss_jax 0.1
-    info = dict(user)
-  else:
+  manifest = store.read_manifest(directory)   # read once; the store's own readers take it
+  if not store_model.is_sd_store(manifest):
     raise ValueError(f"directory: {directory!r} was not written by collect_sd_to_directory "
                      "(its config records no Stable Diffusion model)")
+  trajectory = store.load_store(directory, allow_partial=allow_partial, manifest=manifest)
+  info = store_model.schedule_metadata(directory, manifest=manifest)
   info["num_fit_images"] = trajectory.batch_size
   return SDTeacher(trajectory, info)
 
 
-def fit_sd_schedule(teacher: SDTeacher, num_steps: int, *, method: str = "olss",
+def fit_sd_schedule(teacher: SDTeacher, num_steps: int, *, method: str | None = None,
                     denoise_fn=None) -> schedule_lib.Schedule:
   """Fits an OLSS schedule on a Stable Diffusion teacher (`olss_jax.fit_olss`) and records its use.
 
@@ -263,8 +262,9 @@ def fit_sd_schedule(teacher: SDTeacher, num_steps: int, *, method: str = "olss",
   Args:
     teacher: from `collect_sd_trajectory` or `load_sd_teacher`.
     num_steps: n, the number of model calls of the fitted sampler.
-    method: a name of `olss_jax.METHODS` (the paper's ``"olss"`` by default; the closed-loop
-      ones need ``denoise_fn``).
+    method: a name of `olss_jax.METHODS` (the closed-loop ones need ``denoise_fn``); None:
+      `fit_olss`'s default (`recipe.resolve_method`): the paper's ``"olss"`` without
+      ``denoise_fn``, ``"olss-ft"`` with it.
     denoise_fn: the guided model on the teacher's prompts (`sd_denoiser`), for the
       closed-loop methods.
 
@@ -273,10 +273,6 @@ def fit_sd_schedule(teacher: SDTeacher, num_steps: int, *, method: str = "olss",
     (model, resolution, guidance scale, prediction type, teacher steps, number of fitting
     images, ...). `generate` warns when it is used for something else.
   """
-  # The fitting modules are imported on use: this file must import without them.
-  from olss_jax._src import recipe  # pylint: disable=import-outside-toplevel
-  from olss_jax._src import regression  # pylint: disable=import-outside-toplevel
-  from olss_jax._src import stats  # pylint: disable=import-outside-toplevel
   if not isinstance(teacher, SDTeacher):
     raise TypeError(f"teacher: expected an SDTeacher from collect_sd_trajectory, got "
                     f"{type(teacher).__name__}")

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax.traverse_util import flatten_dict
 
+from olss_jax._src import quiet
 from olss_jax._src.stable_diffusion import model as model_lib
 from olss_jax._src.stable_diffusion import noise_config as noise_config_lib
 
@@ -101,7 +102,6 @@ def load_stable_diffusion(path: str | os.PathLike, *, dtype=jnp.float32,
   """
   # Imported here: importing diffusers / transformers costs seconds and prints deprecation
   # notices; users of the core verbs never pay for it.
-  from olss_jax._src import quiet  # pylint: disable=import-outside-toplevel
   with quiet.flax_imports():  # diffusers logs its notice while importing the Flax classes
     from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel  # pylint: disable=import-outside-toplevel
     from transformers import CLIPTokenizer, FlaxCLIPTextModel  # pylint: disable=import-outside-toplevel
