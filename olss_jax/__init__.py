@@ -22,17 +22,13 @@ from olss_jax._src.sampler import sample, sample_states
 from olss_jax._src.sharding import to_numpy
 from olss_jax._src.search import SearchInfo, path_errors, search_path, uniform_path
 from olss_jax._src.fit import FitInfo, fit_weights
-from olss_jax._src.closed_loop import (
-    ClosedLoopFitInfo,
-    ClosedLoopSearchInfo,
-    closed_loop_fit,
-    closed_loop_search,
-)
+from olss_jax._src.closed_loop_search import ClosedLoopSearchInfo, closed_loop_search
+from olss_jax._src.closed_loop_fit import ClosedLoopFitInfo, closed_loop_fit
 from olss_jax._src.refine import RefineInfo, refine
 from olss_jax._src.learned import LearnInfo, learn_schedule
-from olss_jax._src.tune import TuneInfo, tune_path
-from olss_jax._src.recipe import METHODS, fit_olss
-from olss_jax._src.io import (
+from olss_jax._src.path_tuning import TuneInfo, tune_path
+from olss_jax._src.fit_olss import METHODS, fit_olss
+from olss_jax._src.files import (
     load_schedule,
     load_trajectory,
     read_metadata,

@@ -13,7 +13,7 @@ from olss_jax._src.compare import (
     per_sample_rmse,
     run_comparison,
 )
-from olss_jax._src.embedded import EMBEDDED_MODELS, embedded_model
+from olss_jax._src.shipped_models import EMBEDDED_MODELS, embedded_model
 
 __all__ = ["Comparison", "ComparisonModel", "EMBEDDED_MODELS", "FitContext", "PEERS",
            "analytic_comparison_model", "baseline_for", "default_methods",

@@ -19,7 +19,7 @@ from olss_jax._src.peers.ds_solver import ds_solver_schedule
 from olss_jax._src.peers.gits import GitsInfo, gits_path, polynomial_grid
 from olss_jax._src.peers.ld3 import Ld3Info, dpm_solver_pp_2m, ld3_schedule
 from olss_jax._src.peers.tuned import gits_schedule, nearest_path, tuned_schedule
-from olss_jax._src.tune import SearchResult, coordinate_search
+from olss_jax._src.path_tuning import SearchResult, coordinate_search
 
 __all__ = ["GitsInfo", "LearnInfo", "Ld3Info", "SearchResult", "bns_init", "bns_schedule",
            "ds_solver_schedule", "dpm_solver_pp_2m", "ld3_schedule", "coordinate_search",

@@ -8,7 +8,7 @@ from olss_jax._src.store import (
     read_manifest,
     stats_from_store,
 )
-from olss_jax._src.embedded import collect_embedded_to_directory
+from olss_jax._src.shipped_models import collect_embedded_to_directory
 from olss_jax._src.store_model import model_record, schedule_metadata, store_denoiser
 
 __all__ = ["CollectInfo", "ConfigMismatchError", "StoreProgress", "collect_to_directory",

@@ -7,9 +7,10 @@ the workers in collection order; a long file collected last leaves one worker id
 
 # The files whose tests take the longest in total (measured with --durations), longest first.
 LONGEST_FIRST = ("test_cli.py", "test_stable_diffusion.py", "test_digits.py",
-                 "test_compare.py", "test_multihost.py", "test_closed_loop.py",
-                 "test_notebooks.py", "test_stats.py", "test_learned.py", "test_ld3.py",
-                 "test_search.py", "test_float32.py", "test_fit.py")
+                 "test_compare.py", "test_multihost.py", "test_closed_loop_fit.py",
+                 "test_closed_loop_search.py", "test_notebooks.py", "test_stats.py",
+                 "test_learned.py", "test_ld3.py", "test_search.py", "test_float32.py",
+                 "test_fit.py")
 
 
 def pytest_collection_modifyitems(session, config, items):  # noqa: ARG001

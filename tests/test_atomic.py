@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from olss_jax._src import atomic
-from olss_jax._src import io as oio
+from olss_jax._src import files
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "olss_jax", "_src")
 
@@ -56,10 +56,10 @@ CHILD = textwrap.dedent("""
 
 
 def _version(path):
-  traj = oio.load_trajectory(path)  # verifies the checksum and the trajectory
+  traj = files.load_trajectory(path)  # verifies the checksum and the trajectory
   v = traj.x_T.flat[0]
   assert np.all(traj.x_T == v) and np.all(traj.model_outputs == v)
-  assert oio.read_metadata(path)["v"] == int(v)
+  assert files.read_metadata(path)["v"] == int(v)
   return int(v)
 
 

@@ -62,24 +62,36 @@ def _cycles(graph):
 
 def test_no_import_cycles_inside_the_package():
   graph = _module_graph()
-  assert "olss_jax._src.search" in graph and "olss_jax._src.closed_loop" in graph
+  assert "olss_jax._src.search" in graph and "olss_jax._src.closed_loop_search" in graph
   assert _cycles(graph) == []
   # and the check itself finds a cycle when there is one
-  graph["olss_jax._src.schedule"].add("olss_jax._src.closed_loop")
+  graph["olss_jax._src.schedule"].add("olss_jax._src.closed_loop_fit")
   assert _cycles(graph)
 
 
 def test_the_fitting_layers_import_downward_only():
   graph = _module_graph()
   layers = ["schedule", "noise", "teacher", "linalg", "rows", "trajectory", "stats",
-            "validation", "regression", "search", "fit", "closed_loop", "refine", "recipe"]
+            "validation", "regression", "search", "fit", "model_calls", "closed_loop_search",
+            "closed_loop_fit", "refine", "path_tuning", "fit_olss"]
   rank = {f"olss_jax._src.{name}": i for i, name in enumerate(layers)}
   for module, deps in graph.items():
     for dep in deps:
       if module in rank and dep in rank:
         assert rank[dep] < rank[module] or dep == "olss_jax._src.sharding", (module, dep)
-  assert "olss_jax._src.closed_loop" not in graph["olss_jax._src.search"]
-  assert "olss_jax._src.closed_loop" not in graph["olss_jax._src.fit"]
+  for closed in ("olss_jax._src.closed_loop_search", "olss_jax._src.closed_loop_fit"):
+    assert closed not in graph["olss_jax._src.search"]
+    assert closed not in graph["olss_jax._src.fit"]
+  # the closed-loop twins are siblings: neither imports the other
+  assert "olss_jax._src.closed_loop_fit" not in graph["olss_jax._src.closed_loop_search"]
+  assert "olss_jax._src.closed_loop_search" not in graph["olss_jax._src.closed_loop_fit"]
+
+
+def test_no_module_is_named_after_a_standard_library_module():
+  shadowing = [os.path.relpath(os.path.join(root, name), PACKAGE)
+               for root, dirs, files in os.walk(PACKAGE) for name in dirs + files
+               if name.removesuffix(".py") in sys.stdlib_module_names]
+  assert shadowing == [], shadowing
 
 
 def test_a_small_front_door_with_sub_namespaces():
@@ -131,7 +143,7 @@ def test_the_shared_types_live_in_a_bottom_module():
       roots.add(node.module.split(".")[0])
   assert roots - {"olss_jax", "jax", "numpy"} <= set(sys.stdlib_module_names), roots
   # who uses the types imports them downward, not from the harness or the store
-  assert "olss_jax._src.compare" not in graph["olss_jax._src.embedded"]
+  assert "olss_jax._src.compare" not in graph["olss_jax._src.shipped_models"]
   assert "olss_jax._src.store" not in graph["olss_jax._src.progress"]
   assert compare_lib.ComparisonModel is model_lib.ComparisonModel  # the old names still work
   assert store_lib.StoreProgress is model_lib.StoreProgress
@@ -189,6 +201,6 @@ def test_the_store_namespace_and_the_bottom_module_load_nothing_above_them():
   assert set(loaded["bottom"]) <= set(_BOTTOM) | {"olss_jax._src"}, loaded["bottom"]
   assert "olss_jax._src.model" in loaded["bottom"]
   assert "olss_jax.store" in loaded["store"]
-  for above in ("olss_jax._src.compare", "olss_jax._src.recipe", "olss_jax._src.workbench",
+  for above in ("olss_jax._src.compare", "olss_jax._src.fit_olss", "olss_jax._src.workbench",
                 "olss_jax._src.demo"):
     assert above not in loaded["store"], above

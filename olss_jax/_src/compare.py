@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from olss_jax._src import recipe
+from olss_jax._src import fit_olss as fit_olss_lib
 from olss_jax._src import sampler
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src import trajectory as trajectory_lib
@@ -40,11 +40,11 @@ class FitContext:
 MethodFn = Callable[[FitContext, int], schedule_lib.Schedule]
 
 
-def _olss(method: str, max_evaluations: int = recipe.DEFAULT_MAX_EVALUATIONS) -> MethodFn:
+def _olss(method: str, max_evaluations: int = fit_olss_lib.DEFAULT_MAX_EVALUATIONS) -> MethodFn:
   def fit(ctx: FitContext, n: int) -> schedule_lib.Schedule:
-    model = ctx.denoise_fn if method in recipe.MODEL_METHODS else None
-    kwargs = {"max_evaluations": max_evaluations} if method in recipe.TUNED_METHODS else {}
-    return recipe.fit_olss(ctx.traj, n, denoise_fn=model, method=method, **kwargs)
+    model = ctx.denoise_fn if method in fit_olss_lib.MODEL_METHODS else None
+    kwargs = {"max_evaluations": max_evaluations} if method in fit_olss_lib.TUNED_METHODS else {}
+    return fit_olss_lib.fit_olss(ctx.traj, n, denoise_fn=model, method=method, **kwargs)
   return fit
 
 
@@ -106,8 +106,9 @@ def _peer(name: str, max_evaluations: int) -> MethodFn:
 
 def default_methods(*, baselines: Sequence[str] | None = None, closed_loop: bool = True,
                     peers: Sequence[str] | bool = True, kind: str = "ddim",
-                    max_evaluations: int = recipe.DEFAULT_MAX_EVALUATIONS) -> dict[str, MethodFn]:
-  """The methods of the comparison table, named as everywhere in olss_jax (`recipe.METHODS`).
+                    max_evaluations: int = fit_olss_lib.DEFAULT_MAX_EVALUATIONS
+                    ) -> dict[str, MethodFn]:
+  """The methods of the comparison table, named as everywhere in olss_jax (`fit_olss.METHODS`).
 
   Every baseline the teacher kind offers (`baselines.baseline_names(kind)`, including Align
   Your Steps' published schedule for VP models); the learned-timestep peers (`PEERS`: GITS'
@@ -139,8 +140,8 @@ def default_methods(*, baselines: Sequence[str] | None = None, closed_loop: bool
     if name not in PEERS:
       raise ValueError(f"peers: expected names from {sorted(PEERS)}, got {name!r}")
     methods[name] = _peer(name, max_evaluations)
-  for method in recipe.METHODS:
-    if closed_loop or method in recipe.PAPER_METHODS:
+  for method in fit_olss_lib.METHODS:
+    if closed_loop or method in fit_olss_lib.PAPER_METHODS:
       methods[method] = _olss(method, max_evaluations)
   return methods
 

@@ -1,10 +1,12 @@
 """The version-1 olss_jax container (olss_jax 0.1): read-only support, plus shared helpers.
 
-Files are written as safetensors since format version 2 (`io.py`); this module keeps what
-is needed to *read* version-1 files, which `io.py` dispatches to when a file starts with
-`MAGIC`. It also holds the dtype table and the metadata encoder that `io.py` and `store.py`
-share. NumPy and the standard library only (no JAX), so that a child process can load it by
-path.
+Files are written as safetensors since format version 2 (`files.py`); this module keeps what
+is needed to *read* version-1 files, which `files.py` dispatches to when a file starts with
+`MAGIC`. It also holds what both formats' readers and writers share (`files.py` calls these,
+it has no copies of its own): the dtype table and the metadata encoder (`store.py` uses them
+too), an array's bytes in blocks (`array_blocks`), exact reads (`read_exact`,
+`remaining_bytes`) and an array streamed into its final buffer while hashing (`read_array`).
+NumPy and the standard library only (no JAX), so that a child process can load it by path.
 
 Version-1 layout (all integers little-endian)::
 
@@ -32,7 +34,7 @@ import io
 import json
 import math
 import struct
-from typing import IO, Any, Mapping, Sequence
+from typing import IO, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -100,6 +102,15 @@ def encode_metadata(metadata: Mapping[str, Any] | None, name: str = "metadata") 
   return json.loads(text)
 
 
+def array_blocks(arr: np.ndarray) -> Iterator[memoryview]:
+  """The bytes of a C-contiguous array in blocks (of at most 8 MiB), without a copy."""
+  if arr.size == 0:
+    return
+  view = memoryview(arr.reshape(-1).view(np.uint8))
+  for start in range(0, view.nbytes, _BLOCK):
+    yield view[start:start + _BLOCK]
+
+
 def write_container(f: IO[bytes], kind: str, arrays: Sequence[tuple[str, Any]],
                     metadata: Mapping[str, Any] | None = None) -> str:
   """Streams a version-1 container to a binary file object (for tests of old files only).
@@ -137,11 +148,7 @@ def write_container(f: IO[bytes], kind: str, arrays: Sequence[tuple[str, Any]],
   total = hashlib.sha256(head)
   f.write(head)
   for arr in prepared:
-    if arr.size == 0:
-      continue
-    view = memoryview(arr.reshape(-1).view(np.uint8))
-    for start in range(0, view.nbytes, _BLOCK):
-      block = view[start:start + _BLOCK]
+    for block in array_blocks(arr):
       total.update(block)
       f.write(block)
   digest = total.digest()
@@ -149,7 +156,8 @@ def write_container(f: IO[bytes], kind: str, arrays: Sequence[tuple[str, Any]],
   return digest.hex()
 
 
-def _read_exact(f: IO[bytes], size: int, source: str, what: str) -> bytes:
+def read_exact(f: IO[bytes], size: int, source: str, what: str) -> bytes:
+  """Exactly ``size`` bytes of ``f``; a shorter file raises `ValueError` naming ``what``."""
   data = bytearray()
   while len(data) < size:
     chunk = f.read(size - len(data))
@@ -200,10 +208,10 @@ def _parse_header(raw: bytes, source: str, kind: str | None) -> dict:
 def _read_head(f: IO[bytes], source: str, kind: str | None,
                magic: bytes | None) -> tuple[dict, bytes]:
   if magic is None:
-    magic = _read_exact(f, len(MAGIC), source, "magic bytes")
+    magic = read_exact(f, len(MAGIC), source, "magic bytes")
   if magic != MAGIC:
     raise _bad(source, f"not an olss_jax file: magic bytes {magic!r}, expected {MAGIC!r}")
-  rest = _read_exact(f, _PREFIX.size - len(MAGIC), source, "version-1 prefix")
+  rest = read_exact(f, _PREFIX.size - len(MAGIC), source, "version-1 prefix")
   _, version, header_len = _PREFIX.unpack(magic + rest)
   if version != VERSION:
     hint = ("written by a newer olss_jax; upgrade" if version > VERSION
@@ -212,15 +220,16 @@ def _read_head(f: IO[bytes], source: str, kind: str | None,
                f"bytes: {hint}")
   if not 0 < header_len <= MAX_HEADER_BYTES:
     raise _bad(source, f"corrupted: header length {header_len} outside (0, {MAX_HEADER_BYTES}]")
-  raw = _read_exact(f, header_len, source, "header")
-  digest = _read_exact(f, DIGEST_SIZE, source, "header checksum")
+  raw = read_exact(f, header_len, source, "header")
+  digest = read_exact(f, DIGEST_SIZE, source, "header checksum")
   head = magic + rest + raw
   if hashlib.sha256(head).digest() != digest:
     raise _bad(source, "corrupted: header checksum mismatch")
   return _parse_header(raw, source, kind), head + digest
 
 
-def _remaining(f: IO[bytes]) -> int | None:
+def remaining_bytes(f: IO[bytes]) -> int | None:
+  """Bytes from ``f``'s position to its end, or None when ``f`` cannot tell (not seekable)."""
   try:
     if not f.seekable():
       return None
@@ -230,6 +239,50 @@ def _remaining(f: IO[bytes]) -> int | None:
     return end - pos
   except (OSError, AttributeError, ValueError):
     return None
+
+
+def read_array(f: IO[bytes], shape: Sequence[int], dtype: np.dtype, source: str, what: str,
+               hashes: Iterable[Any] = ()) -> np.ndarray:
+  """Reads a C-order array's raw bytes from ``f`` straight into its final buffer.
+
+  Args:
+    f: readable binary file object at the array's first byte.
+    shape, dtype: the array's (dtype as stored: little-endian).
+    source: how to name the file in error messages; what: how to name the array
+      (e.g. ``"tensor 'x_T'"``).
+    hashes: hash objects updated with every byte read, in order.
+
+  Returns:
+    The array, native-endian.
+
+  Raises:
+    ValueError: the array cannot be allocated, or the file ends inside it.
+  """
+  try:
+    arr = np.empty(shape, dtype)
+  except (MemoryError, ValueError) as e:
+    nbytes = math.prod(shape) * dtype.itemsize
+    raise _bad(source, f"{what} of {nbytes} bytes cannot be allocated: {e}") from None
+  hashes = tuple(hashes)
+  readinto = getattr(f, "readinto", None)
+  for block in array_blocks(arr):
+    pos = 0
+    while pos < block.nbytes:
+      part = block[pos:]
+      if readinto is not None:
+        got = readinto(part) or 0
+      else:
+        chunk = f.read(part.nbytes)
+        got = len(chunk)
+        part[:got] = chunk
+      if not got:
+        raise _bad(source, f"truncated file: it ends inside {what}")
+      pos += got
+    for h in hashes:
+      h.update(block)
+  if not dtype.isnative and dtype.itemsize > 1:  # big-endian hosts
+    arr = arr.astype(dtype.newbyteorder("="))
+  return arr
 
 
 def read_header(f: IO[bytes], source: str, kind: str | None = None, *,
@@ -273,7 +326,7 @@ def read_container(f: IO[bytes], source: str, kind: str, names: Sequence[str], *
   if found != list(names):
     raise _bad(source, f"expected arrays {list(names)}, found {found}")
   data_bytes = sum(e["nbytes"] for e in entries)
-  remaining = _remaining(f)
+  remaining = remaining_bytes(f)
   if remaining is not None and remaining != data_bytes + DIGEST_SIZE:
     problem = "truncated file" if remaining < data_bytes + DIGEST_SIZE else "trailing bytes"
     raise _bad(source, f"{problem}: {remaining} bytes follow the header, expected "
@@ -281,31 +334,9 @@ def read_container(f: IO[bytes], source: str, kind: str, names: Sequence[str], *
   total = hashlib.sha256(head)
   arrays = {}
   for entry in entries:
-    dtype = DTYPES[entry["dtype"]]
-    try:
-      arr = np.empty(entry["shape"], dtype)
-    except (MemoryError, ValueError) as e:
-      raise _bad(source, f"array {entry['name']!r} of {entry['nbytes']} bytes cannot be "
-                 f"allocated: {e}") from None
-    view = memoryview(arr.reshape(-1).view(np.uint8))
-    pos = 0
-    while pos < view.nbytes:
-      block = view[pos:pos + _BLOCK]
-      readinto = getattr(f, "readinto", None)
-      if readinto is not None:
-        got = readinto(block) or 0
-      else:
-        chunk = f.read(block.nbytes)
-        got = len(chunk)
-        block[:got] = chunk
-      if not got:
-        raise _bad(source, f"truncated file: it ends inside array {entry['name']!r}")
-      total.update(block[:got])
-      pos += got
-    if not dtype.isnative and dtype.itemsize > 1:
-      arr = arr.astype(dtype.newbyteorder("="))
-    arrays[entry["name"]] = arr
-  digest = _read_exact(f, DIGEST_SIZE, source, "checksum trailer")
+    arrays[entry["name"]] = read_array(f, entry["shape"], DTYPES[entry["dtype"]], source,
+                                       f"array {entry['name']!r}", (total,))
+  digest = read_exact(f, DIGEST_SIZE, source, "checksum trailer")
   if total.digest() != digest:
     raise _bad(source, "corrupted: data checksum mismatch")
   if remaining is None and f.read(1):

@@ -20,11 +20,11 @@ import time
 import numpy as np
 
 from olss_jax._src import compare
-from olss_jax._src import embedded
 from olss_jax._src import figures
+from olss_jax._src import fit_olss as fit_olss_lib
 from olss_jax._src import frechet
 from olss_jax._src import progress as progress_lib
-from olss_jax._src import recipe
+from olss_jax._src import shipped_models
 from olss_jax._src.digits import classifier as classifier_lib
 from olss_jax._src.digits import data
 from olss_jax._src.digits import mnist
@@ -55,8 +55,8 @@ def digits_metrics(model: compare.ComparisonModel,
 
 def build_model(name: str, guidance_scale: float | None = None) -> compare.ComparisonModel:
   """The comparison model for a ``--model`` choice (digits and MNIST carry their metrics)."""
-  model = embedded.embedded_model(name, guidance_scale=guidance_scale)
-  dataset = embedded.image_dataset(embedded.resolved_name(model))
+  model = shipped_models.embedded_model(name, guidance_scale=guidance_scale)
+  dataset = shipped_models.image_dataset(shipped_models.resolved_name(model))
   return digits_metrics(model, dataset) if dataset else model
 
 
@@ -66,8 +66,8 @@ def build_model(name: str, guidance_scale: float | None = None) -> compare.Compa
 # among those that fit in its budget; --full runs every peer, LD3 included).
 QUICK = {"steps": (5, 10), "num_eval": 64, "max_evaluations": 60,
          "methods": ("first_order", "dpm_solver_pp", "unipc", "tuned-unipc", "olss", "olss-ft")}
-FULL = {"steps": (5, 10, 20), "num_eval": 256, "max_evaluations": recipe.DEFAULT_MAX_EVALUATIONS,
-        "methods": None}
+FULL = {"steps": (5, 10, 20), "num_eval": 256,
+        "max_evaluations": fit_olss_lib.DEFAULT_MAX_EVALUATIONS, "methods": None}
 
 
 def run_settings(kind: str, *, full: bool = False, steps=None, num_eval=None,
@@ -148,8 +148,8 @@ def headline_methods(result: compare.Comparison, n: int) -> list[tuple[str, str]
   picked = [("classical", m) for m in ("ddim", "euler", "dpm_solver_pp") if m in rmse]
   if peers:
     picked.append(("best peer", min(peers, key=rmse.get)))
-  if recipe.DEFAULT_MODEL_METHOD in rmse:
-    picked.append(("default", recipe.DEFAULT_MODEL_METHOD))
+  if fit_olss_lib.DEFAULT_MODEL_METHOD in rmse:
+    picked.append(("default", fit_olss_lib.DEFAULT_MODEL_METHOD))
   return picked
 
 
@@ -213,7 +213,7 @@ def main(args: argparse.Namespace) -> int:
         "search for its final error on the fitting noises; olss-p / olss = the paper "
         "(teacher-forced Eq. 12 fit on uniform / searched steps); olss-p-cl / olss-cl = "
         "closed-loop fit; olss-ft = closed-loop fit on a path tuned for the final error (beyond "
-        f"the paper; the library's default with a model is {recipe.DEFAULT_MODEL_METHOD})\n")
+        f"the paper; the library's default with a model is {fit_olss_lib.DEFAULT_MODEL_METHOD})\n")
   print("RMSE of the final sample against the teacher's on the same noise "
         "(mean [95% interval]; lowest in bold):\n")
   print(compare.format_markdown(result))

@@ -43,7 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from olss_jax._src import closed_loop
+from olss_jax._src import closed_loop_fit
+from olss_jax._src import closed_loop_search
+from olss_jax._src import path_tuning
 from olss_jax._src import regression
 from olss_jax._src import sampler
 from olss_jax._src import schedule as schedule_lib
@@ -51,7 +53,6 @@ from olss_jax._src import search
 from olss_jax._src import sharding as sharding_lib
 from olss_jax._src import split
 from olss_jax._src import trajectory as trajectory_lib
-from olss_jax._src import tune
 from olss_jax._src import validation
 
 LOSSES = ("mse", "log_mse")
@@ -573,7 +574,7 @@ def _fit_e2e(traj, num_steps: int, denoise_fn, *, starts=DEFAULT_E2E_STARTS,
     if name == "olss-p-cl":
       path = search.uniform_path(traj, n)
     elif searched is None:
-      path, sinfo = closed_loop._closed_loop_search(  # pylint: disable=protected-access
+      path, sinfo = closed_loop_search._closed_loop_search(  # pylint: disable=protected-access
           traj, n, denoise_fn)
       calls += int(sinfo.num_model_calls)
       meta["search_max_error"] = float(sinfo.max_error)
@@ -581,13 +582,13 @@ def _fit_e2e(traj, num_steps: int, denoise_fn, *, starts=DEFAULT_E2E_STARTS,
     if name == "olss-ft":
       # the tuning's fit part is this split's (same holdout): its walk never sees the held-out
       # targets, but its final choice did (so its held-out error is optimistic)
-      path, tinfo = tune._tune_path(  # pylint: disable=protected-access
+      path, tinfo = path_tuning._tune_path(  # pylint: disable=protected-access
           traj, searched, denoise_fn, holdout=holdout,
           alternatives=[search.uniform_path(traj, n)])
       calls += tinfo.num_model_calls
     elif name == "olss-cl":
       path = searched
-    sched, _ = closed_loop._closed_loop_fit(  # pylint: disable=protected-access
+    sched, _ = closed_loop_fit._closed_loop_fit(  # pylint: disable=protected-access
         traj, path, denoise_fn, fit_noises=train_idx)
     calls += 2 * n                                  # the fit and its held-out evaluation
     err = holdout_criterion(sched, denoise_fn, traj, hold_idx, criterion)

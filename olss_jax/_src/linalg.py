@@ -33,6 +33,11 @@ def f64(x):
   return jnp.asarray(x).astype(jnp.float64)
 
 
+def first_true(flags):
+  """Index of the first True (0 if none), int32 whatever the precision scope."""
+  return jax.lax.argmax(flags.astype(jnp.int32), 0, jnp.int32)
+
+
 def x64_call(fn, *args):
   """``fn(*args)`` in float64 (scoped `jax.enable_x64`), differentiable from float32 mode.
 

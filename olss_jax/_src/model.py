@@ -1,7 +1,7 @@
 """The shared types every layer uses: a model (`ComparisonModel`) and a store's progress event.
 
 A bottom module: it imports jax, numpy and the teacher (itself on `noise` only), so that the
-comparison harness (`compare`), the embedded models (`embedded`), the store (`store`), the
+comparison harness (`compare`), the shipped models (`shipped_models`), the store (`store`), the
 progress bars (`progress`) and the CLI all import it downwards.
 """
 from __future__ import annotations

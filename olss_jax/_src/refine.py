@@ -46,28 +46,6 @@ class RefineInfo(NamedTuple):
   final_loss: float
 
 
-def final_sample_loss(weights: jax.Array, timesteps: jax.Array, denoise_fn, x_T: jax.Array,
-                      target: jax.Array, *, checkpoint: bool = True) -> jax.Array:
-  """Mean squared error of the n-step sample against the teacher's final state.
-
-  Args:
-    weights: (n, n + 1) schedule weights (paper Eq. 12 form).
-    timesteps: (n,) int32.
-    denoise_fn: ``(x_t (B, ...), t) -> e (B, ...)``.
-    x_T: (B, ...) starting noises.
-    target: (B, ...) the teacher's final states for those noises.
-    checkpoint: wrap the model call in `jax.checkpoint`, so reverse mode keeps only the
-      model's inputs per step and recomputes its activations.
-
-  Returns:
-    Scalar mean over samples and elements.
-  """
-  model = jax.checkpoint(lambda x, t: denoise_fn(x, t)) if checkpoint else denoise_fn
-  sched = schedule_lib.Schedule(timesteps, weights)
-  x = sampler.sample(model, sched, x_T)
-  return jnp.mean((x.astype(jnp.float32) - target.astype(jnp.float32)) ** 2)
-
-
 def refine(denoise_fn, traj: trajectory_lib.Trajectory, schedule: schedule_lib.Schedule, *,
            optimizer: optax.GradientTransformation | None = None,
            num_iters: int = DEFAULT_NUM_ITERS, holdout=DEFAULT_HOLDOUT,

@@ -1,8 +1,8 @@
 """Choosing the n steps: the paper's path optimisation (Section 3.4, Eq. 13-14, Algorithms 1-3).
 
 The control flow is written once, in `lax` loops, for any step-error oracle (`greedy_walk`,
-`bisect_bound`); `closed_loop` reuses it with its own errors. Here the errors are the paper's:
-the per-element mean squared error of projecting a teacher state on the span of
+`bisect_bound`); `closed_loop_search` reuses it with its own errors. Here the errors are the
+paper's: the per-element mean squared error of projecting a teacher state on the span of
 ``[x_T, e_{t(1)}, ..., e_{t(i)}]`` (the Eq. 12 basis, in search and fit alike), computed in the
 compressed R-space of all K + 1 columns (`regression.full_factor`): a path's basis is
 orthonormalised one column at a time and every candidate is one projection of a
@@ -351,15 +351,15 @@ def _search_path(traj, num_steps: int, *, num_bisection_steps=DEFAULT_BISECTION_
                  prefer_uniform_if_better=True):
   """`search_path` on a checked trajectory and step count (the core that trusts them)."""
   n = num_steps
-  bisections, prefer = _search_options(num_bisection_steps, prefer_uniform_if_better)
+  bisections, prefer = search_options(num_bisection_steps, prefer_uniform_if_better)
   proj = projection(traj)
   if any(noise.is_traced(x) for x in (proj.columns, proj.states, bisections, prefer)):
     return search_on_projection(proj, n, bisections, prefer)
   return noise.to_host(_search_jit(proj, n, bisections, prefer))
 
 
-def _search_options(num_bisection_steps, prefer_uniform_if_better):
-  """The search's two dynamic options as arrays (checked when concrete)."""
+def search_options(num_bisection_steps, prefer_uniform_if_better):
+  """The two dynamic options of both searches as arrays (checked when concrete)."""
   if isinstance(num_bisection_steps, jax.Array) and not noise.is_traced(num_bisection_steps):
     num_bisection_steps = num_bisection_steps.item() if num_bisection_steps.ndim == 0 and (
         jnp.issubdtype(num_bisection_steps.dtype, jnp.integer)) else num_bisection_steps

@@ -29,10 +29,10 @@ import numpy as np
 
 from olss_jax._src import atomic
 from olss_jax._src import container
+from olss_jax._src import files as files_lib
 from olss_jax._src import noise
 from olss_jax._src import stats as stats_lib
 from olss_jax._src import teacher as teacher_lib
-from olss_jax._src import io as io_lib
 from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src import validation
 from olss_jax._src.model import StoreProgress  # re-exported: the event lives in the bottom layer
@@ -211,7 +211,7 @@ def _check_chunk(directory: str, index: int, manifest: dict, config: dict, noise
   path = os.path.join(directory, chunk_file_name(index))
   record = manifest["chunks"].get(str(index))
   if not verify and record is not None:
-    meta = io_lib.read_metadata(path)  # header checksum only
+    meta = files_lib.read_metadata(path)  # header checksum only
     expected_size = os.path.getsize(path)
     if record.get("size") != expected_size:
       raise ValueError(f"{path!r}: size {expected_size} differs from the manifest's "
@@ -220,7 +220,7 @@ def _check_chunk(directory: str, index: int, manifest: dict, config: dict, noise
     digest = record["sha256"]
     stored_noise = None
   else:
-    traj, traj_meta, digest = io_lib.read_trajectory(path)
+    traj, traj_meta, digest = files_lib.read_trajectory(path)
     if record is not None and record.get("sha256") != digest:
       raise ValueError(f"{path!r}: checksum {digest} differs from the manifest's "
                        f"{record.get('sha256')}")
@@ -451,7 +451,7 @@ def collect_to_directory(directory: str | os.PathLike,
         validation.check_trajectory(traj)
       except ValueError as e:
         raise ValueError(f"chunk {index}: {e}; nothing was saved for this chunk") from None
-      digest = io_lib.save_trajectory(path, traj, metadata=meta)
+      digest = files_lib.save_trajectory(path, traj, metadata=meta)
       manifest["chunks"][str(index)] = {"file": chunk_file_name(index), "sha256": digest,
                                         "batch_size": int(x_T.shape[0]),
                                         "size": os.path.getsize(path)}
@@ -507,7 +507,7 @@ def load_store(directory: str | os.PathLike, *, allow_partial: bool = False,
   start = 0
   for index, size in zip(finished, sizes):
     path = chunk_path(directory, manifest, index)
-    traj, meta, digest = io_lib.read_trajectory(path)
+    traj, meta, digest = files_lib.read_trajectory(path)
     record = manifest["chunks"][str(index)]
     if digest != record.get("sha256") or meta.get("chunk_index") != index:
       raise ValueError(f"{path!r}: does not match the manifest's record of chunk {index}")
@@ -540,7 +540,7 @@ def stats_from_store(directory: str | os.PathLike) -> stats_lib.TrajectoryStats:
   def chunks():
     for index in finished:
       path = chunk_path(directory, manifest, index)
-      traj, meta, digest = io_lib.read_trajectory(path)
+      traj, meta, digest = files_lib.read_trajectory(path)
       if digest != manifest["chunks"][str(index)].get("sha256") or \
           meta.get("chunk_index") != index:
         raise ValueError(f"{path!r}: does not match the manifest's record of chunk {index}")

@@ -2,7 +2,7 @@
 
 Every store (`store.collect_to_directory`) written by olss_jax's collectors records the model
 in its manifest (``config["user"]["model"]``) and each chunk's conditions in the chunk's
-metadata, whoever wrote it (`embedded.collect_embedded_to_directory`,
+metadata, whoever wrote it (`shipped_models.collect_embedded_to_directory`,
 `stable_diffusion.collect_sd_to_directory`, or ``olss-jax collect``, which calls them):
 
 * ``{"source": "embedded", "name": "digits" | "analytic", "guidance_scale": g, ...}`` with
@@ -18,8 +18,8 @@ import os
 
 import numpy as np
 
-from olss_jax._src import embedded
-from olss_jax._src import io as io_lib
+from olss_jax._src import files as files_lib
+from olss_jax._src import shipped_models
 from olss_jax._src import store
 from olss_jax._src.stable_diffusion import denoiser as sd_denoiser_lib
 from olss_jax._src.stable_diffusion import model as sd_model
@@ -74,7 +74,7 @@ def chunk_metadata(directory, *, manifest: dict | None = None) -> list[dict]:
   """Every chunk's metadata, in chunk order (header reads only)."""
   directory = os.fspath(directory)
   manifest = store.read_manifest(directory) if manifest is None else manifest
-  return [io_lib.read_metadata(store.chunk_path(directory, manifest, i))
+  return [files_lib.read_metadata(store.chunk_path(directory, manifest, i))
           for i in range(int(manifest["config"]["num_chunks"]))]
 
 
@@ -117,7 +117,7 @@ def store_denoiser(directory, *, sd=None, manifest: dict | None = None):
   if sd is not None:
     raise ValueError(f"sd: the store holds the embedded model {record.get('name')!r}; a "
                      "Stable Diffusion model cannot replace it")
-  model = embedded.embedded_model(record["name"], guidance_scale=record.get("guidance_scale"))
+  model = shipped_models.embedded_model(record["name"], guidance_scale=record.get("guidance_scale"))
   conditions = None
   if "conditions" in chunks[0]:
     conditions = np.concatenate([np.asarray(c["conditions"], np.int32) for c in chunks])

@@ -45,7 +45,7 @@ class ScheduleMismatchWarning(UserWarning):
 
 
 class FewFitNoisesWarning(UserWarning):
-  """A fit on fewer fitting noises than recommended (`recipe.RECOMMENDED_FIT_NOISES`)."""
+  """A fit on fewer fitting noises than recommended (`fit_olss.RECOMMENDED_FIT_NOISES`)."""
 
 
 def _is_traced(x) -> bool:
@@ -262,7 +262,7 @@ def check_fit_noise_count(traj, num_steps: int, *, method: str, minimum: int,
   """Refuses fewer than ``minimum`` fitting noises for ``method`` (one line naming the minimum
   and ``why``), or fewer equations than the last row's n + 1 weights; warns
   (`FewFitNoisesWarning`) below ``recommended``. The numbers are the recipe's
-  (`recipe.MIN_FIT_NOISES`, `recipe.RECOMMENDED_FIT_NOISES`)."""
+  (`fit_olss.MIN_FIT_NOISES`, `fit_olss.RECOMMENDED_FIT_NOISES`)."""
   b = int(traj.batch_size)
   if b < minimum:
     raise ValueError(f"traj: method={method!r} needs at least {minimum} fitting noises ({why}), "

@@ -9,8 +9,8 @@ import numpy as np
 
 from olss_jax._src import compare
 from olss_jax._src import figures
+from olss_jax._src import fit_olss as fit_olss_lib
 from olss_jax._src import progress
-from olss_jax._src import recipe
 from olss_jax._src import sampler
 from olss_jax._src import trajectory as trajectory_lib
 
@@ -23,7 +23,7 @@ def paper_figures(model: compare.ComparisonModel, out_dir, *,
                   num_fit: int = 32, num_eval: int = 64, num_teacher_steps: int = 1000,
                   baselines: Sequence[str] = FIGURE_BASELINES,
                   peers: Sequence[str] | bool = True,
-                  max_evaluations: int = recipe.DEFAULT_MAX_EVALUATIONS,
+                  max_evaluations: int = fit_olss_lib.DEFAULT_MAX_EVALUATIONS,
                   fit_seed: int = 1, eval_seed: int = 2, quiet: bool = False) -> list[str]:
   """Runs one held-out comparison and writes the paper's figures from it as PNGs.
 

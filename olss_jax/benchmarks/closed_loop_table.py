@@ -23,7 +23,7 @@ import argparse
 import time
 
 import olss_jax as oj
-from olss_jax._src.tune import DEFAULT_MAX_EVALUATIONS
+from olss_jax._src.path_tuning import DEFAULT_MAX_EVALUATIONS
 
 MODELS = ("analytic", "analytic-flow", "analytic-latent", "digits", "digits-flow", "mnist")
 DEFAULT_MODELS = ("analytic", "analytic-flow")

@@ -19,10 +19,10 @@ import olss_jax as oj
 from olss_jax import stable_diffusion
 from olss_jax import store
 from olss_jax._src import demo as demo_lib
-from olss_jax._src import embedded
 from olss_jax._src import figures as figures_lib
+from olss_jax._src import fit_olss as fit_olss_lib
 from olss_jax._src import progress
-from olss_jax._src import recipe
+from olss_jax._src import shipped_models
 
 FIGURES = ("correlation", "paths", "errors", "weights", "grid")
 # Noises per chunk of 'olss-jax collect': an interrupted collection loses at most this many
@@ -35,7 +35,7 @@ DEFAULT_BASELINES = {"vp": ("ddim", "dpm_solver_pp", "unipc"),
 
 def is_stable_diffusion(spec: str) -> bool:
   """``--model`` names a Stable Diffusion directory rather than an embedded model."""
-  return spec not in embedded.EMBEDDED_MODELS
+  return spec not in shipped_models.EMBEDDED_MODELS
 
 
 def load_sd(spec: str):
@@ -234,7 +234,7 @@ def fit(args) -> int:
   """A store (or trajectory file) -> a schedule file, by `fit_olss` with the method named.
 
   The method (named, or the recipe's default for having the model or not:
-  `recipe.resolve_method`) and the step count are the library's to check and choose; a store
+  `fit_olss.resolve_method`) and the step count are the library's to check and choose; a store
   whose manifest records its model has the model (`store.store_denoiser`).
   """
   traj, meta, manifest = _load_teacher(args.trajectories)
@@ -248,11 +248,11 @@ def fit(args) -> int:
       store.model_record(args.trajectories, manifest=manifest)
     except ValueError as error:
       no_model = error
-  if no_model is not None and (args.method in recipe.MODEL_METHODS or args.refine):
+  if no_model is not None and (args.method in fit_olss_lib.MODEL_METHODS or args.refine):
     raise no_model
-  method = recipe.resolve_method(args.method, has_model=no_model is None)
+  method = fit_olss_lib.resolve_method(args.method, has_model=no_model is None)
   denoise = None
-  if method in recipe.MODEL_METHODS or args.refine:
+  if method in fit_olss_lib.MODEL_METHODS or args.refine:
     sd = load_sd(args.model) if is_stable_diffusion(args.model) else None
     denoise = store.store_denoiser(args.trajectories, sd=sd, manifest=manifest)
   # The bar advances at each stage and at every candidate path olss-ft fits (total unknown).

@@ -46,7 +46,6 @@ from olss_jax._src import validation
 from olss_jax._src.baselines import spacing as spacing_lib
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")
-SIGMA_SPACINGS = ("karras", "lu", "flow")
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
 _FLOW_SHIFT_CLAMP = 1e-6   # UniPC's `sigmas[0] -= eps` when its first flow sigma is 1
 

@@ -6,7 +6,7 @@ Both pick them among the teacher's own steps (a path of teacher-step indices, as
 so the solver's model is called exactly where the teacher called it:
 
 * `gits_schedule`: GITS' dynamic programme on a one-step cost matrix (`gits.gits_path`).
-* `tuned_schedule`: a coordinate search (`tune.coordinate_search`) whose score is the
+* `tuned_schedule`: a coordinate search (`path_tuning.coordinate_search`) whose score is the
   solver's own final-sample MSE against the teacher on the fitting noises, started from the
   solver's default timesteps: the cheap learned-timestep baseline a researcher would run
   first (each candidate costs one n-step sampling of the B fitting noises).
@@ -19,12 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from olss_jax._src import path_tuning
 from olss_jax._src import regression
 from olss_jax._src import sampler
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src import sharding as sharding_lib
 from olss_jax._src import trajectory as trajectory_lib
-from olss_jax._src import tune
 from olss_jax._src.peers import gits
 
 # ``build(timesteps (n,)) -> Schedule``: a solver on the given model-call timesteps.
@@ -83,11 +83,12 @@ def gits_schedule(traj: trajectory_lib.Trajectory, num_steps: int, build: BuildF
 
 def tuned_schedule(traj: trajectory_lib.Trajectory, num_steps: int, build: BuildFn,
                    denoise_fn, *, default_timesteps=None,
-                   max_evaluations: int = tune.DEFAULT_MAX_EVALUATIONS) -> schedule_lib.Schedule:
+                   max_evaluations: int = path_tuning.DEFAULT_MAX_EVALUATIONS
+                   ) -> schedule_lib.Schedule:
   """The solver ``build`` on timesteps tuned for its final error on the fitting noises.
 
   ``score(path) = mean((sample(f, build(traj.timesteps[path]), x_T) - teacher_final)^2)``
-  over the B fitting noises, minimised by `tune.coordinate_search` from ``default_timesteps``
+  over the B fitting noises, minimised by `path_tuning.coordinate_search` from ``default_timesteps``
   (the solver's own default, mapped to teacher steps by `nearest_path`).
 
   Args:
@@ -124,7 +125,7 @@ def tuned_schedule(traj: trajectory_lib.Trajectory, num_steps: int, build: Build
         return float(_mse64(out, target))
     return float(np.mean((np.asarray(out, np.float64).reshape(-1) - target) ** 2))
 
-  result = tune.coordinate_search(score, start, k, max_evaluations=max_evaluations)
+  result = path_tuning.coordinate_search(score, start, k, max_evaluations=max_evaluations)
   sched = build(timesteps[result.path])
   return sched.with_metadata(peer="tuned", path=result.path.tolist(),
                              tune_start_path=start.tolist(),

@@ -15,7 +15,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import numpy as np
 
-from olss_jax._src import recipe
+from olss_jax._src import fit_olss as fit_olss_lib
 from olss_jax._src import regression
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src import stats
@@ -263,7 +263,7 @@ def fit_sd_schedule(teacher: SDTeacher, num_steps: int, *, method: str | None = 
     teacher: from `collect_sd_trajectory` or `load_sd_teacher`.
     num_steps: n, the number of model calls of the fitted sampler.
     method: a name of `olss_jax.METHODS` (the closed-loop ones need ``denoise_fn``); None:
-      `fit_olss`'s default (`recipe.resolve_method`): the paper's ``"olss"`` without
+      `fit_olss`'s default (`fit_olss.resolve_method`): the paper's ``"olss"`` without
       ``denoise_fn``, ``"olss-ft"`` with it.
     denoise_fn: the guided model on the teacher's prompts (`sd_denoiser`), for the
       closed-loop methods.
@@ -276,9 +276,9 @@ def fit_sd_schedule(teacher: SDTeacher, num_steps: int, *, method: str | None = 
   if not isinstance(teacher, SDTeacher):
     raise TypeError(f"teacher: expected an SDTeacher from collect_sd_trajectory, got "
                     f"{type(teacher).__name__}")
-  method = recipe.resolve_method(method, has_model=denoise_fn is not None)
+  method = fit_olss_lib.resolve_method(method, has_model=denoise_fn is not None)
   data = teacher.trajectory
-  if method in recipe.PAPER_METHODS and regression.qr_flops(data) > regression.QR_FLOPS_LIMIT:
+  if method in fit_olss_lib.PAPER_METHODS and regression.qr_flops(data) > regression.QR_FLOPS_LIMIT:
     data = stats.trajectory_stats(data)  # one Gram serves search and fit
-  fitted = recipe.fit_olss(data, num_steps, denoise_fn=denoise_fn, method=method)
+  fitted = fit_olss_lib.fit_olss(data, num_steps, denoise_fn=denoise_fn, method=method)
   return fitted.with_metadata(**teacher.info, method=method)

@@ -1,4 +1,4 @@
-"""olss_jax._src.recipe: `fit_olss`, the one recipe, and the one method vocabulary."""
+"""olss_jax._src.fit_olss: `fit_olss`, the one recipe, and the one method vocabulary."""
 import warnings
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 import olss_jax as oj
 from olss_jax import testing
-from olss_jax._src import recipe
+from olss_jax._src import fit_olss as fit_olss_lib
 from olss_jax._src import validation
 from olss_jax.cli import _main as cli_main
 
@@ -39,7 +39,8 @@ def test_every_method_records_how_it_was_made(method):
   sched = oj.fit_olss(traj, 3, denoise_fn=den, method=method)
   meta = sched.metadata
   assert meta["method"] == method
-  assert meta["fit"] == ("closed_loop" if method in recipe.MODEL_METHODS else "teacher_forced")
+  with_model = method in fit_olss_lib.MODEL_METHODS
+  assert meta["fit"] == ("closed_loop" if with_model else "teacher_forced")
   if method in ("olss-p", "olss-p-cl"):
     assert meta["path_search"] == "uniform"
     np.testing.assert_array_equal(meta["path"], oj.uniform_path(traj, 3))
@@ -113,7 +114,7 @@ def test_too_few_fitting_noises_are_refused_with_the_minimum_and_few_warn():
   assert sched.metadata["num_fit_images"] == 4 and sched.metadata["method"] == "olss-ft"
   with warnings.catch_warnings():
     warnings.simplefilter("error", oj.validation.FewFitNoisesWarning)
-    oj.fit_olss(traj.take(np.arange(recipe.RECOMMENDED_FIT_NOISES)), 3)
+    oj.fit_olss(traj.take(np.arange(fit_olss_lib.RECOMMENDED_FIT_NOISES)), 3)
 
 
 def test_progress_reports_every_stage_and_candidate():
@@ -157,7 +158,7 @@ def test_fit_olss_scans_the_trajectory_once(monkeypatch, method):
 
   monkeypatch.setattr(validation, "check_trajectory", counting_check)
   monkeypatch.setattr(validation, "find_nonfinite", counting_scan)
-  model = None if method in recipe.PAPER_METHODS else den
+  model = None if method in fit_olss_lib.PAPER_METHODS else den
   sched = oj.fit_olss(traj, 3, denoise_fn=model, method=method, max_evaluations=3)
   assert sched.metadata["method"] == method
   assert len(checks) == 1 and len(scans) == 1, (len(checks), len(scans))

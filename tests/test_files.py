@@ -17,7 +17,7 @@ import safetensors
 import safetensors.numpy as stnp
 
 from olss_jax._src import container
-from olss_jax._src import io as oio
+from olss_jax._src import files
 from olss_jax._src import noise
 from olss_jax._src import sampler
 from olss_jax._src import schedule as schedule_lib
@@ -105,11 +105,11 @@ def _saved(save, obj, **kw):
 
 
 def _schedule_bytes():
-  return _saved(oio.save_schedule, _random_schedule(7, 4, {"method": "olss"}))
+  return _saved(files.save_schedule, _random_schedule(7, 4, {"method": "olss"}))
 
 
 def _trajectory_bytes(**kw):
-  return _saved(oio.save_trajectory, _trajectory(**kw), metadata={"chunk": 1})
+  return _saved(files.save_trajectory, _trajectory(**kw), metadata={"chunk": 1})
 
 
 def _split(data):
@@ -125,7 +125,7 @@ def _join(header, data, **dumps_kw):
 
 
 def _spec_digests(header, data):
-  """The two digests as the module docstring defines them (written independently of io.py)."""
+  """The two digests as the module docstring defines them (written independently of files.py)."""
   def canon(meta):
     return json.dumps(dict(header, __metadata__=meta), sort_keys=True, separators=(",", ":"),
                       ensure_ascii=True).encode("ascii")
@@ -152,7 +152,7 @@ def _edited(data, edit):
 def _craft(kind, tensors, metadata=None, **extra):
   """A well-formed, correctly checksummed file holding whatever ``tensors`` are."""
   buf = io.BytesIO()
-  oio._write_file(buf, tensors, oio._file_metadata(kind, metadata, "metadata", **extra))
+  files._write_file(buf, tensors, files._file_metadata(kind, metadata, "metadata", **extra))
   return buf.getvalue()
 
 
@@ -197,7 +197,7 @@ def test_schedule_round_trip_is_bit_exact_via_bytes_io(n, float_timesteps):
           "nested": {"prompts": ["a cat", "ünïcode ☃"], "seed": np.int64(3),
                      "scale": np.float32(0.5)}, "none": None}
   sched = _random_schedule(n, n, meta, float_timesteps)
-  loaded = oio.load_schedule(io.BytesIO(_saved(oio.save_schedule, sched)))
+  loaded = files.load_schedule(io.BytesIO(_saved(files.save_schedule, sched)))
   assert loaded.timesteps.dtype == (np.float32 if float_timesteps else np.int32)
   _assert_same_schedule(loaded, sched)
   expected = dict(meta, sample_shape=[4, 64, 64],
@@ -211,9 +211,9 @@ def test_schedule_round_trip_via_path_and_overwrite(tmp_path, as_pathlib):
   target = target if as_pathlib else str(target)
   first = _random_schedule(0, 5)
   second = _random_schedule(1, 7, {"method": "olss"})
-  oio.save_schedule(target, first)
-  oio.save_schedule(target, second)  # replaces atomically
-  loaded = oio.load_schedule(target)
+  files.save_schedule(target, first)
+  files.save_schedule(target, second)  # replaces atomically
+  loaded = files.load_schedule(target)
   _assert_same_schedule(loaded, second)
   assert loaded.metadata == {"method": "olss"}
   assert sorted(os.listdir(tmp_path)) == ["s.safetensors"]  # no stray temporary files
@@ -225,9 +225,9 @@ def test_schedule_from_jax_arrays_and_open_file_objects(tmp_path):
   as_jax = schedule_lib.Schedule(jnp.asarray(sched.timesteps), jnp.asarray(weights32))
   path = tmp_path / "s.safetensors"
   with open(path, "wb") as f:
-    oio.save_schedule(f, as_jax)
+    files.save_schedule(f, as_jax)
   with open(path, "rb") as f:
-    loaded = oio.load_schedule(f)
+    loaded = files.load_schedule(f)
   _assert_same_array(loaded.weights, weights32.astype(np.float64), "weights")
   _assert_same_array(loaded.timesteps, sched.timesteps, "timesteps")
 
@@ -235,22 +235,22 @@ def test_schedule_from_jax_arrays_and_open_file_objects(tmp_path):
 def test_saving_to_a_file_object_writes_at_its_position():
   buf = io.BytesIO()
   buf.write(b"prefix--")
-  oio.save_schedule(buf, _random_schedule(3, 3))
+  files.save_schedule(buf, _random_schedule(3, 3))
   start = buf.tell()
-  digest = oio.save_trajectory(buf, _trajectory())
+  digest = files.save_trajectory(buf, _trajectory())
   data = buf.getvalue()
   assert data[:8] == b"prefix--"
   assert digest == hashlib.sha256(data[start:]).hexdigest()
-  _assert_same_schedule(oio.load_schedule(io.BytesIO(data[8:start])), _random_schedule(3, 3))
+  _assert_same_schedule(files.load_schedule(io.BytesIO(data[8:start])), _random_schedule(3, 3))
   buf.seek(start)
-  _assert_same_trajectory(oio.load_trajectory(buf), _trajectory())
+  _assert_same_trajectory(files.load_trajectory(buf), _trajectory())
 
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_loaded_schedule_samples_identically(jit):
   sched = _random_schedule(3, 5)
   sched = sched.replace(weights=np.asarray(_teacher(5).path_weights(np.arange(5))))
-  loaded = oio.load_schedule(io.BytesIO(_saved(oio.save_schedule, sched)))
+  loaded = files.load_schedule(io.BytesIO(_saved(files.save_schedule, sched)))
 
   def denoise(x, t):
     return 0.1 * x + 1e-3 * t
@@ -266,16 +266,16 @@ def test_loaded_schedule_samples_identically(jit):
 def test_trajectory_round_trip_every_float_dtype(tmp_path, dtype, ts_dtype):
   traj = _trajectory(dtype, ts_dtype=ts_dtype, config={"num_train_timesteps": 1000, "note": [1]})
   path = tmp_path / "t.safetensors"
-  digest = oio.save_trajectory(path, traj, metadata={"chunk": 2, "shape": (2, 2)})
-  _assert_same_trajectory(oio.load_trajectory(path), traj)
-  loaded, meta, read_digest = oio.read_trajectory(path)
+  digest = files.save_trajectory(path, traj, metadata={"chunk": 2, "shape": (2, 2)})
+  _assert_same_trajectory(files.load_trajectory(path), traj)
+  loaded, meta, read_digest = files.read_trajectory(path)
   _assert_same_trajectory(loaded, traj)
   assert meta == {"chunk": 2, "shape": [2, 2]}
   assert digest == read_digest == hashlib.sha256(path.read_bytes()).hexdigest()
-  info = oio.read_metadata(path)
+  info = files.read_metadata(path)
   dtype_name = np.dtype(dtype).name
-  assert info == {"chunk": 2, "shape": [2, 2], "_kind": oio.TRAJECTORY_KIND,
-                  "_format_version": oio.FORMAT_VERSION,
+  assert info == {"chunk": 2, "shape": [2, 2], "_kind": files.TRAJECTORY_KIND,
+                  "_format_version": files.FORMAT_VERSION,
                   "_teacher": {"kind": "ddim", "config": traj.teacher.config},
                   "_arrays": {"x_T": {"dtype": dtype_name, "shape": [3, 2, 2]},
                               "model_outputs": {"dtype": dtype_name, "shape": [6, 3, 2, 2]},
@@ -290,7 +290,7 @@ def test_trajectory_from_device_arrays_and_the_legacy_constructor_round_trips():
       timesteps=jnp.asarray(timesteps), x_T=jnp.ones((2, 3), jnp.bfloat16),
       model_outputs=jnp.full((4, 2, 3), -0.5, jnp.bfloat16),
       alphas=np.concatenate([ALPHAS[timesteps], [1.0]]))
-  loaded = oio.load_trajectory(io.BytesIO(_saved(oio.save_trajectory, traj)))
+  loaded = files.load_trajectory(io.BytesIO(_saved(files.save_trajectory, traj)))
   _assert_same_trajectory(loaded, trajectory_lib.Trajectory(
       np.asarray(traj.x_T), np.asarray(traj.model_outputs),
       teacher_lib.Teacher(timesteps, traj.levels, "ddim")))
@@ -300,7 +300,7 @@ def test_collected_trajectory_round_trip_keeps_states():
   teacher = teacher_lib.ddim_teacher(ALPHAS, 25)
   x_T = jax.random.normal(jax.random.PRNGKey(3), (2, 5))
   traj = trajectory_lib.collect_trajectory(lambda x, t: 0.3 * x + 1e-4 * t, x_T, teacher)
-  loaded = oio.load_trajectory(io.BytesIO(_saved(oio.save_trajectory, traj)))
+  loaded = files.load_trajectory(io.BytesIO(_saved(files.save_trajectory, traj)))
   assert loaded.teacher.config == teacher.config
   np.testing.assert_array_equal(np.asarray(loaded.states), np.asarray(traj.states))
 
@@ -308,13 +308,13 @@ def test_collected_trajectory_round_trip_keeps_states():
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_metadata_must_be_json_without_nan(bad):
   with pytest.raises(TypeError, match="^schedule.metadata: .*JSON"):
-    oio.save_schedule(io.BytesIO(), _random_schedule(0, 2, {"x": [1, {"y": bad}]}))
+    files.save_schedule(io.BytesIO(), _random_schedule(0, 2, {"x": [1, {"y": bad}]}))
   with pytest.raises(TypeError, match="^metadata: .*JSON"):
-    oio.save_trajectory(io.BytesIO(), _trajectory(), metadata={"x": np.float32(bad)})
+    files.save_trajectory(io.BytesIO(), _trajectory(), metadata={"x": np.float32(bad)})
   with pytest.raises(TypeError, match="^metadata: "):
-    oio.save_trajectory(io.BytesIO(), _trajectory(), metadata={"f": object()})
+    files.save_trajectory(io.BytesIO(), _trajectory(), metadata={"f": object()})
   with pytest.raises(TypeError, match="^metadata: expected a dict"):
-    oio.save_trajectory(io.BytesIO(), _trajectory(), metadata=[("a", 1)])
+    files.save_trajectory(io.BytesIO(), _trajectory(), metadata=[("a", 1)])
 
 
 def test_save_streams_without_copying_and_load_reads_in_place(tmp_path):
@@ -327,11 +327,11 @@ def test_save_streams_without_copying_and_load_reads_in_place(tmp_path):
 
   tracemalloc.start()
   try:
-    oio.save_trajectory(Sink(), traj)
+    files.save_trajectory(Sink(), traj)
     _, save_peak = tracemalloc.get_traced_memory()
-    oio.save_trajectory(tmp_path / "t.safetensors", traj)
+    files.save_trajectory(tmp_path / "t.safetensors", traj)
     tracemalloc.reset_peak()
-    loaded = oio.load_trajectory(tmp_path / "t.safetensors")
+    loaded = files.load_trajectory(tmp_path / "t.safetensors")
     _, load_peak = tracemalloc.get_traced_memory()
   finally:
     tracemalloc.stop()
@@ -353,7 +353,7 @@ def test_files_are_safetensors_with_the_documented_header_and_digests():
   assert set(meta) == {"format", "format_version", "kind", "metadata", "teacher",
                        "header_sha256", "sha256"}
   assert (meta["format"], meta["format_version"], meta["kind"]) == (
-      "olss_jax", "2", oio.TRAJECTORY_KIND)
+      "olss_jax", "2", files.TRAJECTORY_KIND)
   assert json.loads(meta["metadata"]) == {"chunk": 1}
   assert json.loads(meta["teacher"]) == {"kind": "ddim", "config": {}}
   assert (meta["header_sha256"], meta["sha256"]) == _spec_digests(header, payload)
@@ -370,8 +370,8 @@ def test_files_are_safetensors_with_the_documented_header_and_digests():
 def test_safetensors_numpy_reads_our_files(tmp_path, dtype):
   sched = _random_schedule(4, 5, {"method": "olss"}, float_timesteps=True)
   traj = _trajectory(dtype)
-  oio.save_schedule(tmp_path / "s.safetensors", sched)
-  oio.save_trajectory(tmp_path / "t.safetensors", traj, metadata={"a": 1})
+  files.save_schedule(tmp_path / "s.safetensors", sched)
+  files.save_trajectory(tmp_path / "t.safetensors", traj, metadata={"a": 1})
   got = stnp.load_file(tmp_path / "s.safetensors")
   assert sorted(got) == ["timesteps", "weights"]
   _assert_same_array(got["timesteps"], sched.timesteps, "timesteps")
@@ -389,7 +389,7 @@ def test_safetensors_numpy_reads_our_files(tmp_path, dtype):
 
 def test_safetensors_reads_our_bfloat16_tensors():
   traj = _trajectory(ml_dtypes.bfloat16)
-  tensors = dict(safetensors.deserialize(_saved(oio.save_trajectory, traj)))
+  tensors = dict(safetensors.deserialize(_saved(files.save_trajectory, traj)))
   for name, want in (("x_T", traj.x_T), ("model_outputs", traj.model_outputs)):
     assert tensors[name]["dtype"] == "BF16" and tensors[name]["shape"] == list(want.shape)
     got = np.frombuffer(bytes(tensors[name]["data"]), ml_dtypes.bfloat16).reshape(want.shape)
@@ -408,20 +408,20 @@ def _via_safetensors(tensors, metadata):
 
 def test_files_written_by_safetensors_with_our_metadata_load():
   sched = _random_schedule(5, 4, {"method": "olss"})
-  meta = {"format": "olss_jax", "format_version": "2", "kind": oio.SCHEDULE_KIND,
+  meta = {"format": "olss_jax", "format_version": "2", "kind": files.SCHEDULE_KIND,
           "metadata": json.dumps({"method": "olss"})}
   data = _via_safetensors({"timesteps": sched.timesteps, "weights": sched.weights}, meta)
-  loaded = oio.load_schedule(io.BytesIO(data))
+  loaded = files.load_schedule(io.BytesIO(data))
   _assert_same_schedule(loaded, sched)
   assert loaded.metadata == {"method": "olss"}
 
   traj = _trajectory(np.float16, ts_dtype=np.float32, config={"steps_offset": 1})
-  meta = {"format": "olss_jax", "format_version": "2", "kind": oio.TRAJECTORY_KIND,
+  meta = {"format": "olss_jax", "format_version": "2", "kind": files.TRAJECTORY_KIND,
           "metadata": "{}", "teacher": _teacher_text("ddim", {"steps_offset": 1})}
   data = _via_safetensors({"x_T": traj.x_T, "model_outputs": traj.model_outputs,
                            "teacher_timesteps": traj.teacher.timesteps,
                            "teacher_levels": np.asarray(traj.teacher.levels)}, meta)
-  loaded, loaded_meta, digest = oio.read_trajectory(io.BytesIO(data))
+  loaded, loaded_meta, digest = files.read_trajectory(io.BytesIO(data))
   _assert_same_trajectory(loaded, traj)
   assert loaded_meta == {} and digest == hashlib.sha256(data).hexdigest()
 
@@ -432,7 +432,7 @@ def test_reformatted_headers_still_verify():
   reordered = dict(reversed(list(header.items())))
   again = _join(reordered, payload, indent=2, sort_keys=True, ensure_ascii=False)
   assert again != data
-  _assert_same_schedule(oio.load_schedule(io.BytesIO(again)), _random_schedule(7, 4))
+  _assert_same_schedule(files.load_schedule(io.BytesIO(again)), _random_schedule(7, 4))
 
 
 # ---------------------------------------------------------------------- version-1 files
@@ -440,33 +440,33 @@ def test_reformatted_headers_still_verify():
 
 def test_version_1_schedule_files_load():
   sched = _random_schedule(6, 5, {"method": "olss", "n": 5})
-  data, _ = _v1(oio.SCHEDULE_KIND, [("timesteps", sched.timesteps), ("weights", sched.weights)],
+  data, _ = _v1(files.SCHEDULE_KIND, [("timesteps", sched.timesteps), ("weights", sched.weights)],
                 sched.metadata)
   assert data[:8] == container.MAGIC
-  loaded = oio.load_schedule(io.BytesIO(data))
+  loaded = files.load_schedule(io.BytesIO(data))
   _assert_same_schedule(loaded, sched)
   assert loaded.metadata == {"method": "olss", "n": 5}
-  assert oio.read_metadata(io.BytesIO(data)) == {
-      "method": "olss", "n": 5, "_kind": oio.SCHEDULE_KIND, "_format_version": 1,
+  assert files.read_metadata(io.BytesIO(data)) == {
+      "method": "olss", "n": 5, "_kind": files.SCHEDULE_KIND, "_format_version": 1,
       "_arrays": {"timesteps": {"dtype": "int32", "shape": [5]},
                   "weights": {"dtype": "float64", "shape": [5, 6]}}}
-  _assert_same_schedule(oio.load_schedule(Stream(data)), sched)
+  _assert_same_schedule(files.load_schedule(Stream(data)), sched)
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_version_1_trajectory_files_load_as_a_ddim_teacher(tmp_path, dtype):
   traj = _trajectory(dtype)
-  data, trailer = _v1(oio.TRAJECTORY_KIND, _v1_trajectory_arrays(traj), {"chunk_index": 3})
+  data, trailer = _v1(files.TRAJECTORY_KIND, _v1_trajectory_arrays(traj), {"chunk_index": 3})
   path = tmp_path / "chunk-00003.olss"
   path.write_bytes(data)
-  loaded, meta, digest = oio.read_trajectory(path)
+  loaded, meta, digest = files.read_trajectory(path)
   _assert_same_trajectory(loaded, traj)
   assert loaded.teacher.kind == "ddim" and loaded.teacher.config == {}
   assert meta == {"chunk_index": 3}
   assert digest == trailer == data[-32:].hex()  # what olss_jax 0.1 stores recorded
-  _assert_same_trajectory(oio.load_trajectory(Stream(data)), traj)
-  info = oio.read_metadata(path)
-  assert info["_format_version"] == 1 and info["_kind"] == oio.TRAJECTORY_KIND
+  _assert_same_trajectory(files.load_trajectory(Stream(data)), traj)
+  info = files.read_metadata(path)
+  assert info["_format_version"] == 1 and info["_kind"] == files.TRAJECTORY_KIND
   assert info["_teacher"] == {"kind": "ddim", "config": {}}
   assert info["_arrays"]["teacher_levels"] == {"dtype": "float64", "shape": [7]}
   assert info["_arrays"]["model_outputs"] == {"dtype": np.dtype(dtype).name,
@@ -475,27 +475,27 @@ def test_version_1_trajectory_files_load_as_a_ddim_teacher(tmp_path, dtype):
 
 def test_damaged_or_invalid_version_1_files_are_value_errors():
   traj = _trajectory()
-  data, _ = _v1(oio.TRAJECTORY_KIND, _v1_trajectory_arrays(traj))
-  sched_data, _ = _v1(oio.SCHEDULE_KIND, [("timesteps", np.array([5], np.int32)),
+  data, _ = _v1(files.TRAJECTORY_KIND, _v1_trajectory_arrays(traj))
+  sched_data, _ = _v1(files.SCHEDULE_KIND, [("timesteps", np.array([5], np.int32)),
                                           ("weights", np.ones((1, 2)))])
   newer = data[:8] + struct.pack("<I", 2) + data[12:]
   cases = [
-      (data[:-1], oio.load_trajectory, "truncated"),
-      (data[:40], oio.read_metadata, "truncated"),
-      (data[:-40] + bytes([data[-40] ^ 1]) + data[-39:], oio.load_trajectory, "checksum"),
-      (data[:30] + bytes([data[30] ^ 4]) + data[31:], oio.read_metadata, "checksum"),
-      (data + b"\0", oio.load_trajectory, "trailing"),
-      (data + b"\0", oio.read_metadata, "trailing"),
-      (newer, oio.load_trajectory, "written by a newer olss_jax; upgrade"),
-      (data, oio.load_schedule, "expected 'olss_jax.schedule'"),
-      (sched_data, oio.load_trajectory, "expected 'olss_jax.trajectory'"),
-      (_v1(oio.TRAJECTORY_KIND, _v1_trajectory_arrays(traj)[:3])[0], oio.load_trajectory,
+      (data[:-1], files.load_trajectory, "truncated"),
+      (data[:40], files.read_metadata, "truncated"),
+      (data[:-40] + bytes([data[-40] ^ 1]) + data[-39:], files.load_trajectory, "checksum"),
+      (data[:30] + bytes([data[30] ^ 4]) + data[31:], files.read_metadata, "checksum"),
+      (data + b"\0", files.load_trajectory, "trailing"),
+      (data + b"\0", files.read_metadata, "trailing"),
+      (newer, files.load_trajectory, "written by a newer olss_jax; upgrade"),
+      (data, files.load_schedule, "expected 'olss_jax.schedule'"),
+      (sched_data, files.load_trajectory, "expected 'olss_jax.trajectory'"),
+      (_v1(files.TRAJECTORY_KIND, _v1_trajectory_arrays(traj)[:3])[0], files.load_trajectory,
        "expected arrays"),
-      (_v1(oio.TRAJECTORY_KIND, _v1_trajectory_arrays(traj)[:3]
-           + [("alphas", np.asarray(traj.levels)[::-1].copy())])[0], oio.load_trajectory,
+      (_v1(files.TRAJECTORY_KIND, _v1_trajectory_arrays(traj)[:3]
+           + [("alphas", np.asarray(traj.levels)[::-1].copy())])[0], files.load_trajectory,
        "non-decreasing"),
-      (_v1(oio.SCHEDULE_KIND, [("timesteps", np.array([5], np.int64)),
-                               ("weights", np.ones((1, 2)))])[0], oio.load_schedule, "int32"),
+      (_v1(files.SCHEDULE_KIND, [("timesteps", np.array([5], np.int64)),
+                               ("weights", np.ones((1, 2)))])[0], files.load_schedule, "int32"),
   ]
   for damaged, load, match in cases:
     with pytest.raises(ValueError, match=r"^<BytesIO>: .*" + match):
@@ -531,15 +531,15 @@ class HeaderOnly(io.RawIOBase):
 
 def test_read_metadata_does_not_read_the_data():
   traj = _trajectory(np.float32, k=4, b=16, shape=(32, 32))
-  data = _saved(oio.save_trajectory, traj, metadata={"chunk_index": 7})
+  data = _saved(files.save_trajectory, traj, metadata={"chunk_index": 7})
   (n,) = struct.unpack("<Q", data[:8])
-  info = oio.read_metadata(HeaderOnly(data, 8 + n))
+  info = files.read_metadata(HeaderOnly(data, 8 + n))
   assert info["chunk_index"] == 7 and info["_arrays"]["x_T"]["shape"] == [16, 32, 32]
   with pytest.raises(AssertionError, match="read past the header"):
-    oio.load_trajectory(HeaderOnly(data, 8 + n))  # the guard itself works
-  v1, _ = _v1(oio.TRAJECTORY_KIND, _v1_trajectory_arrays(traj), {"chunk_index": 7})
+    files.load_trajectory(HeaderOnly(data, 8 + n))  # the guard itself works
+  v1, _ = _v1(files.TRAJECTORY_KIND, _v1_trajectory_arrays(traj), {"chunk_index": 7})
   (h,) = struct.unpack("<Q", v1[12:20])
-  assert oio.read_metadata(HeaderOnly(v1, 20 + h + 32))["chunk_index"] == 7
+  assert files.read_metadata(HeaderOnly(v1, 20 + h + 32))["chunk_index"] == 7
 
 
 def test_read_metadata_verifies_the_header_but_not_the_data():
@@ -549,11 +549,11 @@ def test_read_metadata_verifies_the_header_but_not_the_data():
   header_flip[8 + n // 2] ^= 0x08
   data_flip[-5] ^= 0x08
   with pytest.raises(ValueError, match="^<BytesIO>: "):
-    oio.read_metadata(io.BytesIO(bytes(header_flip)))
-  assert oio.read_metadata(io.BytesIO(bytes(data_flip))) == oio.read_metadata(
+    files.read_metadata(io.BytesIO(bytes(header_flip)))
+  assert files.read_metadata(io.BytesIO(bytes(data_flip))) == files.read_metadata(
       io.BytesIO(bytes(data)))
   with pytest.raises(ValueError, match="data checksum mismatch"):
-    oio.load_trajectory(io.BytesIO(bytes(data_flip)))
+    files.load_trajectory(io.BytesIO(bytes(data_flip)))
 
 
 # ------------------------------------------------------------------------------- errors
@@ -562,12 +562,12 @@ def test_read_metadata_verifies_the_header_but_not_the_data():
 @pytest.mark.parametrize("cut", [0, 1, 7, 8, 9, 60, 0.5, -9, -8, -1])
 @pytest.mark.parametrize("which", ["schedule", "trajectory"])
 def test_truncated_files_are_value_errors_naming_the_file(tmp_path, cut, which):
-  data, load = ((_schedule_bytes(), oio.load_schedule) if which == "schedule"
-                else (_trajectory_bytes(), oio.load_trajectory))
+  data, load = ((_schedule_bytes(), files.load_schedule) if which == "schedule"
+                else (_trajectory_bytes(), files.load_trajectory))
   cut = int(cut * len(data)) if isinstance(cut, float) else cut
   path = tmp_path / "cut.safetensors"
   path.write_bytes(data[:cut])
-  for loader in (load, oio.read_metadata):
+  for loader in (load, files.read_metadata):
     with pytest.raises(ValueError, match=r"^'.*cut\.safetensors': "):
       loader(path)
     with pytest.raises(ValueError, match=r"^'.*cut\.safetensors': "):
@@ -581,8 +581,8 @@ def test_truncated_files_are_value_errors_naming_the_file(tmp_path, cut, which):
 
 @pytest.mark.parametrize("which", ["schedule", "trajectory"])
 def test_a_bit_flip_in_any_byte_is_a_value_error(which):
-  data, load, want = ((_schedule_bytes(), oio.load_schedule, None) if which == "schedule"
-                      else (_trajectory_bytes(dtype=np.float16), oio.load_trajectory, None))
+  data, load, want = ((_schedule_bytes(), files.load_schedule, None) if which == "schedule"
+                      else (_trajectory_bytes(dtype=np.float16), files.load_trajectory, None))
   del want
   for pos in range(len(data)):
     flipped = data[:pos] + bytes([data[pos] ^ (1 << (pos % 8))]) + data[pos + 1:]
@@ -597,21 +597,21 @@ def test_inserted_and_trailing_bytes_are_value_errors(pos):
   for extra in (b" ", b"\0", b"{}\n"):
     for mutated in (data[:pos] + extra + data[pos:], data + extra):
       with pytest.raises(ValueError, match="^<BytesIO>: "):
-        oio.load_trajectory(io.BytesIO(mutated))
+        files.load_trajectory(io.BytesIO(mutated))
       with pytest.raises(ValueError):
-        oio.load_trajectory(Stream(mutated))
+        files.load_trajectory(Stream(mutated))
   with pytest.raises(ValueError, match="trailing bytes"):
-    oio.load_trajectory(io.BytesIO(data + b"\0"))
+    files.load_trajectory(io.BytesIO(data + b"\0"))
   with pytest.raises(ValueError, match="trailing bytes"):
-    oio.load_trajectory(Stream(data + b"\0"))
+    files.load_trajectory(Stream(data + b"\0"))
 
 
 def test_wrong_kind_is_a_value_error():
   sched, traj = _schedule_bytes(), _trajectory_bytes()
   with pytest.raises(ValueError, match="holds 'olss_jax.trajectory', expected 'olss_jax.schedule'"):
-    oio.load_schedule(io.BytesIO(traj))
+    files.load_schedule(io.BytesIO(traj))
   with pytest.raises(ValueError, match="holds 'olss_jax.schedule', expected 'olss_jax.trajectory'"):
-    oio.load_trajectory(io.BytesIO(sched))
+    files.load_trajectory(io.BytesIO(sched))
 
 
 @pytest.mark.parametrize("version, match", [
@@ -625,7 +625,7 @@ def test_wrong_kind_is_a_value_error():
 def test_unsupported_format_versions_are_value_errors(version, match):
   data = _edited(_schedule_bytes(),
                  lambda h: h["__metadata__"].update(format_version=version))
-  for load in (oio.load_schedule, oio.read_metadata):
+  for load in (files.load_schedule, files.read_metadata):
     with pytest.raises(ValueError, match=match):
       load(io.BytesIO(data))
 
@@ -646,7 +646,7 @@ def _zip_bytes():
     stnp.save({"weights": np.ones((1, 2))}, metadata={"format": "pt"}),
 ], ids=["pickle", "empty", "short", "text", "plain_safetensors", "other_format"])
 def test_files_that_are_not_olss_jax_files_are_value_errors(data):
-  for load in (oio.load_schedule, oio.load_trajectory, oio.read_metadata):
+  for load in (files.load_schedule, files.load_trajectory, files.read_metadata):
     with pytest.raises(ValueError, match="^<BytesIO>: .*not an olss_jax file"):
       load(io.BytesIO(data))
 
@@ -655,7 +655,7 @@ def test_zip_files_are_value_errors(tmp_path):
   path = tmp_path / "schedule.zip"
   path.write_bytes(_zip_bytes())
   with pytest.raises(ValueError, match=r"schedule\.zip'.*not an olss_jax file"):
-    oio.load_schedule(path)
+    files.load_schedule(path)
 
 
 def test_nothing_is_unpickled_on_load(monkeypatch):
@@ -665,8 +665,8 @@ def test_nothing_is_unpickled_on_load(monkeypatch):
   monkeypatch.setattr(pickle, "loads", refuse)
   monkeypatch.setattr(pickle, "load", refuse)
   monkeypatch.setattr(pickle, "Unpickler", refuse)
-  _assert_same_trajectory(oio.load_trajectory(io.BytesIO(_trajectory_bytes())), _trajectory())
-  _assert_same_schedule(oio.load_schedule(io.BytesIO(_schedule_bytes())), _random_schedule(7, 4))
+  _assert_same_trajectory(files.load_trajectory(io.BytesIO(_trajectory_bytes())), _trajectory())
+  _assert_same_schedule(files.load_schedule(io.BytesIO(_schedule_bytes())), _random_schedule(7, 4))
 
 
 def _tensor(name, **changes):
@@ -726,9 +726,9 @@ def _pop(*path):
 def test_checksummed_but_malformed_headers_are_value_errors(edit, match):
   data = _edited(_schedule_bytes(), edit)  # correct digests: only the content is wrong
   with pytest.raises(ValueError, match=r"^<BytesIO>: .*" + match):
-    oio.load_schedule(io.BytesIO(data))
+    files.load_schedule(io.BytesIO(data))
   with pytest.raises(ValueError, match="^<BytesIO>: "):
-    oio.read_metadata(io.BytesIO(data))
+    files.read_metadata(io.BytesIO(data))
 
 
 @pytest.mark.parametrize("text, match", [
@@ -744,7 +744,7 @@ def test_checksummed_but_malformed_headers_are_value_errors(edit, match):
 def test_malformed_header_json_is_a_value_error(text, match):
   data = struct.pack("<Q", len(text)) + text
   with pytest.raises(ValueError, match=r"^<BytesIO>: .*" + match):
-    oio.load_schedule(io.BytesIO(data))
+    files.load_schedule(io.BytesIO(data))
 
 
 def test_implausibly_large_tensors_are_refused_before_allocating(monkeypatch):
@@ -760,17 +760,17 @@ def test_implausibly_large_tensors_are_refused_before_allocating(monkeypatch):
   declared = _edited(_schedule_bytes(),
                      _tensor("weights", shape=[big], data_offsets=[0, 8 * big]))
   with pytest.raises(ValueError, match="implausibly many"):
-    oio.load_schedule(Stream(declared))
+    files.load_schedule(Stream(declared))
   fits = _edited(_schedule_bytes(), lambda h: (
       h["weights"].update(shape=[2**27], data_offsets=[0, 2**30]),
       h["timesteps"].update(data_offsets=[2**30, 2**30 + 16])))
   with pytest.raises(ValueError, match="truncated file"):  # seekable: the size is checked
-    oio.load_schedule(io.BytesIO(fits))
+    files.load_schedule(io.BytesIO(fits))
   with pytest.raises(ValueError, match="^<BytesIO>: truncated file"):
-    oio.read_metadata(io.BytesIO(fits))
+    files.read_metadata(io.BytesIO(fits))
   huge_header = struct.pack("<Q", 2**40) + b"{}"
   with pytest.raises(ValueError, match="not an olss_jax file"):
-    oio.load_schedule(Stream(huge_header))
+    files.load_schedule(Stream(huge_header))
   assert all(n <= 2**20 for n in allocated), allocated
 
 
@@ -780,15 +780,15 @@ def test_checksum_mismatches_are_value_errors():
   changed = bytearray(payload)
   changed[3] ^= 0x40
   with pytest.raises(ValueError, match="data checksum mismatch"):
-    oio.load_schedule(io.BytesIO(_join(header, bytes(changed))))  # header kept, data changed
+    files.load_schedule(io.BytesIO(_join(header, bytes(changed))))  # header kept, data changed
   header["__metadata__"]["metadata"] = json.dumps({"method": "ddim"})
   with pytest.raises(ValueError, match="header checksum mismatch"):
-    oio.load_schedule(io.BytesIO(_join(header, payload)))
+    files.load_schedule(io.BytesIO(_join(header, payload)))
   with pytest.raises(ValueError, match="header checksum mismatch"):
-    oio.read_metadata(io.BytesIO(_join(header, payload)))
+    files.read_metadata(io.BytesIO(_join(header, payload)))
   header["__metadata__"]["sha256"] = "0" * 63
   with pytest.raises(ValueError, match="not a hex SHA-256"):
-    oio.load_schedule(io.BytesIO(_join(header, payload)))
+    files.load_schedule(io.BytesIO(_join(header, payload)))
 
 
 @pytest.mark.parametrize("tensors, match", [
@@ -814,9 +814,9 @@ def test_checksum_mismatches_are_value_errors():
       ("alphas", np.ones(2))], "expected tensors"),
 ])
 def test_well_formed_file_with_an_invalid_schedule_is_a_value_error(tensors, match):
-  data = _craft(oio.SCHEDULE_KIND, tensors)
+  data = _craft(files.SCHEDULE_KIND, tensors)
   with pytest.raises(ValueError, match=r"^<BytesIO>: .*" + match):
-    oio.load_schedule(io.BytesIO(data))
+    files.load_schedule(io.BytesIO(data))
 
 
 def _trajectory_tensors(**changes):
@@ -872,19 +872,19 @@ TIMESTEPS = np.asarray(_trajectory().teacher.timesteps)
 ])
 def test_well_formed_file_with_an_invalid_trajectory_is_a_value_error(changes, teacher, match):
   extra = {} if teacher is None else {"teacher": teacher}
-  data = _craft(oio.TRAJECTORY_KIND, _trajectory_tensors(**changes), **extra)
+  data = _craft(files.TRAJECTORY_KIND, _trajectory_tensors(**changes), **extra)
   with pytest.raises(ValueError, match=r"^<BytesIO>: .*" + match):
-    oio.load_trajectory(io.BytesIO(data))
+    files.load_trajectory(io.BytesIO(data))
 
 
 def test_the_crafting_helpers_make_loadable_files():
   """The invalid-content tests above change one thing in files that otherwise load."""
-  data = _craft(oio.TRAJECTORY_KIND, _trajectory_tensors(), teacher=_teacher_text())
-  _assert_same_trajectory(oio.load_trajectory(io.BytesIO(data)), _trajectory(np.float32))
-  data = _craft(oio.SCHEDULE_KIND, [("timesteps", np.array([999, 500], np.int32)),
+  data = _craft(files.TRAJECTORY_KIND, _trajectory_tensors(), teacher=_teacher_text())
+  _assert_same_trajectory(files.load_trajectory(io.BytesIO(data)), _trajectory(np.float32))
+  data = _craft(files.SCHEDULE_KIND, [("timesteps", np.array([999, 500], np.int32)),
                                     ("weights", np.ones((2, 3)) * [[1, 1, 0], [1, 1, 1]])])
-  oio.load_schedule(io.BytesIO(data))
-  _assert_same_schedule(oio.load_schedule(io.BytesIO(_edited(_schedule_bytes(), lambda h: h))),
+  files.load_schedule(io.BytesIO(data))
+  _assert_same_schedule(files.load_schedule(io.BytesIO(_edited(_schedule_bytes(), lambda h: h))),
                         _random_schedule(7, 4))
 
 
@@ -897,25 +897,26 @@ def test_saving_invalid_objects_fails_before_writing(tmp_path):
   outputs = good.model_outputs.copy()
   outputs[3, 2, 1, 0] = np.inf
   cases = [
-      (lambda f: oio.save_trajectory(f, good.replace(model_outputs=outputs)), ValueError,
+      (lambda f: files.save_trajectory(f, good.replace(model_outputs=outputs)), ValueError,
        "step 3, sample 2"),
-      (lambda f: oio.save_trajectory(f, good, metadata={"f": object()}), TypeError,
+      (lambda f: files.save_trajectory(f, good, metadata={"f": object()}), TypeError,
        "^metadata: "),
-      (lambda f: oio.save_trajectory(f, good.replace(x_T=good.x_T.astype(np.float64))),
+      (lambda f: files.save_trajectory(f, good.replace(x_T=good.x_T.astype(np.float64))),
        TypeError, "traj.model_outputs: expected x_T's dtype float64"),
-      (lambda f: oio.save_trajectory(f, good.replace(teacher=_teacher(6, config={"o": object()}))),
+      (lambda f: files.save_trajectory(
+          f, good.replace(teacher=_teacher(6, config={"o": object()}))),
        TypeError, "traj.teacher.config"),
-      (lambda f: oio.save_trajectory(f, good.replace(teacher=teacher_lib.Teacher(
+      (lambda f: files.save_trajectory(f, good.replace(teacher=teacher_lib.Teacher(
           TIMESTEPS.astype(np.int64) + 2**33, good.levels))), ValueError,
        "traj.teacher.timesteps: expected values that int32 holds exactly"),
-      (lambda f: oio.save_trajectory(f, good.replace(teacher=teacher_lib.Teacher(
+      (lambda f: files.save_trajectory(f, good.replace(teacher=teacher_lib.Teacher(
           TIMESTEPS + 0.1, good.levels))), ValueError, "float32 holds exactly"),
-      (lambda f: oio.save_trajectory(f, {"x_T": 1}), TypeError, "traj"),
-      (lambda f: oio.save_schedule(f, {"weights": 1}), TypeError, "Schedule"),
-      (lambda f: oio.save_schedule(f, schedule_lib.Schedule(np.array([3], np.int32),
+      (lambda f: files.save_trajectory(f, {"x_T": 1}), TypeError, "traj"),
+      (lambda f: files.save_schedule(f, {"weights": 1}), TypeError, "Schedule"),
+      (lambda f: files.save_schedule(f, schedule_lib.Schedule(np.array([3], np.int32),
                                                             np.array([[1.0, np.nan]]))),
        ValueError, "row 0, column 1"),
-      (lambda f: oio.save_schedule(f, schedule_lib.Schedule(np.array([3, 2], np.int32),
+      (lambda f: files.save_schedule(f, schedule_lib.Schedule(np.array([3, 2], np.int32),
                                                             np.ones((2, 3)))),
        ValueError, "above the diagonal"),
   ]
@@ -929,24 +930,24 @@ def test_saving_invalid_objects_fails_before_writing(tmp_path):
     assert buf.getvalue() == b"keep"
   assert os.listdir(tmp_path) == []
   upper = schedule_lib.Schedule(np.array([3], np.int32), np.array([[1.0, 2.0]]))
-  oio.save_schedule(target, upper)  # (1, 2) has no entries above the diagonal: valid
+  files.save_schedule(target, upper)  # (1, 2) has no entries above the diagonal: valid
   assert os.listdir(tmp_path) == ["t.safetensors"]
-  _assert_same_schedule(oio.load_schedule(target), upper)
+  _assert_same_schedule(files.load_schedule(target), upper)
 
 
 def test_failed_save_leaves_the_old_file(tmp_path, monkeypatch):
   target = tmp_path / "s.safetensors"
-  oio.save_schedule(target, _random_schedule(0, 3))
+  files.save_schedule(target, _random_schedule(0, 3))
   before = target.read_bytes()
-  real_write_file = oio._write_file
+  real_write_file = files._write_file
 
   def exploding(f, *args, **kwargs):
     f.write(b"\x10\0\0\0\0\0\0\0{partial")
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(oio, "_write_file", exploding)
+  monkeypatch.setattr(files, "_write_file", exploding)
   with pytest.raises(KeyboardInterrupt):
-    oio.save_schedule(target, _random_schedule(1, 3))
+    files.save_schedule(target, _random_schedule(1, 3))
   assert target.read_bytes() == before
   assert os.listdir(tmp_path) == ["s.safetensors"]
 
@@ -963,15 +964,16 @@ def test_failed_save_leaves_the_old_file(tmp_path, monkeypatch):
   def failing_midway(f, *args, **kwargs):
     return real_write_file(Failing(f), *args, **kwargs)
 
-  monkeypatch.setattr(oio, "_write_file", failing_midway)
+  monkeypatch.setattr(files, "_write_file", failing_midway)
   with pytest.raises(OSError, match="disk full"):
-    oio.save_trajectory(target, _trajectory())
+    files.save_trajectory(target, _trajectory())
   assert target.read_bytes() == before
   assert os.listdir(tmp_path) == ["s.safetensors"]
 
 
 def test_bad_arguments_are_type_errors_and_missing_files_os_errors(tmp_path):
-  for load in (oio.load_schedule, oio.load_trajectory, oio.read_trajectory, oio.read_metadata):
+  for load in (files.load_schedule, files.load_trajectory, files.read_trajectory,
+               files.read_metadata):
     with pytest.raises(FileNotFoundError):
       load(tmp_path / "missing.safetensors")
     with pytest.raises(IsADirectoryError):
@@ -984,14 +986,14 @@ def test_bad_arguments_are_type_errors_and_missing_files_os_errors(tmp_path):
       with pytest.raises(TypeError, match="^path_or_file: .*binary"):
         load(f)
   with pytest.raises(FileNotFoundError):
-    oio.save_schedule(tmp_path / "no" / "such" / "dir.safetensors", _random_schedule(0, 2))
+    files.save_schedule(tmp_path / "no" / "such" / "dir.safetensors", _random_schedule(0, 2))
   with open(tmp_path / "text", "w", encoding="utf-8") as f:
     with pytest.raises(TypeError, match="^path_or_file: .*binary"):
-      oio.save_schedule(f, _random_schedule(0, 2))
+      files.save_schedule(f, _random_schedule(0, 2))
     with pytest.raises(TypeError, match="^path_or_file: .*binary"):
-      oio.save_trajectory(f, _trajectory())
+      files.save_trajectory(f, _trajectory())
   with pytest.raises(TypeError, match="^path_or_file: "):
-    oio.save_schedule(object(), _random_schedule(0, 2))
+    files.save_schedule(object(), _random_schedule(0, 2))
 
 
 def test_saving_into_a_missing_folder_names_the_users_path(tmp_path):

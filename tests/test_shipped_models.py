@@ -1,11 +1,11 @@
-"""olss_jax._src.embedded: the models that run without a download, each with its teacher kind."""
+"""olss_jax._src.shipped_models: the models that run without a download, each with its teacher."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import olss_jax as oj
-from olss_jax._src import embedded
+from olss_jax._src import shipped_models
 
 
 @pytest.mark.parametrize("name,kind,shape", [
@@ -15,7 +15,7 @@ from olss_jax._src import embedded
 def test_embedded_models_carry_their_teacher_kind(name, kind, shape):
   model = oj.compare.embedded_model(name)
   assert model.kind == kind and tuple(model.sample_shape) == shape
-  assert embedded.resolved_name(model) == name
+  assert shipped_models.resolved_name(model) == name
   teacher = model.make_teacher(10)
   assert teacher.kind == kind and teacher.num_steps == 10
   if kind == "flow":
@@ -24,7 +24,7 @@ def test_embedded_models_carry_their_teacher_kind(name, kind, shape):
   else:
     np.testing.assert_array_equal(teacher.levels[:-1],
                                   model.alphas_cumprod[np.asarray(teacher.timesteps)])
-  meta = embedded.schedule_metadata(model)
+  meta = shipped_models.schedule_metadata(model)
   assert meta["num_train_timesteps"] == 1000 and meta["sample_shape"] == list(shape)
 
 
@@ -37,7 +37,7 @@ def test_embedded_rejects_unknown_names_and_guidance_for_analytic_models():
 
 def test_a_flow_store_is_collected_with_its_teacher_and_fitted_closed_loop(tmp_path):
   store = tmp_path / "flow-store"
-  info = embedded.collect_embedded_to_directory(store, "analytic-flow", num_images=6,
+  info = shipped_models.collect_embedded_to_directory(store, "analytic-flow", num_images=6,
                                                 images_per_chunk=3, num_teacher_steps=40)
   del info
   traj = oj.store.load_store(store)
@@ -65,7 +65,7 @@ FD_STEP = 0.05
 FD_RTOL_FLOAT32 = 2e-2
 
 
-@pytest.mark.parametrize("name", [n for n in embedded.EMBEDDED_MODELS if n != "default"])
+@pytest.mark.parametrize("name", [n for n in shipped_models.EMBEDDED_MODELS if n != "default"])
 def test_every_embedded_model_depends_on_its_time_input(name):
   """A blind model cannot ship again: the output moves with t, and d/dt matches its differences."""
   model = oj.compare.embedded_model(name)

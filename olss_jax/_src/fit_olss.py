@@ -12,7 +12,7 @@ method          path                                                   weights
 ``olss-cl``     Algorithms 1-3 on closed-loop errors                   closed-loop Eq. 12
 ``olss-ft``     ``olss-cl``'s path (or the uniform one, if its final   closed-loop Eq. 12
                 error is lower) tuned for the final error
-                (`tune.tune_path`, validated on held-out fitting noises)
+                (`path_tuning.tune_path`, validated on held-out fitting noises)
 ``olss-e2e``    continuous times trained with the weights on the       all of Eq. 12's span,
                 final error (`learned.fit_e2e`), from the better of    end to end
                 ``olss-p-cl`` / ``olss-cl`` on held-out fitting noises
@@ -31,20 +31,21 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from olss_jax._src import closed_loop
+from olss_jax._src import closed_loop_fit
+from olss_jax._src import closed_loop_search
 from olss_jax._src import fit
 from olss_jax._src import learned
+from olss_jax._src import path_tuning
 from olss_jax._src import refine as refine_lib
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src import search
-from olss_jax._src import tune
 from olss_jax._src import validation
 
 METHODS = ("olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft", "olss-e2e")
 PAPER_METHODS = ("olss-p", "olss")
 MODEL_METHODS = ("olss-p-cl", "olss-cl", "olss-ft", "olss-e2e")
 TUNED_METHODS = ("olss-ft",)                 # take ``max_evaluations``
-DEFAULT_MAX_EVALUATIONS = tune.DEFAULT_MAX_EVALUATIONS
+DEFAULT_MAX_EVALUATIONS = path_tuning.DEFAULT_MAX_EVALUATIONS
 DEFAULT_PAPER_METHOD = "olss"
 DEFAULT_MODEL_METHOD = "olss-ft"
 # The fewest fitting noises each method can use: the closed-loop ridge picks its strength by
@@ -111,7 +112,7 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
     refine_kwargs: keyword arguments for `refine` (optimizer, num_iters, holdout, ...).
     uniform: deprecated (0.1): with ``"paper"`` / ``"closed_loop"``, the uniform-path variant.
     max_evaluations: ``"olss-ft"``: the most candidate paths its search fits (n model calls on
-      the B fitting noises each; `tune.tune_path`).
+      the B fitting noises each; `path_tuning.tune_path`).
     progress: optional ``callback(message)`` called at each stage (path search, every
       candidate path ``"olss-ft"`` fits, the weights' fit, refinement): the default fit runs
       for seconds to minutes.
@@ -166,13 +167,14 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
                 search_chose_uniform=bool(info.chose_uniform))
   else:
     say(f"search path: closed loop, {num_steps} of {traj.num_teacher_steps} teacher steps")
-    path, info = closed_loop._closed_loop_search(traj, num_steps, denoise_fn)
+    path, info = closed_loop_search._closed_loop_search(traj, num_steps, denoise_fn)
     meta.update(path_search="closed_loop", search_max_error=float(info.max_error),
                 search_source=info.source_name, search_model_calls=int(info.num_model_calls))
     if method == "olss-ft":
-      path, tinfo = tune._tune_path(traj, path, denoise_fn, max_evaluations=max_evaluations,
-                                    alternatives=[search.uniform_path(traj, num_steps)],
-                                    progress=progress)
+      path, tinfo = path_tuning._tune_path(traj, path, denoise_fn,
+                                           max_evaluations=max_evaluations,
+                                           alternatives=[search.uniform_path(traj, num_steps)],
+                                           progress=progress)
       meta.update(path_search="closed_loop+final_error", tune_start_path=_concrete_list(
           tinfo.start_path), tune_kept_start=tinfo.kept_start,
           tune_evaluations=tinfo.num_evaluations,
@@ -183,7 +185,7 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
   if method in PAPER_METHODS:
     sched, fit_info = fit._fit_weights(traj, path)
   else:
-    sched, fit_info = closed_loop._closed_loop_fit(traj, path, denoise_fn)
+    sched, fit_info = closed_loop_fit._closed_loop_fit(traj, path, denoise_fn)
     meta["fit_model_calls"] = int(fit_info.num_model_calls) + meta.get("search_model_calls", 0)
     meta["ridge"] = _concrete_list(fit_info.ridge)
   meta.update(method=method, path=_concrete_list(path),

@@ -1,4 +1,4 @@
-"""Timesteps chosen by the error that is evaluated: a coordinate search over a path.
+"""Path tuning: an n-step path's steps moved to lower the final error, by a coordinate search.
 
 The paper's search (Algorithms 1-3) minimises the worst *step* error; what a user measures is
 the *final* sample's error. `coordinate_search` improves an n-step path (teacher-step indices,
@@ -6,7 +6,7 @@ the *final* sample's error. `coordinate_search` improves an n-step path (teacher
 that step by -delta and +delta (within its neighbours) and keeps any move that lowers the
 score; when a sweep over every position brings nothing, delta halves, down to one teacher
 step. It is the generic engine of `tune_path` (the library's OLSS: candidates refitted closed
-loop, scored by their final error) and of the tuned-timestep peers (`olss_jax.peers`).
+loop, scored by their final error) and of the tuned-timestep peers (`peers/tuned.py`).
 
 `tune_path` guards against overfitting a few noises: the fitting noises are split
 (`split.holdout_split`), each candidate is fitted on one part and scored there, and the tuned
@@ -16,11 +16,9 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from olss_jax._src import closed_loop
+from olss_jax._src import closed_loop_fit
 from olss_jax._src import split
 from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src import validation
@@ -110,7 +108,7 @@ class TuneInfo(NamedTuple):
 
 def tune_path(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
               holdout=DEFAULT_HOLDOUT, max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
-              regularization=closed_loop.DEFAULT_REGULARIZATION, alternatives=(),
+              regularization=closed_loop_fit.DEFAULT_REGULARIZATION, alternatives=(),
               progress: Callable[[str], None] | None = None):
   """Moves a path's steps to lower the closed-loop sampler's *final* error (beyond the paper).
 
@@ -145,7 +143,7 @@ def tune_path(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
 
 def _tune_path(traj, path, denoise_fn, *, holdout=DEFAULT_HOLDOUT,
                max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
-               regularization=closed_loop.DEFAULT_REGULARIZATION,
+               regularization=closed_loop_fit.DEFAULT_REGULARIZATION,
                alternatives=(), progress: Callable[[str], None] | None = None):
   """`tune_path` on a checked trajectory and path (the core that trusts them)."""
   start = np.asarray(path, np.int32)
@@ -155,7 +153,7 @@ def _tune_path(traj, path, denoise_fn, *, holdout=DEFAULT_HOLDOUT,
   train, hold = split.holdout_split(traj.batch_size, holdout)
   if hold.size == 0:
     raise ValueError("holdout: tune_path needs held-out fitting noises (got none)")
-  errors = closed_loop._final_errors_fn(  # pylint: disable=protected-access
+  errors = closed_loop_fit._final_errors_fn(  # pylint: disable=protected-access
       traj, denoise_fn, fit_noises=train, regularization=regularization)
   record: dict[tuple, tuple[float, float]] = {}
 

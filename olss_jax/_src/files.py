@@ -1,4 +1,4 @@
-"""Saving and loading schedules and trajectories as safetensors files: checksummed, atomic.
+"""The schedule and trajectory file formats: saved and loaded as checksummed safetensors files.
 
 Files are safetensors files (format version 2), readable by every safetensors library; no
 pickle, nothing is executed on load. Layout::
@@ -48,7 +48,9 @@ emits compact ASCII JSON whose only escapes are ``\\"`` and ``\\\\``, so every b
 wrote matters: any truncation, insertion or bit flip is detected.
 
 Version-1 files (olss_jax 0.1's container, starting with ``b"\\x89OLSSJAX"``;
-`container.py`) still load through the same functions.
+`container.py`) still load through the same functions. The byte-level helpers both formats
+share (exact reads, an array streamed into its buffer while hashing, the dtype table, the
+metadata encoder) are `container.py`'s.
 
 Every problem with the bytes raises `ValueError` whose message starts with the file (its
 path's repr, the file object's name, or ``<BytesIO>``); I/O failures stay `OSError`.
@@ -84,7 +86,6 @@ FORMAT = "olss_jax"
 MAX_HEADER_BYTES = 16 * 2**20
 MAX_NDIM = 32
 MAX_DATA_BYTES = 2**42  # 4 TiB: declared sizes beyond this are refused before allocating
-_BLOCK = 8 * 2**20
 _LENGTH = struct.Struct("<Q")
 _DIGEST_KEYS = ("header_sha256", "sha256")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -191,15 +192,6 @@ def _prepare(name: str, value) -> tuple[str, str, np.ndarray]:
   return name, _CODE_OF_NAME[numpy_name], arr
 
 
-def _blocks(arr: np.ndarray) -> Iterator[memoryview]:
-  """The bytes of a C-contiguous array in blocks, without a copy."""
-  if arr.size == 0:
-    return
-  view = memoryview(arr.reshape(-1).view(np.uint8))
-  for start in range(0, view.nbytes, _BLOCK):
-    yield view[start:start + _BLOCK]
-
-
 def _write_all(f: IO[bytes], data) -> None:
   view = memoryview(data)
   while view.nbytes:
@@ -249,7 +241,7 @@ def _write_file(f: IO[bytes], tensors: Sequence[tuple[str, Any]],
                      f"the {MAX_HEADER_BYTES} allowed")
   content = hashlib.sha256(_digest_inputs(header)[0])
   for _, _, arr in prepared:
-    for block in _blocks(arr):
+    for block in container.array_blocks(arr):
       content.update(block)
   meta["sha256"] = content.hexdigest()
   meta["header_sha256"] = hashlib.sha256(_digest_inputs(header)[1]).hexdigest()
@@ -258,7 +250,7 @@ def _write_file(f: IO[bytes], tensors: Sequence[tuple[str, Any]],
   whole = hashlib.sha256(head)
   _write_all(f, head)
   for _, _, arr in prepared:
-    for block in _blocks(arr):
+    for block in container.array_blocks(arr):
       whole.update(block)
       _write_all(f, block)
   return whole.hexdigest()
@@ -380,29 +372,6 @@ class _Header:
             for name in _TENSORS[self.kind]}
 
 
-def _remaining(f: IO[bytes]) -> int | None:
-  try:
-    if not f.seekable():
-      return None
-    pos = f.tell()
-    end = f.seek(0, io.SEEK_END)
-    f.seek(pos)
-    return end - pos
-  except (OSError, AttributeError, ValueError):
-    return None
-
-
-def _read_exact(f: IO[bytes], size: int, source: str, what: str) -> bytes:
-  data = bytearray()
-  while len(data) < size:
-    chunk = f.read(size - len(data))
-    if not chunk:
-      raise _bad(source, f"truncated file: it ends inside the {what} ({len(data)} of {size} "
-                 "bytes)")
-    data += chunk
-  return bytes(data)
-
-
 def _sniff(f: IO[bytes], source: str) -> bytes:
   """The first 8 bytes: a version-2 header length or the version-1 magic."""
   first = b""
@@ -517,7 +486,7 @@ def _read_header(f: IO[bytes], source: str, first: bytes, remaining: int | None,
   if remaining is not None and 8 + length > remaining:
     raise _bad(source, f"truncated file (or not an olss_jax file): header length {length}, "
                f"but only {remaining - 8} bytes follow")
-  raw = _read_exact(f, length, source, "header")
+  raw = container.read_exact(f, length, source, "header")
   try:
     header = _loads(raw.decode("utf-8"))
   except (UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -578,33 +547,10 @@ def _read_data(f: IO[bytes], source: str, header: _Header) -> tuple[dict[str, np
   """Reads every tensor into its final buffer while hashing; returns (arrays, file SHA-256)."""
   content = hashlib.sha256(header.content_prefix)
   whole = hashlib.sha256(header.head)
-  readinto = getattr(f, "readinto", None)
   arrays = {}
   for t in header.tensors:
-    dtype = _CODES[t.code]
-    try:
-      arr = np.empty(t.shape, dtype)
-    except (MemoryError, ValueError) as e:
-      raise _bad(source, f"tensor {t.name!r} of {t.end - t.begin} bytes cannot be allocated: "
-                 f"{e}") from None
-    for block in _blocks(arr):
-      pos = 0
-      while pos < block.nbytes:
-        part = block[pos:]
-        if readinto is not None:
-          got = readinto(part) or 0
-        else:
-          chunk = f.read(part.nbytes)
-          got = len(chunk)
-          part[:got] = chunk
-        if not got:
-          raise _bad(source, f"truncated file: it ends inside tensor {t.name!r}")
-        pos += got
-      content.update(block)
-      whole.update(block)
-    if not dtype.isnative and dtype.itemsize > 1:  # big-endian hosts
-      arr = arr.astype(dtype.newbyteorder("="))
-    arrays[t.name] = arr
+    arrays[t.name] = container.read_array(f, t.shape, _CODES[t.code], source,
+                                          f"tensor {t.name!r}", (content, whole))
   if header.remaining is None and f.read(1):
     raise _bad(source, "trailing bytes after the last tensor")
   if content.hexdigest() != header.sha256:
@@ -616,7 +562,7 @@ def _load(path_or_file, kind: str):
   """(arrays, version-2 header or None for version 1, user metadata, digest, source)."""
   source = _describe(path_or_file)
   with _reader(path_or_file) as f:
-    remaining = _remaining(f)
+    remaining = container.remaining_bytes(f)
     first = _sniff(f, source)
     if first == container.MAGIC:
       names = _V1_SCHEDULE_ARRAYS if kind == SCHEDULE_KIND else _V1_TRAJECTORY_ARRAYS
@@ -744,11 +690,11 @@ def read_metadata(path_or_file) -> dict[str, Any]:
   """
   source = _describe(path_or_file)
   with _reader(path_or_file) as f:
-    remaining = _remaining(f)
+    remaining = container.remaining_bytes(f)
     first = _sniff(f, source)
     if first == container.MAGIC:
       v1 = container.read_header(f, source, magic=first)
-      after = _remaining(f) if remaining is not None else None
+      after = container.remaining_bytes(f) if remaining is not None else None
       need = sum(e["nbytes"] for e in v1["arrays"]) + container.DIGEST_SIZE
       if after is not None and after != need:
         problem = "truncated file" if after < need else "trailing bytes"

@@ -1,4 +1,4 @@
-"""olss_jax._src.closed_loop: Eq. 12 and Algorithms 1-3 on the sampler's own states, in pure JAX."""
+"""olss_jax._src.closed_loop_fit: Eq. 12 on the sampler's own states, in pure JAX."""
 import importlib.util
 import pathlib
 import warnings
@@ -11,13 +11,11 @@ import pytest
 
 import olss_jax as oj
 from olss_jax import testing
-from olss_jax._src import closed_loop
 
 ALPHAS = oj.scaled_linear_alphas_cumprod()
 F64_WEIGHTS_ATOL = 1e-7     # float64 trajectories: the two fits' weights
 F64_STATE_ATOL = 1e-9       # float64: predicted states / samples
 F32_SAMPLE_ATOL = 2e-4      # float32 analytic models: samples of equivalent schedules
-CRITERION_RTOL = 1e-6       # the search's Gram-projection errors vs QR residuals (float64 both)
 
 
 @pytest.mark.parametrize("num_steps", [1, 3, 5])
@@ -57,47 +55,6 @@ def test_closed_loop_fit_reproduces_its_own_sampler_eagerly_and_under_jit():
   chex.assert_tree_all_finite(sched.weights)
 
 
-@pytest.mark.parametrize("sample_shape,num_steps,seed", [((8,), 3, 0), ((2, 2, 2), 5, 2)])
-def test_search_never_loses_to_uniform_by_its_criterion(sample_shape, num_steps, seed):
-  den, traj = testing.mixture_problem(sample_shape, seed=seed)
-  path, info = oj.closed_loop_search(traj, num_steps, den, num_bisection_steps=8)
-  assert info.source_name in closed_loop.SOURCES
-  assert float(info.max_error) <= float(info.uniform_max_error)
-  assert path[0] == 0 and path.shape == (num_steps,) and np.all(np.diff(path) > 0)
-  # Its criterion is the closed-loop least-squares residual: check against the QR fit.
-  _, fit_info = oj.closed_loop_fit(traj, path, den, regularization=0.0)
-  np.testing.assert_allclose(info.step_errors, fit_info.step_errors, rtol=CRITERION_RTOL,
-                             atol=1e-12)
-  _, uniform_info = oj.closed_loop_fit(traj, oj.uniform_path(traj, num_steps), den,
-                                       regularization=0.0)
-  np.testing.assert_allclose(float(info.uniform_max_error), np.max(uniform_info.step_errors),
-                             rtol=CRITERION_RTOL)
-
-
-def test_search_shares_model_calls_between_walks_and_reports_its_walk():
-  den, traj = testing.mixture_problem()
-  path, info = oj.closed_loop_search(traj, 3, den, num_bisection_steps=6,
-                                     prefer_uniform_if_better=False, include_teacher_forced=False)
-  assert not bool(info.chose_uniform) and info.source_name == "closed_loop_walk"
-  walks, calls = int(info.num_walks), int(info.num_model_calls)
-  assert walks == 8
-  # the root, then two extensions per walk (distinct bounds give distinct prefixes here)
-  assert calls == 1 + walks * 2, calls
-  np.testing.assert_allclose(float(info.max_error), np.max(info.step_errors))
-  # with the teacher-forced and uniform candidates, prefixes repeat: the cache shares them
-  n = 10
-  _, full = oj.closed_loop_search(traj, n, den, num_bisection_steps=8)
-  unshared = 1 + (int(full.num_walks) + 2) * (n - 1)
-  assert int(full.num_model_calls) < 0.8 * unshared, (int(full.num_model_calls), unshared)
-  jpath, jinfo = jax.jit(oj.closed_loop_search, static_argnums=(1,),
-                         static_argnames=("num_bisection_steps", "prefer_uniform_if_better",
-                                          "include_teacher_forced"))(
-      traj, 3, den, num_bisection_steps=6, prefer_uniform_if_better=False,
-      include_teacher_forced=False)
-  np.testing.assert_array_equal(np.asarray(jpath), path)
-  assert int(jinfo.num_model_calls) == calls
-
-
 def test_cv_ridge_generalises_where_plain_least_squares_blows_up():
   """20 steps on the sharp 16-dim mixture (200-step teacher, 32 fitting noises): plain
   closed-loop least squares finds huge cancelling weights (1e4) that fail on held-out noises
@@ -133,10 +90,6 @@ def test_bad_arguments_are_named():
     oj.closed_loop_fit(traj, [1, 50], den)
   with pytest.raises(TypeError, match="traj"):
     oj.closed_loop_fit(oj.trajectory_stats(traj), [0, 50], den)
-  with pytest.raises(ValueError, match="num_steps"):
-    oj.closed_loop_search(traj, 0, den)
-  with pytest.raises(ValueError, match="num_bisection_steps"):
-    oj.closed_loop_search(traj, 3, den, num_bisection_steps=-2)
 
 
 def test_closed_loop_table_small_runs(capsys):
@@ -158,5 +111,3 @@ def test_closed_loop_table_small_runs(capsys):
   assert by["olss-p-cl"] < 0.6 * by["olss-p"], by
   calls = {r["method"]: r["fit_model_calls"] for r in rows}
   assert calls["ddim"] == 0 and 0 < calls["tuned-unipc"] <= 20 * 3 and calls["olss-p-cl"] == 3
-
-

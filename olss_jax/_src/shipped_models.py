@@ -1,4 +1,4 @@
-"""The models the workbench (CLI, notebooks) runs on without any download.
+"""The registry of the shipped models: those the workbench (CLI, notebooks) runs without a download.
 
 ``"digits"`` is the trained class-conditional digits UNet shipped in ``olss_jax/assets``
 (epsilon prediction, DDIM teacher) and ``"digits-flow"`` the same architecture trained as a

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from olss_jax._src import container
-from olss_jax._src import io as oio
+from olss_jax._src import files
 from olss_jax._src import noise
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src import teacher as teacher_lib
@@ -113,7 +113,7 @@ def _header_end(data):
 
 
 def _spec_digests(header, data):
-  """The two digests of the module docstring (written independently of io.py)."""
+  """The two digests of the module docstring (written independently of files.py)."""
   def canon(meta):
     return json.dumps(dict(header, __metadata__=meta), sort_keys=True, separators=(",", ":"),
                       ensure_ascii=True).encode("ascii")
@@ -133,7 +133,7 @@ def _join(header, data, **dumps_kw):
 def _craft(tensors, entries):
   """A correctly checksummed file with these tensors and __metadata__ entries."""
   buf = io.BytesIO()
-  oio._write_file(buf, tensors, entries)
+  files._write_file(buf, tensors, entries)
   return buf.getvalue()
 
 
@@ -149,25 +149,25 @@ _TRAJ_C = _trajectory(2, 2, 5, np.float16)
 _V1_SCHED = _schedule(2, 2)
 _V1_TRAJ = _trajectory(2, 1, 7, np.float64)
 VALID_FILES = [  # (label, loader, bytes, the object it holds)
-    ("schedule", oio.load_schedule, _bytes(oio.save_schedule, _SCHED_A), _SCHED_A),
-    ("schedule", oio.load_schedule, _bytes(oio.save_schedule, _SCHED_B), _SCHED_B),
-    ("schedule", oio.load_schedule, _bytes(oio.save_schedule, _SCHED_C), _SCHED_C),
-    ("trajectory", oio.load_trajectory, _bytes(oio.save_trajectory, _TRAJ_A), _TRAJ_A),
-    ("trajectory", oio.load_trajectory, _bytes(oio.save_trajectory, _TRAJ_B), _TRAJ_B),
-    ("trajectory", oio.load_trajectory, _bytes(oio.save_trajectory, _TRAJ_C), _TRAJ_C),
-    ("v1 schedule", oio.load_schedule,
-     _v1_bytes(oio.SCHEDULE_KIND, [("timesteps", _V1_SCHED.timesteps),
+    ("schedule", files.load_schedule, _bytes(files.save_schedule, _SCHED_A), _SCHED_A),
+    ("schedule", files.load_schedule, _bytes(files.save_schedule, _SCHED_B), _SCHED_B),
+    ("schedule", files.load_schedule, _bytes(files.save_schedule, _SCHED_C), _SCHED_C),
+    ("trajectory", files.load_trajectory, _bytes(files.save_trajectory, _TRAJ_A), _TRAJ_A),
+    ("trajectory", files.load_trajectory, _bytes(files.save_trajectory, _TRAJ_B), _TRAJ_B),
+    ("trajectory", files.load_trajectory, _bytes(files.save_trajectory, _TRAJ_C), _TRAJ_C),
+    ("v1 schedule", files.load_schedule,
+     _v1_bytes(files.SCHEDULE_KIND, [("timesteps", _V1_SCHED.timesteps),
                                    ("weights", _V1_SCHED.weights)], _V1_SCHED.metadata),
      _V1_SCHED),
-    ("v1 trajectory", oio.load_trajectory,
-     _v1_bytes(oio.TRAJECTORY_KIND, [("timesteps", _V1_TRAJ.teacher.timesteps),
+    ("v1 trajectory", files.load_trajectory,
+     _v1_bytes(files.TRAJECTORY_KIND, [("timesteps", _V1_TRAJ.teacher.timesteps),
                                      ("x_T", _V1_TRAJ.x_T),
                                      ("model_outputs", _V1_TRAJ.model_outputs),
                                      ("alphas", np.asarray(_V1_TRAJ.teacher.levels))]),
      _V1_TRAJ),
 ]
-LOADERS = {"schedule": oio.load_schedule, "trajectory": oio.load_trajectory,
-           "metadata": oio.read_metadata}
+LOADERS = {"schedule": files.load_schedule, "trajectory": files.load_trajectory,
+           "metadata": files.read_metadata}
 
 
 def _same(got, want):
@@ -180,7 +180,7 @@ def test_the_valid_files_load_to_the_saved_objects():
   """The mutation property below starts from these files: each loads to what was saved."""
   for label, load, data, want in VALID_FILES:
     assert _same(load(io.BytesIO(data)), want), label
-    meta = oio.read_metadata(io.BytesIO(data))
+    meta = files.read_metadata(io.BytesIO(data))
     assert meta["_format_version"] == (1 if label.startswith("v1") else 2), label
 
 
@@ -232,9 +232,9 @@ def test_truncations_bit_flips_and_insertions_of_valid_files_are_value_errors(
   event(f"{label}, {kind} in the {'header' if in_header else 'data'}")
   assert isinstance(_outcome(load, mutated), ValueError), f"{kind} at {pos} was not detected"
   # read_metadata verifies the header and the file's size, not the data.
-  meta = _outcome(oio.read_metadata, mutated)
+  meta = _outcome(files.read_metadata, mutated)
   if kind in ("flip", "overwrite") and not in_header:
-    assert meta == oio.read_metadata(io.BytesIO(data))
+    assert meta == files.read_metadata(io.BytesIO(data))
   else:
     assert isinstance(meta, ValueError), f"{kind} at {pos} passed read_metadata"
 
@@ -333,8 +333,8 @@ def _schedule_oracle(tensors):
 @given(tensors=schedule_tensors(),
        meta=st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3))
 def test_well_formed_schedule_files_load_exactly_when_the_oracle_says_valid(tensors, meta):
-  data = _craft(tensors, _entries(oio.SCHEDULE_KIND, json.dumps(meta)))
-  outcome = _outcome(oio.load_schedule, data)
+  data = _craft(tensors, _entries(files.SCHEDULE_KIND, json.dumps(meta)))
+  outcome = _outcome(files.load_schedule, data)
   valid = _schedule_oracle(tensors)
   event(f"valid: {valid}")
   assert isinstance(outcome, ValueError) != valid, (tensors, outcome)
@@ -424,7 +424,7 @@ def _trajectory_case(style, k, b, dtype, seed, where):
     tensors["alphas"] = levels
   elif style == "renamed":
     tensors["timesteps"] = tensors.pop("teacher_timesteps")
-  entries = _entries(oio.TRAJECTORY_KIND, json.dumps(metadata), teacher=json.dumps(teacher))
+  entries = _entries(files.TRAJECTORY_KIND, json.dumps(metadata), teacher=json.dumps(teacher))
   if style == "teacher_text":
     entries["teacher"] = "ddim"
   elif style == "metadata_list":
@@ -474,7 +474,7 @@ def _check_trajectory_case(style, k, b, dtype, seed, where):
   valid = _trajectory_oracle(tensors, entries)
   if style in VALID_STYLES:
     assert valid, f"the {style!r} case should be valid"
-  outcome = _outcome(oio.load_trajectory, _craft(tensors, entries))
+  outcome = _outcome(files.load_trajectory, _craft(tensors, entries))
   assert isinstance(outcome, ValueError) != valid, (style, k, b, dtype, outcome)
   if valid:
     d = dict(tensors)
@@ -483,7 +483,7 @@ def _check_trajectory_case(style, k, b, dtype, seed, where):
         d["teacher_timesteps"], teacher_lib.as_float64(d["teacher_levels"]), teacher["kind"],
         teacher["config"]))
     assert _same_trajectory(outcome, want)
-    _, meta, digest = oio.read_trajectory(io.BytesIO(_craft(tensors, entries)))
+    _, meta, digest = files.read_trajectory(io.BytesIO(_craft(tensors, entries)))
     assert meta == json.loads(entries["metadata"])
     assert digest == hashlib.sha256(_craft(tensors, entries)).hexdigest()
   elif style == "outputs_nan":
@@ -516,14 +516,14 @@ def test_the_trajectory_defect_strategy_yields_many_loadable_files():
 
 # ------------------------------------------------------ checksummed, malformed headers
 
-_BASE = _bytes(oio.save_schedule, _schedule(3, 11, metadata={"method": "olss"}))
+_BASE = _bytes(files.save_schedule, _schedule(3, 11, metadata={"method": "olss"}))
 _BASE_HEADER = json.loads(_BASE[8:_header_end(_BASE)])
 _PAYLOAD = _BASE[_header_end(_BASE):]
 _BASE_TABLE = {k: v for k, v in _BASE_HEADER.items() if k != "__metadata__"}
 odd_json = st.sampled_from([None, True, 0, -1, 2**70, 1.5, -0.0, "", "x", [], {}, [1, "a"],
                             {"a": [1]}, [[2, 3]], {"shape": [1]}, [0, 24], [3], [3, 4],
-                            "F64", "I32", "F32", "2", "olss_jax", oio.SCHEDULE_KIND,
-                            oio.TRAJECTORY_KIND])
+                            "F64", "I32", "F32", "2", "olss_jax", files.SCHEDULE_KIND,
+                            files.TRAJECTORY_KIND])
 META_TEXTS = ['{}', '{"a": 1}', '[]', '', '{', '{"a": NaN}', '{"a": 1, "a": 2}', 'null', '"x"']
 VALID_META_TEXTS = {'{}', '{"a": 1}'}
 
@@ -538,7 +538,7 @@ def _header_oracle(header):
   if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
     return False
   if (meta.get("format"), meta.get("format_version"), meta.get("kind")) != (
-      "olss_jax", "2", oio.SCHEDULE_KIND):
+      "olss_jax", "2", files.SCHEDULE_KIND):
     return False
   if meta.get("metadata") not in VALID_META_TEXTS | {_BASE_HEADER["__metadata__"]["metadata"]}:
     return False
@@ -596,8 +596,8 @@ def edited_headers(draw):
 @given(case=edited_headers())
 def test_checksummed_but_malformed_headers_are_value_errors(case):
   edit, header, data = case
-  outcome = _outcome(oio.load_schedule, data)
-  meta = _outcome(oio.read_metadata, data)
+  outcome = _outcome(files.load_schedule, data)
+  meta = _outcome(files.read_metadata, data)
   valid = _header_oracle(header)
   event(f"{edit}: {'loads' if valid else 'ValueError'}")
   if edit in ("none", "reformat", "extra_meta"):
@@ -606,7 +606,7 @@ def test_checksummed_but_malformed_headers_are_value_errors(case):
   if valid:
     want = _schedule(3, 11, metadata=json.loads(header["__metadata__"]["metadata"]))
     assert _same_schedule(outcome, want)
-    assert not isinstance(meta, ValueError) and meta["_kind"] == oio.SCHEDULE_KIND
+    assert not isinstance(meta, ValueError) and meta["_kind"] == files.SCHEDULE_KIND
   elif not isinstance(meta, ValueError):  # a readable header describing an invalid schedule
     assert meta["_kind"] == header["__metadata__"]["kind"]
 
@@ -643,10 +643,10 @@ def test_schedule_save_load_round_trip_is_exact(n, seed, float_timesteps, meta):
   else:
     timesteps = rng.integers(0, 2**31, n).astype(np.int32)
   sched = schedule_lib.Schedule(timesteps, weights, meta)
-  data = _bytes(oio.save_schedule, sched)
-  loaded = oio.load_schedule(io.BytesIO(data))
+  data = _bytes(files.save_schedule, sched)
+  loaded = files.load_schedule(io.BytesIO(data))
   assert _same_schedule(loaded, sched.replace(metadata=json.loads(json.dumps(meta))))
-  assert oio.read_metadata(io.BytesIO(data))["_arrays"]["weights"]["shape"] == [n, n + 1]
+  assert files.read_metadata(io.BytesIO(data))["_arrays"]["weights"]["shape"] == [n, n + 1]
 
 
 @CASES
@@ -660,8 +660,8 @@ def test_trajectory_save_load_round_trip_is_exact(k, b, shape, dtype, ts_dtype, 
   traj = trajectory_lib.Trajectory(_random_finite(rng, dtype, (b,) + shape),
                                    _random_finite(rng, dtype, (k, b) + shape),
                                    _teacher(k, ts_dtype, {"seed": seed}))
-  data = _bytes(oio.save_trajectory, traj, metadata=meta)
-  loaded, loaded_meta, digest = oio.read_trajectory(io.BytesIO(data))
+  data = _bytes(files.save_trajectory, traj, metadata=meta)
+  loaded, loaded_meta, digest = files.read_trajectory(io.BytesIO(data))
   assert _same_trajectory(loaded, traj)
   assert loaded_meta == json.loads(json.dumps(meta))
   assert digest == hashlib.sha256(data).hexdigest()
@@ -694,9 +694,9 @@ def test_metadata_with_nan_or_infinity_is_refused_and_the_rest_round_trips(meta,
   buf = io.BytesIO()
   try:
     if which == "schedule":
-      oio.save_schedule(buf, _SCHED_A.replace(metadata=meta))
+      files.save_schedule(buf, _SCHED_A.replace(metadata=meta))
     else:
-      oio.save_trajectory(buf, _TRAJ_A, metadata=meta)
+      files.save_trajectory(buf, _TRAJ_A, metadata=meta)
   except TypeError as e:
     assert bad, e
     assert str(e).startswith("schedule.metadata: " if which == "schedule" else "metadata: ")
@@ -704,9 +704,9 @@ def test_metadata_with_nan_or_infinity_is_refused_and_the_rest_round_trips(meta,
     return
   assert not bad
   expected = json.loads(json.dumps(meta))
-  info = oio.read_metadata(io.BytesIO(buf.getvalue()))
+  info = files.read_metadata(io.BytesIO(buf.getvalue()))
   assert {key: info[key] for key in expected} == expected
-  loaded = (oio.load_schedule if which == "schedule" else oio.read_trajectory)(
+  loaded = (files.load_schedule if which == "schedule" else files.read_trajectory)(
       io.BytesIO(buf.getvalue()))
   assert (loaded.metadata if which == "schedule" else loaded[1]) == expected
 
