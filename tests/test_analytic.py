@@ -1,4 +1,4 @@
-"""olss_jax._src.analytic: the closed-form models the other tests trust, checked independently."""
+"""olss_jax.analytic: the closed-form models the other tests trust, checked independently."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -31,8 +31,6 @@ import numpy as np
 import pytest
 
 import olss_jax as oj
-from olss_jax._src.baselines import ays as ays_lib
-from olss_jax._src.baselines import euler as euler_lib
 from baseline_helpers import MIXTURE_SEED, NOISE_SEED, max_rel_err
 
 torch = pytest.importorskip("torch")
@@ -392,12 +390,12 @@ def test_baselines_options_prediction_types(prediction_type, n):
 @pytest.mark.parametrize("n", STEP_COUNTS)
 def test_baselines_options_flow_euler(shift, n):
   """flow_euler_schedule vs FlowMatchEulerDiscreteScheduler(shift), default and custom times."""
-  schedule = euler_lib.flow_euler_schedule(n, shift=shift)
+  schedule = oj.baselines.flow_euler_schedule(n, shift=shift)
   _check(f"flow_euler shift={shift} n={n}", diffusers.FlowMatchEulerDiscreteScheduler(shift=shift),
          schedule, _flow_denoiser(), FLOAT64_RTOL, set_kwargs=dict(num_inference_steps=n),
          before=None, after=_sigmas_float64, float_time=True)
   ts = np.linspace(1000.0, 40.0, n) - np.linspace(0.0, 0.5, n)
-  schedule = euler_lib.flow_euler_schedule(shift=shift, timesteps=ts)
+  schedule = oj.baselines.flow_euler_schedule(shift=shift, timesteps=ts)
   _check(f"flow_euler custom shift={shift} n={n}",
          diffusers.FlowMatchEulerDiscreteScheduler(shift=shift), schedule, _flow_denoiser(),
          FLOAT64_RTOL, set_kwargs=dict(timesteps=ts.tolist()), before=None,
@@ -426,7 +424,7 @@ def test_baselines_options_flow_teacher_registry(shift):
   teacher = oj.flow_teacher(1000, shift=shift)
   flow = dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift,
               num_train_timesteps=1000)
-  direct = {"euler": lambda n: euler_lib.flow_euler_schedule(n, shift=shift),
+  direct = {"euler": lambda n: oj.baselines.flow_euler_schedule(n, shift=shift),
             "dpm_solver_pp": lambda n: oj.baselines.dpm_solver_pp_schedule(None, n, **flow),
             "unipc": lambda n: oj.baselines.unipc_schedule(None, n, **flow),
             "deis": lambda n: oj.baselines.deis_schedule(None, n, **flow)}
@@ -484,7 +482,7 @@ def _shipped_cases(n: int):
        bl.euler_schedule(ab, n, use_karras_sigmas=True, timestep_spacing="linspace"),
        _vp_denoiser(ab), steps, dict(init_scale="ve", float_time=True, times_rtol=2e-6)),
       ("flow_euler shift=3", diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
-       euler_lib.flow_euler_schedule(n, shift=3.0), _flow_denoiser(), steps,
+       oj.baselines.flow_euler_schedule(n, shift=3.0), _flow_denoiser(), steps,
        dict(float_time=True)),
       ("dpm_solver_pp flow shift=3", diffusers.DPMSolverMultistepScheduler(**flow),
        bl.dpm_solver_pp_schedule(None, n, **flow), _flow_denoiser(), steps, {}),
@@ -533,9 +531,9 @@ def test_baselines_options_ays_timesteps():
   schedules = diffusers.schedulers.AysSchedules
   for model in ("StableDiffusion", "StableDiffusionXL"):
     published = schedules[f"{model}Timesteps"]
-    np.testing.assert_array_equal(ays_lib.ays_timesteps(10, model), published)
+    np.testing.assert_array_equal(oj.baselines.ays_timesteps(10, model), published)
     for n in (5, 20):
-      got = ays_lib.ays_timesteps(n, model)
+      got = oj.baselines.ays_timesteps(n, model)
       assert got.shape == (n,) and got[0] == 999
       np.testing.assert_array_equal(got, _ays_reference(n, published))
   # The published (optimised, 3-decimal) SD sigmas are close to, not equal to, the table's at
@@ -585,9 +583,9 @@ def test_baselines_options_errors():
   with pytest.raises(ValueError, match="^prediction_type: a flow teacher needs"):
     bl.baseline_schedule("unipc", flow_teacher, 5, prediction_type="epsilon")
   with pytest.raises(ValueError, match="^model: expected one of"):
-    ays_lib.ays_timesteps(5, "SD3")
+    oj.baselines.ays_timesteps(5, "SD3")
   with pytest.raises(ValueError, match="^shift: expected a finite value > 0"):
-    euler_lib.flow_euler_schedule(5, shift=0.0)
+    oj.baselines.flow_euler_schedule(5, shift=0.0)
 
 
 @pytest.mark.parametrize("shift", [1.0, 3.0])

@@ -1,4 +1,4 @@
-"""olss_jax._src.closed_loop_fit: Eq. 12 on the sampler's own states, in pure JAX."""
+"""olss_jax.closed_loop_fit: Eq. 12 on the sampler's own states, in pure JAX."""
 import importlib.util
 import pathlib
 import warnings

@@ -1,12 +1,13 @@
-"""olss_jax._src.closed_loop_search: Algorithms 1-3 on the sampler's own states, in pure JAX."""
+"""olss_jax.closed_loop_search: Algorithms 1-3 on the sampler's own states, in pure JAX."""
 import jax
 import numpy as np
 import pytest
 
 import olss_jax as oj
 from olss_jax import testing
-from olss_jax._src import closed_loop_search
 
+# The candidates `ClosedLoopSearchInfo.source_name` names (its documented values).
+SOURCES = ("closed_loop_walk", "teacher_forced_walk", "uniform")
 CRITERION_RTOL = 1e-6       # the search's Gram-projection errors vs QR residuals (float64 both)
 
 
@@ -14,7 +15,7 @@ CRITERION_RTOL = 1e-6       # the search's Gram-projection errors vs QR residual
 def test_search_never_loses_to_uniform_by_its_criterion(sample_shape, num_steps, seed):
   den, traj = testing.mixture_problem(sample_shape, seed=seed)
   path, info = oj.closed_loop_search(traj, num_steps, den, num_bisection_steps=8)
-  assert info.source_name in closed_loop_search.SOURCES
+  assert info.source_name in SOURCES
   assert float(info.max_error) <= float(info.uniform_max_error)
   assert path[0] == 0 and path.shape == (num_steps,) and np.all(np.diff(path) > 0)
   # Its criterion is the closed-loop least-squares residual: check against the QR fit.

@@ -1,4 +1,4 @@
-"""olss_jax._src.compare: the held-out protocol, and the README's digits claims at reduced size."""
+"""olss_jax.compare: the held-out protocol, and the README's digits claims at reduced size."""
 import jax
 import numpy as np
 import pytest
@@ -32,7 +32,8 @@ def digits_comparison():
 
 
 def test_the_default_fit_leads_every_peer_and_classical_solver_on_digits(digits_comparison):
-  """README: olss-ft has the lowest held-out RMSE of every method at 5 and 10 steps. At this
+  """README: olss-ft has the lowest held-out RMSE of every method of the main tables at 5 and 10
+  steps (not of BNS, which beats it at 5 steps: README, "Learned end to end"). At this
   size (retrained 64-channel digits model) measured 1.16x / 2.5x below the best peer or
   classical solver (tuned UniPC at 5 steps, GITS' DPM-Solver++ at 10; LD3: the slow test) and
   1.43x / 1.07x below olss-cl; asserted 1.05x / 2.0x, 1.25x / 1.0x, and 10 steps at least 3x

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import olss_jax as oj
-from olss_jax._src import compare
 
 K = 20      # teacher steps: tiny but a real teacher
 B = 3       # noises
@@ -22,7 +21,7 @@ def _png_size(path):
 
 @pytest.fixture(scope="module")
 def model():
-  return compare.analytic_comparison_model()
+  return oj.compare.analytic_comparison_model()
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +63,8 @@ def test_generation_paths_figure_png(model, traj, tmp_path):
 def test_error_vs_steps_figure_png(tmp_path):
   rows = [{"method": m, "steps": n, "rmse": r, "rmse_lo": r * 0.9, "rmse_hi": r * 1.1}
           for m, scale in (("ddim", 1.0), ("olss", 0.3)) for n, r in ((5, scale), (10, scale / 3))]
-  comparison = compare.Comparison(rows=rows, schedules={}, samples={}, eval_conditions=None,
-                                  info={})
+  comparison = oj.compare.Comparison(rows=rows, schedules={}, samples={}, eval_conditions=None,
+                                     info={})
   path = tmp_path / "errors.png"
   oj.figures.error_vs_steps_figure(comparison, path=path, figsize=(5, 4), dpi=30)
   assert _png_size(path) == (150, 120)
@@ -107,8 +106,8 @@ def test_bad_inputs_name_the_argument(tmp_path):
 
 
 def test_paths_figure_draws_held_out_noises_and_their_teacher(model, tmp_path, monkeypatch):
-  from olss_jax._src import figures as figures_lib
-  from olss_jax._src import workbench
+  # the seam: the figure function `paper_figures` calls, to see what it was given
+  from olss_jax._src import figures as figures_lib  # pylint: disable=import-outside-toplevel
   drawn = {}
 
   def capture(histories, teacher_states, **kwargs):
@@ -117,12 +116,12 @@ def test_paths_figure_draws_held_out_noises_and_their_teacher(model, tmp_path, m
 
   figures_lib_paths = figures_lib.generation_paths_figure
   monkeypatch.setattr(figures_lib, "generation_paths_figure", capture)
-  written = workbench.paper_figures(model, tmp_path, which=["paths"], steps=[2], num_fit=4,
-                                    num_eval=5, num_teacher_steps=K, fit_seed=1, eval_seed=2,
-                                    peers=False, max_evaluations=20, quiet=True)
+  written = oj.figures.paper_figures(model, tmp_path, which=["paths"], steps=[2], num_fit=4,
+                                     num_eval=5, num_teacher_steps=K, fit_seed=1, eval_seed=2,
+                                     peers=False, max_evaluations=20, quiet=True)
   assert _png_size(written[0])[0] > 0
-  held_out = np.asarray(compare.draw_noises(model, 2, 5))[:3]
-  fitting = np.asarray(compare.draw_noises(model, 1, 4))
+  held_out = np.asarray(oj.compare.draw_noises(model, 2, 5))[:3]
+  fitting = np.asarray(oj.compare.draw_noises(model, 1, 4))
   teacher = drawn["teacher"]
   np.testing.assert_array_equal(teacher[0], held_out)  # evaluation noises, never fitting ones
   assert not np.any(np.all(np.isclose(teacher[0][:, None], fitting[None]), axis=-1))

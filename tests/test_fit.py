@@ -1,4 +1,7 @@
-"""olss_jax._src.fit / regression: Eq. 12 by float64 QR against numpy, under jit, vmap and grad."""
+"""olss_jax.fit_weights: Eq. 12 by float64 QR against numpy, under jit, vmap and grad.
+
+The regression's own pieces (factors, per-step solves, teacher states): tests/test_regression.py.
+"""
 import warnings
 
 import chex
@@ -8,7 +11,6 @@ import numpy as np
 import pytest
 
 import olss_jax as oj
-from olss_jax._src import regression
 
 ALPHAS = oj.scaled_linear_alphas_cumprod()
 LSTSQ_RTOL_F64 = 1e-8          # weights vs numpy.linalg.lstsq, well-conditioned data
@@ -157,16 +159,6 @@ def test_rank_deficient_basis_gets_the_minimum_norm_weights_and_a_warning():
   for i, (a, y) in enumerate(_rows(traj, path)):
     np.testing.assert_allclose(schedule.weights[i, : i + 2], np.linalg.pinv(a) @ y,
                                rtol=1e-7, atol=1e-9)
-
-
-def test_path_factor_of_statistics_and_images_agree():
-  traj = _synthetic(7, k=25)
-  path = jnp.asarray([0, 6, 13, 21], jnp.int32)
-  r_img = np.asarray(regression.path_factor(traj, path))
-  r_stats = np.asarray(regression.path_factor(oj.trajectory_stats(traj), path))
-  # both are R factors of the same matrix: equal Grams
-  np.testing.assert_allclose(r_img.T @ r_img, r_stats.T @ r_stats, rtol=1e-9,
-                             atol=1e-9 * np.max(np.abs(r_img.T @ r_img)))
 
 
 def test_bad_inputs_name_the_argument():

@@ -1,4 +1,5 @@
-"""olss_jax._src.peers.gits: GITS' cost matrix and dynamic programme against brute force."""
+"""olss_jax.peers.gits_path: GITS' cost matrix and dynamic programme against brute force."""
+import inspect
 import itertools
 
 import jax
@@ -7,7 +8,6 @@ import pytest
 
 import olss_jax as oj
 from olss_jax import testing
-from olss_jax._src.peers import gits
 
 F64_COST_RTOL = 1e-9    # float64 costs: pure-JAX against the numpy recurrence below
 
@@ -54,9 +54,9 @@ def _numpy_cost(traj, grid, metric):
 @pytest.mark.parametrize("metric,num_steps", [("l2", 4), ("dev", 4), ("dev", 2)])
 def test_gits_path_is_the_brute_force_optimum_of_its_cost(metric, num_steps):
   den, traj = testing.mixture_problem((8,), num_noises=8)
-  coeff = gits.DEFAULT_COEFF
+  coeff = inspect.signature(oj.peers.gits_path).parameters["coeff"].default   # GITS' own
   with jax.enable_x64(True):
-    path, info = gits.gits_path(traj, num_steps, grid_size=12, metric=metric, coeff=coeff)
+    path, info = oj.peers.gits_path(traj, num_steps, grid_size=12, metric=metric, coeff=coeff)
   grid = info.grid
   g = grid.shape[0]
   assert grid[0] == 0 and grid[-1] == traj.num_teacher_steps and np.all(np.diff(grid) > 0)
@@ -78,7 +78,7 @@ def test_gits_path_is_the_brute_force_optimum_of_its_cost(metric, num_steps):
 def test_gits_grid_is_the_nearest_teacher_state_to_karras_spacing_in_sigma():
   _, traj = testing.mixture_problem((8,), num_noises=4)
   k = traj.num_teacher_steps
-  grid = gits.polynomial_grid(traj, 61, 7.0)
+  grid = oj.peers.polynomial_grid(traj, 61, 7.0)
   ab = np.asarray(traj.levels, np.float64)[:k]
   log_sig = np.log(np.sqrt((1 - ab) / ab))              # teacher states 0..K-1
   s_max, s_min = np.exp(log_sig[0]), np.exp(log_sig[-1])
@@ -92,8 +92,8 @@ def test_gits_grid_is_the_nearest_teacher_state_to_karras_spacing_in_sigma():
 def test_gits_path_rejects_bad_input_by_name():
   _, traj = testing.mixture_problem((8,), num_noises=4)
   with pytest.raises(ValueError, match="metric"):
-    gits.gits_path(traj, 3, metric="l1")
+    oj.peers.gits_path(traj, 3, metric="l1")
   with pytest.raises(ValueError, match="coeff"):
-    gits.gits_path(traj, 3, coeff=0.0)
+    oj.peers.gits_path(traj, 3, coeff=0.0)
   with pytest.raises(ValueError, match="num_steps"):
-    gits.gits_path(traj, 20, grid_size=8)
+    oj.peers.gits_path(traj, 20, grid_size=8)

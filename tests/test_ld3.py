@@ -1,4 +1,5 @@
-"""olss_jax._src.peers.ld3: the differentiable solver equals the library's, and LD3 learns."""
+"""olss_jax.peers.ld3_schedule (peers/ld3.py): the differentiable solver equals the library's,
+and LD3 learns."""
 import chex
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,6 @@ import numpy as np
 import pytest
 
 import olss_jax as oj
-from olss_jax._src import teacher as teacher_lib
 from olss_jax._src.peers import ld3
 
 F64_SAMPLE_ATOL = 1e-10  # float64: the jnp solver against `sample` on the same schedule
@@ -38,17 +38,17 @@ def _check_solver(flow, num_steps):
   sched = oj.baseline_schedule("dpm_solver_pp", traj.teacher, timesteps=times, **extra)
   ref = oj.sample(f, sched, traj.x_T)
   level_fn = ld3._level_fn(traj.teacher, model.alphas_cumprod)  # pylint: disable=protected-access
-  kind = teacher_lib.KINDS[traj.teacher.kind]
+  kind = traj.teacher.parametrisation
   final = float(np.asarray(traj.teacher.levels)[-1])
   t = jnp.asarray(times)
-  for fn in (ld3.dpm_solver_pp_2m, jax.jit(ld3.dpm_solver_pp_2m, static_argnums=(4, 5))):
+  for fn in (oj.peers.dpm_solver_pp_2m, jax.jit(oj.peers.dpm_solver_pp_2m, static_argnums=(4, 5))):
     out = fn(f, traj.x_T, t, t, level_fn, kind, final)
     assert out.dtype == jnp.float64
     chex.assert_trees_all_close(out, ref, atol=F64_SAMPLE_ATOL)
   # differentiable in the times: finite gradients that a finite difference confirms
   # (compiled: the eager solver is checked above; op by op its gradient costs seconds)
-  loss = jax.jit(lambda tt: jnp.mean(ld3.dpm_solver_pp_2m(f, traj.x_T, tt, tt, level_fn, kind,
-                                                          final) ** 2))
+  loss = jax.jit(lambda tt: jnp.mean(oj.peers.dpm_solver_pp_2m(f, traj.x_T, tt, tt, level_fn,
+                                                                kind, final) ** 2))
   grad = jax.grad(loss)(t)
   chex.assert_tree_all_finite(grad)
   if num_steps > 1:
@@ -65,7 +65,7 @@ def test_ld3_lowers_the_error_on_fresh_noises_and_never_worsens_validation(flow)
   model, f, traj = _problem(flow, num_noises=32)
   extra = {} if flow else {"alphas_cumprod": model.alphas_cumprod}
   # Flow: nothing is asserted about the error (above), so a short run checks the rest.
-  sched, info = ld3.ld3_schedule(traj, 5, f, **extra, **({"num_iters": 20} if flow else {}))
+  sched, info = oj.peers.ld3_schedule(traj, 5, f, **extra, **({"num_iters": 20} if flow else {}))
   assert sched.metadata["peer"] == "ld3" and info.num_model_calls == sched.metadata["fit_model_calls"]
   assert np.min(info.holdout_errors) <= info.holdout_errors[0]
   assert np.all(np.diff(info.timesteps) < 0)          # the solver's times stay ordered
@@ -83,11 +83,11 @@ def test_ld3_lowers_the_error_on_fresh_noises_and_never_worsens_validation(flow)
 def test_ld3_rejects_bad_input_by_name():
   model, f, traj = _problem(False, num_noises=8, k=50)
   with pytest.raises(ValueError, match="alphas_cumprod"):
-    ld3.ld3_schedule(traj, 3, f)
+    oj.peers.ld3_schedule(traj, 3, f)
   with pytest.raises(ValueError, match="ball"):
-    ld3.ld3_schedule(traj, 3, f, alphas_cumprod=model.alphas_cumprod, ball=-1.0)
+    oj.peers.ld3_schedule(traj, 3, f, alphas_cumprod=model.alphas_cumprod, ball=-1.0)
   with pytest.raises(ValueError, match="num_steps"):
-    ld3.ld3_schedule(traj, 1, f, alphas_cumprod=model.alphas_cumprod)
+    oj.peers.ld3_schedule(traj, 1, f, alphas_cumprod=model.alphas_cumprod)
   with pytest.raises(ValueError, match="default_timesteps"):
-    ld3.ld3_schedule(traj, 3, f, alphas_cumprod=model.alphas_cumprod,
+    oj.peers.ld3_schedule(traj, 3, f, alphas_cumprod=model.alphas_cumprod,
                      default_timesteps=[999, 999, 10])

@@ -1,4 +1,5 @@
-"""olss_jax._src.learned: the end-to-end engine (weights and continuous times) and olss-e2e."""
+"""olss_jax.learn_schedule's engine (learned.py): weights and continuous times end to end,
+and olss-e2e."""
 import functools
 
 import chex
@@ -10,7 +11,6 @@ import pytest
 import olss_jax as oj
 from olss_jax import testing
 from olss_jax._src import learned
-from olss_jax._src import schedule as schedule_lib
 
 ALPHAS = oj.scaled_linear_alphas_cumprod()
 F64_GRAD_RTOL = 1e-5     # float64 autodiff through the rollout vs central differences
@@ -56,7 +56,7 @@ def test_the_structure_stays_lower_triangular_and_gradients_vanish_above_it():
   params = param.init(start.timesteps, start.weights, jnp.float32)
   chex.assert_shape(params["w"], (n * (n + 3) // 2,))
   times, weights = param.build(params, {})
-  mask = schedule_lib.lower_triangular_mask(n)
+  mask = np.tril(np.ones((n, n + 1), bool), 1)   # row i sees x_T and e_0..e_i
   assert np.all(np.asarray(weights)[~mask] == 0)
   chex.assert_trees_all_close(weights, jnp.asarray(start.weights, jnp.float32), atol=1e-6)
   target = learned.final_target(traj)
@@ -80,7 +80,7 @@ def test_gradients_in_times_and_weights_match_finite_differences_in_float64(flow
     rng = np.random.default_rng(1)
     w = rng.normal(size=(3, 4)) * 0.3
     w[:, 0] += 1.0
-    w = jnp.asarray(w * schedule_lib.lower_triangular_mask(3))
+    w = jnp.asarray(np.tril(w, 1))
     f = jax.jit(lambda t, w: learned.rollout_loss(t, w, den, x_T, target, loss=loss))
     g_t, g_w = jax.jit(jax.grad(f, argnums=(0, 1)))(times, w)
     for i in (1, 2):
@@ -113,7 +113,7 @@ def test_the_engine_lowers_the_error_on_fresh_noises_from_its_start():
   t = np.asarray(out.timesteps)
   assert t.dtype == np.float32 and t[0] == traj.timesteps[0] and np.all(np.diff(t) < 0)
   assert t[-1] > traj.timesteps[-1]
-  assert np.all(np.asarray(out.weights)[~schedule_lib.lower_triangular_mask(4)] == 0)
+  assert np.all(np.triu(np.asarray(out.weights), 2) == 0)
   before, after = _fresh_rmse(den, traj, start), _fresh_rmse(den, traj, out)
   assert after * 2 < before, (before, after)
   assert info.num_model_calls == 4 * (1 + 3 * info.num_iterations + len(learned._rates(

@@ -1,4 +1,4 @@
-"""olss_jax._src.noise: noise schedules, diffusers' DDIM timesteps and alpha_bar at continuous t."""
+"""noise.py: noise schedules, diffusers' DDIM timesteps and alpha_bar at continuous t."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,7 +23,8 @@ def test_ddim_timesteps_are_diffusers_leading():
   for n, offset in ((1000, 0), (50, 1), (7, 0)):
     sched = DDIMScheduler(steps_offset=offset)
     sched.set_timesteps(n)
-    np.testing.assert_array_equal(noise.ddim_timesteps(n, steps_offset=offset), sched.timesteps)
+    np.testing.assert_array_equal(oj.baselines.ddim_timesteps(n, steps_offset=offset),
+                                  sched.timesteps)
 
 
 def test_alpha_bar_at_integer_and_continuous_times():
@@ -57,8 +58,8 @@ def test_bad_schedules_and_counts():
   with pytest.raises(TypeError, match="alphas_cumprod"):
     noise.check_alphas_cumprod(np.arange(3))
   with pytest.raises(TypeError, match="num_steps"):
-    noise.ddim_timesteps(2.0)
+    oj.baselines.ddim_timesteps(2.0)
   with pytest.raises(ValueError, match="num_steps"):
-    noise.ddim_timesteps(1001)
+    oj.baselines.ddim_timesteps(1001)
   with pytest.raises(ValueError, match="steps_offset"):
-    noise.ddim_timesteps(1000, steps_offset=1)
+    oj.baselines.ddim_timesteps(1000, steps_offset=1)

@@ -1,4 +1,7 @@
-"""olss_jax._src.path_tuning and .split: the coordinate search, a path tuned for the final error."""
+"""olss_jax.tune_path / olss_jax.peers.coordinate_search (path_tuning.py) and the hold-out split
+(split.py): the coordinate search, a path tuned for the final error."""
+import inspect
+
 import chex
 import jax
 import numpy as np
@@ -7,10 +10,13 @@ import pytest
 import olss_jax as oj
 from olss_jax import testing
 from olss_jax._src import closed_loop_fit
-from olss_jax._src import path_tuning
 from olss_jax._src import split
 
 F32_MSE_RTOL = 1e-4     # float32 samples: MSEs recomputed through `sample`
+# The defaults of the public verbs: the search's budget and the fraction `tune_path` holds out.
+DEFAULT_MAX_EVALUATIONS = inspect.signature(oj.peers.coordinate_search).parameters[
+    "max_evaluations"].default
+DEFAULT_HOLDOUT = inspect.signature(oj.tune_path).parameters["holdout"].default
 
 
 def _quadratic(target):
@@ -21,25 +27,25 @@ def _quadratic(target):
 @pytest.mark.parametrize("start,target", [([0, 10, 20, 30], [0, 3, 17, 41]),
                                           ([0, 25], [0, 1]), ([0, 5, 40], [0, 6, 39])])
 def test_tune_coordinate_search_finds_a_separable_minimum_exactly(start, target):
-  result = path_tuning.coordinate_search(_quadratic(target), start, 50)
+  result = oj.peers.coordinate_search(_quadratic(target), start, 50)
   np.testing.assert_array_equal(result.path, target)
   assert result.score == 0.0 and result.path.dtype == np.int32
-  assert 1 < result.num_evaluations <= path_tuning.DEFAULT_MAX_EVALUATIONS
+  assert 1 < result.num_evaluations <= DEFAULT_MAX_EVALUATIONS
 
 
 def test_tune_coordinate_search_keeps_order_budget_and_ignores_nan():
   # The minimum (0, 30, 5) is not increasing; the search must stay on increasing paths.
   score = _quadratic([0, 30, 5])
-  result = path_tuning.coordinate_search(score, [0, 10, 20], 40)
+  result = oj.peers.coordinate_search(score, [0, 10, 20], 40)
   assert np.all(np.diff(result.path) > 0) and result.path[0] == 0 and result.path[-1] < 40
   assert result.score <= score([0, 10, 20])
-  capped = path_tuning.coordinate_search(score, [0, 10, 20], 40, max_evaluations=3)
+  capped = oj.peers.coordinate_search(score, [0, 10, 20], 40, max_evaluations=3)
   assert capped.num_evaluations == 3
   nan_left = lambda p: np.nan if p[1] < 10 else float(p[1])   # lower is better, NaN below 10
-  got = path_tuning.coordinate_search(nan_left, [0, 20, 30], 40)
+  got = oj.peers.coordinate_search(nan_left, [0, 20, 30], 40)
   assert got.path[1] == 10 and np.isfinite(got.score)
   with pytest.raises(ValueError, match="max_evaluations"):
-    path_tuning.coordinate_search(score, [0, 10, 20], 40, max_evaluations=0)
+    oj.peers.coordinate_search(score, [0, 10, 20], 40, max_evaluations=0)
 
 
 @pytest.mark.parametrize("batch,holdout,want", [(16, 0.25, 4), (16, 3, 3), (5, 0.0, 0),
@@ -70,8 +76,8 @@ def _final_mse(den, sched, traj, idx):
 def test_tune_path_scores_by_the_final_error_on_its_split_and_validates_on_the_rest():
   den, traj = testing.mixture_problem((8,), num_noises=16)
   start, _ = oj.closed_loop_search(traj, 4, den, num_bisection_steps=6)
-  path, info = path_tuning.tune_path(traj, start, den, max_evaluations=40)
-  train, hold = split.holdout_split(traj.batch_size, path_tuning.DEFAULT_HOLDOUT)
+  path, info = oj.tune_path(traj, start, den, max_evaluations=40)
+  train, hold = split.holdout_split(traj.batch_size, DEFAULT_HOLDOUT)
   np.testing.assert_array_equal(info.start_path, start)
   assert info.num_model_calls == 4 * info.num_evaluations <= 4 * 40
   assert info.fit_error[1] <= info.fit_error[0]      # the search never ends above its start
@@ -93,7 +99,7 @@ def test_tune_path_lowers_the_final_error_on_fresh_noises():
   den, traj = testing.mixture_problem((16,), num_noises=32, seed=3, std=0.05, num_components=8,
                                       num_teacher_steps=200)
   start, _ = oj.closed_loop_search(traj, 5, den, num_bisection_steps=8)
-  path, info = path_tuning.tune_path(traj, start, den)
+  path, info = oj.tune_path(traj, start, den)
   assert not info.kept_start
   x_eval = jax.random.normal(jax.random.key(99), (64, 16))
   teacher = oj.collect_trajectory(den, x_eval, traj.teacher).states[-1]
@@ -109,10 +115,10 @@ def test_tune_path_walks_from_the_best_start_but_guards_the_given_one():
   den, traj = testing.mixture_problem((8,), num_noises=16)
   good, _ = oj.closed_loop_search(traj, 4, den, num_bisection_steps=6)
   bad = np.array([0, 1, 2, 3], np.int32)            # three tiny steps, then one giant leap
-  path, info = path_tuning.tune_path(traj, bad, den, alternatives=[good], max_evaluations=30)
+  path, info = oj.tune_path(traj, bad, den, alternatives=[good], max_evaluations=30)
   np.testing.assert_array_equal(info.start_path, bad)
   # the walk started from the better of the two: its result scores at most the good start's
-  train, _ = split.holdout_split(traj.batch_size, path_tuning.DEFAULT_HOLDOUT)
+  train, _ = split.holdout_split(traj.batch_size, DEFAULT_HOLDOUT)
   errors = closed_loop_fit.final_errors_fn(traj, den, fit_noises=train)
   assert info.fit_error[1] <= errors(good)[0] < errors(bad)[0]
   assert info.num_evaluations <= 30
@@ -126,17 +132,17 @@ def test_tune_path_walks_from_the_best_start_but_guards_the_given_one():
   assert info.kept_start == (want is bad)
   assert errors(path)[1] <= hold["bad"]
   with pytest.raises(ValueError, match="alternatives"):
-    path_tuning.tune_path(traj, bad, den, alternatives=[good[:3]])
+    oj.tune_path(traj, bad, den, alternatives=[good[:3]])
 
 
 def test_tune_path_rejects_bad_input_by_name():
   den, traj = testing.mixture_problem()
   with pytest.raises(ValueError, match="holdout"):
-    path_tuning.tune_path(traj, [0, 30], den, holdout=0)
+    oj.tune_path(traj, [0, 30], den, holdout=0)
   with pytest.raises(ValueError, match="path"):
-    path_tuning.tune_path(traj, [0, 0, 5], den)
+    oj.tune_path(traj, [0, 0, 5], den)
   with pytest.raises(TypeError, match="traj"):
-    path_tuning.tune_path(traj.x_T, [0, 30], den)
+    oj.tune_path(traj.x_T, [0, 30], den)
 
 
 def test_closed_loop_fit_noises_equals_the_fit_on_the_subset_and_reports_the_rest():

@@ -1,4 +1,4 @@
-"""olss_jax._src.sampler: the one n-step sampler (Eq. 12 at inference) against a plain loop."""
+"""olss_jax.sample: the one n-step sampler (Eq. 12 at inference) against a plain loop."""
 import chex
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,5 @@
-"""olss_jax._src.search: Algorithms 1-3 (Eq. 13-14) in lax loops, against brute force and the paper's code."""
+"""olss_jax.search_path (search.py): Algorithms 1-3 (Eq. 13-14) in lax loops, against brute force
+and the paper's code."""
 import importlib.util
 import itertools
 import os
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 import olss_jax as oj
+from olss_jax import testing
 from olss_jax._src import search as search_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,6 +121,46 @@ def test_search_matches_brute_force_on_twelve_small_cases():
         misses[(seed, n)] = ratio
   assert list(misses) == [(2, 2)], misses
   np.testing.assert_allclose(misses[(2, 2)], 1.287, atol=0.01)
+
+
+@pytest.fixture(scope="module")
+def correlated():
+  """Strongly correlated outputs (cond(A) ~ 5e4): the hard case for a Gram."""
+  traj = testing.synthetic_trajectory(5, (4, 8, 8), 120, noise=3e-4, seed=3)
+  k = traj.num_teacher_steps
+  a = np.concatenate([traj.x_T.reshape(1, -1), traj.model_outputs.reshape(k, -1)], 0)
+  a = a.astype(np.float64).T                                          # (B * D, K + 1)
+  states = a @ np.asarray(traj.state_coefficients()).T                # (B * D, K + 1)
+  return traj, a, states
+
+
+def _direct_error(a, states, prefix, target):
+  basis = a[:, np.concatenate([[0], np.asarray(prefix) + 1])]
+  w = np.linalg.lstsq(basis, states[:, target], rcond=None)[0]
+  resid = states[:, target] - basis @ w
+  return resid @ resid / a.shape[0], w
+
+
+def test_candidate_errors_equal_direct_least_squares(correlated):
+  """The search's Gram-Schmidt projections and the fit's QR, both through the Gram, equal a
+  tall least squares per candidate to 1e-6 on ill-conditioned outputs."""
+  traj, a, states = correlated
+  st = oj.trajectory_stats(traj)
+  proj = search_lib.projection(st)
+  rng = np.random.default_rng(0)
+  k = traj.num_teacher_steps
+  worst_search = worst_fit = 0.0
+  for trial in range(40):  # two path lengths: one compilation each
+    path = np.concatenate([[0], np.sort(rng.choice(np.arange(1, k), 2 if trial % 2 else 7,
+                                                   replace=False))]).astype(np.int32)
+    targets = np.append(path[1:], k)
+    want = np.asarray([_direct_error(a, states, path[:i + 1], int(t))[0]
+                       for i, t in enumerate(targets)])
+    got_search = np.asarray(search_lib.projection_path_errors(proj, jnp.asarray(path)))
+    got_fit = np.asarray(oj.path_errors(st, path))
+    worst_search = max(worst_search, float(np.max(np.abs(got_search - want) / want)))
+    worst_fit = max(worst_fit, float(np.max(np.abs(got_fit - want) / want)))
+  assert worst_search < ERROR_RTOL_F64 and worst_fit < ERROR_RTOL_F64, (worst_search, worst_fit)
 
 
 def test_search_under_jit_and_on_statistics_equals_eager(teacher):

@@ -1,21 +1,20 @@
-"""olss_jax._src.shipped_models: the models that run without a download, each with its teacher."""
+"""olss_jax.compare.embedded_model (shipped_models.py): the models that run without a download,
+each with its teacher, and the stores collected from them."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import olss_jax as oj
-from olss_jax._src import shipped_models
 
 
 @pytest.mark.parametrize("name,kind,shape", [
     ("digits", "ddim", (1, 8, 8)), ("digits-flow", "flow", (1, 8, 8)),
     ("mnist", "ddim", (1, 28, 28)), ("analytic", "ddim", (16,)), ("analytic-flow", "flow", (16,)),
     ("analytic-latent", "ddim", (4, 64, 64))])
-def test_embedded_models_carry_their_teacher_kind(name, kind, shape):
+def test_embedded_models_carry_their_teacher_kind(name, kind, shape, tmp_path):
   model = oj.compare.embedded_model(name)
   assert model.kind == kind and tuple(model.sample_shape) == shape
-  assert shipped_models.resolved_name(model) == name
   teacher = model.make_teacher(10)
   assert teacher.kind == kind and teacher.num_steps == 10
   if kind == "flow":
@@ -24,7 +23,13 @@ def test_embedded_models_carry_their_teacher_kind(name, kind, shape):
   else:
     np.testing.assert_array_equal(teacher.levels[:-1],
                                   model.alphas_cumprod[np.asarray(teacher.timesteps)])
-  meta = shipped_models.schedule_metadata(model)
+  # a store of the model records the name that rebuilds it and what a schedule fitted on it
+  # records (a one-image, two-step store: the records, not the teacher, are under test)
+  store = tmp_path / name
+  oj.store.collect_embedded_to_directory(store, name, num_images=1, images_per_chunk=1,
+                                         num_teacher_steps=2)
+  assert oj.store.model_record(store)["name"] == name
+  meta = oj.store.schedule_metadata(store)
   assert meta["num_train_timesteps"] == 1000 and meta["sample_shape"] == list(shape)
 
 
@@ -37,7 +42,7 @@ def test_embedded_rejects_unknown_names_and_guidance_for_analytic_models():
 
 def test_a_flow_store_is_collected_with_its_teacher_and_fitted_closed_loop(tmp_path):
   store = tmp_path / "flow-store"
-  info = shipped_models.collect_embedded_to_directory(store, "analytic-flow", num_images=6,
+  info = oj.store.collect_embedded_to_directory(store, "analytic-flow", num_images=6,
                                                 images_per_chunk=3, num_teacher_steps=40)
   del info
   traj = oj.store.load_store(store)
@@ -65,7 +70,7 @@ FD_STEP = 0.05
 FD_RTOL_FLOAT32 = 2e-2
 
 
-@pytest.mark.parametrize("name", [n for n in shipped_models.EMBEDDED_MODELS if n != "default"])
+@pytest.mark.parametrize("name", [n for n in oj.compare.EMBEDDED_MODELS if n != "default"])
 def test_every_embedded_model_depends_on_its_time_input(name):
   """A blind model cannot ship again: the output moves with t, and d/dt matches its differences."""
   model = oj.compare.embedded_model(name)

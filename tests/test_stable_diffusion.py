@@ -21,6 +21,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 import olss_jax as oj
 from olss_jax._src.stable_diffusion import generate as generate_lib
+from olss_jax._src.stable_diffusion import provenance
 
 # Final latents of diffusers' pipeline vs ours (float32; latents up to 32): measured 2.56e-5.
 LATENT_ATOL = {jnp.float32: 3e-5}
@@ -133,14 +134,21 @@ def _diffusers_latents(directory, prompts, latents, num_steps, guidance_scale):
 
 # --- scheduler config -------------------------------------------------------------------
 
+def _read_config(tmp_path, config):
+  """`read_noise_config` of ``config`` written as a pipeline's scheduler_config.json."""
+  path = tmp_path / "scheduler_config.json"
+  path.write_text(json.dumps(config))
+  return oj.stable_diffusion.read_noise_config(path)
+
+
 @pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
 @pytest.mark.parametrize("set_alpha_to_one", [True, False])
-def test_noise_config_matches_diffusers(beta_schedule, set_alpha_to_one):
+def test_noise_config_matches_diffusers(beta_schedule, set_alpha_to_one, tmp_path):
   from diffusers import FlaxDDIMScheduler
   config = {"beta_schedule": beta_schedule, "beta_start": 0.00085, "beta_end": 0.012,
             "set_alpha_to_one": set_alpha_to_one, "steps_offset": 1,
             "prediction_type": "v_prediction"}
-  ours = oj._src.stable_diffusion.noise_config.noise_config_from_dict(config)
+  ours = _read_config(tmp_path, config)
   with jax.enable_x64(True):  # diffusers' own schedule, computed in float64 like ours
     state = FlaxDDIMScheduler(**config, dtype=jnp.float64).create_state()
     reference = np.asarray(state.common.alphas_cumprod)
@@ -151,8 +159,8 @@ def test_noise_config_matches_diffusers(beta_schedule, set_alpha_to_one):
   assert (ours.prediction_type, ours.steps_offset) == ("v_prediction", 1)
 
 
-def test_noise_config_rejects_unsupported():
-  from_dict = oj._src.stable_diffusion.noise_config.noise_config_from_dict
+def test_noise_config_rejects_unsupported(tmp_path):
+  from_dict = lambda config: _read_config(tmp_path, config)  # noqa: E731
   with pytest.raises(ValueError, match="beta_schedule 'sigmoid'"):
     from_dict({"beta_schedule": "sigmoid"})
   with pytest.raises(ValueError, match="prediction_type 'sample'"):
@@ -396,13 +404,12 @@ def test_collect_search_fit_generate_roundtrip(sd_v, tmp_path):
 
 
 def test_collect_to_directory_resumes_and_refuses_mixing(sd_v, tmp_path, monkeypatch):
-  from olss_jax._src.stable_diffusion import collect as collect_lib
   store = tmp_path / "teacher"
   kwargs = dict(key=jax.random.PRNGKey(3), num_images=4, images_per_chunk=2,
                 num_teacher_steps=50, steps_per_chunk=25)
-  info = collect_lib.collect_sd_to_directory(store, sd_v, PROMPTS, **kwargs)
+  info = oj.stable_diffusion.collect_sd_to_directory(store, sd_v, PROMPTS, **kwargs)
   assert info.collected == (0, 1) and info.skipped == ()
-  teacher = collect_lib.load_sd_teacher(store)
+  teacher = oj.stable_diffusion.load_sd_teacher(store)
   assert teacher.trajectory.model_outputs.shape == (50, 4, 4, 8, 8)
   assert teacher.info["model"] == sd_v.name and teacher.info["num_fit_images"] == 4
   # Chunk 1 holds images 2 and 3 (prompts cycled): the in-memory teacher on its latents.
@@ -410,10 +417,11 @@ def test_collect_to_directory_resumes_and_refuses_mixing(sd_v, tmp_path, monkeyp
                                     num_teacher_steps=50, steps_per_chunk=25)
   np.testing.assert_array_equal(direct.trajectory.model_outputs,
                                 teacher.trajectory.model_outputs[:, 2:])
-  again = collect_lib.collect_sd_to_directory(store, sd_v, PROMPTS, **kwargs)
+  again = oj.stable_diffusion.collect_sd_to_directory(store, sd_v, PROMPTS, **kwargs)
   assert again.collected == () and again.skipped == (0, 1)
   with pytest.raises(ValueError, match="another configuration"):
-    collect_lib.collect_sd_to_directory(store, sd_v, PROMPTS, guidance_scale=3.0, **kwargs)
+    oj.stable_diffusion.collect_sd_to_directory(store, sd_v, PROMPTS, guidance_scale=3.0,
+                                                **kwargs)
   schedule = oj.stable_diffusion.fit_sd_schedule(teacher, 4)
   assert schedule.metadata["num_fit_images"] == 4 and schedule.metadata["model"] == sd_v.name
   # At Stable Diffusion's size one Gram serves the search and the fit: same schedule.
@@ -435,7 +443,7 @@ def test_collect_to_directory_resumes_and_refuses_mixing(sd_v, tmp_path, monkeyp
 # --- mismatches -------------------------------------------------------------------------------
 
 def test_mismatch_warnings_and_errors(sd):
-  fitted = _ddim(sd, 4).with_metadata(**oj._src.stable_diffusion.provenance.sd_metadata(
+  fitted = _ddim(sd, 4).with_metadata(**provenance.sd_metadata(
       sd, guidance_scale=7.0, height=16, width=16))
   with warnings.catch_warnings():
     warnings.simplefilter("error")

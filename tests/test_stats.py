@@ -1,4 +1,8 @@
-"""olss_jax._src.stats: the float64 Gram answers the fit and the search as the direct tall least squares."""
+"""olss_jax.stats: the float64 Gram answers the fit and the search as the direct tall least squares.
+
+The search's own projections through the Gram: tests/test_search.py; when a trajectory's
+factor comes from its Gram rather than a QR: tests/test_regression.py.
+"""
 import importlib.util
 import os
 import subprocess
@@ -13,10 +17,8 @@ import numpy as np
 import pytest
 
 import olss_jax as oj
-from olss_jax._src import regression
-from olss_jax._src import search
-from olss_jax._src import stats as stats_lib
-from olss_jax._src import synthetic
+from olss_jax import stats as stats_lib
+from olss_jax import testing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Gram-based step errors vs the direct float64 tall least squares (issue 6's requirement).
@@ -39,7 +41,7 @@ def _load_benchmark():
 @pytest.fixture(scope="module")
 def correlated():
   """Strongly correlated outputs (cond(A) ~ 5e4): the hard case for a Gram."""
-  traj = synthetic.synthetic_trajectory(5, (4, 8, 8), 120, noise=3e-4, seed=3)
+  traj = testing.synthetic_trajectory(5, (4, 8, 8), 120, noise=3e-4, seed=3)
   k = traj.num_teacher_steps
   a = np.concatenate([traj.x_T.reshape(1, -1), traj.model_outputs.reshape(k, -1)], 0)
   a = a.astype(np.float64).T                                          # (B * D, K + 1)
@@ -63,28 +65,6 @@ def test_neighbouring_outputs_correlate_like_a_teacher(correlated):
   assert np.linalg.cond(a) > 1e4  # genuinely ill-conditioned, not a soft test
 
 
-def test_candidate_errors_equal_direct_least_squares(correlated):
-  """The search's Gram-Schmidt projections and the fit's QR, both through the Gram, equal a
-  tall least squares per candidate to 1e-6 on ill-conditioned outputs."""
-  traj, a, states = correlated
-  st = stats_lib.trajectory_stats(traj)
-  proj = search.projection(st)
-  rng = np.random.default_rng(0)
-  k = traj.num_teacher_steps
-  worst_search = worst_fit = 0.0
-  for trial in range(40):  # two path lengths: one compilation each
-    path = np.concatenate([[0], np.sort(rng.choice(np.arange(1, k), 2 if trial % 2 else 7,
-                                                   replace=False))]).astype(np.int32)
-    targets = np.append(path[1:], k)
-    want = np.asarray([_direct_error(a, states, path[:i + 1], int(t))[0]
-                       for i, t in enumerate(targets)])
-    got_search = np.asarray(search.projection_path_errors(proj, jnp.asarray(path)))
-    got_fit = np.asarray(oj.path_errors(st, path))
-    worst_search = max(worst_search, float(np.max(np.abs(got_search - want) / want)))
-    worst_fit = max(worst_fit, float(np.max(np.abs(got_fit - want) / want)))
-  assert worst_search < ERROR_RTOL_F64 and worst_fit < ERROR_RTOL_F64, (worst_search, worst_fit)
-
-
 @pytest.mark.parametrize("num_steps", [3, 6])
 def test_search_on_stats_equals_direct_search(correlated, num_steps):
   traj, a, states = correlated
@@ -93,31 +73,11 @@ def test_search_on_stats_equals_direct_search(correlated, num_steps):
       lambda prefix, target: _direct_error(a, states, prefix, target)[0],
       traj.num_teacher_steps, num_steps)
   st = stats_lib.trajectory_stats(traj)
-  path, info = search.search_path(st, num_steps)
+  path, info = oj.search_path(st, num_steps)
   np.testing.assert_array_equal(path, want_path)
   chex.assert_trees_all_close(info.step_errors, want_errors, rtol=ERROR_RTOL_F64)
-  np.testing.assert_array_equal(search.search_path(traj, num_steps)[0], path)
-  chex.assert_trees_all_close(search.path_errors(st, path), want_errors, rtol=ERROR_RTOL_F64)
-
-
-def test_large_trajectory_is_searched_through_its_gram(correlated, monkeypatch):
-  traj, a, states = correlated
-  assert regression.qr_flops(traj) == 2.0 * a.shape[0] * a.shape[1] ** 2
-  calls = []
-  original = stats_lib.trajectory_stats
-  monkeypatch.setattr(stats_lib, "trajectory_stats",
-                      lambda t, **kw: calls.append(t) or original(t, **kw))
-  by_qr = search.projection(traj)
-  assert not calls  # this small trajectory is under the limit: Householder QR
-  monkeypatch.setattr(regression, "QR_FLOPS_LIMIT", regression.qr_flops(traj) - 1)
-  path, info = search.search_path(traj, 6)
-  assert len(calls) == 1 and calls[0] is traj  # over the limit: the Gram, computed once
-  want = np.asarray(search.projection_path_errors(by_qr, jnp.asarray(path)))
-  chex.assert_trees_all_close(info.step_errors, want, rtol=ERROR_RTOL_F64)
-  for i, target in enumerate(np.append(path[1:], traj.num_teacher_steps)):
-    direct, _ = _direct_error(a, states, path[:i + 1], int(target))
-    np.testing.assert_allclose(info.step_errors[i], direct, rtol=ERROR_RTOL_F64)
-  np.testing.assert_array_equal(path, search.search_path(original(traj), 6)[0])
+  np.testing.assert_array_equal(oj.search_path(traj, num_steps)[0], path)
+  chex.assert_trees_all_close(oj.path_errors(st, path), want_errors, rtol=ERROR_RTOL_F64)
 
 
 def test_fit_on_stats_equals_direct_least_squares(correlated):
@@ -135,8 +95,8 @@ def test_fit_on_stats_equals_direct_least_squares(correlated):
 
 
 def test_chunked_accumulation_and_merge_equal_one_pass():
-  whole = synthetic.synthetic_trajectory(6, (2, 4, 4), 30, seed=1)
-  chunks = [synthetic.synthetic_trajectory(idx, (2, 4, 4), 30, seed=1)
+  whole = testing.synthetic_trajectory(6, (2, 4, 4), 30, seed=1)
+  chunks = [testing.synthetic_trajectory(idx, (2, 4, 4), 30, seed=1)
             for idx in ([0, 1], [2], [3, 4, 5])]
   one = stats_lib.trajectory_stats(whole)
   streamed = stats_lib.stats_from_chunks(iter(chunks))
@@ -157,7 +117,7 @@ def test_chunked_accumulation_and_merge_equal_one_pass():
 
 
 def test_stats_of_device_arrays_under_jit_and_eagerly_agree():
-  traj = synthetic.synthetic_trajectory(3, (2, 4, 4), 20, seed=2)
+  traj = testing.synthetic_trajectory(3, (2, 4, 4), 20, seed=2)
   host = stats_lib.trajectory_stats(traj)
   on_device = stats_lib.trajectory_stats(traj.replace(x_T=jnp.asarray(traj.x_T),
                                                       model_outputs=jnp.asarray(traj.model_outputs)))
@@ -172,7 +132,7 @@ def test_stats_of_device_arrays_under_jit_and_eagerly_agree():
 
 
 def test_rank_deficient_outputs_warn_and_stay_finite():
-  traj = synthetic.synthetic_trajectory(2, (2, 4, 4), 20, seed=4)
+  traj = testing.synthetic_trajectory(2, (2, 4, 4), 20, seed=4)
   outputs = np.array(traj.model_outputs)
   outputs[6] = outputs[5]  # a repeated model output
   outputs[9] = 0.0         # a zero output
@@ -190,24 +150,24 @@ def test_rank_deficient_outputs_warn_and_stay_finite():
 
 
 def test_bad_input_raises_naming_the_argument():
-  traj = synthetic.synthetic_trajectory(2, (2, 2), 10)
+  traj = testing.synthetic_trajectory(2, (2, 2), 10)
   st = stats_lib.trajectory_stats(traj)
   with pytest.raises(TypeError, match="traj"):
     stats_lib.trajectory_stats(st)
   with pytest.raises(ValueError, match="rows_per_block"):
     stats_lib.trajectory_stats(traj, rows_per_block=0)
-  other = stats_lib.trajectory_stats(synthetic.synthetic_trajectory(2, (2, 2), 12))
+  other = stats_lib.trajectory_stats(testing.synthetic_trajectory(2, (2, 2), 12))
   with pytest.raises(ValueError, match="b: teacher"):
     stats_lib.merge_stats(st, other)
   with pytest.raises(ValueError, match="b: sample shape"):
     stats_lib.merge_stats(st, stats_lib.trajectory_stats(
-        synthetic.synthetic_trajectory(2, (4,), 10)))
+        testing.synthetic_trajectory(2, (4,), 10)))
   with pytest.raises(TypeError, match="a:"):
     stats_lib.merge_stats(traj, st)
   with pytest.raises(ValueError, match="chunks"):
     stats_lib.stats_from_chunks([])
   with pytest.raises(ValueError, match="num_steps"):
-    search.search_path(st, 11)
+    oj.search_path(st, 11)
   bad = np.array(traj.model_outputs)
   bad[3, 0, 0] = np.nan
   with pytest.raises(ValueError, match="non-finite"):
@@ -227,7 +187,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
     import olss_jax
-    from olss_jax._src import sharding, stats as stats_lib
+    from olss_jax import stats as stats_lib
     assert len(jax.devices()) == 8, jax.devices()
     alphas = olss_jax.scaled_linear_alphas_cumprod()
     mix = olss_jax.analytic.make_gaussian_mixture(jax.random.PRNGKey(0), 4, (3, 4))
@@ -258,7 +218,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     y_one = olss_jax.sample(denoise, schedule, x_T, mesh=False)
     y_many = olss_jax.sample(denoise, schedule, x_T)
     y_jit = jax.jit(olss_jax.sample)(denoise, schedule, x_T)
-    mesh = sharding.batch_mesh(jax.devices()[:4])
+    mesh = stats_lib.batch_mesh(jax.devices()[:4])
     y_mesh4 = olss_jax.sample(denoise, schedule, x_T, mesh=mesh)
     out["sample_diff"] = max(float(jnp.max(jnp.abs(y - y_one))) for y in (y_many, y_jit, y_mesh4))
     out["sample_shard_shapes"] = sorted({tuple(s.data.shape) for s in y_many.addressable_shards})
@@ -267,7 +227,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     odd = olss_jax.collect_trajectory(denoise, x_T[:5], alphas, 4)       # 5 images: not split
     out["odd_devices"] = len(odd.model_outputs.sharding.device_set)
     try:
-      olss_jax.sample(denoise, schedule, x_T[:6], mesh=sharding.batch_mesh())
+      olss_jax.sample(denoise, schedule, x_T[:6], mesh=stats_lib.batch_mesh())
       out["bad_mesh"] = "no error"
     except ValueError as err:
       out["bad_mesh"] = str(err)

@@ -1,4 +1,4 @@
-"""olss_jax._src.teacher: the teacher as data (kind, timesteps, levels) and its coefficients (Eq. 8-9)."""
+"""olss_jax.Teacher: the teacher as data (kind, timesteps, levels), its coefficients (Eq. 8-9)."""
 import chex
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import olss_jax as oj
-from olss_jax._src import teacher as teacher_lib
 
 ALPHAS = oj.scaled_linear_alphas_cumprod()
 F64_RTOL = 1e-13
@@ -34,9 +33,11 @@ def test_ddim_teacher_levels_and_step_coefficients():
 
 
 def test_state_coefficients_unroll_the_recurrence():
+  # Random VP levels, in no order: steps with a in (0.2, 4.4) and b of either sign.
   rng = np.random.default_rng(0)
-  a, b = rng.uniform(0.5, 1.5, 7), rng.standard_normal(7)
-  c = np.asarray(teacher_lib.state_coefficients(a, b))
+  teacher = oj.Teacher(np.arange(7, 0, -1).astype(np.int32), rng.uniform(0.05, 0.95, 8))
+  a, b = (np.asarray(v) for v in teacher.step_coefficients())
+  c = np.asarray(teacher.state_coefficients())
   # x_{k+1} = a_k x_k + b_k e_k applied to the basis vectors directly.
   x = np.eye(8)[0]
   for k in range(7):
@@ -74,7 +75,9 @@ def test_teacher_is_a_pytree_with_static_kind_and_traced_levels():
 
 def test_ddim_teacher_under_jit_with_a_traced_table():
   f = jax.jit(lambda ab: oj.ddim_teacher(ab, 100).levels)
-  levels = f(teacher_lib.as_float64(ALPHAS))
+  with jax.enable_x64(True):
+    table = jnp.asarray(ALPHAS, jnp.float64)   # a float64 jax array keeps every bit
+  levels = f(table)
   np.testing.assert_array_equal(np.asarray(levels), np.asarray(oj.ddim_teacher(ALPHAS, 100).levels))
 
 

@@ -1,4 +1,4 @@
-"""olss_jax._src.teacher kinds: v / x0 prediction, Karras sigmas and rectified flow, step for step.
+"""olss_jax.Teacher kinds: v / x0 prediction, Karras sigmas and rectified flow, step for step.
 
 Each teacher runs an exact analytic model (`olss_jax.analytic`) and its states are compared
 with (1) the same recurrence written in float64 numpy from the paper / diffusers' formulas on
@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 import olss_jax as oj
-from olss_jax._src import teacher as teacher_lib
 
 F64_RTOL = 1e-12   # max |ours - reference| / max |reference| over every state
 F32_RTOL = 2e-5    # against a loop computing in float32
@@ -144,8 +143,8 @@ def test_teacher_kinds_bad_arguments():
   with pytest.raises(ValueError, match="rho"):
     oj.karras_teacher(alphas, 10, rho=-1.0)
   with pytest.raises(ValueError, match="levels"):
-    teacher_lib.check_teacher(teacher_lib.Teacher(np.array([900.0, 100.0], np.float32),
-                                                  np.array([0.2, 0.5, 0.0]), "flow"))
+    oj.validation.check_teacher(oj.Teacher(np.array([900.0, 100.0], np.float32),
+                                           np.array([0.2, 0.5, 0.0]), "flow"))
 
 
 # --- diffusers' PyTorch schedulers (the torch extra) ---------------------------------------

@@ -1,4 +1,4 @@
-"""olss_jax._src.trajectory: the teacher run, its replayed states, and collect_trajectory under jit."""
+"""olss_jax.collect_trajectory: the teacher run, its replayed states, and the run under jit."""
 import chex
 import jax
 import jax.numpy as jnp
@@ -13,6 +13,12 @@ FIT_SEED = 1
 F32_RUN_ATOL = 1e-5
 # The float64 coefficients applied to the float32 outputs vs the float32 recurrence itself.
 F32_REPLAY_ATOL = 1e-4
+
+
+def _as_float64(x):
+  """``x`` as a float64 jax array (concrete float64 numpy keeps every bit)."""
+  with jax.enable_x64(True):
+    return jnp.asarray(x, jnp.float64)
 
 
 def _model(seed=0, components=8, shape=(16,)):
@@ -85,9 +91,8 @@ def test_collect_under_jit_equals_eager_with_only_num_teacher_steps_static(teach
   np.testing.assert_array_equal(np.asarray(jitted.levels), np.asarray(traj.levels))
   assert jitted.levels.dtype == jnp.float64  # float64 levels cross the jit boundary intact
   # alphas_cumprod traced (a float64 jax array keeps its precision through jit).
-  from olss_jax._src import teacher as teacher_lib  # pylint: disable=import-outside-toplevel
   by_table = jax.jit(oj.collect_trajectory, static_argnames="num_teacher_steps")(
-      f, x_T, teacher_lib.as_float64(ALPHAS), num_teacher_steps=1000)
+      f, x_T, _as_float64(ALPHAS), num_teacher_steps=1000)
   chex.assert_trees_all_close(by_table.model_outputs, eager.model_outputs, atol=F32_RUN_ATOL)
   np.testing.assert_array_equal(np.asarray(by_table.levels), np.asarray(traj.levels))
 
