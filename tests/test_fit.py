@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import least_squares_helpers
 import olss_jax as oj
 
 ALPHAS = oj.scaled_linear_alphas_cumprod()
@@ -19,18 +20,6 @@ STATS_WEIGHT_ATOL_F64 = 1e-6   # the Gram route's weights (cond(A)^2) vs the dir
 TEACHER_REPRO_RTOL_F32 = 1e-5  # a fit on every teacher step reproduces the float32 teacher
 GRAD_RTOL_F64 = 1e-6           # autodiff through QR vs central differences
 
-
-def _synthetic(seed, k=20, b=8, d=32, correlated=False, dtype=np.float32):
-  rng = np.random.default_rng(seed)
-  x_T = rng.standard_normal((b, d))
-  if correlated:  # smooth in the step index: neighbouring outputs correlate strongly
-    fields = rng.standard_normal((4, b, d))
-    s = np.linspace(0, 1, k)[:, None, None, None]
-    outputs = (np.cos(np.pi * s * np.arange(1, 5)[None, :, None, None]) * fields[None]).sum(1)
-    outputs = outputs + 1e-3 * rng.standard_normal(outputs.shape)
-  else:
-    outputs = rng.standard_normal((k, b, d))
-  return oj.Trajectory(x_T.astype(dtype), outputs.astype(dtype), oj.ddim_teacher(ALPHAS, k))
 
 
 def _rows(traj, path):
@@ -46,7 +35,7 @@ def _rows(traj, path):
 
 @pytest.mark.parametrize("correlated", [False, True])
 def test_fit_equals_numpy_lstsq(correlated):
-  traj = _synthetic(3, correlated=correlated)
+  traj = least_squares_helpers.synthetic(3, correlated=correlated)
   path = np.array([0, 3, 7, 12, 16], np.int32)
   schedule, info = oj.fit_weights(traj, path)
   np.testing.assert_array_equal(schedule.timesteps, np.asarray(traj.timesteps)[path])
@@ -65,7 +54,7 @@ def test_fit_equals_numpy_lstsq(correlated):
 
 
 def test_fit_on_statistics_equals_the_direct_fit():
-  traj = _synthetic(4, k=30, correlated=True)
+  traj = least_squares_helpers.synthetic(4, k=30, correlated=True)
   path = np.array([0, 5, 11, 20, 27], np.int32)
   direct, d_info = oj.fit_weights(traj, path)
   stats, s_info = oj.fit_weights(oj.trajectory_stats(traj), path)
@@ -103,7 +92,7 @@ def test_fit_lowers_the_teacher_forced_error_of_ddim_on_its_path():
 
 
 def test_fit_under_jit_and_vmap_over_paths_equals_single_fits():
-  traj = _synthetic(5)
+  traj = least_squares_helpers.synthetic(5)
   paths = jnp.asarray([[0, 3, 7, 12], [0, 2, 9, 15], [0, 1, 2, 3]], jnp.int32)
   singles = [oj.fit_weights(traj, p)[0].weights for p in np.asarray(paths)]
   jitted = jax.jit(oj.fit_weights)(traj, paths[0])[0].weights
@@ -120,7 +109,7 @@ def test_fit_under_jit_and_vmap_over_paths_equals_single_fits():
 
 def test_grad_of_the_weights_wrt_the_model_outputs_matches_finite_differences():
   with jax.enable_x64(True):
-    traj = _synthetic(6, k=12, b=3, d=5, dtype=np.float64)
+    traj = least_squares_helpers.synthetic(6, k=12, b=3, d=5, dtype=np.float64)
     path = jnp.asarray([0, 4, 9], jnp.int32)
     probe = jnp.asarray(np.random.default_rng(0).standard_normal((3, 4)))
 
@@ -147,7 +136,7 @@ def test_grad_of_the_weights_wrt_the_model_outputs_matches_finite_differences():
 
 
 def test_rank_deficient_basis_gets_the_minimum_norm_weights_and_a_warning():
-  traj = _synthetic(5)
+  traj = least_squares_helpers.synthetic(5)
   outputs = np.asarray(traj.model_outputs).copy()
   outputs[4] = outputs[2]   # a repeated model output
   outputs[6] = 0.0          # a zero model output
@@ -162,7 +151,7 @@ def test_rank_deficient_basis_gets_the_minimum_norm_weights_and_a_warning():
 
 
 def test_bad_inputs_name_the_argument():
-  traj = _synthetic(8)
+  traj = least_squares_helpers.synthetic(8)
   with pytest.raises(ValueError, match="path"):
     oj.fit_weights(traj, np.array([1, 2, 3]))
   with pytest.raises(ValueError, match="path"):
@@ -183,7 +172,7 @@ def test_bad_inputs_name_the_argument():
 
 
 def test_under_jit_a_path_check_path_refuses_gives_nan_weights():
-  traj = _synthetic(3, k=100)
+  traj = least_squares_helpers.synthetic(3, k=100)
   fit_jit = jax.jit(oj.fit_weights)
   for bad in ([0, 20, 10], [0, 50, 500], [3, 20, 50]):     # decreasing, past K, not from 0
     with pytest.raises(ValueError, match="path"):

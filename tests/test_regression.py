@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import least_squares_helpers
 import olss_jax as oj
-from olss_jax import testing
 from olss_jax._src import regression
 from olss_jax._src import search
 from olss_jax._src import stats as stats_lib
@@ -25,18 +25,6 @@ GRAM_RTOL_F64 = 1e-9        # R^T R of a float64 QR vs A^T A (rounding of the fa
 # Gram-based step errors vs the direct float64 tall least squares (issue 6's requirement).
 ERROR_RTOL_F64 = 1e-6
 
-
-def _synthetic(seed, k=20, b=8, d=32, correlated=False, dtype=np.float32):
-  rng = np.random.default_rng(seed)
-  x_T = rng.standard_normal((b, d))
-  if correlated:  # smooth in the step index: neighbouring outputs correlate strongly
-    fields = rng.standard_normal((4, b, d))
-    s = np.linspace(0, 1, k)[:, None, None, None]
-    outputs = (np.cos(np.pi * s * np.arange(1, 5)[None, :, None, None]) * fields[None]).sum(1)
-    outputs = outputs + 1e-3 * rng.standard_normal(outputs.shape)
-  else:
-    outputs = rng.standard_normal((k, b, d))
-  return oj.Trajectory(x_T.astype(dtype), outputs.astype(dtype), oj.ddim_teacher(ALPHAS, k))
 
 
 def _tall(traj):
@@ -70,7 +58,7 @@ def test_regression_path_targets_are_the_next_path_states_then_the_final_one():
 @pytest.mark.parametrize("on_stats", [False, True])
 def test_regression_solve_path_equals_numpy_lstsq_per_step(jit, on_stats):
   with jax.enable_x64(True):  # float64 data stays float64 on its way into jit
-    traj = _synthetic(11, k=16, b=4, d=16, dtype=np.float64)
+    traj = least_squares_helpers.synthetic(11, k=16, b=4, d=16, dtype=np.float64)
     path = jnp.asarray([0, 2, 5, 9, 14], jnp.int32)
     data = oj.trajectory_stats(traj) if on_stats else traj
     solve = jax.jit(regression.solve_path) if jit else regression.solve_path
@@ -89,7 +77,7 @@ def test_regression_solve_path_equals_numpy_lstsq_per_step(jit, on_stats):
 
 
 def test_regression_rank_deficient_basis_gets_the_minimum_norm_solution():
-  traj = _synthetic(12, k=12, b=3, d=8)
+  traj = least_squares_helpers.synthetic(12, k=12, b=3, d=8)
   outputs = np.asarray(traj.model_outputs).copy()
   outputs[3] = outputs[1]   # a repeated model output
   outputs[5] = 0.0          # a zero model output
@@ -107,7 +95,7 @@ def test_regression_rank_deficient_basis_gets_the_minimum_norm_solution():
 
 @pytest.mark.parametrize("on_stats", [False, True])
 def test_regression_full_factor_is_an_r_of_every_column(on_stats):
-  traj = _synthetic(13, k=10, b=4, d=8)
+  traj = least_squares_helpers.synthetic(13, k=10, b=4, d=8)
   data = oj.trajectory_stats(traj) if on_stats else traj
   r = np.asarray(regression.full_factor(data))
   a = _tall(traj)
@@ -122,7 +110,7 @@ def test_regression_full_factor_is_an_r_of_every_column(on_stats):
 
 @pytest.mark.parametrize("jit", [False, True])
 def test_regression_teacher_states_and_state_norms_replay_the_teacher(jit):
-  traj = _synthetic(14, k=9, b=3, d=5)
+  traj = least_squares_helpers.synthetic(14, k=9, b=3, d=5)
   want = _states(traj)
   indices = jnp.asarray([0, 4, 9], jnp.int32)
   states_fn = jax.jit(regression.teacher_states) if jit else regression.teacher_states
@@ -135,7 +123,7 @@ def test_regression_teacher_states_and_state_norms_replay_the_teacher(jit):
 
 
 def test_path_factor_of_statistics_and_images_agree():
-  traj = _synthetic(7, k=25)
+  traj = least_squares_helpers.synthetic(7, k=25)
   path = jnp.asarray([0, 6, 13, 21], jnp.int32)
   r_img = np.asarray(regression.path_factor(traj, path))
   r_stats = np.asarray(regression.path_factor(oj.trajectory_stats(traj), path))
@@ -147,19 +135,8 @@ def test_path_factor_of_statistics_and_images_agree():
 @pytest.fixture(scope="module")
 def correlated():
   """Strongly correlated outputs (cond(A) ~ 5e4): the hard case for a Gram."""
-  traj = testing.synthetic_trajectory(5, (4, 8, 8), 120, noise=3e-4, seed=3)
-  k = traj.num_teacher_steps
-  a = np.concatenate([traj.x_T.reshape(1, -1), traj.model_outputs.reshape(k, -1)], 0)
-  a = a.astype(np.float64).T                                          # (B * D, K + 1)
-  states = a @ np.asarray(traj.state_coefficients()).T                # (B * D, K + 1)
-  return traj, a, states
+  return least_squares_helpers.correlated_problem()
 
-
-def _direct_error(a, states, prefix, target):
-  basis = a[:, np.concatenate([[0], np.asarray(prefix) + 1])]
-  w = np.linalg.lstsq(basis, states[:, target], rcond=None)[0]
-  resid = states[:, target] - basis @ w
-  return resid @ resid / a.shape[0], w
 
 
 def test_large_trajectory_is_searched_through_its_gram(correlated, monkeypatch):
@@ -177,6 +154,6 @@ def test_large_trajectory_is_searched_through_its_gram(correlated, monkeypatch):
   want = np.asarray(search.projection_path_errors(by_qr, jnp.asarray(path)))
   chex.assert_trees_all_close(info.step_errors, want, rtol=ERROR_RTOL_F64)
   for i, target in enumerate(np.append(path[1:], traj.num_teacher_steps)):
-    direct, _ = _direct_error(a, states, path[:i + 1], int(target))
+    direct, _ = least_squares_helpers.direct_error(a, states, path[:i + 1], int(target))
     np.testing.assert_allclose(info.step_errors[i], direct, rtol=ERROR_RTOL_F64)
   np.testing.assert_array_equal(path, search.search_path(original(traj), 6)[0])

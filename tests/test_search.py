@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import least_squares_helpers
 import olss_jax as oj
-from olss_jax import testing
 from olss_jax._src import search as search_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,19 +126,8 @@ def test_search_matches_brute_force_on_twelve_small_cases():
 @pytest.fixture(scope="module")
 def correlated():
   """Strongly correlated outputs (cond(A) ~ 5e4): the hard case for a Gram."""
-  traj = testing.synthetic_trajectory(5, (4, 8, 8), 120, noise=3e-4, seed=3)
-  k = traj.num_teacher_steps
-  a = np.concatenate([traj.x_T.reshape(1, -1), traj.model_outputs.reshape(k, -1)], 0)
-  a = a.astype(np.float64).T                                          # (B * D, K + 1)
-  states = a @ np.asarray(traj.state_coefficients()).T                # (B * D, K + 1)
-  return traj, a, states
+  return least_squares_helpers.correlated_problem()
 
-
-def _direct_error(a, states, prefix, target):
-  basis = a[:, np.concatenate([[0], np.asarray(prefix) + 1])]
-  w = np.linalg.lstsq(basis, states[:, target], rcond=None)[0]
-  resid = states[:, target] - basis @ w
-  return resid @ resid / a.shape[0], w
 
 
 def test_candidate_errors_equal_direct_least_squares(correlated):
@@ -154,7 +143,7 @@ def test_candidate_errors_equal_direct_least_squares(correlated):
     path = np.concatenate([[0], np.sort(rng.choice(np.arange(1, k), 2 if trial % 2 else 7,
                                                    replace=False))]).astype(np.int32)
     targets = np.append(path[1:], k)
-    want = np.asarray([_direct_error(a, states, path[:i + 1], int(t))[0]
+    want = np.asarray([least_squares_helpers.direct_error(a, states, path[:i + 1], int(t))[0]
                        for i, t in enumerate(targets)])
     got_search = np.asarray(search_lib.projection_path_errors(proj, jnp.asarray(path)))
     got_fit = np.asarray(oj.path_errors(st, path))

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import least_squares_helpers
 import olss_jax as oj
 from olss_jax import stats as stats_lib
 from olss_jax import testing
@@ -41,19 +42,8 @@ def _load_benchmark():
 @pytest.fixture(scope="module")
 def correlated():
   """Strongly correlated outputs (cond(A) ~ 5e4): the hard case for a Gram."""
-  traj = testing.synthetic_trajectory(5, (4, 8, 8), 120, noise=3e-4, seed=3)
-  k = traj.num_teacher_steps
-  a = np.concatenate([traj.x_T.reshape(1, -1), traj.model_outputs.reshape(k, -1)], 0)
-  a = a.astype(np.float64).T                                          # (B * D, K + 1)
-  states = a @ np.asarray(traj.state_coefficients()).T                # (B * D, K + 1)
-  return traj, a, states
+  return least_squares_helpers.correlated_problem()
 
-
-def _direct_error(a, states, prefix, target):
-  basis = a[:, np.concatenate([[0], np.asarray(prefix) + 1])]
-  w = np.linalg.lstsq(basis, states[:, target], rcond=None)[0]
-  resid = states[:, target] - basis @ w
-  return resid @ resid / a.shape[0], w
 
 
 def test_neighbouring_outputs_correlate_like_a_teacher(correlated):
@@ -70,7 +60,7 @@ def test_search_on_stats_equals_direct_search(correlated, num_steps):
   traj, a, states = correlated
   bench = _load_benchmark()
   want_path, want_errors, _ = bench.reference_search(
-      lambda prefix, target: _direct_error(a, states, prefix, target)[0],
+      lambda prefix, target: least_squares_helpers.direct_error(a, states, prefix, target)[0],
       traj.num_teacher_steps, num_steps)
   st = stats_lib.trajectory_stats(traj)
   path, info = oj.search_path(st, num_steps)
@@ -86,7 +76,7 @@ def test_fit_on_stats_equals_direct_least_squares(correlated):
   schedule, info = oj.fit_weights(stats_lib.trajectory_stats(traj), path)
   targets = np.append(path[1:], traj.num_teacher_steps)
   for i, target in enumerate(targets):
-    err, w = _direct_error(a, states, path[:i + 1], int(target))
+    err, w = least_squares_helpers.direct_error(a, states, path[:i + 1], int(target))
     chex.assert_trees_all_close(np.asarray(schedule.weights)[i, :i + 2], w,
                                 atol=WEIGHT_ATOL_F64, rtol=1e-6)
     np.testing.assert_allclose(info.step_errors[i], err, rtol=ERROR_RTOL_F64)
