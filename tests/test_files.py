@@ -16,6 +16,7 @@ import pytest
 import safetensors
 import safetensors.numpy as stnp
 
+import files_helpers
 from olss_jax._src import container
 from olss_jax._src import files
 from olss_jax._src import noise
@@ -124,22 +125,11 @@ def _join(header, data, **dumps_kw):
   return struct.pack("<Q", len(text)) + text + data
 
 
-def _spec_digests(header, data):
-  """The two digests as the module docstring defines them (written independently of files.py)."""
-  def canon(meta):
-    return json.dumps(dict(header, __metadata__=meta), sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=True).encode("ascii")
-
-  h0 = {k: v for k, v in header["__metadata__"].items() if k not in ("sha256", "header_sha256")}
-  sha256 = hashlib.sha256(hashlib.sha256(canon(h0)).digest() + data).hexdigest()
-  header_sha256 = hashlib.sha256(canon(dict(h0, sha256=sha256))).hexdigest()
-  return header_sha256, sha256
-
 
 def _resigned(header, data, **dumps_kw):
   """The file with correct digests for ``header`` (whatever it says) and ``data``."""
   header["__metadata__"]["header_sha256"], header["__metadata__"]["sha256"] = (
-      _spec_digests(header, data))
+      files_helpers.spec_digests(header, data))
   return _join(header, data, **dumps_kw)
 
 
@@ -356,7 +346,7 @@ def test_files_are_safetensors_with_the_documented_header_and_digests():
       "olss_jax", "2", files.TRAJECTORY_KIND)
   assert json.loads(meta["metadata"]) == {"chunk": 1}
   assert json.loads(meta["teacher"]) == {"kind": "ddim", "config": {}}
-  assert (meta["header_sha256"], meta["sha256"]) == _spec_digests(header, payload)
+  assert (meta["header_sha256"], meta["sha256"]) == files_helpers.spec_digests(header, payload)
   offsets = sorted(v["data_offsets"] for k, v in header.items() if k != "__metadata__")
   assert offsets[0][0] == 0 and offsets[-1][1] == len(payload)
   assert all(a[1] == b[0] for a, b in zip(offsets, offsets[1:]))
@@ -400,7 +390,7 @@ def _via_safetensors(tensors, metadata):
   """A file written by safetensors itself, with our metadata and correct digests."""
   draft = stnp.save(tensors, metadata=metadata)  # safetensors' own order and offsets
   header, payload = _split(draft)
-  header_digest, digest = _spec_digests(header, payload)
+  header_digest, digest = files_helpers.spec_digests(header, payload)
   final = stnp.save(tensors, metadata=dict(metadata, header_sha256=header_digest, sha256=digest))
   assert _split(final)[1] == payload
   return final

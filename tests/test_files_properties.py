@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+import files_helpers
 from olss_jax._src import container
 from olss_jax._src import files
 from olss_jax._src import noise
@@ -111,17 +112,6 @@ def _header_end(data):
     return 20 + struct.unpack("<Q", data[12:20])[0] + 32
   return 8 + struct.unpack("<Q", data[:8])[0]
 
-
-def _spec_digests(header, data):
-  """The two digests of the module docstring (written independently of files.py)."""
-  def canon(meta):
-    return json.dumps(dict(header, __metadata__=meta), sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=True).encode("ascii")
-
-  h0 = {k: v for k, v in header["__metadata__"].items() if k not in ("sha256", "header_sha256")}
-  sha256 = hashlib.sha256(hashlib.sha256(canon(h0)).digest() + data).hexdigest()
-  header_sha256 = hashlib.sha256(canon(dict(h0, sha256=sha256))).hexdigest()
-  return header_sha256, sha256
 
 
 def _join(header, data, **dumps_kw):
@@ -584,7 +574,7 @@ def edited_headers(draw):
     header["__metadata__"] = draw(odd_json)
   if isinstance(header.get("__metadata__"), dict):
     header["__metadata__"]["header_sha256"], header["__metadata__"]["sha256"] = (
-        _spec_digests(header, _PAYLOAD))
+        files_helpers.spec_digests(header, _PAYLOAD))
   dumps_kw = {}
   if edit == "reformat":
     dumps_kw = {"indent": draw(st.sampled_from([None, 0, 2])), "sort_keys": draw(st.booleans()),
