@@ -1,7 +1,8 @@
 """Every classical scheduler as a `Schedule` for the one `olss_jax.sample` (paper Sec. 3.1, Eq. 8-9).
 
 Each is read off its own update code (`schedule_from_program`) and checked against diffusers'
-own scheduler loop in the tests.
+own scheduler loop in the tests. `alpha_bar_at`: a (T,) alpha_bar table read at integer or
+continuous timesteps (how the VP schedules here read float timesteps).
 """
 from olss_jax._src.baselines.ays import AYS_TIMESTEPS, ays_timesteps
 from olss_jax._src.baselines.deis import deis_schedule
@@ -19,10 +20,11 @@ from olss_jax._src.baselines.registry import (
     ddim_schedule,
 )
 from olss_jax._src.baselines.unipc import unipc_schedule
-from olss_jax._src.noise import ddim_timesteps
+from olss_jax._src.noise import alpha_bar_at, ddim_timesteps
 
-__all__ = ["AYS_TIMESTEPS", "BASELINES", "ays_dpm_solver_pp_schedule", "ays_timesteps",
-           "baseline_names", "baseline_schedule", "flow_euler_schedule", "ddim_baseline_schedule", "ddim_schedule",
+__all__ = ["AYS_TIMESTEPS", "BASELINES", "alpha_bar_at", "ays_dpm_solver_pp_schedule",
+           "ays_timesteps", "baseline_names", "baseline_schedule", "flow_euler_schedule",
+           "ddim_baseline_schedule", "ddim_schedule",
            "ddim_timesteps", "deis_schedule", "dpm_solver_pp_schedule", "dpm_solver_schedule",
            "euler_schedule", "ipndm_schedule", "pndm_schedule", "schedule_from_program",
            "unipc_schedule"]

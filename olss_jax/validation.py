@@ -1,11 +1,20 @@
-"""The input checks every verb runs (named errors), for use in your own code."""
+"""The input checks every verb runs (named errors), for use in your own code.
+
+`check_alphas_cumprod`: a (T,) alpha_bar table checked (finite, in (0, 1], non-increasing).
+`check_choice`, `check_count`, `check_positive`: one option among names, an integer, a finite
+number > 0. `check_flow_teacher`: a rectified-flow teacher (DS-Solver's requirement).
+"""
 from olss_jax._src.validation import (
     FewFitNoisesWarning,
     ScheduleMismatchWarning,
+    check_alphas_cumprod,
+    check_choice,
     check_count,
     check_finite,
+    check_flow_teacher,
     check_num_steps,
     check_path,
+    check_positive,
     check_schedule,
     check_schedule_compatible,
     check_schedule_model,
@@ -17,7 +26,9 @@ from olss_jax._src.validation import (
     schedule_kind,
 )
 
-__all__ = ["FewFitNoisesWarning", "ScheduleMismatchWarning", "check_count", "check_finite",
-           "check_num_steps", "check_path", "check_schedule", "check_schedule_compatible",
-           "check_schedule_model", "check_teacher", "check_trajectory", "find_nonfinite",
-           "path_is_valid", "schedule_is_valid", "schedule_kind"]
+__all__ = ["FewFitNoisesWarning", "ScheduleMismatchWarning", "check_alphas_cumprod",
+           "check_choice", "check_count", "check_finite", "check_flow_teacher",
+           "check_num_steps", "check_path", "check_positive", "check_schedule",
+           "check_schedule_compatible", "check_schedule_model", "check_teacher",
+           "check_trajectory", "find_nonfinite", "path_is_valid", "schedule_is_valid",
+           "schedule_kind"]

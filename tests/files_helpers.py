@@ -1,5 +1,5 @@
-"""Shared by the file-format tests: the digests as `olss_jax._src.files`'s docstring defines them,
-written independently of the module (the oracle the files are checked against)."""
+"""Shared by the file-format tests: the digests as the file format's docstring (`_src/files.py`)
+defines them, written independently of the module (the oracle the files are checked against)."""
 import hashlib
 import json
 

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
+import olss_jax as oj
 from olss_jax._src import atomic
-from olss_jax._src import files
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "olss_jax", "_src")
 
@@ -56,10 +56,10 @@ CHILD = textwrap.dedent("""
 
 
 def _version(path):
-  traj = files.load_trajectory(path)  # verifies the checksum and the trajectory
+  traj = oj.load_trajectory(path)  # verifies the checksum and the trajectory
   v = traj.x_T.flat[0]
   assert np.all(traj.x_T == v) and np.all(traj.model_outputs == v)
-  assert files.read_metadata(path)["v"] == int(v)
+  assert oj.read_metadata(path)["v"] == int(v)
   return int(v)
 
 

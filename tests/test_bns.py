@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import olss_jax as oj
-from olss_jax._src.peers import bns
 
 ALPHAS = oj.scaled_linear_alphas_cumprod()
 F64_WEIGHTS_ATOL = 1e-12   # the same float64 solver written two ways
@@ -38,8 +37,8 @@ def _euler(teacher, times, flow):
 def test_bns_initialised_from_euler_reproduces_euler_exactly(flow):
   den, traj = _problem(flow)
   teacher = traj.teacher
-  param, params0, data, start = bns.bns_parametrisation(teacher, 5, init="euler",
-                                                        alphas_cumprod=ALPHAS)
+  param, params0, data, start = oj.peers.bns_parametrisation(teacher, 5, init="euler",
+                                                             alphas_cumprod=ALPHAS)
   times = np.asarray(start.timesteps)
   assert times.dtype == np.float32 and times[0] == teacher.timesteps[0]
   assert np.all(np.diff(times) < 0)
@@ -51,8 +50,8 @@ def test_bns_initialised_from_euler_reproduces_euler_exactly(flow):
   chex.assert_trees_all_close(oj.sample(den, oj.Schedule(t32, w32), traj.x_T),
                               oj.sample(den, euler, traj.x_T), atol=F32_SAMPLE_ATOL)
   with jax.enable_x64(True):
-    _, p64, d64, _ = bns.bns_parametrisation(teacher, 5, init="euler", alphas_cumprod=ALPHAS,
-                                             dtype=jnp.float64)
+    _, p64, d64, _ = oj.peers.bns_parametrisation(teacher, 5, init="euler", alphas_cumprod=ALPHAS,
+                                                  dtype=jnp.float64)
     t64, w64 = jax.jit(param.build)(p64, d64)
     chex.assert_trees_all_close(w64, euler.weights, atol=F64_BUILD_ATOL)
     chex.assert_trees_all_close(t64, times.astype(np.float64), rtol=1e-12)
@@ -61,7 +60,7 @@ def test_bns_initialised_from_euler_reproduces_euler_exactly(flow):
 @pytest.mark.parametrize("num_steps", [5, 6])
 def test_the_midpoint_start_is_the_rk2_midpoint_loop_on_a_flow(num_steps):
   den, traj = _problem(True)
-  _, _, _, start = bns.bns_parametrisation(traj.teacher, num_steps, init="midpoint")
+  _, _, _, start = oj.peers.bns_parametrisation(traj.teacher, num_steps, init="midpoint")
   t = np.asarray(start.timesteps)
   s = np.append(t / np.float32(1000.0), 0.0).astype(np.float64)
   x = traj.x_T
@@ -88,7 +87,7 @@ def test_bns_lowers_the_error_on_fresh_noises_and_records_its_cost():
   t = np.asarray(sched.timesteps)
   assert t[0] == traj.timesteps[0] and np.all(np.diff(t) < 0) and t[-1] > traj.timesteps[-1]
   assert np.all(np.triu(np.asarray(sched.weights), 2) == 0)
-  _, _, _, start = bns.bns_parametrisation(traj.teacher, 5)
+  _, _, _, start = oj.peers.bns_parametrisation(traj.teacher, 5)
   x = jax.random.normal(jax.random.key(7), (64, 8))
   ref = np.asarray(oj.collect_trajectory(den, x, traj.teacher).states[-1])
   rmse = lambda s: float(oj.compare.per_sample_rmse(oj.sample(den, s, x), ref).mean())  # noqa: E731

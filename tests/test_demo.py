@@ -1,5 +1,4 @@
 """olss_jax._src.demo: the main job's quick and full comparisons, its cost estimate and grids."""
-import numpy as np
 import pytest
 
 import olss_jax as oj

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import olss_jax as oj
-from olss_jax._src.peers import ds_solver
 
 F64_ATOL = 1e-12          # float64: the same weights written two ways
 F32_SAMPLE_ATOL = 2e-5    # float32 samples of the same solver
@@ -26,10 +25,10 @@ def _problem(num_noises: int = 16, k: int = 100):
 @pytest.mark.parametrize("jit", [True, False])
 def test_the_start_is_flow_euler_on_its_timesteps(jit):
   den, traj = _problem()
-  param, params0, start = ds_solver.ds_solver_parametrisation(traj.teacher, 6)
+  param, params0, start = oj.peers.ds_solver_parametrisation(traj.teacher, 6)
   assert sum(int(np.size(v)) for v in jax.tree_util.tree_leaves(params0)) == 21
   for n, count in ((8, 36), (10, 55)):
-    _, p, _ = ds_solver.ds_solver_parametrisation(traj.teacher, n)
+    _, p, _ = oj.peers.ds_solver_parametrisation(traj.teacher, n)
     assert sum(int(np.size(v)) for v in jax.tree_util.tree_leaves(p)) == count
   times = np.asarray(start.timesteps)
   np.testing.assert_allclose(times, 1000.0 * (1 - np.arange(6) / 6), rtol=1e-6)
@@ -50,14 +49,14 @@ def test_the_coefficients_of_each_step_sum_to_one():
     n = 5
     dt = -np.diff(np.append(np.sort(rng.uniform(0.05, 1.0, n))[::-1], 0.0))
     c = rng.normal(size=(n, n))
-    w = np.asarray(ds_solver.ds_solver_weights(jnp.asarray(dt), jnp.asarray(c)))
+    w = np.asarray(oj.peers.ds_solver_weights(jnp.asarray(dt), jnp.asarray(c)))
     np.testing.assert_array_equal(w[:, 0], 1.0)
     assert np.all(np.triu(w, 2) == 0)          # row i sees x_T and e_0..e_i only
     steps = np.diff(np.vstack([np.zeros(n), w[:, 1:]]), axis=0)     # dt_i * (row i of C)
     np.testing.assert_allclose(steps.sum(axis=1), dt, atol=F64_ATOL)
     np.testing.assert_allclose(w[:, 1:].sum(axis=1), np.cumsum(dt), atol=F64_ATOL)
     # the strictly upper part of c is ignored
-    w2 = ds_solver.ds_solver_weights(jnp.asarray(dt), jnp.asarray(np.tril(c, -1)))
+    w2 = oj.peers.ds_solver_weights(jnp.asarray(dt), jnp.asarray(np.tril(c, -1)))
     np.testing.assert_allclose(w2, w, atol=F64_ATOL)
 
 
@@ -73,7 +72,7 @@ def test_ds_solver_lowers_the_error_on_fresh_noises_and_records_its_cost():
   t = np.asarray(sched.timesteps)
   assert t[0] == 1000.0 and np.all(np.diff(t) < 0) and t[-1] > 0.0
   np.testing.assert_array_equal(np.asarray(sched.weights)[:, 0], 1.0)
-  start = ds_solver.initial_schedule(traj.teacher, 10)
+  _, _, start = oj.peers.ds_solver_parametrisation(traj.teacher, 10)
   x = jax.random.normal(jax.random.key(7), (64, 8))
   ref = np.asarray(oj.collect_trajectory(den, x, traj.teacher).states[-1])
   rmse = lambda s: float(oj.compare.per_sample_rmse(oj.sample(den, s, x), ref).mean())  # noqa: E731
@@ -96,4 +95,4 @@ def test_ds_solver_is_for_flow_models_only():
   with pytest.raises(ValueError, match="flow"):      # asked for by name on a VP model
     peer(ctx, 4)
   with pytest.raises(ValueError, match="time_scale"):
-    ds_solver.ds_solver_parametrisation(oj.flow_teacher(10), 3, time_scale=-1.0)
+    oj.peers.ds_solver_parametrisation(oj.flow_teacher(10), 3, time_scale=-1.0)

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import olss_jax as oj
-from olss_jax._src.peers import ld3
 
 F64_SAMPLE_ATOL = 1e-10  # float64: the jnp solver against `sample` on the same schedule
 
@@ -37,7 +36,7 @@ def _check_solver(flow, num_steps):
   times = np.concatenate([[t_max], inner]).astype(np.float32)
   sched = oj.baseline_schedule("dpm_solver_pp", traj.teacher, timesteps=times, **extra)
   ref = oj.sample(f, sched, traj.x_T)
-  level_fn = ld3._level_fn(traj.teacher, model.alphas_cumprod)  # pylint: disable=protected-access
+  level_fn = oj.peers.level_fn(traj.teacher, model.alphas_cumprod)
   kind = traj.teacher.parametrisation
   final = float(np.asarray(traj.teacher.levels)[-1])
   t = jnp.asarray(times)

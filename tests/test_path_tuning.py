@@ -9,8 +9,6 @@ import pytest
 
 import olss_jax as oj
 from olss_jax import testing
-from olss_jax._src import closed_loop_fit
-from olss_jax._src import split
 
 F32_MSE_RTOL = 1e-4     # float32 samples: MSEs recomputed through `sample`
 # The defaults of the public verbs: the search's budget and the fraction `tune_path` holds out.
@@ -51,18 +49,18 @@ def test_tune_coordinate_search_keeps_order_budget_and_ignores_nan():
 @pytest.mark.parametrize("batch,holdout,want", [(16, 0.25, 4), (16, 3, 3), (5, 0.0, 0),
                                                 (8, 0.5, 4)])
 def test_split_holdout_is_disjoint_spread_and_deterministic(batch, holdout, want):
-  train, hold = split.holdout_split(batch, holdout)
+  train, hold = oj.peers.holdout_split(batch, holdout)
   assert hold.size == want and train.size == batch - want
   np.testing.assert_array_equal(np.sort(np.concatenate([train, hold])), np.arange(batch))
   if want > 1:
     assert hold[0] == 0 and hold[-1] == batch - 1          # spread over the whole batch
-  train2, hold2 = split.holdout_split(batch, holdout)
+  train2, hold2 = oj.peers.holdout_split(batch, holdout)
   np.testing.assert_array_equal(hold, hold2)
   for bad in (1.0, -0.1, batch):
     with pytest.raises(ValueError, match="holdout"):
-      split.holdout_split(batch, bad)
+      oj.peers.holdout_split(batch, bad)
   with pytest.raises(TypeError, match="holdout"):
-    split.holdout_split(batch, "0.25")
+    oj.peers.holdout_split(batch, "0.25")
 
 
 def _final_mse(den, sched, traj, idx):
@@ -77,7 +75,7 @@ def test_tune_path_scores_by_the_final_error_on_its_split_and_validates_on_the_r
   den, traj = testing.mixture_problem((8,), num_noises=16)
   start, _ = oj.closed_loop_search(traj, 4, den, num_bisection_steps=6)
   path, info = oj.tune_path(traj, start, den, max_evaluations=40)
-  train, hold = split.holdout_split(traj.batch_size, DEFAULT_HOLDOUT)
+  train, hold = oj.peers.holdout_split(traj.batch_size, DEFAULT_HOLDOUT)
   np.testing.assert_array_equal(info.start_path, start)
   assert info.num_model_calls == 4 * info.num_evaluations <= 4 * 40
   assert info.fit_error[1] <= info.fit_error[0]      # the search never ends above its start
@@ -118,8 +116,8 @@ def test_tune_path_walks_from_the_best_start_but_guards_the_given_one():
   path, info = oj.tune_path(traj, bad, den, alternatives=[good], max_evaluations=30)
   np.testing.assert_array_equal(info.start_path, bad)
   # the walk started from the better of the two: its result scores at most the good start's
-  train, _ = split.holdout_split(traj.batch_size, DEFAULT_HOLDOUT)
-  errors = closed_loop_fit.final_errors_fn(traj, den, fit_noises=train)
+  train, _ = oj.peers.holdout_split(traj.batch_size, DEFAULT_HOLDOUT)
+  errors = oj.peers.final_errors_fn(traj, den, fit_noises=train)
   assert info.fit_error[1] <= errors(good)[0] < errors(bad)[0]
   assert info.num_evaluations <= 30
   np.testing.assert_array_equal(info.origin_path, good)
@@ -148,14 +146,14 @@ def test_tune_path_rejects_bad_input_by_name():
 def test_closed_loop_fit_noises_equals_the_fit_on_the_subset_and_reports_the_rest():
   den, traj = testing.mixture_problem((8,), num_noises=16)
   path = oj.uniform_path(traj, 4)
-  train, hold = split.holdout_split(traj.batch_size, 0.25)
+  train, hold = oj.peers.holdout_split(traj.batch_size, 0.25)
   sched, info = oj.closed_loop_fit(traj, path, den, fit_noises=train)
   sub, sub_info = oj.closed_loop_fit(traj.take(train), path, den)
   chex.assert_trees_all_close(sched.weights, sub.weights, rtol=1e-6, atol=1e-9)
   np.testing.assert_allclose(info.step_errors, sub_info.step_errors, rtol=1e-6)
   np.testing.assert_allclose(info.holdout_errors[-1], _final_mse(den, sched, traj, hold),
                              rtol=F32_MSE_RTOL)
-  fit_fn = closed_loop_fit.final_errors_fn(traj, den, fit_noises=train)
+  fit_fn = oj.peers.final_errors_fn(traj, den, fit_noises=train)
   np.testing.assert_allclose(fit_fn(path), (info.step_errors[-1], info.holdout_errors[-1]),
                              rtol=1e-9)
   _, full = oj.closed_loop_fit(traj, path, den)

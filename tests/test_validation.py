@@ -424,3 +424,33 @@ def test_traced_validity_flags_agree_with_the_eager_checks():
                                            num_train_timesteps=1000, kind="flow"))
   for path, ok in (([0, 3, 5], True), ([0, 5, 3], False), ([1, 3, 5], False), ([0, 3, 10], False)):
     assert bool(jax.jit(validation.path_is_valid, static_argnums=1)(jnp.array(path), 10)) == ok
+
+
+@CASES
+@given(weird)
+def test_check_positive_and_check_choice_name_the_argument(value):
+  oracle_positive = (not isinstance(value, (str, dict, list, bool, type(None)))
+                     and np.ndim(value) == 0 and np.isfinite(float(value)) and float(value) > 0)
+  try:
+    out = validation.check_positive(value, "rate")
+  except VALIDATOR_ERRORS as e:
+    assert str(e).startswith("rate: ") and not oracle_positive, (value, e)
+  else:
+    assert oracle_positive and out == float(value) and isinstance(out, float)
+  allowed = ("mse", "log_mse")
+  try:
+    assert validation.check_choice(value, "loss", allowed) == value
+  except ValueError as e:
+    assert str(e).startswith("loss: ") and value not in allowed
+  else:
+    assert value in allowed
+
+
+def test_check_flow_teacher_refuses_a_vp_teacher_by_name():
+  assert validation.check_flow_teacher(oj.flow_teacher(4)) == 1000.0
+  try:
+    validation.check_flow_teacher(oj.ddim_teacher(ALPHAS, 4), name="traj", what="DS-Solver")
+  except ValueError as e:
+    assert str(e).startswith("traj: DS-Solver is for rectified-flow models"), e
+  else:
+    raise AssertionError("a VP teacher passed")

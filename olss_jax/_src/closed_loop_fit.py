@@ -363,6 +363,17 @@ def final_errors_fn(traj: trajectory_lib.Trajectory, denoise_fn, *, fit_noises,
   ``fit_noises``), for searches that score many paths of one length
   (`path_tuning.tune_path`). The exact teacher targets are kept between calls (at most
   `model_calls.CACHE_BYTES` of them), so a path that moves one step computes one new target.
+
+  Args:
+    traj: the teacher `Trajectory` (B fitting noises, K steps).
+    denoise_fn: ``(x_t (B, ...), t) -> e (B, ...)``, as for `closed_loop_fit`.
+    fit_noises: (m,) indices of the noises the weights are fitted on; the other B - m are
+      held out (as `closed_loop_fit`'s ``fit_noises``; `holdout_split` makes such a split).
+    regularization: as for `closed_loop_fit`.
+
+  Returns:
+    ``errors(path (n,) int) -> (float, float)``: the final state's mean square error on the
+    fitting noises and on the held-out ones (NaN when none is held out).
   """
   validation.check_model_data(traj)
   return _final_errors_fn(traj, denoise_fn, fit_noises=fit_noises,

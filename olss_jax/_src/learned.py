@@ -225,13 +225,7 @@ def rollout_loss(times, weights, denoise_fn, x_T, target, *, loss: str = "mse",
   """
   errors = per_sample_errors(times, weights, denoise_fn, x_T, target)
   mask = jnp.ones_like(errors) if mask is None else jnp.asarray(mask, errors.dtype)
-  return reduce_errors(errors, mask, check_loss(loss))
-
-
-def check_loss(loss, name: str = "loss", allowed=LOSSES) -> str:
-  if loss not in allowed:
-    raise ValueError(f"{name}: expected one of {allowed}, got {loss!r}")
-  return loss
+  return reduce_errors(errors, mask, validation.check_choice(loss, "loss", LOSSES))
 
 
 def _rates(learning_rate) -> tuple[float, ...]:
@@ -304,8 +298,8 @@ def _train(denoise_fn, traj, param, params0, start, *, loss: str = DEFAULT_LOSS,
            data: dict | None = None, jit: bool = True, t_start: float | None = None):
   """`train` on a checked trajectory (the core that trusts it; its options are checked)."""
   t_start = time.perf_counter() if t_start is None else t_start
-  loss = check_loss(loss)
-  criterion = check_loss(criterion, "criterion", CRITERIA)
+  loss = validation.check_choice(loss, "loss", LOSSES)
+  criterion = validation.check_choice(criterion, "criterion", CRITERIA)
   num_iters = validation.check_count(num_iters, "num_iters", minimum=0)
   if patience is not None:
     patience = validation.check_count(patience, "patience")
@@ -472,8 +466,7 @@ def _learn_schedule(denoise_fn, traj, schedule, *, learn_times: bool = True,
                     patience: int | None = DEFAULT_PATIENCE, optimizer=optax.adam,
                     jit: bool = True):
   """`learn_schedule` of a checked trajectory and schedule (the core that trusts them)."""
-  if not np.isfinite(time_scale) or time_scale <= 0:
-    raise ValueError(f"time_scale: expected a finite value > 0, got {time_scale!r}")
+  time_scale = validation.check_positive(time_scale, "time_scale")
   n = schedule.num_steps
   times0 = np.asarray(schedule.timesteps)
   grid = None
@@ -565,7 +558,8 @@ def _fit_e2e(traj, num_steps: int, denoise_fn, *, starts=DEFAULT_E2E_STARTS,
   starts = tuple(starts)
   if not starts or any(s not in E2E_STARTS for s in starts):
     raise ValueError(f"starts: expected names from {E2E_STARTS}, got {starts!r}")
-  criterion = check_loss(learn_kwargs.get("criterion", "rmse"), "criterion", CRITERIA)
+  criterion = validation.check_choice(learn_kwargs.get("criterion", "rmse"), "criterion",
+                                        CRITERIA)
   train_idx, hold_idx = split_noises(traj.batch_size, holdout)
   if hold_idx.size == 0:
     raise ValueError("holdout: olss-e2e validates on held-out fitting noises (got none)")

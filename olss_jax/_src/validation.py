@@ -59,6 +59,39 @@ check_alphas_cumprod = noise.check_alphas_cumprod
 check_teacher = teacher_lib.check_teacher
 
 
+def check_choice(value, name: str, allowed) -> str:
+  """Checks that ``value`` is one of ``allowed`` (a loss, a criterion, an init's name)."""
+  if value not in allowed:
+    raise ValueError(f"{name}: expected one of {tuple(allowed)}, got {value!r}")
+  return value
+
+
+def check_positive(value, name: str) -> float:
+  """Checks a finite real ``value > 0`` (a scale, a rate); returns it as a Python float."""
+  try:
+    if isinstance(value, (str, bytes, bool, np.bool_)) or np.ndim(value) != 0:
+      raise TypeError
+    out = float(value)
+  except (TypeError, ValueError):
+    raise TypeError(f"{name}: expected a finite number > 0, got {value!r:.80}") from None
+  if not np.isfinite(out) or out <= 0:
+    raise ValueError(f"{name}: expected a finite value > 0, got {value!r}")
+  return out
+
+
+def check_flow_teacher(teacher, *, name: str = "traj", what: str = "this method") -> float:
+  """Checks a rectified-flow teacher (velocity prediction); returns its time scale T.
+
+  Raises:
+    ValueError: naming ``name`` when the teacher is of another kind (``what`` says who needs
+      a flow model).
+  """
+  if teacher_lib.KINDS[teacher.kind].process != "flow":
+    raise ValueError(f"{name}: {what} is for rectified-flow models (a 'flow' teacher, "
+                     f"velocity prediction); got a {teacher.kind!r} teacher")
+  return float(teacher.config.get("num_train_timesteps", 1000))
+
+
 def check_num_steps(num_steps, num_teacher_steps, *, name: str = "num_steps") -> int:
   """Checks a step count n: an int with ``1 <= n <= num_teacher_steps`` (paper Alg. 1's n).
 

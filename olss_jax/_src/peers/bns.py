@@ -36,6 +36,7 @@ from olss_jax._src import noise
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src import teacher as teacher_lib
 from olss_jax._src import trajectory as trajectory_lib
+from olss_jax._src import validation
 from olss_jax._src.baselines import levels as levels_lib
 from olss_jax._src.baselines import registry
 
@@ -169,8 +170,7 @@ def bns_init(teacher: teacher_lib.Teacher, num_steps: int, *, init: str = "euler
     triangular) at the realised float32 times and their levels.
   """
   n = noise.check_count(num_steps, "num_steps")
-  if init not in INITS:
-    raise ValueError(f"init: expected one of {INITS}, got {init!r}")
+  init = validation.check_choice(init, "init", INITS)
   if init == "midpoint" and n < 2:
     raise ValueError("num_steps: the midpoint init needs at least 2 calls")
   kind = teacher_lib.KINDS[teacher.kind]
@@ -266,8 +266,7 @@ def bns_parametrisation(teacher: teacher_lib.Teacher, num_steps: int, *, init: s
     (in ``dtype``), the arrays its ``build`` reads (the VP table) and the start as a float64
     `Schedule` (`start_schedule`).
   """
-  if not np.isfinite(time_scale) or time_scale <= 0:
-    raise ValueError(f"time_scale: expected a finite value > 0, got {time_scale!r}")
+  time_scale = validation.check_positive(time_scale, "time_scale")
   a, b, times, _ = bns_init(teacher, num_steps, init=init, alphas_cumprod=alphas_cumprod)
   n = times.shape[0]
   flow = teacher_lib.KINDS[teacher.kind].process == "flow"

@@ -34,6 +34,7 @@ from olss_jax._src import noise
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src import teacher as teacher_lib
 from olss_jax._src import trajectory as trajectory_lib
+from olss_jax._src import validation
 
 
 def ds_solver_weights(dt, c):
@@ -72,14 +73,6 @@ class DsSolverParametrisation:
     rows, cols = np.tril_indices(n, -1)
     c = jnp.zeros((n, n), times.dtype).at[rows, cols].set(params["c"])
     return times, ds_solver_weights(s[1:] - s[:-1], c)
-
-
-def check_flow(teacher: teacher_lib.Teacher) -> float:
-  """T of a rectified-flow teacher; a clear error for any other kind."""
-  if teacher_lib.KINDS[teacher.kind].process != "flow":
-    raise ValueError(f"traj: DS-Solver is for rectified-flow models (a 'flow' teacher, "
-                     f"velocity prediction); got a {teacher.kind!r} teacher")
-  return float(teacher.config.get("num_train_timesteps", 1000))
 
 
 def ds_solver_schedule(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
@@ -133,11 +126,12 @@ def ds_solver_parametrisation(teacher: teacher_lib.Teacher, num_steps: int, *,
     ``(param, params0, start)``: a `DsSolverParametrisation`, its parameters at the paper's
     initialisation (c = 0, equal logits: flow Euler on uniform times; n + n (n - 1) / 2 of
     them) in ``dtype`` and that start as a float64 `Schedule` (`initial_schedule`).
+    ``params0`` is ``{"c": (n (n - 1) / 2,), "u": (n,)}``; ``param.build(params, {})``
+    returns ``(times (n,), weights (n, n + 1))``.
   """
-  scale = check_flow(teacher)
+  scale = validation.check_flow_teacher(teacher, what="DS-Solver")
   n = noise.check_count(num_steps, "num_steps")
-  if not np.isfinite(time_scale) or time_scale <= 0:
-    raise ValueError(f"time_scale: expected a finite value > 0, got {time_scale!r}")
+  time_scale = validation.check_positive(time_scale, "time_scale")
   first = float(np.asarray(teacher.timesteps, np.float64)[0])
   final = float(np.asarray(teacher.levels, np.float64)[-1]) * scale
   param = DsSolverParametrisation(n, learned.TimeGrid(first, final), scale, float(time_scale))
@@ -147,7 +141,7 @@ def ds_solver_parametrisation(teacher: teacher_lib.Teacher, num_steps: int, *,
 
 def initial_schedule(teacher: teacher_lib.Teacher, num_steps: int) -> schedule_lib.Schedule:
   """DS-Solver's start as a float64 `Schedule`: flow Euler on n uniform times from the first."""
-  scale = check_flow(teacher)
+  scale = validation.check_flow_teacher(teacher, what="DS-Solver")
   first = float(np.asarray(teacher.timesteps, np.float64)[0])
   final = float(np.asarray(teacher.levels, np.float64)[-1]) * scale
   times = (first - (first - final) * np.arange(num_steps) / num_steps).astype(np.float32)

@@ -67,8 +67,17 @@ class Ld3Info(NamedTuple):
   num_model_calls: int
 
 
-def _level_fn(teacher: teacher_lib.Teacher, alphas_cumprod):
-  """Continuous t -> the kind's level (alpha_bar for VP, s for the flow)."""
+def level_fn(teacher: teacher_lib.Teacher, alphas_cumprod=None):
+  """Continuous t -> the kind's level (alpha_bar for VP, s for the flow): `dpm_solver_pp_2m`'s.
+
+  Args:
+    teacher: the model's `Teacher` (its kind; a flow's ``num_train_timesteps``).
+    alphas_cumprod: (T,) the VP model's alpha_bar table (unused for a flow).
+
+  Returns:
+    ``t -> level``: (n,) float times to (n,) levels (`noise.alpha_bar_at` on the table; for a
+    flow ``t / T`` clamped below 1), differentiable in t.
+  """
   kind = teacher_lib.KINDS[teacher.kind]
   if kind.process == "flow":
     scale = float(teacher.config.get("num_train_timesteps", 1000))
@@ -165,7 +174,7 @@ def ld3_schedule(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
   gaps = np.append(-np.diff(start), start[-1] - t_min) / (t_max - t_min)
   if start.shape != (n,) or np.any(gaps <= 0):
     raise ValueError(f"default_timesteps: expected {n} decreasing times in ({t_min}, {t_max}]")
-  level_fn = _level_fn(teacher, alphas_cumprod)
+  levels_of = level_fn(teacher, alphas_cumprod)
   final_level = float(np.asarray(teacher.levels)[-1])
   x_T = jnp.asarray(traj.x_T)
   with jax.enable_x64(True):
@@ -199,7 +208,7 @@ def ld3_schedule(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
 
   def per_sample(params, x0, data):
     times, inputs = times_of(params)
-    out = dpm_solver_pp_2m(data["f"], x0, times, inputs, level_fn, kind, final_level)
+    out = dpm_solver_pp_2m(data["f"], x0, times, inputs, levels_of, kind, final_level)
     return jnp.mean(((out - data["target"]) ** 2).reshape(x0.shape[0], -1), axis=1)
 
   def loss_fn(params, data):
