@@ -1,4 +1,8 @@
-"""Held-out comparison of schedulers against the teacher (the paper's Table 1 / Figure 4 protocol)."""
+"""Held-out comparison of schedulers against the teacher (the paper's Table 1 / Figure 4 protocol).
+
+``DEFAULT_MAX_EVALUATIONS``: the coordinate searches' default budget (candidate paths scored at
+most by ``olss-ft`` and the tuned peers), what ``default_methods(max_evaluations=...)`` uses.
+"""
 from olss_jax._src.compare import (
     Comparison,
     ComparisonModel,
@@ -13,9 +17,10 @@ from olss_jax._src.compare import (
     per_sample_rmse,
     run_comparison,
 )
+from olss_jax._src.fit_olss import DEFAULT_MAX_EVALUATIONS
 from olss_jax._src.shipped_models import EMBEDDED_MODELS, embedded_model
 
-__all__ = ["Comparison", "ComparisonModel", "EMBEDDED_MODELS", "FitContext", "PEERS",
-           "analytic_comparison_model", "baseline_for", "default_methods",
-           "draw_noises", "embedded_model", "format_markdown", "mean_interval",
-           "per_sample_rmse", "run_comparison"]
+__all__ = ["Comparison", "ComparisonModel", "DEFAULT_MAX_EVALUATIONS", "EMBEDDED_MODELS",
+           "FitContext", "PEERS", "analytic_comparison_model", "baseline_for",
+           "default_methods", "draw_noises", "embedded_model", "format_markdown",
+           "mean_interval", "per_sample_rmse", "run_comparison"]

@@ -1,4 +1,8 @@
-"""Stable Diffusion on diffusers' Flax classes: prompts in, OLSS images out, under jax.jit."""
+"""Stable Diffusion on diffusers' Flax classes: prompts in, OLSS images out, under jax.jit.
+
+``noise_config_from_dict``: a `NoiseConfig` from a diffusers scheduler config dict (the parsed
+``scheduler_config.json``; `read_noise_config` reads the file).
+"""
 from olss_jax._src.stable_diffusion.collect import (
     SDTeacher,
     collect_sd_to_directory,
@@ -10,7 +14,11 @@ from olss_jax._src.stable_diffusion.denoiser import prediction_to_epsilon, sd_de
 from olss_jax._src.stable_diffusion.generate import decode_latents, generate
 from olss_jax._src.stable_diffusion.loading import load_stable_diffusion
 from olss_jax._src.stable_diffusion.model import ModelInfo, StableDiffusion
-from olss_jax._src.stable_diffusion.noise_config import NoiseConfig, read_noise_config
+from olss_jax._src.stable_diffusion.noise_config import (
+    NoiseConfig,
+    noise_config_from_dict,
+    read_noise_config,
+)
 from olss_jax._src.stable_diffusion.provenance import check_schedule_for
 from olss_jax._src.stable_diffusion.text import encode_prompts, tokenize
 from olss_jax._src.tiny_pipeline import save_tiny_stable_diffusion
@@ -18,5 +26,5 @@ from olss_jax._src.tiny_pipeline import save_tiny_stable_diffusion
 __all__ = ["ModelInfo", "NoiseConfig", "SDTeacher", "StableDiffusion", "check_schedule_for",
            "collect_sd_to_directory", "collect_sd_trajectory", "decode_latents",
            "encode_prompts", "fit_sd_schedule", "generate", "load_sd_teacher",
-           "load_stable_diffusion", "prediction_to_epsilon", "read_noise_config",
-           "save_tiny_stable_diffusion", "sd_denoiser", "tokenize"]
+           "load_stable_diffusion", "noise_config_from_dict", "prediction_to_epsilon",
+           "read_noise_config", "save_tiny_stable_diffusion", "sd_denoiser", "tokenize"]

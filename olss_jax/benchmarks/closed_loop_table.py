@@ -23,7 +23,6 @@ import argparse
 import time
 
 import olss_jax as oj
-from olss_jax._src.path_tuning import DEFAULT_MAX_EVALUATIONS
 
 MODELS = ("analytic", "analytic-flow", "analytic-latent", "digits", "digits-flow", "mnist")
 DEFAULT_MODELS = ("analytic", "analytic-flow")
@@ -53,7 +52,7 @@ def run(small: bool = False, models=None, steps=None, num_eval=None, num_fit=Non
   num_fits = num_fit or ((8,) if small else (32,))
   num_eval = num_eval or (16 if small else 256)
   k = num_teacher_steps or (50 if small else 1000)
-  budget = max_evaluations or (20 if small else DEFAULT_MAX_EVALUATIONS)
+  budget = max_evaluations or (20 if small else oj.compare.DEFAULT_MAX_EVALUATIONS)
   rows = []
   for name in models:
     model = oj.compare.embedded_model(name)

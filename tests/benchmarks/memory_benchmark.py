@@ -1,18 +1,22 @@
 """Bounded memory: fitting on many Stable-Diffusion-sized trajectories, streamed in chunks.
 
-Each chunk of images is generated (synthetic teacher of `olss_jax._src.synthetic`, 4x64x64
-latents, 1000 teacher steps; the per-step noise drawn from a pool of 16 fields per image so
-that generating 1,024 images is cheap), folded into the statistics and dropped, so memory is
-one chunk plus the statistics whatever the number of images. Two modes:
+A developer script, run from a clone (not shipped in the wheel): ``--mode fit`` streams the
+chunks through private TSQR pieces of ``olss_jax._src`` that no public function offers.
+
+Each chunk of images is generated (the synthetic teacher
+`olss_jax.testing.synthetic_trajectory`, 4x64x64 latents, 1000 teacher steps; the per-step
+noise drawn from a pool of 16 fields per image so that generating 1,024 images is cheap),
+folded into the statistics and dropped, so memory is one chunk plus the statistics whatever
+the number of images. Two modes:
 
   --mode fit    (default) the fit on a fixed path (OLSS-P, n = 10): the streamed float64
                 QR (TSQR, `jnp.linalg.qr`) of the 2n + 1 columns [x_T, e_path, targets],
                 then the nested solves: the weights of Eq. 12 on all images.
-  --mode stats  the full (K + 1)^2 Gram statistics (`accumulate_stats`), which also serve the
-                path search; reports the per-image cost.
+  --mode stats  the full (K + 1)^2 Gram statistics (`olss_jax.stats.stats_from_chunks`), which
+                also serve the path search; reports the per-image cost.
 
-  python -m olss_jax.benchmarks.memory_benchmark --images 1024 --chunk 4            # fit, 1,024 images
-  python -m olss_jax.benchmarks.memory_benchmark --mode stats --images 64 --chunk 4
+  python tests/benchmarks/memory_benchmark.py --images 1024 --chunk 4            # fit, 1,024 images
+  python tests/benchmarks/memory_benchmark.py --mode stats --images 64 --chunk 4
 
 Peak memory is the process's peak RSS (``resource.getrusage``, Linux KiB).
 """
@@ -23,17 +27,13 @@ import os
 import resource
 import time
 
-import numpy as np
-
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from olss_jax._src import linalg  # pylint: disable=wrong-import-position
-from olss_jax._src import regression  # pylint: disable=wrong-import-position
-from olss_jax._src import search  # pylint: disable=wrong-import-position
-from olss_jax._src import stats as stats_lib  # pylint: disable=wrong-import-position
-from olss_jax._src import synthetic  # pylint: disable=wrong-import-position
+import olss_jax as oj
+from olss_jax._src import linalg  # the streamed TSQR pieces: private, no public equivalent
+from olss_jax._src import regression
 
 
 def peak_rss_gib() -> float:
@@ -50,7 +50,7 @@ def chunks(num_images, chunk, sample_shape, k, log_every):
   t0 = time.perf_counter()
   for start in range(0, num_images, chunk):
     idx = range(start, min(start + chunk, num_images))
-    yield synthetic.synthetic_trajectory(idx, sample_shape, k, noise=0.002, noise_pool=16)
+    yield oj.testing.synthetic_trajectory(idx, sample_shape, k, noise=0.002, noise_pool=16)
     done = idx[-1] + 1
     if done % log_every == 0 or done == num_images:
       print(f"  {done} images, {time.perf_counter() - t0:.0f} s, peak RSS "
@@ -59,7 +59,7 @@ def chunks(num_images, chunk, sample_shape, k, log_every):
 
 def run_fit(num_images, chunk, sample_shape=(4, 64, 64), k=1000, n=10, log_every=64):
   """Eq. 12 on a fixed path, streamed: each chunk's (2n + 1)^2 factor merged by TSQR."""
-  path = jnp.asarray(search.uniform_path(k, n))
+  path = jnp.asarray(oj.uniform_path(k, n))
   with jax.enable_x64(True):
     r = jnp.zeros((2 * n + 1, 2 * n + 1), jnp.float64)
     for c in chunks(num_images, chunk, sample_shape, k, log_every):
@@ -70,8 +70,8 @@ def run_fit(num_images, chunk, sample_shape=(4, 64, 64), k=1000, n=10, log_every
 
 
 def run_stats(num_images, chunk, sample_shape=(4, 64, 64), k=1000, n=10, log_every=16):
-  st = stats_lib.stats_from_chunks(chunks(num_images, chunk, sample_shape, k, log_every))
-  path, info = search.search_path(st, n)
+  st = oj.stats.stats_from_chunks(chunks(num_images, chunk, sample_shape, k, log_every))
+  path, info = oj.search_path(st, n)
   return st, path, info
 
 

@@ -1,5 +1,8 @@
 """What the teacher's progress bar costs: chunked collection with a tqdm bar vs one jitted scan.
 
+A developer script, run from a clone (not shipped in the wheel): it measures the CLI's private
+progress bar (``olss_jax._src.progress``).
+
 The CLI collects the teacher (1000 model calls) in jitted chunks of ``--steps-per-chunk``
 steps and advances a tqdm bar between chunks. This times, on the embedded default model
 (digits if installed, else the analytic mixture), after a warm-up run that compiles:
@@ -11,9 +14,9 @@ steps and advances a tqdm bar between chunks. This times, on the embedded defaul
 and reports the overhead of the bar against the single scan (the issue's bound: < 5%).
 
 Usage:
-  python -m olss_jax.benchmarks.progress_overhead                  # K = 1000, B = 32, c = 50
-  python -m olss_jax.benchmarks.progress_overhead --model digits-random   # before the weights ship
-  python -m olss_jax.benchmarks.progress_overhead --model analytic --batch 8 --repeats 3
+  python tests/benchmarks/progress_overhead.py                  # K = 1000, B = 32, c = 50
+  python tests/benchmarks/progress_overhead.py --model digits-random   # before the weights ship
+  python tests/benchmarks/progress_overhead.py --model analytic --batch 8 --repeats 3
 """
 from __future__ import annotations
 
@@ -24,17 +27,16 @@ import time
 
 import jax
 
-import olss_jax as oj  # noqa: E402  pylint: disable=wrong-import-position
-from olss_jax._src import model as model_lib  # noqa: E402  pylint: disable=wrong-import-position
-from olss_jax._src import progress  # noqa: E402  pylint: disable=wrong-import-position
-from olss_jax._src.digits import model as digits  # noqa: E402  pylint: disable=wrong-import-position
+import olss_jax as oj
+from olss_jax._src import progress  # the CLI's bar: private, what this script measures
+from olss_jax._src.digits.model import UNET_CONFIG, init_params  # random weights: private
 
 
 def _digits_random():
   """The digits model's architecture with random weights (timing does not need trained ones)."""
-  net = digits.DigitsModel(params=digits.init_params(jax.random.key(0)),
-                           config={"unet": dict(digits.UNET_CONFIG)})
-  return model_lib.ComparisonModel(
+  net = oj.digits.DigitsModel(params=init_params(jax.random.key(0)),
+                              config={"unet": dict(UNET_CONFIG)})
+  return oj.compare.ComparisonModel(
       name="digits-unet-architecture (random weights)", alphas_cumprod=net.alphas_cumprod,
       sample_shape=tuple(net.sample_shape),
       denoiser=lambda labels: net.denoiser(labels, guidance_scale=2.0),
