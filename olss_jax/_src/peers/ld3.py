@@ -33,10 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from olss_jax._src import learned
 from olss_jax._src import noise
-from olss_jax._src import regression
 from olss_jax._src import schedule as schedule_lib
-from olss_jax._src import sharding as sharding_lib
 from olss_jax._src import split
 from olss_jax._src import teacher as teacher_lib
 from olss_jax._src import trajectory as trajectory_lib
@@ -177,12 +176,7 @@ def ld3_schedule(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
   levels_of = level_fn(teacher, alphas_cumprod)
   final_level = float(np.asarray(teacher.levels)[-1])
   x_T = jnp.asarray(traj.x_T)
-  with jax.enable_x64(True):
-    target = regression.teacher_states(traj, [traj.num_teacher_steps])[0]
-  if sharding_lib.is_global(target):   # spans processes: reshaped where it lives
-    target = target.reshape(x_T.shape).astype(x_T.dtype)
-  else:
-    target = jnp.asarray(np.asarray(target).reshape(x_T.shape), x_T.dtype)
+  target = learned.final_target(traj)
   train, hold = split.holdout_split(traj.batch_size, holdout)
   fit_mask = jnp.zeros(traj.batch_size, x_T.dtype).at[jnp.asarray(train)].set(1.0)
   hold_mask = 1.0 - fit_mask
