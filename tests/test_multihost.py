@@ -27,10 +27,12 @@ TIMES_RTOL = 1e-5
 SAMPLE_ATOL = 5e-5
 TIMEOUT_S = 600
 
-# OLSS's methods through `fit_olss`; then refinement and the peers (olss-e2e: see the
-# README, "Many hosts"; `learned.final_target` still pulls the sharded target to one host).
+# OLSS's methods through `fit_olss`; then refinement and the peers; then the fits trained
+# end to end (their engine, `learned.train`: olss-e2e as `fit_olss` runs it, BNS for 5 steps;
+# DS-Solver needs a flow model and shares the engine and its sharding with BNS).
 OLSS_METHODS = ("olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft")
 OTHER_METHODS = ("refine", "tuned-dpm_solver_pp", "gits-dpm_solver_pp", "ld3-dpm_solver_pp")
+LEARNED_METHODS = ("olss-e2e", "bns")
 
 _WORKER = r"""
 import json, os, sys, time, traceback
@@ -67,10 +69,12 @@ fits = {
     "gits-dpm_solver_pp": lambda: peers.gits_schedule(traj, n, build),
     "ld3-dpm_solver_pp": lambda: peers.ld3_schedule(traj, n, den, alphas_cumprod=alphas,
                                                     num_iters=3)[0],
+    "olss-e2e": lambda: oj.fit_olss(traj, n, denoise_fn=den, method="olss-e2e"),
+    "bns": lambda: peers.bns_schedule(traj, n, den, alphas_cumprod=alphas, num_iters=5)[0],
 }
 out = {"devices": len(jax.devices()), "local_devices": len(jax.local_devices()),
        "traj_shards": [list(s.data.shape) for s in traj.model_outputs.addressable_shards],
-       "schedules": {}, "errors": {}, "seconds": {}}
+       "schedules": {}, "fit": {}, "errors": {}, "seconds": {}}
 fitted = {}
 for name in sys.argv[5].split(","):
   start = time.time()
@@ -79,6 +83,7 @@ for name in sys.argv[5].split(","):
     out["schedules"][name] = {"timesteps": np.asarray(sched.timesteps, np.float64).tolist(),
                               "weights": np.asarray(sched.weights, np.float64).tolist(),
                               "path": sched.metadata.get("path")}
+    out["fit"][name] = [sched.metadata.get("fit"), sched.metadata.get("learn_iterations")]
   except Exception as error:  # reported, so that every method's failure shows at once
     traceback.print_exc()
     out["errors"][name] = repr(error)[:500]
@@ -158,7 +163,8 @@ def _check_schedules(results, methods):
 def results(tmp_path_factory):
   """One launch of the three processes for every method (each launch imports the library and
   compiles the teacher anew: one launch instead of two saves a third of the file's time)."""
-  return _run_all(tmp_path_factory.mktemp("multihost"), OLSS_METHODS + OTHER_METHODS, "sample")
+  return _run_all(tmp_path_factory.mktemp("multihost"),
+                  OLSS_METHODS + OTHER_METHODS + LEARNED_METHODS, "sample")
 
 
 def test_olss_fits_sample_and_save_across_two_processes(results):
@@ -179,3 +185,12 @@ def test_olss_fits_sample_and_save_across_two_processes(results):
 
 def test_refine_and_peers_across_two_processes(results):
   _check_schedules(results, OTHER_METHODS)
+
+
+def test_fits_trained_end_to_end_across_two_processes(results):
+  """Both trained in every process (olss-e2e's safeguard kept its closed-loop start on this
+  problem after its training runs; BNS moved from its start: trained weights compared)."""
+  _check_schedules(results, LEARNED_METHODS)
+  for result in results:
+    (_, e2e_iterations), (bns_fit, bns_iterations) = (result["fit"][m] for m in LEARNED_METHODS)
+    assert e2e_iterations > 0 and bns_fit == "end_to_end" and bns_iterations > 0, result["fit"]
