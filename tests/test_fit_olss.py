@@ -109,8 +109,9 @@ def test_too_few_fitting_noises_are_refused_with_the_minimum_and_few_warn():
   # one noise of 8 elements cannot determine the 10 weights of a 9-step schedule's last row
   with pytest.raises(ValueError, match="equations"):
     oj.fit_olss(traj.take(np.arange(1)), 9, method="olss-p")
-  with pytest.warns(oj.validation.FewFitNoisesWarning, match="4 fitting noises"):
+  with pytest.warns(oj.validation.FewFitNoisesWarning, match="4 fitting noises") as caught:
     sched = oj.fit_olss(traj.take(np.arange(4)), 3, denoise_fn=den, max_evaluations=3)
+  assert [w.filename for w in caught] == [__file__]   # the user's line, not the library's
   assert sched.metadata["num_fit_images"] == 4 and sched.metadata["method"] == "olss-ft"
   with warnings.catch_warnings():
     warnings.simplefilter("error", oj.validation.FewFitNoisesWarning)

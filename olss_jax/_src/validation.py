@@ -19,6 +19,8 @@ bottom layer (`noise.check_count`, the one integer checker; `noise.check_alphas_
 """
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 import jax
@@ -57,6 +59,18 @@ def _is_traced(x) -> bool:
 check_count = noise.check_count              # olss_jax's one integer checker
 check_alphas_cumprod = noise.check_alphas_cumprod
 check_teacher = teacher_lib.check_teacher
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def user_stacklevel() -> int:
+  """The ``stacklevel`` for `warnings.warn` (called from the warning's caller) that names the
+  first frame outside the olss_jax package: the user's line, however deep the library call."""
+  frame, level = sys._getframe(1), 1   # pylint: disable=protected-access
+  while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    frame, level = frame.f_back, level + 1
+  return level
 
 
 def check_choice(value, name: str, allowed) -> str:
@@ -308,7 +322,7 @@ def check_fit_noise_count(traj, num_steps: int, *, method: str, minimum: int,
   if b < recommended:
     warnings.warn(f"fit_olss: {b} fitting noises; at least {recommended} are "
                   "recommended (the paper fits on 32), fewer overfit them",
-                  FewFitNoisesWarning, stacklevel=3)
+                  FewFitNoisesWarning, stacklevel=user_stacklevel())
 
 
 def check_timesteps(timesteps, num_train_timesteps: int, *, name: str = "timesteps",
