@@ -73,8 +73,9 @@ PEERS: dict[str, tuple[str, str]] = {
     "tuned-dpm_solver_pp": ("dpm_solver_pp", "tuned"),
     "tuned-unipc": ("unipc", "tuned"),
     "ld3-dpm_solver_pp": ("dpm_solver_pp", "ld3"),
-    # every weight and the times trained on the final error (`peers.bns`, `peers.ds_solver`;
-    # their starting solver is Euler); DS-Solver is for flow models only
+    # every weight and the times trained on the final error (`peers.bns`, from the midpoint
+    # solver; `peers.ds_solver`, from flow Euler; "euler" here only says which kinds offer
+    # them: every kind); DS-Solver is for flow models only
     "bns": ("euler", "bns"),
     "ds-solver": ("euler", "ds-solver"),
 }
