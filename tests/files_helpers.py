@@ -1,7 +1,27 @@
 """Shared by the file-format tests: the digests as the file format's docstring (`_src/files.py`)
-defines them, written independently of the module (the oracle the files are checked against)."""
+defines them, written independently of the module (the oracle the files are checked against),
+and the DDIM teacher the stored trajectories carry."""
 import hashlib
 import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import olss_jax as oj
+
+ALPHAS = np.asarray(oj.scaled_linear_alphas_cumprod(), np.float64)
+
+
+def ddim_teacher(k, ts_dtype=np.int32, config=None, *, offset=0.5):
+  """A k-step DDIM `Teacher` of Stable Diffusion's table, its timesteps stored as ``ts_dtype``
+  (float timesteps moved by ``offset`` so that they are not whole) and float64 levels."""
+  timesteps = oj.baselines.ddim_timesteps(k)
+  levels = np.concatenate([ALPHAS[timesteps], [1.0]])
+  if np.dtype(ts_dtype).kind == "f":
+    timesteps = (timesteps + offset).astype(ts_dtype)
+  with jax.enable_x64(True):
+    return oj.Teacher(timesteps, jnp.asarray(levels, jnp.float64), "ddim", config)
 
 
 def spec_digests(header, data):

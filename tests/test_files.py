@@ -46,11 +46,7 @@ def _random_schedule(seed, n, metadata=None, float_timesteps=False):
 
 
 def _teacher(k, ts_dtype=np.int32, config=None):
-  timesteps = noise.ddim_timesteps(k)
-  levels = np.concatenate([ALPHAS[timesteps], [1.0]])
-  if np.dtype(ts_dtype).kind == "f":
-    timesteps = (timesteps + 0.25).astype(ts_dtype)
-  return teacher_lib.Teacher(timesteps, teacher_lib.as_float64(levels), "ddim", config)
+  return files_helpers.ddim_teacher(k, ts_dtype, config, offset=0.25)
 
 
 def _with_odd_values(arr):

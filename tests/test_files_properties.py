@@ -80,11 +80,7 @@ def _schedule(n, seed, float_timesteps=False, metadata=None):
 
 
 def _teacher(k, ts_dtype=np.int32, config=None):
-  timesteps = noise.ddim_timesteps(k)
-  levels = np.concatenate([ALPHAS[timesteps], [1.0]])
-  if np.dtype(ts_dtype).kind == "f":
-    timesteps = (timesteps + 0.5).astype(ts_dtype)
-  return teacher_lib.Teacher(timesteps, teacher_lib.as_float64(levels), "ddim", config)
+  return files_helpers.ddim_teacher(k, ts_dtype, config, offset=0.5)
 
 
 def _trajectory(k, b, seed, dtype=np.float32, ts_dtype=np.int32):
