@@ -32,7 +32,7 @@ def test_default_is_the_paper_without_a_model_and_the_tuned_closed_loop_with_one
   assert capped.metadata["tune_evaluations"] <= 2
 
 
-# olss-e2e learns float times and records its own facts: tests/test_learned.py
+# olss-e2e learns float times and records its own facts: tests/test_e2e.py
 @pytest.mark.parametrize("method", [m for m in oj.METHODS if m != "olss-e2e"])
 def test_every_method_records_how_it_was_made(method):
   den, traj = testing.mixture_problem()

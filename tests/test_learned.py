@@ -1,5 +1,4 @@
-"""olss_jax.learn_schedule's engine (learned.py): weights and continuous times end to end,
-and olss-e2e."""
+"""olss_jax.learn_schedule's engine (learned.py): weights and continuous times end to end."""
 import functools
 
 import chex
@@ -160,27 +159,6 @@ def test_jit_and_eager_agree_and_the_update_is_traced_once(monkeypatch):
   assert ia.start_holdout_error == pytest.approx(ib.start_holdout_error, rel=F32_RTOL)
 
 
-def test_olss_e2e_starts_from_the_better_closed_loop_fit_and_records_its_diagnostics():
-  den, traj = _vp()
-  sched = oj.fit_olss(traj, 3, denoise_fn=den, method="olss-e2e")
-  meta = sched.metadata
-  assert meta["method"] == "olss-e2e" and meta["e2e_start"] in ("olss-p-cl", "olss-cl")
-  starts = meta["e2e_start_holdout"]
-  assert set(starts) == {"olss-p-cl", "olss-cl"}
-  assert starts[meta["e2e_start"]] == min(starts.values())
-  assert meta["learn_start_holdout_error"] == pytest.approx(starts[meta["e2e_start"]], rel=1e-5)
-  assert meta["learn_holdout_error"] <= meta["learn_start_holdout_error"]
-  assert meta["fit_model_calls"] > meta["learn_model_calls"] > 0 and meta["fit_seconds"] > 0
-  assert meta["learn_iterations"] >= 1 and meta["teacher"] == "ddim"
-  t = np.asarray(sched.timesteps)
-  assert np.all(np.diff(t) < 0) and t[0] == traj.timesteps[0] and t[-1] >= traj.timesteps[-1]
-  assert "olss-e2e" in oj.METHODS and oj.compare.default_methods(baselines=[])["olss-e2e"]
-  with pytest.raises(ValueError, match="refine"):
-    oj.fit_olss(traj, 3, denoise_fn=den, method="olss-e2e", refine=True)
-  with pytest.raises(ValueError, match="denoise_fn"):
-    oj.fit_olss(traj, 3, method="olss-e2e")
-
-
 def test_bad_arguments_are_named():
   den, traj = _vp()
   start, _ = oj.closed_loop_fit(traj, oj.uniform_path(traj, 2), den)
@@ -194,5 +172,3 @@ def test_bad_arguments_are_named():
     oj.learn_schedule(den, traj, np.zeros((2, 3)))
   with pytest.raises(TypeError, match="num_iters"):
     oj.learn_schedule(den, traj, start, num_iters=1.5)
-  with pytest.raises(ValueError, match="starts"):
-    learned.fit_e2e(traj, 2, den, starts=("olss",))

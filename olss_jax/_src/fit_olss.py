@@ -14,8 +14,9 @@ method          path                                                   weights
                 error is lower) tuned for the final error
                 (`path_tuning.tune_path`, validated on held-out fitting noises)
 ``olss-e2e``    continuous times trained with the weights on the       all of Eq. 12's span,
-                final error (`learned.fit_e2e`), from the better of    end to end
-                ``olss-p-cl`` / ``olss-cl`` on held-out fitting noises
+                final error (`e2e.fit_e2e`), from the better of        end to end
+                ``olss-p-cl`` / ``olss-cl`` and from the midpoint
+                solver; the better trained one on held-out noises
 ==============  =====================================================  ==================
 
 The paper's methods need only the trajectory (or its statistics); the closed-loop ones call
@@ -34,7 +35,7 @@ import numpy as np
 from olss_jax._src import closed_loop_fit
 from olss_jax._src import closed_loop_search
 from olss_jax._src import fit
-from olss_jax._src import learned
+from olss_jax._src import e2e
 from olss_jax._src import path_tuning
 from olss_jax._src import refine as refine_lib
 from olss_jax._src import schedule as schedule_lib
@@ -90,6 +91,7 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
              refine: bool = False, refine_kwargs: dict[str, Any] | None = None,
              uniform: bool | None = None,
              max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
+             e2e_kwargs: dict[str, Any] | None = None,
              progress: Callable[[str], None] | None = None) -> schedule_lib.Schedule:
   """Searches a path and fits its weights in one call: the library's front door to OLSS.
 
@@ -113,6 +115,8 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
     uniform: deprecated (0.1): with ``"paper"`` / ``"closed_loop"``, the uniform-path variant.
     max_evaluations: ``"olss-ft"``: the most candidate paths its search fits (n model calls on
       the B fitting noises each; `path_tuning.tune_path`).
+    e2e_kwargs: ``"olss-e2e"``: keyword arguments for `e2e.fit_e2e` (``starts``,
+      ``holdout`` and `learn_schedule`'s num_iters, learning_rate, loss, criterion, ...).
     progress: optional ``callback(message)`` called at each stage (path search, every
       candidate path ``"olss-ft"`` fits, the weights' fit, refinement): the default fit runs
       for seconds to minutes.
@@ -150,11 +154,14 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
                                    minimum=MIN_FIT_NOISES.get(method, 1),
                                    recommended=RECOMMENDED_FIT_NOISES, why=_why_minimum(method))
   say = progress or (lambda message: None)
-  if method == "olss-e2e":   # weights and times trained end to end (`learned.fit_e2e`)
+  if e2e_kwargs is not None and method != "olss-e2e":
+    raise ValueError(f"e2e_kwargs: only for method='olss-e2e', got method={method!r}")
+  if method == "olss-e2e":   # weights and times trained end to end (`e2e.fit_e2e`)
     if refine:
       raise ValueError("refine: method='olss-e2e' already trains its weights end to end")
-    say("olss-e2e: closed-loop least-squares starts, then end-to-end training")
-    return learned._fit_e2e(traj, num_steps, denoise_fn)  # pylint: disable=protected-access
+    say("olss-e2e: closed-loop least-squares and midpoint starts, trained end to end")
+    return e2e._fit_e2e(traj, num_steps, denoise_fn,  # pylint: disable=protected-access
+                        **(e2e_kwargs or {}))
   meta: dict[str, Any] = {}
   # pylint: disable=protected-access
   if method in ("olss-p", "olss-p-cl"):

@@ -18,8 +18,9 @@ times are continuous. This module is the one engine for all of them:
   mean per-sample RMSE (the comparison's metric) and stops a run after `DEFAULT_PATIENCE`
   steps without improvement; the start is returned unless an iterate is strictly better on
   the held-out part (the safeguard);
-* `learn_schedule` trains any `Schedule` this way; `fit_e2e` (``fit_olss(...,
-  method="olss-e2e")``) starts from the closed-loop least-squares fit that validates best.
+* `learn_schedule` trains any `Schedule` this way; ``fit_olss(..., method="olss-e2e")``
+  (`e2e.fit_e2e`) trains the least-squares start that validates best and the midpoint solver
+  and keeps the better.
 
 The update step is one `jax.jit` per call (the model, noises and targets are traced
 arguments, never baked-in constants), shared by every learning rate.
@@ -43,13 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from olss_jax._src import closed_loop_fit
-from olss_jax._src import closed_loop_search
-from olss_jax._src import path_tuning
 from olss_jax._src import regression
 from olss_jax._src import sampler
 from olss_jax._src import schedule as schedule_lib
-from olss_jax._src import search
 from olss_jax._src import sharding as sharding_lib
 from olss_jax._src import split
 from olss_jax._src import trajectory as trajectory_lib
@@ -63,8 +60,6 @@ DEFAULT_LEARNING_RATES = (1e-3, 1e-2)
 DEFAULT_TIME_SCALE = 10.0          # the times' logits move this much faster than the weights
 DEFAULT_PATIENCE = 200
 DEFAULT_HOLDOUT = 0.25
-E2E_STARTS = ("olss-p-cl", "olss-cl", "olss-ft")
-DEFAULT_E2E_STARTS = ("olss-p-cl", "olss-cl")
 _MIN_GAP = 1e-4                    # relative floor of a start's gap (a call at the grid's end)
 _TINY = 1e-30                      # log_mse: log(mse + tiny), finite for an exact sample
 
@@ -512,87 +507,3 @@ def holdout_criterion(schedule, denoise_fn, traj, hold_idx, criterion: str = "rm
   mask[hold_idx] = 1.0
   value = float(reduce_errors(errors, jnp.asarray(mask, errors.dtype), criterion))
   return value if np.isfinite(value) else np.inf
-
-
-def fit_e2e(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
-            starts=DEFAULT_E2E_STARTS, holdout=DEFAULT_HOLDOUT,
-            **learn_kwargs) -> schedule_lib.Schedule:
-  """``method="olss-e2e"``: the best closed-loop least-squares schedule, then `learn_schedule`.
-
-  The fitting noises are split once (`split.holdout_split`). Each start in ``starts`` is
-  fitted closed loop (`closed_loop_fit`, the cross-validated ridge) on the fit part only:
-  ``"olss-p-cl"`` on the uniform path, ``"olss-cl"`` on `closed_loop_search`'s path; the one
-  with the lower held-out criterion (mean per-sample RMSE) starts `learn_schedule` (times
-  and weights, the log loss), which validates on the same held-out part and keeps the start
-  unless an iterate beats it there. Neither the start nor the training fits the held-out
-  noises, so the validation errors are honest. ``"olss-ft"`` may be added to ``starts``; it
-  is not a default start: it costs hundreds of closed-loop fits (2-3x the whole of olss-e2e
-  on the 16-dim mixtures) and its tuned path was already chosen on this held-out part, so
-  its held-out error is optimistic against the others'.
-
-  Args:
-    traj: the teacher `Trajectory` (B >= 2 fitting noises).
-    num_steps: n model calls.
-    denoise_fn: the model the teacher ran.
-    starts: the least-squares candidates (names from `E2E_STARTS`).
-    holdout: the held-out fitting noises (`split.holdout_split`).
-    **learn_kwargs: `learn_schedule` options (num_iters, learning_rate, loss, ...).
-
-  Returns:
-    The `Schedule`; metadata ``method="olss-e2e"``, ``e2e_start`` (the start's method),
-    ``e2e_start_holdout`` ({start: held-out MSE}), ``path`` (the start's), the
-    `info_metadata` facts and ``fit_model_calls`` (search + fits + training).
-  """
-  t0 = time.perf_counter()
-  validation.check_model_data(traj)
-  n = validation.check_num_steps(num_steps, traj.num_teacher_steps)
-  return _fit_e2e(traj, n, denoise_fn, starts=starts, holdout=holdout, t0=t0, **learn_kwargs)
-
-
-def _fit_e2e(traj, num_steps: int, denoise_fn, *, starts=DEFAULT_E2E_STARTS,
-             holdout=DEFAULT_HOLDOUT, t0: float | None = None,
-             **learn_kwargs) -> schedule_lib.Schedule:
-  """`fit_e2e` on a checked trajectory and step count (the core that trusts them)."""
-  t0 = time.perf_counter() if t0 is None else t0
-  n = num_steps
-  starts = tuple(starts)
-  if not starts or any(s not in E2E_STARTS for s in starts):
-    raise ValueError(f"starts: expected names from {E2E_STARTS}, got {starts!r}")
-  criterion = validation.check_choice(learn_kwargs.get("criterion", "rmse"), "criterion",
-                                        CRITERIA)
-  train_idx, hold_idx = split_noises(traj.batch_size, holdout)
-  if hold_idx.size == 0:
-    raise ValueError("holdout: olss-e2e validates on held-out fitting noises (got none)")
-  calls, candidates, meta, searched = 0, {}, {}, None
-  for name in starts:
-    if name == "olss-p-cl":
-      path = search.uniform_path(traj, n)
-    elif searched is None:
-      path, sinfo = closed_loop_search._closed_loop_search(  # pylint: disable=protected-access
-          traj, n, denoise_fn)
-      calls += int(sinfo.num_model_calls)
-      meta["search_max_error"] = float(sinfo.max_error)
-      searched = path
-    if name == "olss-ft":
-      # the tuning's fit part is this split's (same holdout): its walk never sees the held-out
-      # targets, but its final choice did (so its held-out error is optimistic)
-      path, tinfo = path_tuning._tune_path(  # pylint: disable=protected-access
-          traj, searched, denoise_fn, holdout=holdout,
-          alternatives=[search.uniform_path(traj, n)])
-      calls += tinfo.num_model_calls
-    elif name == "olss-cl":
-      path = searched
-    sched, _ = closed_loop_fit._closed_loop_fit(  # pylint: disable=protected-access
-        traj, path, denoise_fn, fit_noises=train_idx)
-    calls += 2 * n                                  # the fit and its held-out evaluation
-    err = holdout_criterion(sched, denoise_fn, traj, hold_idx, criterion)
-    candidates[name] = (err, sched, np.asarray(path))
-  name = min(candidates, key=lambda k: candidates[k][0])
-  _, start, path = candidates[name]
-  start = start.with_metadata(method=name, path=path.tolist())
-  sched, info = _learn_schedule(denoise_fn, traj, start, holdout=holdout, **learn_kwargs)
-  meta.update(method="olss-e2e", e2e_start=name, path=path.tolist(),
-              e2e_start_holdout={k: float(v[0]) for k, v in candidates.items()},
-              fit_model_calls=calls + info.num_model_calls,
-              fit_seconds=time.perf_counter() - t0)
-  return sched.with_metadata(**meta)

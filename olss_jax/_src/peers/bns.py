@@ -47,8 +47,9 @@ def _flow_scale(teacher: teacher_lib.Teacher) -> float:
   return float(teacher.config.get("num_train_timesteps", 1000))
 
 
-def _table(teacher: teacher_lib.Teacher, alphas_cumprod):
-  """The VP model's alphas_cumprod (given, or read off a teacher of every timestep)."""
+def teacher_table(teacher: teacher_lib.Teacher, alphas_cumprod=None) -> np.ndarray:
+  """(T,) the VP model's alphas_cumprod: given (checked against the teacher's levels), or read
+  off a teacher of every training timestep; ValueError when neither."""
   return registry._teacher_table(teacher, alphas_cumprod)  # pylint: disable=protected-access
 
 
@@ -174,7 +175,7 @@ def bns_init(teacher: teacher_lib.Teacher, num_steps: int, *, init: str = "euler
   if init == "midpoint" and n < 2:
     raise ValueError("num_steps: the midpoint init needs at least 2 calls")
   kind = teacher_lib.KINDS[teacher.kind]
-  table = None if kind.process == "flow" else _table(teacher, alphas_cumprod)
+  table = None if kind.process == "flow" else teacher_table(teacher, alphas_cumprod)
   grid = learned.teacher_grid(teacher)
   final_level = float(np.asarray(teacher.levels, np.float64)[-1])
   s_first = float(flow_time(kind, call_levels(teacher, [grid.first], table))[0])
@@ -270,7 +271,7 @@ def bns_parametrisation(teacher: teacher_lib.Teacher, num_steps: int, *, init: s
   a, b, times, _ = bns_init(teacher, num_steps, init=init, alphas_cumprod=alphas_cumprod)
   n = times.shape[0]
   flow = teacher_lib.KINDS[teacher.kind].process == "flow"
-  table = None if flow else _table(teacher, alphas_cumprod)
+  table = None if flow else teacher_table(teacher, alphas_cumprod)
   final_level = float(np.asarray(teacher.levels, np.float64)[-1])
   grid = learned.teacher_grid(teacher)
   param = BnsParametrisation(n, grid, teacher.kind, final_level, _flow_scale(teacher),
