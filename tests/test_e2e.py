@@ -6,9 +6,13 @@ import pytest
 
 import olss_jax as oj
 from olss_jax import testing
-from olss_jax._src import e2e
 
 ALPHAS = oj.scaled_linear_alphas_cumprod()
+# The midpoint start of a 100-step teacher (levels interpolated log-linearly between timesteps
+# 10 apart) against the exact table's: the same target levels, reached at times 1.1e-4
+# relative apart (measured), so weights 1.1e-8 of the largest apart.
+INTERPOLATED_TIMES_RTOL = 1e-3
+INTERPOLATED_WEIGHTS_ATOL = 1e-6
 
 
 @functools.lru_cache(maxsize=None)
@@ -46,31 +50,34 @@ def test_olss_e2e_trains_the_better_least_squares_start_and_the_midpoint_and_kee
     oj.fit_olss(traj, 3, method="olss-e2e")
 
 
-def test_e2e_vp_table_is_exact_for_a_full_teacher_and_interpolates_between_a_coarse_ones_steps():
-  den, coarse = _vp()                                    # 100 of 1000 timesteps
-  full = oj.collect_trajectory(den, coarse.x_T[:2], ALPHAS, 1000)
-  table, exact = e2e.vp_table(full.teacher)
-  assert exact
-  np.testing.assert_array_equal(table, np.asarray(ALPHAS, np.float64))
-  table, exact = e2e.vp_table(coarse.teacher)
-  assert not exact and table.shape == (1000,)
-  ts = np.asarray(coarse.teacher.timesteps)
-  np.testing.assert_allclose(table[ts], np.asarray(coarse.teacher.levels)[:-1], rtol=1e-12)
-  np.testing.assert_allclose(table[ts[-1]:ts[0] + 1], np.asarray(ALPHAS)[ts[-1]:ts[0] + 1],
-                             rtol=1e-3)      # log-linear between steps 10 apart
+def test_the_midpoint_start_is_bns_midpoint_exact_for_a_full_teacher_close_for_a_coarse_one():
+  """Untrained (num_iters=0), the midpoint start is `peers.bns_parametrisation`'s midpoint
+  solver: bit for bit where the teacher visits every timestep (its levels are the table), and
+  close where the levels between a 100-step teacher's timesteps are interpolated."""
+  den, coarse = _vp()
+  full = oj.collect_trajectory(den, coarse.x_T, ALPHAS, 1000)
+  for traj, exact in ((full, True), (coarse, False)):
+    sched = oj.fit_olss(traj, 3, denoise_fn=den, method="olss-e2e",
+                        e2e_kwargs={"starts": ("midpoint",), "num_iters": 0})
+    meta = sched.metadata
+    assert meta["e2e_midpoint_exact_levels"] is exact and meta["fit"] == "midpoint"
+    assert meta["learn_kept_start"] and meta["e2e_start"] == "midpoint"
+    _, _, _, ref = oj.peers.bns_parametrisation(traj.teacher, 3, init="midpoint",
+                                                alphas_cumprod=ALPHAS)
+    if exact:
+      np.testing.assert_array_equal(np.asarray(sched.timesteps), np.asarray(ref.timesteps))
+      np.testing.assert_array_equal(np.asarray(sched.weights), np.asarray(ref.weights))
+    else:
+      np.testing.assert_allclose(np.asarray(sched.timesteps), np.asarray(ref.timesteps),
+                                 rtol=INTERPOLATED_TIMES_RTOL)
+      scale = np.max(np.abs(np.asarray(ref.weights)))
+      np.testing.assert_allclose(np.asarray(sched.weights) / scale,
+                                 np.asarray(ref.weights) / scale, rtol=0,
+                                 atol=INTERPOLATED_WEIGHTS_ATOL)
+      assert not np.array_equal(np.asarray(sched.timesteps), np.asarray(ref.timesteps))
 
 
-def test_e2e_names_bad_starts_and_too_few_steps_for_the_midpoint():
-  den, traj = _vp()
-  with pytest.raises(ValueError, match="starts"):
-    e2e.fit_e2e(traj, 2, den, starts=("olss",))
-  with pytest.raises(ValueError, match="starts"):
-    e2e.fit_e2e(traj, 2, den, starts=())
-  with pytest.raises(ValueError, match="num_steps"):
-    e2e.fit_e2e(traj, 1, den, starts=("midpoint",))
-
-
-def test_fit_olss_passes_e2e_kwargs_and_refuses_them_for_other_methods():
+def test_fit_olss_passes_e2e_kwargs_and_refuses_bad_ones():
   den, traj = _vp()
   sched = oj.fit_olss(traj, 3, denoise_fn=den, method="olss-e2e",
                       e2e_kwargs={"starts": ("midpoint",), "num_iters": 2})
@@ -79,5 +86,15 @@ def test_fit_olss_passes_e2e_kwargs_and_refuses_them_for_other_methods():
   assert "e2e_start_holdout" not in meta and meta["path"] is None
   assert 1 <= meta["learn_iterations"] <= 2 * 2                 # two learning rates
   assert meta["fit"] in ("end_to_end", "midpoint") and meta["teacher"] == "ddim"
+  one = oj.fit_olss(traj, 1, denoise_fn=den, method="olss-e2e", e2e_kwargs={"num_iters": 1})
+  trained = one.metadata["e2e_trained_holdout"]                   # no midpoint of one call
+  assert len(trained) == 1 and set(trained) <= {"olss-p-cl", "olss-cl"}
+  for kwargs, match in [({"starts": ("olss",)}, "starts"), ({"starts": ()}, "starts"),
+                        ({"holdout": 0}, "holdout"), ({"loss": "l1"}, "loss")]:
+    with pytest.raises(ValueError, match=match):
+      oj.fit_olss(traj, 3, denoise_fn=den, method="olss-e2e", e2e_kwargs=kwargs)
+  with pytest.raises(ValueError, match="num_steps"):
+    oj.fit_olss(traj, 1, denoise_fn=den, method="olss-e2e",
+                e2e_kwargs={"starts": ("midpoint",)})
   with pytest.raises(ValueError, match="e2e_kwargs"):
     oj.fit_olss(traj, 3, denoise_fn=den, method="olss-cl", e2e_kwargs={"num_iters": 2})
