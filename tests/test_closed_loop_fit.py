@@ -111,3 +111,10 @@ def test_closed_loop_table_small_runs(capsys):
   assert by["olss-p-cl"] < 0.6 * by["olss-p"], by
   calls = {r["method"]: r["fit_model_calls"] for r in rows}
   assert calls["ddim"] == 0 and 0 < calls["tuned-unipc"] <= 20 * 3 and calls["olss-p-cl"] == 3
+  models = module.mixture_models([31])                   # the unseen mixtures' models
+  assert [m.kind for m in models] == ["ddim", "flow"]
+  assert all(m.sample_shape == (3, 8, 8) and m.name.endswith("-seed31") for m in models)
+  rows = module.run(small=True, models=models[1:], only=("euler",))
+  assert [(r["model"], r["method"]) for r in rows] == [(models[1].name, "euler")]
+
+

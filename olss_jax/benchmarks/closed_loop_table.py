@@ -16,15 +16,24 @@ noises (the held-out error against the fit's data and cost).
   python -m olss_jax.benchmarks.closed_loop_table --models digits-flow --steps 5 10 20
   python -m olss_jax.benchmarks.closed_loop_table --models analytic-latent --num-eval 64
   python -m olss_jax.benchmarks.closed_loop_table --models digits --num-fit 8 32 128 --steps 5 10
+  python -m olss_jax.benchmarks.closed_loop_table --mixture-seeds 31 32 33 --steps 5 10
+
+``--mixture-seeds`` adds models no method was developed on: for each seed a sharp 3x8x8
+Gaussian mixture (8 components, std 0.1; `compare.analytic_comparison_model`) as a VP epsilon
+model on Stable Diffusion's schedule and as a rectified flow (``--mixture-kinds``).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import olss_jax as oj
 
 MODELS = ("analytic", "analytic-flow", "analytic-latent", "digits", "digits-flow", "mnist")
+MIXTURE_KINDS = ("vp", "flow")
+MIXTURE_SHAPE = (3, 8, 8)          # the unseen mixtures (``--mixture-seeds``)
+MIXTURE_COMPONENTS = 8
 DEFAULT_MODELS = ("analytic", "analytic-flow")
 # The strongest classical solvers of each kind (the main job runs all of them).
 SOLVERS = {"flow": ("euler", "dpm_solver_pp", "unipc"),
@@ -44,9 +53,24 @@ def methods_for(kind: str, *, max_evaluations: int, swept_only: bool = False) ->
   return methods
 
 
+def mixture_models(seeds, kinds=MIXTURE_KINDS) -> list:
+  """The unseen mixtures: a `ComparisonModel` per (seed, kind) (module docstring)."""
+  models = []
+  for seed in seeds:
+    for kind in kinds:
+      model = oj.compare.analytic_comparison_model(seed=seed, sample_shape=MIXTURE_SHAPE,
+                                                   num_components=MIXTURE_COMPONENTS,
+                                                   flow=kind == "flow")
+      models.append(dataclasses.replace(model, name=f"{model.name}-seed{seed}"))
+  return models
+
+
 def run(small: bool = False, models=None, steps=None, num_eval=None, num_fit=None,
         num_teacher_steps=None, max_evaluations=None, only=None) -> list[dict]:
-  """Prints the tables; returns one row dict per (model, num_fit, method, steps)."""
+  """Prints the tables; returns one row dict per (model, num_fit, method, steps).
+
+  ``models``: names from `MODELS` or `ComparisonModel`s (e.g. `mixture_models`).
+  """
   models = models or (("analytic",) if small else DEFAULT_MODELS)
   steps = steps or ((3,) if small else (5, 10, 20))
   num_fits = num_fit or ((8,) if small else (32,))
@@ -55,7 +79,8 @@ def run(small: bool = False, models=None, steps=None, num_eval=None, num_fit=Non
   budget = max_evaluations or (20 if small else oj.compare.DEFAULT_MAX_EVALUATIONS)
   rows = []
   for name in models:
-    model = oj.compare.embedded_model(name)
+    model = oj.compare.embedded_model(name) if isinstance(name, str) else name
+    name = name if isinstance(name, str) else model.name
     for b in num_fits:
       swept_only = len(num_fits) > 1
       methods = methods_for(model.kind, max_evaluations=budget, swept_only=swept_only)
@@ -95,8 +120,15 @@ def main():
                            "peers (default 400)")
   parser.add_argument("--methods", nargs="+",
                       help="only these rows (each row is independent and deterministic)")
+  parser.add_argument("--mixture-seeds", nargs="+", type=int,
+                      help="add the unseen 3x8x8 mixtures of these seeds (module docstring)")
+  parser.add_argument("--mixture-kinds", nargs="+", choices=MIXTURE_KINDS,
+                      default=list(MIXTURE_KINDS), help="their kinds (default: vp flow)")
   args = parser.parse_args()
-  run(small=args.small, models=args.models, steps=args.steps, num_eval=args.num_eval,
+  models = list(args.models or ())
+  if args.mixture_seeds:
+    models += mixture_models(args.mixture_seeds, args.mixture_kinds)
+  run(small=args.small, models=models or None, steps=args.steps, num_eval=args.num_eval,
       num_fit=args.num_fit, num_teacher_steps=args.teacher_steps,
       max_evaluations=args.max_evaluations, only=args.methods)
 
