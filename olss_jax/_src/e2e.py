@@ -137,7 +137,8 @@ def fit_e2e(traj: trajectory_lib.Trajectory, num_steps: int, denoise_fn, *,
       its path was chosen on the same held-out part) and ``"midpoint"``.
     holdout: the held-out fitting noises (`split.holdout_split`).
     **learn_kwargs: `learned.learn_schedule` options (num_iters, learning_rate, loss,
-      criterion, ...), used for every start.
+      criterion, ...), used for every start (``learn_times`` only for the least-squares
+      start: the midpoint start always learns its times, as BNS does).
 
   Returns:
     The `Schedule` (float32 times, (n, n + 1) weights); metadata ``method="olss-e2e"``,
