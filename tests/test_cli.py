@@ -13,7 +13,6 @@ import pytest
 
 import olss_jax as oj
 from olss_jax import cli
-from olss_jax._src import progress
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", "analytic", "--teacher-steps", "30", "--steps-per-chunk", "10"]
@@ -124,25 +123,23 @@ def test_a_single_trajectory_file_gets_the_papers_fit(capsys, store, tmp_path):
 
 def test_collect_resumes_without_redoing_chunks(capsys, tmp_path, monkeypatch):
   directory = tmp_path / "resume"
-  real = progress.store_callback
+  real = oj.store.collect_embedded_to_directory  # what 'olss-jax collect' calls, by this name
 
-  def interrupt_after_first_chunk(bar):
-    inner = real(bar)
-
-    def callback(event):
-      inner(event)
+  def interrupt_after_first_chunk(*args, callback, **kwargs):
+    def interrupting(event):
+      callback(event)
       if event.status == "done" and event.chunk_index == 0:
         raise KeyboardInterrupt
-    return callback
+    return real(*args, callback=interrupting, **kwargs)
 
-  monkeypatch.setattr(progress, "store_callback", interrupt_after_first_chunk)
+  monkeypatch.setattr(oj.store, "collect_embedded_to_directory", interrupt_after_first_chunk)
   rc, _, err = run(capsys, "collect", directory, "--num-images", "4", "--chunk-size", "2", "-q",
                    *TINY)
   assert rc == 130 and "rerun" in err
   first = directory / "chunk-00000.safetensors"
   stamp = first.stat().st_mtime_ns
   assert not (directory / "chunk-00001.safetensors").exists()
-  monkeypatch.setattr(progress, "store_callback", real)
+  monkeypatch.setattr(oj.store, "collect_embedded_to_directory", real)
   rc, out, _ = run(capsys, "collect", directory, "--num-images", "4", "--chunk-size", "2", "-q",
                    *TINY)
   assert rc == 0 and "collected 1, already done 1" in out

@@ -1,4 +1,4 @@
-"""olss_jax._src.fit_olss: `fit_olss`, the one recipe, and the one method vocabulary."""
+"""olss_jax.fit_olss: `fit_olss`, the one recipe, and the one method vocabulary."""
 import warnings
 
 import numpy as np
@@ -6,9 +6,13 @@ import pytest
 
 import olss_jax as oj
 from olss_jax import testing
-from olss_jax._src import fit_olss as fit_olss_lib
 from olss_jax._src import validation
 from olss_jax.cli import _main as cli_main
+
+# The vocabulary's two families: the paper's methods fit the teacher's trajectory alone, the
+# others also need the model (``denoise_fn``).
+PAPER_METHODS = ("olss-p", "olss")
+MODEL_METHODS = ("olss-p-cl", "olss-cl", "olss-ft", "olss-e2e")
 
 
 def test_default_is_the_paper_without_a_model_and_the_tuned_closed_loop_with_one():
@@ -39,7 +43,7 @@ def test_every_method_records_how_it_was_made(method):
   sched = oj.fit_olss(traj, 3, denoise_fn=den, method=method)
   meta = sched.metadata
   assert meta["method"] == method
-  with_model = method in fit_olss_lib.MODEL_METHODS
+  with_model = method in MODEL_METHODS
   assert meta["fit"] == ("closed_loop" if with_model else "teacher_forced")
   if method in ("olss-p", "olss-p-cl"):
     assert meta["path_search"] == "uniform"
@@ -72,6 +76,7 @@ def test_refine_option_and_legacy_spellings():
 
 def test_one_vocabulary_for_api_cli_and_comparison():
   assert oj.METHODS == ("olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft", "olss-e2e")
+  assert oj.METHODS == PAPER_METHODS + MODEL_METHODS
   assert cli_main._METHODS == oj.METHODS  # pylint: disable=protected-access
   assert cli_main._EMBEDDED == oj.compare.EMBEDDED_MODELS  # pylint: disable=protected-access
   methods = oj.compare.default_methods(baselines=["ddim"], peers=False)
@@ -87,8 +92,9 @@ def test_bad_arguments_are_named():
   den, traj = testing.mixture_problem()
   with pytest.raises(ValueError, match="method"):
     oj.fit_olss(traj, 3, denoise_fn=den, method="magic")
-  with pytest.raises(ValueError, match="denoise_fn"):
-    oj.fit_olss(traj, 3, method="olss-p-cl")
+  for method in MODEL_METHODS:
+    with pytest.raises(ValueError, match="denoise_fn"):
+      oj.fit_olss(traj, 3, method=method)
   with pytest.raises(ValueError, match="denoise_fn"):
     oj.fit_olss(traj, 3, refine=True)
   with pytest.raises(TypeError, match="uniform"):
@@ -113,9 +119,12 @@ def test_too_few_fitting_noises_are_refused_with_the_minimum_and_few_warn():
     sched = oj.fit_olss(traj.take(np.arange(4)), 3, denoise_fn=den, max_evaluations=3)
   assert [w.filename for w in caught] == [__file__]   # the user's line, not the library's
   assert sched.metadata["num_fit_images"] == 4 and sched.metadata["method"] == "olss-ft"
+  recommended = oj.validation.RECOMMENDED_FIT_NOISES
+  with pytest.warns(oj.validation.FewFitNoisesWarning, match=f"at least {recommended} are"):
+    oj.fit_olss(traj.take(np.arange(recommended - 1)), 3)
   with warnings.catch_warnings():
     warnings.simplefilter("error", oj.validation.FewFitNoisesWarning)
-    oj.fit_olss(traj.take(np.arange(fit_olss_lib.RECOMMENDED_FIT_NOISES)), 3)
+    oj.fit_olss(traj.take(np.arange(recommended)), 3)
 
 
 def test_progress_reports_every_stage_and_candidate():
@@ -159,7 +168,7 @@ def test_fit_olss_scans_the_trajectory_once(monkeypatch, method):
 
   monkeypatch.setattr(validation, "check_trajectory", counting_check)
   monkeypatch.setattr(validation, "find_nonfinite", counting_scan)
-  model = None if method in fit_olss_lib.PAPER_METHODS else den
+  model = None if method in PAPER_METHODS else den
   sched = oj.fit_olss(traj, 3, denoise_fn=model, method=method, max_evaluations=3)
   assert sched.metadata["method"] == method
   assert len(checks) == 1 and len(scans) == 1, (len(checks), len(scans))
