@@ -88,33 +88,39 @@ def _fold_rows(num_samples: int, elements: int) -> list[np.ndarray]:
 def _row_factors(cols, y, grid, folds):
   """The small statistics of one row's regression, from its rows (one device).
 
+  With cross-validation the folds are factored first and the factor of all the fitting rows
+  is the factor of the folds' stacked factors (TSQR: the folds partition the rows), one
+  Householder pass over the rows instead of two.
+
   Args:
     cols: (N, c) the basis on the fitting rows; y: (N,) the target.
-    grid: the ridge grid (static); folds: static row indices of each CV fold.
+    grid: the ridge grid (static); folds: static row indices of each CV fold (a partition of
+      the N rows).
 
   Returns:
     (r_all (c + 1, c + 1) factor of ``[cols, y]``, colsq (c,) column sums of squares or None
     (no ridge), r_folds: a factor per fold, or () when no cross-validation runs).
   """
   c = cols.shape[1]
-  r_all = linalg.pad_rows(linalg.qr_r(jnp.concatenate([cols, y[:, None]], axis=1)), c + 1)
+  m = jnp.concatenate([cols, y[:, None]], axis=1)
   if grid == (0.0,):
-    return r_all, None, ()
+    return linalg.pad_rows(linalg.qr_r(m), c + 1), None, ()
   colsq = jnp.sum(cols**2, axis=0)
   if len(folds) < 2 or len(grid) == 1:
-    return r_all, colsq, ()
-  r_folds = tuple(linalg.pad_rows(linalg.qr_r(jnp.concatenate([cols[idx], y[idx][:, None]],
-                                                               axis=1)), c + 1) for idx in folds)
+    return linalg.pad_rows(linalg.qr_r(m), c + 1), colsq, ()
+  r_folds = tuple(linalg.pad_rows(linalg.qr_r(m[idx]), c + 1) for idx in folds)
+  r_all = linalg.pad_rows(linalg.qr_r(jnp.concatenate(r_folds, axis=0)), c + 1)
   return r_all, colsq, r_folds
 
 
 def _sharded_row_factors(cols, y, fold_of_row, grid, num_folds: int, part):
   """`_row_factors` of batch-sharded rows: per-device factors, then TSQR across devices.
 
-  Each device factors its own rows of ``[cols, y]`` (one masked Householder QR for all the
-  fitting rows and one per fold), the (c + 1, c + 1) factors are all-gathered and factored
-  again (``R`` of the stacked factors is ``R`` of the stacked rows), and the column sums of
-  squares are `psum`-med: only (devices x (folds + 1)) small triangles cross devices.
+  Each device factors its own rows of ``[cols, y]`` (one masked Householder QR per fold, or
+  for all the fitting rows without cross-validation), the (c + 1, c + 1) factors are
+  all-gathered and factored again (``R`` of the stacked factors is ``R`` of the stacked
+  rows; all rows' factor is then that of the folds' factors), and the column sums of squares
+  are `psum`-med: only (devices x folds) small triangles cross devices.
 
   Args:
     cols: (N, c) the basis on every row, rows split by ``part``; y: (N,) likewise.
@@ -136,8 +142,12 @@ def _sharded_row_factors(cols, y, fold_of_row, grid, num_folds: int, part):
 
       fit = fold >= 0
       colsq = jax.lax.psum(jnp.sum(jnp.where(fit[:, None], cols, 0.0)**2, axis=0), axes)
-      r_folds = tuple(factor(fold == f) for f in range(num_folds)) if cross else ()
-      return factor(fit), colsq, r_folds
+      if not cross:
+        return factor(fit), colsq, ()
+      r_folds = tuple(factor(fold == f) for f in range(num_folds))
+      # the folds partition the fitting rows: their stacked factors give all rows' factor
+      r_all = linalg.pad_rows(linalg.qr_r(jnp.concatenate(r_folds, axis=0)), c + 1)
+      return r_all, colsq, r_folds
 
   r_all, colsq, r_folds = sharding_lib.shard_rows(local, part, (0, 0, 0), None)(cols, y,
                                                                                fold_of_row)
