@@ -9,7 +9,7 @@ sampler's own states), `tune_path` (the path moved to lower the final error), `r
 
 Sub-namespaces: `olss_jax.baselines` (every classical scheduler as a `Schedule`),
 `olss_jax.stable_diffusion`, `olss_jax.digits` (the shipped model), `olss_jax.analytic`
-(closed-form models), `olss_jax.stats` (streaming statistics), `olss_jax.store` (resumable
+(closed-form models), `olss_jax.stats` (streaming statistics, the streamed closed-loop fit), `olss_jax.store` (resumable
 collection), `olss_jax.peers` (learned-timestep peers: GITS, tuned solvers), `olss_jax.figures`, `olss_jax.compare`, `olss_jax.validation` and
 `olss_jax.testing` (fixtures for tests).
 """

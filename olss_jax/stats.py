@@ -1,4 +1,5 @@
-"""Streaming statistics of teacher runs: the Gram of [x_T, e_0..e_{K-1}], merged chunk by chunk."""
+"""Streaming over teacher runs, one chunk at a time: the Gram of [x_T, e_0..e_{K-1}] merged chunk
+by chunk, and the closed-loop fit of a path on noises streamed in chunks."""
 from olss_jax._src.stats import (
     TrajectoryStats,
     accumulate_stats,
@@ -7,7 +8,9 @@ from olss_jax._src.stats import (
     stats_from_chunks,
     trajectory_stats,
 )
+from olss_jax._src.closed_loop_stream import StreamedFitInfo, closed_loop_fit_chunks
 from olss_jax._src.sharding import batch_mesh
 
-__all__ = ["TrajectoryStats", "accumulate_stats", "batch_mesh", "gram_of", "merge_stats",
-           "stats_from_chunks", "trajectory_stats"]
+__all__ = ["StreamedFitInfo", "TrajectoryStats", "accumulate_stats", "batch_mesh",
+           "closed_loop_fit_chunks", "gram_of", "merge_stats", "stats_from_chunks",
+           "trajectory_stats"]

@@ -73,7 +73,7 @@ def test_the_fitting_layers_import_downward_only():
   graph = _module_graph()
   layers = ["schedule", "noise", "teacher", "linalg", "rows", "trajectory", "stats",
             "validation", "regression", "search", "fit", "model_calls", "closed_loop_search",
-            "closed_loop_fit", "refine", "path_tuning", "learned", "peers.bns", "e2e",
+            "closed_loop_fit", "closed_loop_stream", "refine", "path_tuning", "learned", "peers.bns", "e2e",
             "fit_olss"]     # olss-e2e's midpoint start is BNS's parametrisation: bns below e2e
   rank = {f"olss_jax._src.{name}": i for i, name in enumerate(layers)}
   for module, deps in graph.items():

@@ -7,16 +7,22 @@ Each chunk of images is generated (the synthetic teacher
 `olss_jax.testing.synthetic_trajectory`, 4x64x64 latents, 1000 teacher steps; the per-step
 noise drawn from a pool of 16 fields per image so that generating 1,024 images is cheap),
 folded into the statistics and dropped, so memory is one chunk plus the statistics whatever
-the number of images. Two modes:
+the number of images. Three modes:
 
   --mode fit    (default) the fit on a fixed path (OLSS-P, n = 10): the streamed float64
                 QR (TSQR, `jnp.linalg.qr`) of the 2n + 1 columns [x_T, e_path, targets],
                 then the nested solves: the weights of Eq. 12 on all images.
   --mode stats  the full (K + 1)^2 Gram statistics (`olss_jax.stats.stats_from_chunks`), which
                 also serve the path search; reports the per-image cost.
+  --mode closed-loop
+                the closed-loop fit on a fixed path (the uniform one, n = --steps) of the
+                Gaussian mixture at the same size (`olss_jax.analytic`, eight components of
+                std 0.1): `olss_jax.stats.closed_loop_fit_chunks`, each chunk's teacher
+                regenerated at every pass (n passes, one per row), public names only.
 
   python tests/benchmarks/memory_benchmark.py --images 1024 --chunk 4            # fit, 1,024 images
   python tests/benchmarks/memory_benchmark.py --mode stats --images 64 --chunk 4
+  python tests/benchmarks/memory_benchmark.py --mode closed-loop --images 1024 --chunk 4 --steps 5
 
 Peak memory is the process's peak RSS (``resource.getrusage``, Linux KiB).
 """
@@ -75,13 +81,39 @@ def run_stats(num_images, chunk, sample_shape=(4, 64, 64), k=1000, n=10, log_eve
   return st, path, info
 
 
+def run_closed_loop(num_images, chunk, sample_shape=(4, 64, 64), k=1000, n=5, log_every=256):
+  """The closed-loop fit of the uniform n-step path on a stream of mixture teacher runs."""
+  mixture = oj.analytic.make_gaussian_mixture(jax.random.key(0), 8, sample_shape, std=0.1)
+  alphas = oj.scaled_linear_alphas_cumprod()
+  den = oj.analytic.mixture_denoiser(mixture, alphas)
+  teacher = oj.ddim_teacher(alphas, k)
+  passes = []
+
+  def stream():
+    passes.append(time.perf_counter())
+    for start in range(0, num_images, chunk):
+      x_T = jax.random.normal(jax.random.key(1000 + start), (min(chunk, num_images - start),)
+                              + tuple(sample_shape))
+      yield oj.collect_trajectory(den, x_T, teacher), den
+      done = min(start + chunk, num_images)
+      if done % log_every == 0 or done == num_images:
+        print(f"  row {len(passes) - 2}'s pass: {done} images, "
+              f"{time.perf_counter() - passes[-1]:.0f} s, peak RSS {peak_rss_gib():.2f} GiB",
+              flush=True)
+
+  path = oj.uniform_path(k, n)
+  sched, info = oj.stats.closed_loop_fit_chunks(stream, path)
+  return np.asarray(path), np.asarray(sched.weights), info
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--mode", choices=("fit", "stats"), default="fit")
+  parser.add_argument("--mode", choices=("fit", "stats", "closed-loop"), default="fit")
   parser.add_argument("--images", type=int, default=1024)
   parser.add_argument("--chunk", type=int, default=4)
   parser.add_argument("--latent", type=int, default=64, help="latent height = width")
   parser.add_argument("--teacher-steps", type=int, default=1000)
+  parser.add_argument("--steps", type=int, default=5, help="n (closed-loop mode)")
   args = parser.parse_args(argv)
   shape = (4, args.latent, args.latent)
   d = int(np.prod(shape))
@@ -93,6 +125,12 @@ def main(argv=None):
   if args.mode == "fit":
     path, _, errors = run_fit(args.images, args.chunk, shape, args.teacher_steps)
     print(f"fit on path {path.tolist()}: step errors {np.array2string(errors, precision=3)}")
+  elif args.mode == "closed-loop":
+    path, _, info = run_closed_loop(args.images, args.chunk, shape, args.teacher_steps,
+                                    args.steps)
+    print(f"closed-loop fit of {info.num_noises} noises in {info.num_chunks} chunks on path "
+          f"{path.tolist()}: step errors {np.array2string(info.step_errors, precision=3)}, "
+          f"ridge {info.ridge.tolist()}, {info.num_model_calls} model calls per noise")
   else:
     st, path, info = run_stats(args.images, args.chunk, shape, args.teacher_steps)
     print(f"statistics of {st.num_images} images; searched path {path.tolist()} "
