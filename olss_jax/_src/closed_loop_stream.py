@@ -104,6 +104,29 @@ def _merge(acc, new):
   return jax.vmap(linalg.stack_rows)(acc, new)
 
 
+_targets_jit = jax.jit(lambda traj, index: regression.teacher_states(traj, index))
+
+
+def _solve_row(factors, colsq, ref, mask, grid, fold_sizes, num_rows: int, num_folds: int):
+  """Row weights from the merged factors (`closed_loop_fit`'s solve), and the row's MSE.
+
+  Returns:
+    (weights (n + 1,), lam, deficient, mse).
+  """
+  with jax.enable_x64(True):
+    c = factors.shape[-1]
+    cross = grid != (0.0,) and num_folds >= 2 and len(grid) > 1
+    r_folds = tuple(factors[f] for f in range(num_folds)) if cross else ()
+    r_all = linalg.pad_rows(linalg.qr_r(factors.reshape(-1, c)), c)
+    w, lam, deficient = closed_loop_fit._row_solve(  # pylint: disable=protected-access
+        r_all, colsq if grid != (0.0,) else None, r_folds, list(fold_sizes),
+        jnp.where(mask, ref, 0.0), mask, grid, num_rows)
+    return w, lam, deficient, jnp.sum((r_all @ jnp.append(w, -1.0)) ** 2) / num_rows
+
+
+_solve_row_jit = jax.jit(_solve_row, static_argnums=(4, 5, 6, 7))
+
+
 def _same_teacher(a, b) -> bool:
   return (a.teacher.kind == b.teacher.kind and a.num_teacher_steps == b.num_teacher_steps
           and np.array_equal(np.asarray(a.timesteps), np.asarray(b.timesteps))
@@ -179,7 +202,7 @@ def closed_loop_fit_chunks(chunks: Callable[[], Iterable[tuple]], path, *,
       model = jax.tree.map(jnp.asarray, trajectory_lib.as_denoise_pytree(denoise_fn))
       x_T = jnp.asarray(traj.x_T)
       with jax.enable_x64(True):
-        y = regression.teacher_states(traj, [int(targets[i])])[0]
+        y = _targets_jit(traj, jnp.asarray([targets[i]], jnp.int32))[0]
         f_chunk, c_chunk = _chunk_factors_jit(
             model, x_T, y, weights, timesteps, i, int(sum(seen)) % closed_loop_fit.NUM_FOLDS,
             x64)
@@ -200,18 +223,13 @@ def closed_loop_fit_chunks(chunks: Callable[[], Iterable[tuple]], path, *,
     total = int(sum(sizes))
     num_rows = total * elements
     num_folds = min(closed_loop_fit.NUM_FOLDS, total)
-    fold_sizes = [int(np.sum(np.arange(total) % closed_loop_fit.NUM_FOLDS == f)) * elements
-                  for f in range(num_folds)]
-    cross = grid != (0.0,) and num_folds >= 2 and len(grid) > 1
+    fold_sizes = tuple(int(np.sum(np.arange(total) % closed_loop_fit.NUM_FOLDS == f)) * elements
+                       for f in range(num_folds))
     with jax.enable_x64(True):
-      r_folds = tuple(factors[f] for f in range(num_folds)) if cross else ()
-      r_all = linalg.pad_rows(linalg.qr_r(jnp.concatenate(list(factors), axis=0)), n + 2)
-      mask = jnp.arange(n + 1) <= i + 1
-      w, lam, defic = closed_loop_fit._row_solve(  # pylint: disable=protected-access
-          r_all, colsq if grid != (0.0,) else None, r_folds, fold_sizes,
-          jnp.where(mask, refs[i], 0.0), mask, grid, num_rows)
+      w, lam, defic, mse = _solve_row_jit(factors, colsq, refs[i], jnp.arange(n + 1) <= i + 1,
+                                          grid, fold_sizes, num_rows, num_folds)
       weights = weights.at[i].set(w)
-      errors[i] = float(jnp.sum((r_all @ jnp.append(w, -1.0)) ** 2)) / num_rows
+    errors[i] = float(mse)
     lams[i], deficient[i] = float(lam), bool(defic)
   with jax.enable_x64(True):
     if not bool(jnp.all(jnp.isfinite(weights))):
