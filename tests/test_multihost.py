@@ -28,11 +28,11 @@ SAMPLE_ATOL = 5e-5
 TIMEOUT_S = 600
 
 # OLSS's methods through `fit_olss`; then refinement and the peers; then the fits trained
-# end to end (their engine, `learned.train`: olss-e2e and BNS for 5 optimisation steps;
-# DS-Solver needs a flow model and shares the engine and its sharding with BNS).
+# end to end (their engine, `learned.train`: olss-e2e, BNS and, on a flow mixture, DS-Solver,
+# each for 5 optimisation steps).
 OLSS_METHODS = ("olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft")
 OTHER_METHODS = ("refine", "tuned-dpm_solver_pp", "gits-dpm_solver_pp", "ld3-dpm_solver_pp")
-LEARNED_METHODS = ("olss-e2e", "bns")
+LEARNED_METHODS = ("olss-e2e", "bns", "ds-solver")
 
 _WORKER = r"""
 import json, os, sys, time, traceback
@@ -51,6 +51,8 @@ den = oj.analytic.mixture_denoiser(mixture, alphas)
 x_T = jax.random.normal(jax.random.key(1), (8, 16))      # the same global x_T everywhere
 n = 4
 traj = oj.collect_trajectory(den, x_T, alphas, 40)        # batch-sharded over all processes
+flow_den = oj.analytic.flow_mixture_denoiser(mixture)
+flow_traj = oj.collect_trajectory(flow_den, x_T, oj.flow_teacher(40))   # DS-Solver's kind
 
 
 def build(timesteps):
@@ -72,6 +74,7 @@ fits = {
     "olss-e2e": lambda: oj.fit_olss(traj, n, denoise_fn=den, method="olss-e2e",
                                     e2e_kwargs={"num_iters": 5}),
     "bns": lambda: peers.bns_schedule(traj, n, den, alphas_cumprod=alphas, num_iters=5)[0],
+    "ds-solver": lambda: peers.ds_solver_schedule(flow_traj, n, flow_den, num_iters=5)[0],
 }
 out = {"devices": len(jax.devices()), "local_devices": len(jax.local_devices()),
        "traj_shards": [list(s.data.shape) for s in traj.model_outputs.addressable_shards],
@@ -189,9 +192,11 @@ def test_refine_and_peers_across_two_processes(results):
 
 
 def test_fits_trained_end_to_end_across_two_processes(results):
-  """Both trained in every process (5 steps per learning rate; BNS moved from its start:
-  trained weights compared)."""
+  """Each trained in every process (5 steps per learning rate; BNS and DS-Solver moved from
+  their starts: trained weights compared)."""
   _check_schedules(results, LEARNED_METHODS)
   for result in results:
-    (_, e2e_iterations), (bns_fit, bns_iterations) = (result["fit"][m] for m in LEARNED_METHODS)
+    (_, e2e_iterations), (bns_fit, bns_iterations), (ds_fit, ds_iterations) = (
+        result["fit"][m] for m in LEARNED_METHODS)
     assert e2e_iterations > 0 and bns_fit == "end_to_end" and bns_iterations > 0, result["fit"]
+    assert ds_fit == "end_to_end" and ds_iterations > 0, result["fit"]
