@@ -15,6 +15,9 @@ def holdout_split(num_samples: int, holdout) -> tuple[np.ndarray, np.ndarray]:
     (train (B - h,), hold (h,)) sorted int indices; the hold-out spreads evenly over the batch
     (``round(linspace(0, B - 1, h))``), so it samples every part of it (labels, prompts).
   """
+  if (isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer))
+      or num_samples < 1):
+    raise ValueError(f"num_samples: expected an int >= 1, got {num_samples!r}")
   if isinstance(holdout, bool) or not isinstance(holdout, (int, float, np.integer, np.floating)):
     raise TypeError(f"holdout: expected a fraction in [0, 1) or a count, got {holdout!r}")
   count = int(round(holdout * num_samples)) if isinstance(holdout, (float, np.floating)) else int(holdout)

@@ -44,14 +44,23 @@ def gaussian_problem(num_noises: int = 12, dim: int = 6, seed: int = 0, *,
   return den, trajectory_lib.collect_trajectory(den, x_T, ALPHAS, num_teacher_steps)
 
 
-@functools.lru_cache(maxsize=None)
 def mixture_problem(sample_shape=(8,), num_noises: int = 16, seed: int = 0, *,
                     std: float = 0.1, num_components: int = 6, num_teacher_steps: int = 100):
   """A sharp Gaussian mixture (exact eps) and its teacher run on fitting noises (cached).
 
   Returns:
-    (denoise_fn, traj): float32, noises from ``seed + 1``.
+    (denoise_fn, traj): float32 (float64 under ``jax.enable_x64``: cached per precision),
+    noises from ``seed + 1``.
   """
+  x64 = jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64
+  return _mixture_problem(tuple(sample_shape), num_noises, seed, std, num_components,
+                          num_teacher_steps, x64)
+
+
+@functools.lru_cache(maxsize=None)
+def _mixture_problem(sample_shape, num_noises, seed, std, num_components, num_teacher_steps,
+                     x64):
+  del x64  # the cache key: the arrays below take the precision in force
   mix = analytic.make_gaussian_mixture(jax.random.key(seed), num_components, sample_shape,
                                        std=std)
   den = analytic.mixture_denoiser(mix, ALPHAS)
