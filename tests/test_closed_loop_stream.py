@@ -82,6 +82,11 @@ def test_bad_streams_are_refused_by_name(problem):
   other = oj.collect_trajectory(den, traj.x_T[:4], ALPHAS, 50)
   with pytest.raises(ValueError, match="another teacher"):
     oj.stats.closed_loop_fit_chunks(lambda: iter([(traj, den), (other, den)]), path)
+  # the same steps and timesteps on another noise table: another teacher too
+  levels = oj.collect_trajectory(den, traj.x_T[:4], oj.linear_alphas_cumprod(), 100)
+  np.testing.assert_array_equal(levels.timesteps, traj.timesteps)
+  with pytest.raises(ValueError, match="another teacher"):
+    oj.stats.closed_loop_fit_chunks(lambda: iter([(traj, den), (levels, den)]), path)
 
 
 def test_memory_benchmark_closed_loop_mode_runs_small(capsys):

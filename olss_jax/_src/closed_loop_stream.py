@@ -25,6 +25,7 @@ from olss_jax._src import model_calls
 from olss_jax._src import noise
 from olss_jax._src import regression
 from olss_jax._src import schedule as schedule_lib
+from olss_jax._src import teacher as teacher_lib
 from olss_jax._src import trajectory as trajectory_lib
 from olss_jax._src import validation
 
@@ -127,10 +128,9 @@ def _solve_row(factors, colsq, ref, mask, grid, fold_sizes, num_rows: int, num_f
 _solve_row_jit = jax.jit(_solve_row, static_argnums=(4, 5, 6, 7))
 
 
-def _same_teacher(a, b) -> bool:
-  return (a.teacher.kind == b.teacher.kind and a.num_teacher_steps == b.num_teacher_steps
-          and np.array_equal(np.asarray(a.timesteps), np.asarray(b.timesteps))
-          and a.sample_shape == b.sample_shape)
+def _same_stream(a, b) -> bool:
+  """Two chunks of one stream: the same teacher (`teacher.same_teacher`) and sample shape."""
+  return teacher_lib.same_teacher(a.teacher, b.teacher) and a.sample_shape == b.sample_shape
 
 
 def closed_loop_fit_chunks(chunks: Callable[[], Iterable[tuple]], path, *,
@@ -157,8 +157,9 @@ def closed_loop_fit_chunks(chunks: Callable[[], Iterable[tuple]], path, *,
     regularization: as `closed_loop_fit` ("cv", or a float >= 0).
 
   Returns:
-    (schedule, info): the `Schedule` (metadata as `closed_loop_fit`'s, ``num_fit_images`` the
-    stream's noises, ``streamed_chunks``) and a `StreamedFitInfo`.
+    (schedule, info): the `Schedule` ((n,) timesteps ``timesteps[path]``, (n, n + 1) float64
+    weights; metadata as `closed_loop_fit`'s, ``num_fit_images`` the stream's noises,
+    ``streamed_chunks``) and a `StreamedFitInfo`.
 
   Raises:
     ValueError: no chunk, chunks of different teachers or shapes, passes that yield
@@ -196,7 +197,7 @@ def closed_loop_fit_chunks(chunks: Callable[[], Iterable[tuple]], path, *,
     for traj, denoise_fn in chunks():
       if i == 0:
         validation.check_model_data(traj)
-      if not _same_teacher(first, traj):
+      if not _same_stream(first, traj):
         raise ValueError(f"chunks: chunk {len(seen)} has another teacher or sample shape "
                          "than chunk 0")
       model = jax.tree.map(jnp.asarray, trajectory_lib.as_denoise_pytree(denoise_fn))

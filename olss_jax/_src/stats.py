@@ -234,15 +234,6 @@ def _all_finite(x) -> bool:
     return bool(jnp.all(jnp.isfinite(x)))
 
 
-def _same_teacher(a: teacher_lib.Teacher, b: teacher_lib.Teacher) -> bool:
-  if a.kind != b.kind or np.shape(a.timesteps) != np.shape(b.timesteps):
-    return False
-  if any(noise.is_traced(v) for v in (a.timesteps, a.levels, b.timesteps, b.levels)):
-    return True  # checked by shape only under tracing
-  return bool(np.array_equal(np.asarray(a.timesteps), np.asarray(b.timesteps))
-              and np.array_equal(np.asarray(a.levels), np.asarray(b.levels)))
-
-
 def merge_stats(a: TrajectoryStats, b: TrajectoryStats) -> TrajectoryStats:
   """Statistics of the union of two disjoint sets of images (the Grams add; not factored).
 
@@ -254,7 +245,7 @@ def merge_stats(a: TrajectoryStats, b: TrajectoryStats) -> TrajectoryStats:
   for name, s in (("a", a), ("b", b)):
     if not isinstance(s, TrajectoryStats):
       raise TypeError(f"{name}: expected TrajectoryStats, got {type(s).__name__}")
-  if not _same_teacher(a.teacher, b.teacher):
+  if not teacher_lib.same_teacher(a.teacher, b.teacher):
     raise ValueError("b: teacher timesteps or levels differ from a's; statistics of different "
                      "teachers cannot be merged")
   if tuple(a.sample_shape) != tuple(b.sample_shape):

@@ -224,7 +224,7 @@ def _check_chunk(directory: str, index: int, manifest: dict, config: dict, noise
     if record is not None and record.get("sha256") != digest:
       raise ValueError(f"{path!r}: checksum {digest} differs from the manifest's "
                        f"{record.get('sha256')}")
-    if not same_teacher(traj.teacher, teacher):
+    if not teacher_lib.same_teacher(traj.teacher, teacher):
       raise _Mismatch(f"{path!r}: its teacher (timesteps, levels or kind) differs from this "
                       "call's")
     stored_noise = traj.x_T
@@ -243,12 +243,6 @@ def _check_chunk(directory: str, index: int, manifest: dict, config: dict, noise
                       f"(shape {stored_noise.shape}, {stored_noise.dtype}); did the seed "
                       "change? Use a new directory")
   return digest
-
-
-def same_teacher(a: teacher_lib.Teacher, b: teacher_lib.Teacher) -> bool:
-  """Two concrete teachers with the same kind, timesteps and levels (bit for bit)."""
-  return (a.kind == b.kind and np.array_equal(np.asarray(a.timesteps), np.asarray(b.timesteps))
-          and np.array_equal(np.asarray(a.levels), np.asarray(b.levels)))
 
 
 def teacher_record(teacher: teacher_lib.Teacher) -> dict:
@@ -516,7 +510,7 @@ def load_store(directory: str | os.PathLike, *, allow_partial: bool = False,
                        f"manifest's ({size}, *{sample_shape}) {dtype}")
     if teacher is None:
       teacher = traj.teacher
-    elif not same_teacher(teacher, traj.teacher):
+    elif not teacher_lib.same_teacher(teacher, traj.teacher):
       raise ValueError(f"{path!r}: its teacher differs from chunk {finished[0]}'s")
     x_T[start:start + size] = traj.x_T
     outputs[:, start:start + size] = traj.model_outputs

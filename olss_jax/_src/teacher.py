@@ -455,3 +455,16 @@ def check_teacher(teacher, *, name: str = "teacher") -> None:
       raise ValueError(f"{name}.timesteps: expected strictly decreasing timesteps")
   if not noise.is_traced(teacher.levels):
     KINDS[teacher.kind].check_fn(np.asarray(teacher.levels, np.float64), f"{name}.levels")
+
+
+def same_teacher(a: Teacher, b: Teacher) -> bool:
+  """Two teachers of the same kind, timesteps and levels (bit for bit).
+
+  Traced timesteps or levels (under a caller's jit) are compared by kind and shape only.
+  """
+  if a.kind != b.kind or np.shape(a.timesteps) != np.shape(b.timesteps):
+    return False
+  if any(noise.is_traced(v) for v in (a.timesteps, a.levels, b.timesteps, b.levels)):
+    return True
+  return bool(np.array_equal(np.asarray(a.timesteps), np.asarray(b.timesteps))
+              and np.array_equal(np.asarray(a.levels), np.asarray(b.levels)))
