@@ -105,33 +105,6 @@ def test_bad_inputs_name_the_argument(tmp_path):
     oj.figures.image_grid_figure({})
 
 
-def test_paths_figure_draws_held_out_noises_and_their_teacher(model, tmp_path, monkeypatch):
-  # the seam: the figure function `paper_figures` calls, to see what it was given
-  from olss_jax._src import figures as figures_lib  # pylint: disable=import-outside-toplevel
-  drawn = {}
-
-  def capture(histories, teacher_states, **kwargs):
-    drawn.update(histories=histories, teacher=teacher_states)
-    return figures_lib_paths(histories, teacher_states, **kwargs)
-
-  figures_lib_paths = figures_lib.generation_paths_figure
-  monkeypatch.setattr(figures_lib, "generation_paths_figure", capture)
-  written = oj.figures.paper_figures(model, tmp_path, which=["paths"], steps=[2], num_fit=4,
-                                     num_eval=5, num_teacher_steps=K, fit_seed=1, eval_seed=2,
-                                     peers=False, max_evaluations=20, quiet=True)
-  assert _png_size(written[0])[0] > 0
-  held_out = np.asarray(oj.compare.draw_noises(model, 2, 5))[:3]
-  fitting = np.asarray(oj.compare.draw_noises(model, 1, 4))
-  teacher = drawn["teacher"]
-  np.testing.assert_array_equal(teacher[0], held_out)  # evaluation noises, never fitting ones
-  assert not np.any(np.all(np.isclose(teacher[0][:, None], fitting[None]), axis=-1))
-  want = oj.collect_trajectory(model.denoiser(None), held_out, model.alphas_cumprod, K)
-  np.testing.assert_array_equal(teacher, np.asarray(want.states))  # the same teacher run
-  assert set(drawn["histories"]) == {"olss-ft", "olss-cl", "olss", "dpm_solver_pp", "ddim"}
-  for hist in drawn["histories"].values():
-    np.testing.assert_array_equal(hist[0], held_out)  # every sampler starts from the same noise
-
-
 def test_image_grids_are_png_or_real_jpeg_by_extension(tmp_path):
   images = np.random.default_rng(1).uniform(-1, 1, (3, 1, 8, 8))
   for name, magic in (("g.png", b"\x89PNG"), ("g", b"\x89PNG"), ("g.jpg", b"\xff\xd8\xff"),

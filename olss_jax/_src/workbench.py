@@ -10,12 +10,50 @@ import numpy as np
 from olss_jax._src import compare
 from olss_jax._src import figures
 from olss_jax._src import fit_olss as fit_olss_lib
+from olss_jax._src import noise
 from olss_jax._src import progress
 from olss_jax._src import sampler
 from olss_jax._src import trajectory as trajectory_lib
 
 FIGURE_NAMES = ("correlation", "paths", "errors", "weights", "grid")
 FIGURE_BASELINES = ("ddim", "dpm_solver_pp", "unipc", "deis")
+PATH_METHODS = ("olss-ft", "olss-cl", "olss", "dpm_solver_pp", "ddim")
+
+
+def generation_paths(model: compare.ComparisonModel, result: compare.Comparison, num_steps: int,
+                     *, num_shown: int = 3, methods: Sequence[str] = PATH_METHODS
+                     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """Figure 5's data: the states each sampler visits, and the teacher's, on held-out noises.
+
+  The noises are the first ``num_shown`` held-out noises of ``result`` (its ``eval_seed`` and
+  ``num_eval``: `compare.draw_noises`), never fitting ones; the teacher is run again on them
+  (``result.info["num_teacher_steps"]`` steps) and each method's n-step schedule of ``result``
+  is sampled with `sample_states`.
+
+  Args:
+    model: the `ComparisonModel` ``result`` was run on.
+    result: a `compare.run_comparison` result.
+    num_steps: n, the step count whose schedules are drawn.
+    num_shown: S, how many held-out noises.
+    methods: the methods drawn, those ``result`` has at n.
+
+  Returns:
+    ({method: (n + 1, S, *sample_shape) states}, (K + 1, S, *sample_shape) teacher states).
+  """
+  info = result.info
+  num_shown = noise.check_count(num_shown, "num_shown", maximum=info["num_eval"])
+  x_T = compare.draw_noises(model, info["eval_seed"], info["num_eval"])[:num_shown]
+  conditions = result.eval_conditions
+  conditions = None if conditions is None else np.asarray(conditions)[:num_shown]
+  denoise = model.denoiser(conditions)
+  teacher = trajectory_lib.collect_trajectory(denoise, x_T, model.alphas_cumprod,
+                                              info["num_teacher_steps"])
+  histories = {}
+  for method in methods:
+    if (method, num_steps) in result.schedules:
+      hist = jax.jit(sampler.sample_states)(denoise, result.schedules[(method, num_steps)], x_T)
+      histories[method] = np.asarray(hist)
+  return histories, np.asarray(teacher.states)
 
 
 def paper_figures(model: compare.ComparisonModel, out_dir, *,
@@ -95,20 +133,9 @@ def paper_figures(model: compare.ComparisonModel, out_dir, *,
                        f"DDIM ({n0} steps)": result.schedules.get(("ddim", n0))}
       figures.weights_figure({k: v for k, v in shown_weights.items() if v is not None}, path=path)
     elif name == "paths":
-      shown = 3  # the first held-out noises of the comparison, and their own teacher run
-      x_T = compare.draw_noises(model, eval_seed, num_eval)[:shown]
-      conditions = result.eval_conditions
-      conditions = None if conditions is None else np.asarray(conditions)[:shown]
-      denoise = model.denoiser(conditions)
-      teacher = trajectory_lib.collect_trajectory(denoise, x_T, model.alphas_cumprod,
-                                                  num_teacher_steps)
-      histories = {}
-      for method in ("olss-ft", "olss-cl", "olss", "dpm_solver_pp", "ddim"):
-        if (method, n0) in result.schedules:
-          hist = jax.jit(sampler.sample_states)(denoise, result.schedules[(method, n0)], x_T)
-          histories[method] = np.asarray(hist)
-      figures.generation_paths_figure(histories, np.asarray(teacher.states),
-                                      samples=range(shown), path=path)
+      histories, teacher_states = generation_paths(model, result, n0)
+      figures.generation_paths_figure(histories, teacher_states,
+                                      samples=range(teacher_states.shape[1]), path=path)
     elif name == "grid":
       rows = {f"teacher ({num_teacher_steps})": result.samples[("teacher", 0)]}
       for method in list(baselines) + ["olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft"]:
