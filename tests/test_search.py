@@ -12,7 +12,6 @@ import pytest
 
 import least_squares_helpers
 import olss_jax as oj
-from olss_jax._src import search as search_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALPHAS = oj.scaled_linear_alphas_cumprod()
@@ -129,24 +128,32 @@ def correlated():
 
 
 
-def test_candidate_errors_equal_direct_least_squares(correlated):
-  """The search's Gram-Schmidt projections and the fit's QR, both through the Gram, equal a
-  tall least squares per candidate to 1e-6 on ill-conditioned outputs."""
+def test_step_errors_equal_direct_least_squares(correlated):
+  """The search's projection errors (Gram-Schmidt on the compressed columns) and the fit's
+  (`path_errors`: QR), both through the Gram, equal a tall least squares per step to 1e-6 on
+  ill-conditioned outputs: the search's on the paths it returns, the fit's on 40 random ones."""
   traj, a, states = correlated
   st = oj.trajectory_stats(traj)
-  proj = search_lib.projection(st)
-  rng = np.random.default_rng(0)
   k = traj.num_teacher_steps
-  worst_search = worst_fit = 0.0
+
+  def direct(path):
+    targets = np.append(path[1:], k)
+    return np.asarray([least_squares_helpers.direct_error(a, states, path[:i + 1], int(t))[0]
+                       for i, t in enumerate(targets)])
+
+  worst_search = 0.0
+  for n in (2, 7):  # one compilation each; the option is traced
+    for prefer in (True, False):
+      path, info = oj.search_path(st, n, prefer_uniform_if_better=prefer)
+      want = direct(np.asarray(path))
+      worst_search = max(worst_search, float(np.max(np.abs(info.step_errors - want) / want)))
+  rng = np.random.default_rng(0)
+  worst_fit = 0.0
   for trial in range(40):  # two path lengths: one compilation each
     path = np.concatenate([[0], np.sort(rng.choice(np.arange(1, k), 2 if trial % 2 else 7,
                                                    replace=False))]).astype(np.int32)
-    targets = np.append(path[1:], k)
-    want = np.asarray([least_squares_helpers.direct_error(a, states, path[:i + 1], int(t))[0]
-                       for i, t in enumerate(targets)])
-    got_search = np.asarray(search_lib.projection_path_errors(proj, jnp.asarray(path)))
+    want = direct(path)
     got_fit = np.asarray(oj.path_errors(st, path))
-    worst_search = max(worst_search, float(np.max(np.abs(got_search - want) / want)))
     worst_fit = max(worst_fit, float(np.max(np.abs(got_fit - want) / want)))
   assert worst_search < ERROR_RTOL_F64 and worst_fit < ERROR_RTOL_F64, (worst_search, worst_fit)
 
@@ -181,19 +188,23 @@ def test_paper_search_as_published_on_a_closed_form_oracle():
     bench.paper_search(error, k, n, bound_max=1.0)
 
 
-def test_bisect_bound_follows_algorithm_3_on_a_closed_form_walk():
-  """The lax bisection equals the plain loop on a walk whose feasibility threshold is known."""
-  threshold = 0.3
-
-  def walk(bound, memo):
-    feasible = bound >= threshold
-    errs = jnp.where(feasible, jnp.minimum(bound, 1.0), 2.0) * jnp.ones(3)
-    return search_lib.Walk(jnp.arange(3, dtype=jnp.int32), errs, feasible), memo + 1
-
-  best, hi, walks, memo = search_lib.bisect_bound(walk, 20, jnp.int32(0))
-  assert int(walks) == int(memo) == 22  # D = inf, the bracket (feasible), 20 halvings
-  assert threshold <= float(hi) <= threshold + 1.0 / 2**20 * 1.0 + 1e-12
-  np.testing.assert_allclose(np.asarray(best.step_errors).max(), float(hi), rtol=1e-12)
+def test_the_bisection_closes_on_the_min_max_error_one_walk_per_halving():
+  """Algorithm 3 through `search_path` (the greedy walk alone): the walk at D = inf sets the
+  bracket [0, D0], one walk checks it, then one walk per halving; the smallest feasible bound
+  lies within D0 / 2^b above the brute-force min-max error (which the greedy walk attains on
+  this teacher) and never below it."""
+  f = _model(0, components=4, shape=(8,))
+  traj = oj.collect_trajectory(f, jax.random.normal(jax.random.key(10), (16, 8)), ALPHAS, 16)
+  for n in (2, 4):
+    brute = min(float(np.asarray(oj.path_errors(traj, (0,) + c)).max())
+                for c in itertools.combinations(range(1, 16), n - 1))
+    d0 = None
+    for b in (0, 5, 30):
+      _, info = oj.search_path(traj, n, num_bisection_steps=b, prefer_uniform_if_better=False)
+      d0 = float(info.bound) if d0 is None else d0
+      assert int(info.num_walks) == b + 2
+      assert brute * (1 - ERROR_RTOL_F64) <= float(info.max_error) <= float(info.bound)
+      assert float(info.bound) - brute <= d0 / 2**b, (n, b, float(info.bound), brute, d0)
 
 
 def test_olss_beats_ddim_where_the_readme_says_and_fails_where_it_says(teacher):
