@@ -20,8 +20,6 @@ from flax import serialization
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 import olss_jax as oj
-from olss_jax._src.stable_diffusion import generate as generate_lib
-from olss_jax._src.stable_diffusion import provenance
 
 # Final latents of diffusers' pipeline vs ours (float32; latents up to 32): measured 2.56e-5.
 LATENT_ATOL = {jnp.float32: 3e-5}
@@ -71,20 +69,37 @@ def sd_v(tiny_v_dir):
   return oj.stable_diffusion.load_stable_diffusion(tiny_v_dir)
 
 
+_GENERATE_TRACES = []  # one entry per trace of `generate`'s jitted core, this session
+
+
+def _count_generate_traces(event, duration, **kwargs):
+  del duration
+  if event == "/jax/core/compile/jaxpr_trace_duration" and (
+      kwargs.get("fun_name") == "generate_from_ids"):
+    _GENERATE_TRACES.append(event)
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_generate_traces)
+
+
 @pytest.fixture(scope="module")
-def _generate_traced_once():
-  return jax.jit(chex.assert_max_traces(generate_lib.generate_from_ids, n=1))
+def _traces_in_module():
+  return []
 
 
 @pytest.fixture
-def traced_generate(_generate_traced_once, monkeypatch):
-  """Makes `generate`'s jitted core one function that may trace only once in this module.
+def traced_generate(_traces_in_module):
+  """`generate`'s jitted core may trace only once across the tests of this module that use it.
 
   Every test using it runs the epsilon model at batch 2, NUM_STEPS steps and the default
   resolution, so that single compilation must serve every schedule (DDIM on two timestep
-  sets, with metadata or not) and guidance scale they pass.
+  sets, with metadata or not) and guidance scale they pass. Traces are counted with JAX's
+  monitoring events (``jaxpr_trace_duration`` of the function ``generate_from_ids``).
   """
-  monkeypatch.setattr(generate_lib, "_generate_jit", _generate_traced_once)
+  before = len(_GENERATE_TRACES)
+  yield
+  _traces_in_module.extend(_GENERATE_TRACES[before:])
+  assert len(_traces_in_module) <= 1, f"generate retraced: {len(_traces_in_module)} traces"
 
 
 def _eval_latents(sd, seed):
@@ -403,7 +418,7 @@ def test_collect_search_fit_generate_roundtrip(sd_v, tmp_path):
                                 traj.timesteps[oj.uniform_path(traj, NUM_STEPS)])
 
 
-def test_collect_to_directory_resumes_and_refuses_mixing(sd_v, tmp_path, monkeypatch):
+def test_collect_to_directory_resumes_and_refuses_mixing(sd_v, tmp_path):
   store = tmp_path / "teacher"
   kwargs = dict(key=jax.random.PRNGKey(3), num_images=4, images_per_chunk=2,
                 num_teacher_steps=50, steps_per_chunk=25)
@@ -424,10 +439,8 @@ def test_collect_to_directory_resumes_and_refuses_mixing(sd_v, tmp_path, monkeyp
                                                 **kwargs)
   schedule = oj.stable_diffusion.fit_sd_schedule(teacher, 4)
   assert schedule.metadata["num_fit_images"] == 4 and schedule.metadata["model"] == sd_v.name
-  # At Stable Diffusion's size one Gram serves the search and the fit: same schedule.
-  from olss_jax._src import regression
-  monkeypatch.setattr(regression, "QR_FLOPS_LIMIT", 0.0)
-  by_gram = oj.stable_diffusion.fit_sd_schedule(teacher, 4)
+  # One Gram (the statistics) serving the search and the fit gives the same schedule.
+  by_gram = oj.fit_olss(oj.trajectory_stats(teacher.trajectory), 4, method="olss")
   np.testing.assert_array_equal(by_gram.timesteps, schedule.timesteps)
   chex.assert_trees_all_close(by_gram.weights, schedule.weights, rtol=GRAM_VS_QR_RTOL_F64,
                               atol=GRAM_VS_QR_RTOL_F64)
@@ -437,13 +450,14 @@ def test_collect_to_directory_resumes_and_refuses_mixing(sd_v, tmp_path, monkeyp
   np.testing.assert_allclose(by_gram.metadata["search_max_error"],
                              schedule.metadata["search_max_error"], rtol=GRAM_VS_QR_RTOL_F64)
   assert ({k: v for k, v in by_gram.metadata.items() if k not in numeric}
-          == {k: v for k, v in schedule.metadata.items() if k not in numeric})
+          == {k: v for k, v in schedule.metadata.items() if k in by_gram.metadata
+              and k not in numeric})
 
 
 # --- mismatches -------------------------------------------------------------------------------
 
 def test_mismatch_warnings_and_errors(sd):
-  fitted = _ddim(sd, 4).with_metadata(**provenance.sd_metadata(
+  fitted = _ddim(sd, 4).with_metadata(**oj.stable_diffusion.sd_metadata(
       sd, guidance_scale=7.0, height=16, width=16))
   with warnings.catch_warnings():
     warnings.simplefilter("error")
