@@ -1,12 +1,12 @@
 """olss_jax.fit_olss: `fit_olss`, the one recipe, and the one method vocabulary."""
 import warnings
 
+import jax
 import numpy as np
 import pytest
 
 import olss_jax as oj
 from olss_jax import testing
-from olss_jax._src import validation
 from olss_jax.cli import _main as cli_main
 
 # The vocabulary's two families: the paper's methods fit the teacher's trajectory alone, the
@@ -149,26 +149,27 @@ def test_a_model_for_other_samples_fails_in_one_line_naming_denoise_fn():
   assert "\n" not in str(info.value)
 
 
+_SCANS = []  # one entry per finiteness scan of a trajectory's model outputs, this session
+
+
+def _count_scans(event, **kwargs):
+  del kwargs
+  if event == oj.validation.TRAJECTORY_SCAN_EVENT:
+    _SCANS.append(event)
+
+
+jax.monitoring.register_event_listener(_count_scans)
+
+
 @pytest.mark.parametrize("method", ["olss-ft", "olss", "olss-cl"])
-def test_fit_olss_scans_the_trajectory_once(monkeypatch, method):
+def test_fit_olss_scans_the_trajectory_once(method):
   # `fit_olss` checks at the door, then calls the verbs' cores, which trust the trajectory:
   # one finiteness scan of the (K, B, ...) outputs, not one per verb (issue 24).
   den, traj = testing.mixture_problem()
-  checks, scans = [], []
-  check_trajectory, find_nonfinite = validation.check_trajectory, validation.find_nonfinite
-
-  def counting_check(data, **kwargs):
-    checks.append(data)
-    return check_trajectory(data, **kwargs)
-
-  def counting_scan(array):
-    if np.shape(array) == np.shape(traj.model_outputs):
-      scans.append(array)
-    return find_nonfinite(array)
-
-  monkeypatch.setattr(validation, "check_trajectory", counting_check)
-  monkeypatch.setattr(validation, "find_nonfinite", counting_scan)
+  before = len(_SCANS)
   model = None if method in PAPER_METHODS else den
   sched = oj.fit_olss(traj, 3, denoise_fn=model, method=method, max_evaluations=3)
   assert sched.metadata["method"] == method
-  assert len(checks) == 1 and len(scans) == 1, (len(checks), len(scans))
+  assert len(_SCANS) - before == 1, len(_SCANS) - before
+  oj.search_path(traj, 3)  # a public verb on its own scans once too
+  assert len(_SCANS) - before == 2

@@ -241,6 +241,12 @@ def check_finite(array, name: str, *, axis_names: tuple[str, ...] = ()) -> None:
   raise ValueError(f"{name}: non-finite value ({float(value)}) {where}(index {idx})")
 
 
+# Recorded (`jax.monitoring.record_event`) once per finiteness scan of a trajectory's model
+# outputs, the only check that reads all of them: listen with
+# `jax.monitoring.register_event_listener` to count scans (a public verb scans once).
+TRAJECTORY_SCAN_EVENT = "/olss_jax/validation/trajectory_finiteness_scan"
+
+
 def check_trajectory(traj, *, name: str = "traj", check_finite_values: bool = True) -> None:
   """Checks a `Trajectory` (paper Sec. 3.3's recorded teacher) before fitting or saving.
 
@@ -248,7 +254,7 @@ def check_trajectory(traj, *, name: str = "traj", check_finite_values: bool = Tr
   (K, B, ...) float; the teacher (`teacher.check_teacher`: timesteps (K,) strictly
   decreasing, levels (K + 1,) valid for its kind). With ``check_finite_values`` concrete x_T
   and model_outputs must be finite (the message names the first step and sample with a NaN
-  or infinity).
+  or infinity); each such scan of concrete outputs records `TRAJECTORY_SCAN_EVENT`.
   """
   if not isinstance(traj, trajectory_lib.Trajectory):
     raise TypeError(f"{name}: expected an olss_jax Trajectory, got {type(traj).__name__}")
@@ -268,6 +274,8 @@ def check_trajectory(traj, *, name: str = "traj", check_finite_values: bool = Tr
                      f"{name}.model_outputs")
   if check_finite_values:
     check_finite(traj.x_T, f"{name}.x_T", axis_names=("sample",))
+    if not _is_traced(outputs):
+      jax.monitoring.record_event(TRAJECTORY_SCAN_EVENT)
     check_finite(outputs, f"{name}.model_outputs", axis_names=("step", "sample"))
 
 
