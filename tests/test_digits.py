@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 import olss_jax as oj
-from olss_jax._src import frechet as frechet_lib
-from olss_jax._src.digits import model as model_lib
+from olss_jax import train_digits
 
-# Float64 closed forms of the Frechet distance; float32 eps-level agreement of jit vs no-jit.
+# float32 eps-level agreement of jit vs no-jit (the Frechet distance: tests/test_frechet.py).
 RTOL = {jnp.float32: 1e-5, jnp.float64: 1e-10}
 ATOL = {jnp.float32: 1e-5, jnp.float64: 1e-10}
 # Documented held-out accuracy of the shipped classifier (assets JSON: 0.9833 on 360 images);
@@ -52,7 +51,7 @@ def test_load_model_fields(model):
   assert model.null_class == 10
   chex.assert_shape(model.alphas_cumprod, (1000,))
   np.testing.assert_allclose(model.alphas_cumprod, oj.scaled_linear_alphas_cumprod(), rtol=0)
-  chex.assert_shape(model.params["label_embedding"], (11, model_lib.NUM_TOKENS,
+  chex.assert_shape(model.params["label_embedding"], (11, model.config["label_tokens"],
                                                       model.config["unet"]["cross_attention_dim"]))
   chex.assert_tree_all_finite(model.params)
   assert model.config["prediction_type"] == "epsilon"
@@ -82,14 +81,6 @@ def test_images_to_uint8_and_grid():
   grid = oj.digits.images_to_grid(np.zeros((5, 1, 8, 8)), ncols=3, pad=1)
   chex.assert_shape(grid, (2 * 9 + 1, 3 * 9 + 1))
   assert grid.dtype == np.uint8
-
-
-def test_pixel_shuffle_roundtrip():
-  x = jax.random.normal(jax.random.PRNGKey(0), (3, 1, 8, 8))
-  y = model_lib.pixel_unshuffle(x)
-  chex.assert_shape(y, (3, 4, 4, 4))
-  np.testing.assert_array_equal(y[:, 1, 2, 3], x[:, 0, 4, 7])  # channel (0, 1) of patch (2, 3)
-  np.testing.assert_array_equal(model_lib.pixel_shuffle(y), x)
 
 
 def test_denoiser_guidance_formula_and_jit(model):
@@ -251,71 +242,10 @@ def test_flow_teacher_short_run_samples_are_their_class(flow_model, classifier):
   assert acc >= FLOW_SHORT_RUN_MIN_CLASS_ACCURACY, acc
 
 
-# --- Frechet distance ---
-
-def _gaussian_samples(rng, mean, cov, n):
-  return rng.multivariate_normal(mean, cov, size=n)
-
-
-def test_trace_sqrt_product_closed_form():
-  # Commuting (diagonal) covariances: Tr sqrt(Sa Sb) = sum sqrt(a_i b_i).
-  a = np.array([1.0, 4.0, 0.25])
-  b = np.array([9.0, 1.0, 4.0])
-  got = frechet_lib.trace_sqrt_product(np.diag(a), np.diag(b))
-  np.testing.assert_allclose(got, np.sum(np.sqrt(a * b)), rtol=RTOL[jnp.float64])
-  # Rotated into a common random basis the answer is unchanged.
-  q, _ = np.linalg.qr(np.random.RandomState(0).randn(3, 3))
-  got = frechet_lib.trace_sqrt_product(q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T)
-  np.testing.assert_allclose(got, np.sum(np.sqrt(a * b)), rtol=1e-9)
-
-
-def test_frechet_distance_known_gaussians():
-  """Exact sample statistics: d = ||mu_a - mu_b||^2 + sum (sqrt(a_i) - sqrt(b_i))^2."""
-  rng = np.random.RandomState(1)
-  f = 4
-  # Build sets whose sample mean and unbiased covariance are exactly (mu, diag(var)).
-  def exact_set(mu, var, n=64):
-    z = rng.randn(n, f)
-    z -= z.mean(0)
-    w, v = np.linalg.eigh(np.cov(z, rowvar=False))
-    z = z @ v @ np.diag(w ** -0.5) @ v.T  # whitened: sample cov = I exactly
-    return mu + z * np.sqrt(var)
-  mu_a, var_a = np.array([0.0, 1.0, 2.0, -1.0]), np.array([1.0, 2.0, 0.5, 3.0])
-  mu_b, var_b = np.array([0.5, 1.0, 0.0, 0.0]), np.array([4.0, 2.0, 1.0, 0.1])
-  d = oj.digits.frechet_distance(exact_set(mu_a, var_a), exact_set(mu_b, var_b, n=50))
-  expected = np.sum((mu_a - mu_b) ** 2) + np.sum((np.sqrt(var_a) - np.sqrt(var_b)) ** 2)
-  np.testing.assert_allclose(d, expected, rtol=1e-9)
-  same = exact_set(mu_a, var_a)
-  assert abs(oj.digits.frechet_distance(same, same)) < 1e-9
-
-
-def test_frechet_distance_matches_scipy_sqrtm():
-  scipy_linalg = pytest.importorskip("scipy.linalg")
-  rng = np.random.RandomState(2)
-  f = 6
-  a = rng.randn(200, f) @ rng.randn(f, f)
-  b = rng.randn(150, f) @ rng.randn(f, f) + 0.3
-  sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-  covmean = scipy_linalg.sqrtm(sa @ sb).real
-  expected = (np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(sa) + np.trace(sb)
-              - 2 * np.trace(covmean))
-  np.testing.assert_allclose(oj.digits.frechet_distance(a, b), expected, rtol=1e-8)
-
-
-def test_frechet_distance_bad_input():
-  with pytest.raises(ValueError, match="features_b"):
-    oj.digits.frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
-  with pytest.raises(ValueError, match="features_a"):
-    oj.digits.frechet_distance(np.zeros((1, 3)), np.zeros((5, 3)))
-  with pytest.raises(ValueError, match="features_a"):
-    oj.digits.frechet_distance(np.full((3, 2), np.nan), np.zeros((5, 2)))
-
-
 @pytest.mark.slow
 def test_training_the_classifier_reproduces_the_shipped_asset(tmp_path):
   """The full classifier recipe (44 s) writes the shipped weights byte for byte."""
-  from olss_jax._src.digits import train  # pylint: disable=import-outside-toplevel
-  train.train_classifier(out_dir=tmp_path, log=lambda *a, **k: None)
+  train_digits.train_classifier(out_dir=tmp_path, log=lambda *a, **k: None)
   shipped = importlib.resources.files("olss_jax").joinpath("assets", "digits_classifier.msgpack")
   assert (tmp_path / "digits_classifier.msgpack").read_bytes() == shipped.read_bytes()
 
@@ -323,8 +253,7 @@ def test_training_the_classifier_reproduces_the_shipped_asset(tmp_path):
 @pytest.mark.slow
 def test_training_the_unet_reproduces_the_shipped_asset(tmp_path):
   """The full UNet recipe (about 11 minutes on 2 cores) writes the shipped weights byte for byte."""
-  from olss_jax._src.digits import train  # pylint: disable=import-outside-toplevel
-  train.train_unet(out_dir=tmp_path, log=lambda *a, **k: None)
+  train_digits.train_unet(out_dir=tmp_path, log=lambda *a, **k: None)
   shipped = importlib.resources.files("olss_jax").joinpath("assets", "digits_unet.msgpack")
   assert (tmp_path / "digits_unet.msgpack").read_bytes() == shipped.read_bytes()
 
@@ -333,8 +262,7 @@ def test_training_the_unet_reproduces_the_shipped_asset(tmp_path):
 def test_training_the_flow_unet_reproduces_the_shipped_asset(tmp_path):
   """The full rectified-flow recipe (about 11 minutes on 2 cores) writes the shipped weights
   byte for byte."""
-  from olss_jax._src.digits import train  # pylint: disable=import-outside-toplevel
-  train.train_unet(objective="flow", out_dir=tmp_path, log=lambda *a, **k: None)
+  train_digits.train_unet(objective="flow", out_dir=tmp_path, log=lambda *a, **k: None)
   shipped = importlib.resources.files("olss_jax").joinpath("assets", "digits_flow_unet.msgpack")
   assert (tmp_path / "digits_flow_unet.msgpack").read_bytes() == shipped.read_bytes()
 
@@ -342,13 +270,12 @@ def test_training_the_flow_unet_reproduces_the_shipped_asset(tmp_path):
 @pytest.mark.slow
 def test_training_is_deterministic(tmp_path):
   """Two seeded runs of the training script (shortened) write identical parameter files."""
-  from olss_jax._src.digits import train  # pylint: disable=import-outside-toplevel
 
   quiet = lambda *a, **k: None  # noqa: E731
   for run in ("a", "b"):
-    train.train_classifier(out_dir=tmp_path / run, log=quiet, epochs=1)
-    train.train_unet(out_dir=tmp_path / run, log=quiet, steps=3, warmup_steps=1)
-    train.train_unet(objective="flow", out_dir=tmp_path / run, log=quiet, steps=3,
+    train_digits.train_classifier(out_dir=tmp_path / run, log=quiet, epochs=1)
+    train_digits.train_unet(out_dir=tmp_path / run, log=quiet, steps=3, warmup_steps=1)
+    train_digits.train_unet(objective="flow", out_dir=tmp_path / run, log=quiet, steps=3,
                      warmup_steps=1)
   for name in ("digits_classifier.msgpack", "digits_unet.msgpack", "digits_flow_unet.msgpack"):
     assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
