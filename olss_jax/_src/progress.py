@@ -66,13 +66,6 @@ def _advance_to(bar, position: int) -> None:
     bar.update(position - bar.n)
 
 
-def teacher_callback(bar) -> Callable[[int, int], None]:
-  """A `collect_trajectory` callback ``(steps_done, K)`` that moves ``bar`` to steps_done."""
-  def callback(steps_done: int, _: int) -> None:
-    _advance_to(bar, int(steps_done))
-  return callback
-
-
 def store_callback(bar) -> Callable[[model_lib.StoreProgress], None]:
   """A `collect_to_directory` callback: the bar counts teacher steps over all chunks.
 

@@ -82,7 +82,7 @@ def main(argv=None) -> dict:
     with progress.progress_bar(k, "teacher", unit="step", file=sink) as bar:  # the CLI's bar
       oj.collect_trajectory(denoise, x_T, model.alphas_cumprod, k,
                             steps_per_chunk=args.steps_per_chunk,
-                            callback=progress.teacher_callback(bar))
+                            callback=lambda done, _: bar.update(done - bar.n))
 
   results = {}
   for name, fn in (("single scan", single), ("chunks", chunks), ("chunks + bar", chunks_bar)):
