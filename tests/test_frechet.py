@@ -165,9 +165,9 @@ def test_any_array_input_is_computed_in_float64():
     assert_close(frechet_distance(x, y), expected)            # float32 arithmetic: ~1e-7 off
 
 
-@pytest.mark.parametrize("shape", [(5,), (2, 3, 4), (1, 3), (0, 3)])
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 4), (1, 3), (0, 3), (5, 0)])
 def test_a_set_not_n_by_f_with_n_at_least_2_raises_value_error_naming_it(shape):
-  good = np.zeros((5, shape[-1] if len(shape) == 2 else 3))
+  good = np.zeros((5, shape[-1] if len(shape) == 2 and shape[-1] else 3))
   with pytest.raises(ValueError, match=r"^features_a: expected shape \(N, F\) with N >= 2"):
     frechet_distance(np.zeros(shape), good)
   with pytest.raises(ValueError, match=r"^features_b: expected shape \(N, F\) with N >= 2"):

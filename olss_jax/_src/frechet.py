@@ -31,7 +31,7 @@ def frechet_distance(features_a, features_b) -> float:
   unbiased (N - 1) sample covariances, all in float64.
 
   Args:
-    features_a: (N, F) features of the first set (N >= 2).
+    features_a: (N, F) features of the first set (N >= 2, F >= 1).
     features_b: (M, F) features of the second set (M >= 2).
 
   Returns:
@@ -40,8 +40,8 @@ def frechet_distance(features_a, features_b) -> float:
   a = np.asarray(features_a, np.float64)
   b = np.asarray(features_b, np.float64)
   for name, f in (("features_a", a), ("features_b", b)):
-    if f.ndim != 2 or f.shape[0] < 2:
-      raise ValueError(f"{name}: expected shape (N, F) with N >= 2, got {f.shape}")
+    if f.ndim != 2 or f.shape[0] < 2 or f.shape[1] < 1:
+      raise ValueError(f"{name}: expected shape (N, F) with N >= 2 and F >= 1, got {f.shape}")
     if not np.all(np.isfinite(f)):
       raise ValueError(f"{name}: contains non-finite values")
   if a.shape[1] != b.shape[1]:
