@@ -188,6 +188,20 @@ def check_path(path, num_teacher_steps, *, name: str = "path") -> np.ndarray:
   return arr.astype(np.int32)
 
 
+def _first_nonfinite(array) -> jax.Array:
+  """Flat index of the first non-finite element, -1 if none: one program per shape (eager
+  `jnp` calls compiled one program per operation and shape), one fused pass over the data, and
+  the search for the index only when the pass found one."""
+  flat = array.reshape(-1)
+  index = jax.dtypes.canonicalize_dtype(np.int64)  # int32 unless float64 is switched on
+  return jax.lax.cond(jnp.any(~jnp.isfinite(flat)),
+                      lambda a: jnp.argmax(~jnp.isfinite(a)).astype(index),
+                      lambda a: jnp.asarray(-1, index), flat)
+
+
+_first_nonfinite_jit = jax.jit(_first_nonfinite)
+
+
 def find_nonfinite(array) -> tuple[int, ...] | None:
   """Index of the first non-finite element of ``array`` in C order, or None.
 
@@ -198,14 +212,11 @@ def find_nonfinite(array) -> tuple[int, ...] | None:
   if _is_traced(array):
     return None
   if isinstance(array, jax.Array):
-    if not jnp.issubdtype(array.dtype, jnp.inexact):
+    if not jnp.issubdtype(array.dtype, jnp.inexact) or array.size == 0:
       return None
     with jax.ensure_compile_time_eval():  # concrete also inside a caller's jit (a closure)
-      bad = ~jnp.isfinite(array)
-      if not bool(jnp.any(bad)):
-        return None
-      flat = int(jnp.argmax(bad.reshape(-1)))
-    return tuple(int(i) for i in np.unravel_index(flat, array.shape))
+      flat = int(_first_nonfinite_jit(array))
+    return None if flat < 0 else tuple(int(i) for i in np.unravel_index(flat, array.shape))
   arr = np.asarray(array)
   if not np.issubdtype(arr.dtype, np.inexact) and arr.dtype.name != "bfloat16":
     return None
