@@ -1,22 +1,14 @@
 """Every figure function writes a non-empty PNG of the requested size, on tiny inputs."""
-import struct
-
 import jax
 import numpy as np
 import pytest
 
+import figure_helpers
 import olss_jax as oj
 
 K = 20      # teacher steps: tiny but a real teacher
 B = 3       # noises
 DIM = 16
-
-
-def _png_size(path):
-  with open(path, "rb") as f:
-    head = f.read(24)
-  assert head[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-  return struct.unpack(">II", head[16:24])  # (width, height)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +36,7 @@ def test_correlation_matrix_is_a_correlation(traj):
 def test_correlation_figure_png(traj, tmp_path):
   path = tmp_path / "corr.png"
   oj.figures.correlation_figure(traj, num_points=8, path=path, figsize=(4, 3), dpi=50)
-  assert _png_size(path) == (200, 150)
+  assert figure_helpers.png_size(path) == (200, 150)
   assert path.stat().st_size > 1000
 
 
@@ -55,7 +47,7 @@ def test_generation_paths_figure_png(model, traj, tmp_path):
   path = tmp_path / "paths.png"
   oj.figures.generation_paths_figure({"ddim": hist}, traj.states, samples=(0, 1), path=path,
                              figsize=(6, 3), dpi=40)
-  assert _png_size(path) == (240, 120)
+  assert figure_helpers.png_size(path) == (240, 120)
   with pytest.raises(ValueError, match="histories"):
     oj.figures.generation_paths_figure({}, traj.states)
 
@@ -67,7 +59,7 @@ def test_error_vs_steps_figure_png(tmp_path):
                                      info={})
   path = tmp_path / "errors.png"
   oj.figures.error_vs_steps_figure(comparison, path=path, figsize=(5, 4), dpi=30)
-  assert _png_size(path) == (150, 120)
+  assert figure_helpers.png_size(path) == (150, 120)
   with pytest.raises(ValueError, match="metric"):
     oj.figures.error_vs_steps_figure(rows, metric="fid")
 
@@ -77,7 +69,7 @@ def test_weights_figure_png(model, traj, tmp_path):
   ddim = oj.baselines.ddim_baseline_schedule(model.alphas_cumprod, 4)
   path = tmp_path / "weights.png"
   oj.figures.weights_figure({"olss": fitted, "ddim": ddim}, path=path, figsize=(6, 3), dpi=40)
-  assert _png_size(path) == (240, 120)
+  assert figure_helpers.png_size(path) == (240, 120)
 
 
 def test_image_grid_figure_and_mosaic(tmp_path):
@@ -85,11 +77,11 @@ def test_image_grid_figure_and_mosaic(tmp_path):
   rows = {"teacher": rng.uniform(-1, 1, (4, 1, 8, 8)), "olss": rng.uniform(-1, 1, (4, 1, 8, 8))}
   path = tmp_path / "grid.png"
   oj.figures.image_grid_figure(rows, path=path, cell_inches=0.5, dpi=40)
-  width, height = _png_size(path)
+  width, height = figure_helpers.png_size(path)
   assert (width, height) == (round((4 + 1.4) * 0.5 * 40), round((2 + 0.5) * 0.5 * 40))
   mosaic = tmp_path / "mosaic.png"
   grid = oj.figures.save_image_grid(rng.uniform(-1, 1, (5, 1, 8, 8)), mosaic, ncols=3, scale=2)
-  assert _png_size(mosaic) == (grid.shape[1], grid.shape[0]) == ((3 * 9 + 1) * 2, (2 * 9 + 1) * 2)
+  assert figure_helpers.png_size(mosaic) == (grid.shape[1], grid.shape[0]) == ((3 * 9 + 1) * 2, (2 * 9 + 1) * 2)
   rgb = oj.figures.to_display_images(np.zeros((2, 16, 16, 3), np.uint8))
   assert rgb.shape == (2, 16, 16, 3) and rgb.max() == 0
   vectors = oj.figures.to_display_images(np.arange(10.0).reshape(2, 5))

@@ -1,24 +1,16 @@
 """The paper's figures end to end (workbench.py): `paper_figures` and Figure 5's data,
 `generation_paths`, on the analytic comparison model at toy size."""
-import struct
-
 import chex
 import numpy as np
 import pytest
 
+import figure_helpers
 import olss_jax as oj
 
 K = 20        # teacher steps: tiny but a real teacher
 N = 2         # the step count drawn
 NUM_FIT, NUM_EVAL, SHOWN = 4, 5, 3
 FIT_SEED, EVAL_SEED = 1, 2
-
-
-def _png_size(path):
-  with open(path, "rb") as f:
-    head = f.read(24)
-  assert head[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-  return struct.unpack(">II", head[16:24])  # (width, height)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +55,7 @@ def test_paper_figures_writes_the_paths_and_weights_pngs(model, tmp_path):
                                      fit_seed=FIT_SEED, eval_seed=EVAL_SEED, peers=False,
                                      max_evaluations=20, quiet=True)
   assert [p.rsplit("/", 1)[1] for p in written] == ["paths.png", "weights.png"]
-  assert all(_png_size(p)[0] > 0 for p in written)
+  assert all(figure_helpers.png_size(p)[0] > 0 for p in written)
   with pytest.raises(ValueError, match="which: unknown figures"):
     oj.figures.paper_figures(model, tmp_path, which=["heatmap"])
   with pytest.raises(ValueError, match="steps"):
