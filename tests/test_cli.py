@@ -56,7 +56,9 @@ def test_help_everywhere_with_examples(capsys):
     assert rc == 0, command
     assert "examples:" in out and f"olss-jax {command}" in out, command
   rc, out, _ = run(capsys, "fit", "--help")
-  assert all(m in out for m in oj.METHODS)
+  assert all(m in out for m in oj.METHODS)          # the library's vocabulary, not a copy
+  rc, out, _ = run(capsys, "demo", "--help")
+  assert all(m in out for m in oj.compare.EMBEDDED_MODELS)
 
 
 def test_bad_option_exits_2(capsys):

@@ -7,7 +7,6 @@ import pytest
 
 import olss_jax as oj
 from olss_jax import testing
-from olss_jax.cli import _main as cli_main
 
 # The vocabulary's two families: the paper's methods fit the teacher's trajectory alone, the
 # others also need the model (``denoise_fn``).
@@ -77,8 +76,6 @@ def test_refine_option_and_legacy_spellings():
 def test_one_vocabulary_for_api_cli_and_comparison():
   assert oj.METHODS == ("olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft", "olss-e2e")
   assert oj.METHODS == PAPER_METHODS + MODEL_METHODS
-  assert cli_main._METHODS == oj.METHODS  # pylint: disable=protected-access
-  assert cli_main._EMBEDDED == oj.compare.EMBEDDED_MODELS  # pylint: disable=protected-access
   methods = oj.compare.default_methods(baselines=["ddim"], peers=False)
   assert list(methods) == ["ddim", *oj.METHODS]
   with_peers = oj.compare.default_methods(baselines=["ddim"])

@@ -19,16 +19,14 @@ import sys
 import warnings
 from typing import Sequence
 
+import olss_jax as oj
 from olss_jax.cli import _commands as commands
 
 PROG = "olss-jax"
 COMMANDS = ("demo", "collect", "fit", "sample", "compare", "figures")
 FIGURES = commands.FIGURES
-# The one method vocabulary (`olss_jax.METHODS`), spelled here so --help needs no JAX import.
-_METHODS = ("olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft", "olss-e2e")
-# The embedded models (`olss_jax.compare.EMBEDDED_MODELS`), spelled here for the same reason.
-_EMBEDDED = ("default", "digits", "digits-flow", "mnist", "analytic", "analytic-flow",
-             "analytic-latent")
+_METHODS = oj.METHODS                       # the library's one method vocabulary
+_EMBEDDED = oj.compare.EMBEDDED_MODELS      # the shipped models, by name
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
