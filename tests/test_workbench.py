@@ -11,6 +11,8 @@ K = 20        # teacher steps: tiny but a real teacher
 N = 2         # the step count drawn
 NUM_FIT, NUM_EVAL, SHOWN = 4, 5, 3
 FIT_SEED, EVAL_SEED = 1, 2
+# float32: the jitted `sample_states` against eager `sample` (same schedule, same noises)
+F32_RTOL, F32_ATOL = 1e-5, 1e-6
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def test_generation_paths_start_from_held_out_noises_with_their_own_teacher(mode
     chex.assert_shape(hist, (N + 1, SHOWN) + tuple(model.sample_shape))
     np.testing.assert_array_equal(hist[0], held_out)  # every sampler starts from the same noise
     final = oj.sample(model.denoiser(None), comparison.schedules[(method, N)], held_out)
-    np.testing.assert_allclose(hist[-1], np.asarray(final), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(hist[-1], np.asarray(final), rtol=F32_RTOL, atol=F32_ATOL)
   only, _ = oj.figures.generation_paths(model, comparison, N, num_shown=1, methods=["ddim", "x"])
   assert list(only) == ["ddim"] and only["ddim"].shape[1] == 1
   for bad in (0, NUM_EVAL + 1):
