@@ -107,3 +107,17 @@ def test_ridge_solve_is_the_closed_form_ridge():
   np.testing.assert_allclose(w, want, rtol=1e-10)
   np.testing.assert_allclose(np.asarray(linalg.ridge_solve(a, y, 0.0, scale, ref, 80)),
                              np.linalg.lstsq(a, y, rcond=None)[0], rtol=1e-10)
+
+
+def test_ridge_path_max_screens_every_strength_with_one_svd():
+  rng = np.random.default_rng(7)
+  a, y = rng.standard_normal((60, 5)), rng.standard_normal(60)
+  a[:, 4] = a[:, 3] + 1e-3 * rng.standard_normal(60)         # near-collinear: large weights
+  scale, ref = rng.uniform(0.5, 2.0, 5), rng.standard_normal(5)
+  lams = np.array([0.0, 1e-6, 1e-3, 1e-1])
+  mask = np.array([True, True, True, True, False])
+  got = np.asarray(linalg.ridge_path_max(a, y, lams, scale, ref, 60, mask))
+  want = [np.max(np.abs(np.asarray(linalg.ridge_solve(a, y, lam, scale, ref, 60)))[mask])
+          for lam in lams]
+  np.testing.assert_allclose(got, want, rtol=1e-8)
+  assert want[0] > 10 * want[-1]                                # the screen sees the blow-up

@@ -203,6 +203,32 @@ def ridge_solve(a, y, lam, scale, ref, num_rows, *, rcond: float = RCOND):
     return jnp.linalg.lstsq(aa, yy, rcond=rcond)[0]
 
 
+def ridge_path_max(a, y, lams, scale, ref, num_rows, mask, *, rcond: float = RCOND):
+  """The largest ``|w_j|`` (j in ``mask``) of `ridge_solve`'s weights at every strength in ``lams``.
+
+  One SVD serves every strength: with ``D = diag(sqrt(num_rows * scale))`` and
+  ``B = a D^-1 = U S V^T``, the weights are ``ref + D^-1 V diag(S / (S^2 + lam)) U^T (y - a ref)``
+  (singular values below ``rcond * max(S)`` dropped, the minimum-norm convention of
+  `ridge_solve` up to rounding). Used to screen strengths, not to fit.
+
+  Args:
+    a: (rows, c); y: (rows,); lams: (L,) relative strengths; scale, ref, mask: (c,);
+    num_rows: the number of data rows the factors stand for.
+
+  Returns:
+    (L,) float64.
+  """
+  with jax.enable_x64(True):
+    d = jnp.sqrt(num_rows * f64(scale))
+    u, s, vt = jnp.linalg.svd(f64(a) / d, full_matrices=False)
+    keep = s > rcond * jnp.max(s)
+    proj = u.T @ (f64(y) - f64(a) @ f64(ref))
+    lams = f64(lams)[:, None]
+    filt = jnp.where(keep, s / jnp.where(keep, s**2 + lams, 1.0), 0.0)    # (L, k)
+    ws = f64(ref) + (filt * proj) @ vt / d
+    return jnp.max(jnp.where(mask, jnp.abs(ws), 0.0), axis=1)
+
+
 def gram_sqrt(gram) -> jax.Array:
   """A square root R of a Gram matrix (``R^T R = G``) by eigendecomposition of its equilibrated form.
 
