@@ -58,6 +58,9 @@ class ClosedLoopFitInfo(NamedTuple):
     num_model_calls: int32, model evaluations on the B fitting noises (n).
     holdout_errors: (n,) float64 the same errors on the noises left out of the fit
       (``fit_noises``), with the weights fitted on the others; NaN when none is left out.
+    guarded: (n,) bool, rows whose cross-validated strength was refused by the amplification
+      guard (its weights exceeded ``WEIGHT_BOUND`` times the teacher's; the row was held to
+      the bound instead).
   """
 
   step_errors: jax.Array
@@ -66,6 +69,7 @@ class ClosedLoopFitInfo(NamedTuple):
   states: jax.Array
   num_model_calls: jax.Array
   holdout_errors: jax.Array
+  guarded: jax.Array
 
 
 
@@ -158,7 +162,8 @@ def _sharded_row_factors(cols, y, fold_of_row, grid, num_folds: int, part):
   return r_all, colsq if ridge else None, r_folds
 
 
-def _row_solve(r_all, colsq, r_folds, sizes, ref, mask, grid, num_rows: int):
+def _row_solve(r_all, colsq, r_folds, sizes, ref, mask, grid, num_rows: int,
+               guard: bool = True):
   """One row's weights from its factors: plain least squares, a fixed ridge, or CV's ridge.
 
   Ridge towards ``ref`` with strength lam picked from ``grid`` by K-fold cross-validation
@@ -173,20 +178,22 @@ def _row_solve(r_all, colsq, r_folds, sizes, ref, mask, grid, num_rows: int):
     r_all: (c + 1, c + 1) factor of ``[cols, y]`` over the fitting rows; colsq: (c,) their
       column sums of squares (None without ridge); r_folds: per-fold factors (() for none);
       sizes: static rows per fold; ref, mask: (c,); grid: static; num_rows: fitting rows.
+    guard: apply the amplification guard (static; off only to score candidate paths).
 
   Returns:
-    (weights (c,), lam, deficient).
+    (weights (c,), lam, deficient, guarded: the guard refused the cross-validation's pick).
   """
   c = r_all.shape[1] - 1
   prefix = jnp.sum(mask).astype(jnp.int32)
   w_ls, _, deficient = linalg.prefix_solve(r_all, c, prefix, c)
+  unguarded = jnp.asarray(False)
   if grid == (0.0,):
-    return w_ls, jnp.asarray(0.0, jnp.float64), deficient
+    return w_ls, jnp.asarray(0.0, jnp.float64), deficient, unguarded
   scale = jnp.maximum(colsq / num_rows, 1e-300)
   if not r_folds:
     lam = jnp.asarray(grid[0], jnp.float64)
     w = linalg.ridge_solve(r_all[:, :c], r_all[:, c], lam, scale, ref, num_rows)
-    return jnp.where(mask, w, 0.0), lam, deficient
+    return jnp.where(mask, w, 0.0), lam, deficient, unguarded
 
   def cv_error(lam):
     total = 0.0
@@ -199,32 +206,37 @@ def _row_solve(r_all, colsq, r_folds, sizes, ref, mask, grid, num_rows: int):
   grid_arr = jnp.asarray(grid, jnp.float64)
   cv = jax.vmap(cv_error)(grid_arr)
   stacked = jnp.concatenate(r_folds, axis=0)
+  if not guard:
+    best = linalg.first_true(cv <= jnp.min(cv) * (1 + 1e-9) + 1e-300)
+    w = linalg.ridge_solve(stacked[:, :c], stacked[:, c], grid_arr[best], scale, ref, num_rows)
+    return jnp.where(mask, w, 0.0), grid_arr[best], deficient, unguarded
   # the amplification guard: strengths whose weights leave the teacher's scale are refused
   largest = linalg.ridge_path_max(stacked[:, :c], stacked[:, c], grid_arr, scale, ref,
                                   num_rows, mask)
   bound = WEIGHT_BOUND * jnp.maximum(1.0, jnp.max(jnp.abs(ref)))
   allowed = largest <= bound
+  guarded = ~allowed[linalg.first_true(cv <= jnp.min(cv) * (1 + 1e-9) + 1e-300)]
   cv = jnp.where(jnp.any(allowed), jnp.where(allowed, cv, jnp.inf),
                  jnp.where(largest <= jnp.min(largest), cv, jnp.inf))
   best = linalg.first_true(cv <= jnp.min(cv) * (1 + 1e-9) + 1e-300)
   lam = grid_arr[best]
   w = linalg.ridge_solve(stacked[:, :c], stacked[:, c], lam, scale, ref, num_rows)
-  return jnp.where(mask, w, 0.0), lam, deficient
+  return jnp.where(mask, w, 0.0), lam, deficient, guarded
 
 
-def _row_fit(cols, y, ref, mask, grid, folds, num_rows: int):
+def _row_fit(cols, y, ref, mask, grid, folds, num_rows: int, guard: bool = True):
   """One row's weights from its rows (`_row_factors`, then `_row_solve`).
 
   Returns:
-    (weights (c,), lam, deficient).
+    (weights (c,), lam, deficient, guarded).
   """
   r_all, colsq, r_folds = _row_factors(cols, y, grid, folds)
   sizes = [int(idx.shape[0]) for idx in folds]
-  return _row_solve(r_all, colsq, r_folds, sizes, ref, mask, grid, num_rows)
+  return _row_solve(r_all, colsq, r_folds, sizes, ref, mask, grid, num_rows, guard)
 
 
 def _solve(traj, path, denoise_fn, grid: tuple, x64: bool, fit_noises: tuple | None = None,
-           part=None, ys=None):
+           part=None, ys=None, guard: bool = True):
   """The closed-loop fit (see `closed_loop_fit`); traceable, statics: grid, x64, fit_noises.
 
   ``part`` (static ``(mesh, axes)``, `sharding.trajectory_partition`): the trajectory is
@@ -232,6 +244,7 @@ def _solve(traj, path, denoise_fn, grid: tuple, x64: bool, fit_noises: tuple | N
   and each row's regression is reduced from per-device factors (`_sharded_row_factors`).
   ``ys``: the (n, N) float64 teacher targets when the caller has them (`final_errors_fn`
   keeps them between candidate paths), else computed here (one pass over the outputs).
+  ``guard`` (static): the amplification guard (`_row_solve`), off for scoring candidates.
   """
   n = path.shape[0]
   k = traj.num_teacher_steps
@@ -264,7 +277,7 @@ def _solve(traj, path, denoise_fn, grid: tuple, x64: bool, fit_noises: tuple | N
     fold_of_row = jnp.asarray(np.repeat(fold_of_sample, elements))
 
     def row(i, carry):
-      basis, states, weights, errors, hold_errors, lams, deficient = carry
+      basis, states, weights, errors, hold_errors, lams, deficient, guarded = carry
       e = model_calls.call_model(denoise_fn, states[i], timesteps[i], x64)
       basis = jax.lax.dynamic_update_slice(basis, linalg.f64(e).reshape(-1, 1),
                                            (jnp.int32(0), (i + 1).astype(jnp.int32)))
@@ -274,12 +287,14 @@ def _solve(traj, path, denoise_fn, grid: tuple, x64: bool, fit_noises: tuple | N
       ref = jnp.where(mask, refs[i], 0.0)
       if part is not None:   # per-device factors, reduced across devices (and processes)
         factors = _sharded_row_factors(cols, ys[i], fold_of_row, grid, len(folds), part)
-        w, lam, defic = _row_solve(*factors, sizes, ref, mask, grid, num_fit_rows)
+        w, lam, defic, held = _row_solve(*factors, sizes, ref, mask, grid, num_fit_rows,
+                                         guard)
       elif fit_noises is None:
-        w, lam, defic = _row_fit(cols, ys[i], ref, mask, grid, folds, num_fit_rows)
+        w, lam, defic, held = _row_fit(cols, ys[i], ref, mask, grid, folds, num_fit_rows,
+                                       guard)
       else:
-        w, lam, defic = _row_fit(cols[fit_rows_j], ys[i][fit_rows_j], ref, mask, grid, folds,
-                                 num_fit_rows)
+        w, lam, defic, held = _row_fit(cols[fit_rows_j], ys[i][fit_rows_j], ref, mask, grid,
+                                       folds, num_fit_rows, guard)
       fitted = cols @ w
       states = states.at[i + 1].set(fitted.reshape(x_T.shape).astype(dtype))
       states = sharding_lib.constrain(states, part, 1)
@@ -291,16 +306,19 @@ def _solve(traj, path, denoise_fn, grid: tuple, x64: bool, fit_noises: tuple | N
       hold_err = (jnp.sum(jnp.where(hold_rows_j, sq, 0.0)) / num_hold_rows if num_hold_rows
                   else jnp.asarray(jnp.nan, jnp.float64))
       return (basis, states, weights.at[i].set(w), errors.at[i].set(err),
-              hold_errors.at[i].set(hold_err), lams.at[i].set(lam), deficient.at[i].set(defic))
+              hold_errors.at[i].set(hold_err), lams.at[i].set(lam), deficient.at[i].set(defic),
+              guarded.at[i].set(held))
 
     init = (basis, states, jnp.zeros((n, n + 1), jnp.float64), jnp.zeros((n,), jnp.float64),
-            jnp.zeros((n,), jnp.float64), jnp.zeros((n,), jnp.float64), jnp.zeros((n,), bool))
-    _, states, weights, errors, hold_errors, lams, deficient = jax.lax.fori_loop(0, n, row, init)
+            jnp.zeros((n,), jnp.float64), jnp.zeros((n,), jnp.float64), jnp.zeros((n,), bool),
+            jnp.zeros((n,), bool))
+    _, states, weights, errors, hold_errors, lams, deficient, guarded = jax.lax.fori_loop(
+        0, n, row, init)
     return weights, ClosedLoopFitInfo(errors, deficient, lams, states, jnp.asarray(n, jnp.int32),
-                                      hold_errors)
+                                      hold_errors, guarded)
 
 
-_solve_jit = jax.jit(_solve, static_argnums=(3, 4, 5, 6))
+_solve_jit = jax.jit(_solve, static_argnums=(3, 4, 5, 6, 8))
 
 
 def closed_loop_fit(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
@@ -400,7 +418,11 @@ def final_errors_fn(traj: trajectory_lib.Trajectory, denoise_fn, *, fit_noises,
 
   Returns:
     ``errors(path (n,) int) -> (float, float)``: the final state's mean square error on the
-    fitting noises and on the held-out ones (NaN when none is held out).
+    fitting noises and on the held-out ones (NaN when none is held out). Scored without
+    `closed_loop_fit`'s amplification guard: the guard bounds the returned fit only. Scoring
+    candidates with it (or refusing the paths it holds) changed the searches' paths on the
+    flow mixtures, better on some and up to 66x worse on others (README, "More fitting
+    noises").
   """
   validation.check_model_data(traj)
   return _final_errors_fn(traj, denoise_fn, fit_noises=fit_noises,
@@ -437,7 +459,7 @@ def _final_errors_fn(traj, denoise_fn, *, fit_noises,
     path = np.asarray(validation.check_path(path, traj.num_teacher_steps), np.int32)
     ys = targets(path)
     path = jnp.asarray(path)
-    _, info = _solve_jit(traj, path, denoise_fn, grid, x64, fit_noises, part, ys)
+    _, info = _solve_jit(traj, path, denoise_fn, grid, x64, fit_noises, part, ys, False)
     with jax.enable_x64(True):
       return float(info.step_errors[-1]), float(info.holdout_errors[-1])
 

@@ -119,7 +119,7 @@ def _solve_row(factors, colsq, ref, mask, grid, fold_sizes, num_rows: int, num_f
     cross = grid != (0.0,) and num_folds >= 2 and len(grid) > 1
     r_folds = tuple(factors[f] for f in range(num_folds)) if cross else ()
     r_all = linalg.pad_rows(linalg.qr_r(factors.reshape(-1, c)), c)
-    w, lam, deficient = closed_loop_fit._row_solve(  # pylint: disable=protected-access
+    w, lam, deficient, _ = closed_loop_fit._row_solve(  # pylint: disable=protected-access
         r_all, colsq if grid != (0.0,) else None, r_folds, list(fold_sizes),
         jnp.where(mask, ref, 0.0), mask, grid, num_rows)
     return w, lam, deficient, jnp.sum((r_all @ jnp.append(w, -1.0)) ** 2) / num_rows
