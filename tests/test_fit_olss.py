@@ -31,6 +31,7 @@ def test_default_is_the_paper_without_a_model_and_the_tuned_closed_loop_with_one
   assert closed.metadata["fit_model_calls"] == (int(cl_info.num_model_calls)
                                                 + tune_info.num_model_calls + 3)
   assert len(closed.metadata["step_errors"]) == 3 and len(closed.metadata["ridge"]) == 3
+  assert closed.metadata["guarded"] == [False, False, False]   # a benign model: none held
   capped = oj.fit_olss(traj, 3, denoise_fn=den, max_evaluations=2)
   assert capped.metadata["tune_evaluations"] <= 2
 

@@ -195,6 +195,7 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
     sched, fit_info = closed_loop_fit._closed_loop_fit(traj, path, denoise_fn)
     meta["fit_model_calls"] = int(fit_info.num_model_calls) + meta.get("search_model_calls", 0)
     meta["ridge"] = _concrete_list(fit_info.ridge)
+    meta["guarded"] = _concrete_list(fit_info.guarded)   # rows the amplification guard held
   meta.update(method=method, path=_concrete_list(path),
               step_errors=_concrete_list(fit_info.step_errors),
               rank_deficient=bool(np.any(jax.device_get(fit_info.rank_deficient))))
