@@ -203,25 +203,23 @@ def _row_solve(r_all, colsq, r_folds, sizes, ref, mask, grid, num_rows: int,
       total = total + jnp.sum((r_f @ jnp.append(w, -1.0)) ** 2)
     return total
 
+  def smallest_best(cv):   # the smallest strength within a relative 1e-9 of the best
+    return linalg.first_true(cv <= jnp.min(cv) * (1 + 1e-9) + 1e-300)
+
   grid_arr = jnp.asarray(grid, jnp.float64)
   cv = jax.vmap(cv_error)(grid_arr)
   stacked = jnp.concatenate(r_folds, axis=0)
-  if not guard:
-    best = linalg.first_true(cv <= jnp.min(cv) * (1 + 1e-9) + 1e-300)
-    w = linalg.ridge_solve(stacked[:, :c], stacked[:, c], grid_arr[best], scale, ref, num_rows)
-    return jnp.where(mask, w, 0.0), grid_arr[best], deficient, unguarded
-  # the amplification guard: strengths whose weights leave the teacher's scale are refused
-  largest = linalg.ridge_path_max(stacked[:, :c], stacked[:, c], grid_arr, scale, ref,
-                                  num_rows, mask)
-  bound = WEIGHT_BOUND * jnp.maximum(1.0, jnp.max(jnp.abs(ref)))
-  allowed = largest <= bound
-  guarded = ~allowed[linalg.first_true(cv <= jnp.min(cv) * (1 + 1e-9) + 1e-300)]
-  cv = jnp.where(jnp.any(allowed), jnp.where(allowed, cv, jnp.inf),
-                 jnp.where(largest <= jnp.min(largest), cv, jnp.inf))
-  best = linalg.first_true(cv <= jnp.min(cv) * (1 + 1e-9) + 1e-300)
+  best, held = smallest_best(cv), unguarded
+  if guard:   # strengths whose weights leave the teacher's scale are refused
+    largest = linalg.ridge_path_max(stacked[:, :c], stacked[:, c], grid_arr, scale, ref,
+                                    num_rows, mask)
+    allowed = largest <= WEIGHT_BOUND * jnp.maximum(1.0, jnp.max(jnp.abs(ref)))
+    held = ~allowed[best]
+    allowed = jnp.where(jnp.any(allowed), allowed, largest <= jnp.min(largest))
+    best = smallest_best(jnp.where(allowed, cv, jnp.inf))
   lam = grid_arr[best]
   w = linalg.ridge_solve(stacked[:, :c], stacked[:, c], lam, scale, ref, num_rows)
-  return jnp.where(mask, w, 0.0), lam, deficient, guarded
+  return jnp.where(mask, w, 0.0), lam, deficient, held
 
 
 def _row_fit(cols, y, ref, mask, grid, folds, num_rows: int, guard: bool = True):
