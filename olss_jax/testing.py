@@ -1,5 +1,6 @@
 """Fixtures for tests of olss_jax and of code built on it: closed-form models and synthetic teachers."""
 from olss_jax._src.testing import (
+    amplifying_problem,
     gaussian_epsilon,
     gaussian_problem,
     mixture_problem,
@@ -9,6 +10,6 @@ from olss_jax._src.testing import (
 from olss_jax._src.synthetic import synthetic_trajectory
 from olss_jax._src.tiny_pipeline import save_tiny_stable_diffusion
 
-__all__ = ["gaussian_epsilon", "gaussian_problem", "mixture_problem",
+__all__ = ["amplifying_problem", "gaussian_epsilon", "gaussian_problem", "mixture_problem",
            "random_schedule", "random_trajectory", "save_tiny_stable_diffusion",
            "synthetic_trajectory"]

@@ -82,24 +82,12 @@ WEIGHT_BOUND = 10.0  # closed_loop_fit's documented guard: 10x the teacher's lar
 
 
 def test_cv_ridge_refuses_amplifying_weights():
-  """A linear model that is nearly silent in one direction at the path's own timesteps
-  (``1e-4 N x`` there, ``N x`` at every other teacher step): recovering the teacher's final
-  state from the sampler's basis needs weights of 1e4 to 1e12, which generalise exactly
-  (the model is linear), so the cross-validation alone would keep them; the guard holds
-  every row to 10x the teacher's own largest step weight (at least 1)."""
+  """`testing.amplifying_problem`: recovering the teacher's final state from the sampler's
+  basis needs weights of 1e4 to 1e12, which generalise exactly (the model is linear), so the
+  cross-validation alone would keep them; the guard holds every row to 10x the teacher's own
+  largest step weight (at least 1)."""
   with jax.enable_x64(True):
-    g = jax.random.normal(jax.random.key(0), (8, 8), jnp.float64)
-    rotation = (g - g.T) / 4
-    grid = oj.collect_trajectory(lambda x, t: 0.0 * x, jnp.zeros((1, 8)), ALPHAS, 100)
-    path = oj.uniform_path(grid, 3)
-    quiet_times = jnp.asarray(np.asarray(grid.timesteps)[path])
-
-    def den(x, t):
-      quiet = jnp.any(jnp.asarray(t) == quiet_times)
-      return 0.5 * x + jnp.where(quiet, 1e-4, 1.0) * x @ rotation.T
-
-    traj = oj.collect_trajectory(den, jax.random.normal(jax.random.key(1), (32, 8),
-                                                         jnp.float64), ALPHAS, 100)
+    den, traj, path = testing.amplifying_problem()
     guarded, info = oj.closed_loop_fit(traj, path, den)
     plain, _ = oj.closed_loop_fit(traj, path, den, regularization=0.0)
   bound = WEIGHT_BOUND * np.maximum(1.0, np.abs(traj.teacher.path_weights(path)).max(axis=1))

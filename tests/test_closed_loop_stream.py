@@ -103,3 +103,16 @@ def test_memory_benchmark_closed_loop_mode_runs_small(capsys):
   out = capsys.readouterr().out
   assert "closed-loop fit of 6 noises in 2 chunks" in out and "6 model calls per noise" in out
   assert "RESULT mode=closed-loop images=6" in out and "peak RSS" in out
+
+
+def test_streamed_fit_holds_amplifying_rows_as_the_closed_loop_fit_does():
+  """The amplification guard on the streamed route: `testing.amplifying_problem`, whose rows
+  the in-memory fit holds, gives the same held rows, strengths and weights streamed."""
+  with jax.enable_x64(True):
+    den, traj, path = oj.testing.amplifying_problem()
+    ref, ref_info = oj.closed_loop_fit(traj, path, den)
+    sched, info = oj.stats.closed_loop_fit_chunks(_chunked(traj, den, (10, 13, 9)), path)
+  assert np.all(ref_info.guarded)
+  np.testing.assert_array_equal(info.guarded, ref_info.guarded)
+  np.testing.assert_array_equal(info.ridge, ref_info.ridge)
+  chex.assert_trees_all_close(sched.weights, ref.weights, rtol=1e-8, atol=WEIGHTS_ATOL_F64)

@@ -41,6 +41,7 @@ class StreamedFitInfo(NamedTuple):
     num_model_calls: int, model evaluations per noise (n (n + 1) / 2: the replays included).
     num_noises: int, the noises of every chunk together.
     num_chunks: int, chunks per pass.
+    guarded: (n,) bool, rows the amplification guard held (`ClosedLoopFitInfo.guarded`).
   """
 
   step_errors: np.ndarray
@@ -49,6 +50,7 @@ class StreamedFitInfo(NamedTuple):
   num_model_calls: int
   num_noises: int
   num_chunks: int
+  guarded: np.ndarray
 
 
 def _fold_indices(batch: int, elements: int, offset: int) -> list[np.ndarray]:
@@ -112,17 +114,17 @@ def _solve_row(factors, colsq, ref, mask, grid, fold_sizes, num_rows: int, num_f
   """Row weights from the merged factors (`closed_loop_fit`'s solve), and the row's MSE.
 
   Returns:
-    (weights (n + 1,), lam, deficient, mse).
+    (weights (n + 1,), lam, deficient, guarded, mse).
   """
   with jax.enable_x64(True):
     c = factors.shape[-1]
     cross = grid != (0.0,) and num_folds >= 2 and len(grid) > 1
     r_folds = tuple(factors[f] for f in range(num_folds)) if cross else ()
     r_all = linalg.pad_rows(linalg.qr_r(factors.reshape(-1, c)), c)
-    w, lam, deficient, _ = closed_loop_fit._row_solve(  # pylint: disable=protected-access
+    w, lam, deficient, held = closed_loop_fit._row_solve(  # pylint: disable=protected-access
         r_all, colsq if grid != (0.0,) else None, r_folds, list(fold_sizes),
         jnp.where(mask, ref, 0.0), mask, grid, num_rows)
-    return w, lam, deficient, jnp.sum((r_all @ jnp.append(w, -1.0)) ** 2) / num_rows
+    return w, lam, deficient, held, jnp.sum((r_all @ jnp.append(w, -1.0)) ** 2) / num_rows
 
 
 _solve_row_jit = jax.jit(_solve_row, static_argnums=(4, 5, 6, 7))
@@ -218,7 +220,7 @@ def closed_loop_fit_chunks(chunks: Callable[[], Iterable[tuple]], path, *,
 
   with jax.enable_x64(True):
     weights = jnp.zeros((n, n + 1), jnp.float64)
-  errors, lams, deficient = np.zeros(n), np.zeros(n), np.zeros(n, bool)
+  errors, lams, deficient, guarded = np.zeros(n), np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
   for i in range(n):
     factors, colsq = one_pass(i, weights)
     total = int(sum(sizes))
@@ -227,11 +229,11 @@ def closed_loop_fit_chunks(chunks: Callable[[], Iterable[tuple]], path, *,
     fold_sizes = tuple(int(np.sum(np.arange(total) % closed_loop_fit.NUM_FOLDS == f)) * elements
                        for f in range(num_folds))
     with jax.enable_x64(True):
-      w, lam, defic, mse = _solve_row_jit(factors, colsq, refs[i], jnp.arange(n + 1) <= i + 1,
+      w, lam, defic, held, mse = _solve_row_jit(factors, colsq, refs[i], jnp.arange(n + 1) <= i + 1,
                                           grid, fold_sizes, num_rows, num_folds)
       weights = weights.at[i].set(w)
     errors[i] = float(mse)
-    lams[i], deficient[i] = float(lam), bool(defic)
+    lams[i], deficient[i], guarded[i] = float(lam), bool(defic), bool(held)
   with jax.enable_x64(True):
     if not bool(jnp.all(jnp.isfinite(weights))):
       raise ValueError("denoise_fn: the streamed closed-loop fit produced non-finite weights "
@@ -242,5 +244,5 @@ def closed_loop_fit_chunks(chunks: Callable[[], Iterable[tuple]], path, *,
               regularization=regularization if isinstance(regularization, str)
               else float(regularization))
   sched = schedule_lib.Schedule(timesteps, weights, meta)
-  info = StreamedFitInfo(errors, deficient, lams, n * (n + 1) // 2, total, len(sizes))
+  info = StreamedFitInfo(errors, deficient, lams, n * (n + 1) // 2, total, len(sizes), guarded)
   return noise.to_host(sched), info

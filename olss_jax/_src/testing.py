@@ -68,6 +68,36 @@ def _mixture_problem(sample_shape, num_noises, seed, std, num_components, num_te
   return den, trajectory_lib.collect_trajectory(den, x_T, ALPHAS, num_teacher_steps)
 
 
+def amplifying_problem(num_steps: int = 3, num_noises: int = 32, dim: int = 8, seed: int = 0,
+                       *, num_teacher_steps: int = 100):
+  """A linear model on which the closed-loop least squares must amplify (float64: call under
+  ``jax.enable_x64(True)``).
+
+  ``eps(x, t) = x / 2 + s(t) x N^T`` with N a fixed antisymmetric (dim, dim) matrix and
+  ``s = 1e-4`` at the returned path's own timesteps, 1 at every other teacher step: a sampler
+  on that path sees N only through outputs scaled by 1e-4, so recovering the teacher's final
+  state from its basis takes weights of 1e4 to 1e12 (measured at 3 steps), and the model
+  being linear, such weights generalise exactly: the cross-validated ridge alone keeps them
+  (`closed_loop_fit`'s amplification guard is what holds them).
+
+  Returns:
+    (denoise_fn, traj, path): the model, its ``num_teacher_steps``-step DDIM `Trajectory` on
+    ``num_noises`` float64 noises (dim,), and the (num_steps,) path of its quiet timesteps.
+  """
+  g = jax.random.normal(jax.random.key(seed), (dim, dim), jnp.float64)
+  rotation = (g - g.T) / 4
+  path = (np.arange(num_steps) * num_teacher_steps // num_steps).astype(np.int32)
+  quiet_times = jnp.asarray(
+      np.asarray(teacher_lib.ddim_teacher(ALPHAS, num_teacher_steps).timesteps)[path])
+
+  def den(x, t):
+    quiet = jnp.any(jnp.asarray(t) == quiet_times)
+    return 0.5 * x + jnp.where(quiet, 1e-4, 1.0) * x @ rotation.T
+
+  x_T = jax.random.normal(jax.random.key(seed + 1), (num_noises, dim), jnp.float64)
+  return den, trajectory_lib.collect_trajectory(den, x_T, ALPHAS, num_teacher_steps), path
+
+
 def random_schedule(seed: int, num_steps: int, metadata=None, *,
                     float_timesteps: bool = False) -> schedule_lib.Schedule:
   """A random lower-triangular `Schedule` with weights over 600 decades (file tests)."""
