@@ -221,6 +221,14 @@ _SHARDED_SCRIPT = textwrap.dedent("""
       out["bad_mesh"] = "no error"
     except ValueError as err:
       out["bad_mesh"] = str(err)
+    with jax.enable_x64(True):   # the amplification guard on the sharded route (32 noises)
+      aden, atraj, apath = olss_jax.testing.amplifying_problem()
+      a_many, i_many = olss_jax.closed_loop_fit(atraj, apath, aden)
+      a_one, i_one = olss_jax.closed_loop_fit(host(atraj), apath, aden)
+    out["amp_devices"] = len(atraj.model_outputs.sharding.device_set)
+    out["amp_guarded"] = [np.asarray(i.guarded).tolist() for i in (i_many, i_one)]
+    out["amp_weights_rel"] = float(np.max(np.abs(a_many.weights - a_one.weights))
+                                   / np.max(np.abs(a_one.weights)))
     print("RESULT" + json.dumps(out))
 """)
 
@@ -238,6 +246,8 @@ def test_sharded_collection_stats_and_sampling_on_8_cpu_devices():
   assert out["num_shards"] == 8 and out["shard_devices"] == 8, out
   assert out["shard_shapes"] == [[40, 2, 3, 4]], out          # each device: its 2 images only
   assert out["x_T_shard_shapes"] == [[2, 3, 4]], out
+  assert out["amp_devices"] == 8 and out["amp_guarded"] == [[True] * 3] * 2, out
+  assert out["amp_weights_rel"] <= 1e-8, out     # held the same, per-device factors or not
   assert "batch" in out["spec"], out
   assert out["gram_rel"] < GRAM_RTOL_F64, out     # same data: device reduction == host sum
   assert out["gram_rel_runs"] < SHARD_ATOL_F32, out  # 8-device vs 1-device teacher runs
