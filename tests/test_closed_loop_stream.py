@@ -11,6 +11,9 @@ ALPHAS = oj.scaled_linear_alphas_cumprod()
 # one Householder pass: measured 1e-12 (weights, n = 10) and 1e-11 relative (step errors).
 WEIGHTS_ATOL_F64 = 1e-10
 ERRORS_RTOL_F64 = 1e-9
+# Rows held by the amplification guard: weights up to 10x the teacher's (~100), from the
+# strength the guard picked on TSQR-merged factors (measured agreement 3e-13 relative).
+GUARDED_WEIGHTS_RTOL_F64 = 1e-8
 
 
 @pytest.fixture(scope="module")
@@ -115,4 +118,5 @@ def test_streamed_fit_holds_amplifying_rows_as_the_closed_loop_fit_does():
   assert np.all(ref_info.guarded)
   np.testing.assert_array_equal(info.guarded, ref_info.guarded)
   np.testing.assert_array_equal(info.ridge, ref_info.ridge)
-  chex.assert_trees_all_close(sched.weights, ref.weights, rtol=1e-8, atol=WEIGHTS_ATOL_F64)
+  chex.assert_trees_all_close(sched.weights, ref.weights, rtol=GUARDED_WEIGHTS_RTOL_F64,
+                              atol=WEIGHTS_ATOL_F64)

@@ -29,6 +29,8 @@ GRAM_RTOL_F64 = 1e-12
 WEIGHT_ATOL_F64 = 1e-6
 # float32 model runs on 8 devices vs 1: same ops, possibly different reduction order.
 SHARD_ATOL_F32 = 1e-5
+# The guarded closed-loop fit, per-device factors against one device (float64; measured 9e-13).
+GUARDED_WEIGHTS_RTOL_F64 = 1e-8
 
 
 def _load_benchmark():
@@ -247,7 +249,7 @@ def test_sharded_collection_stats_and_sampling_on_8_cpu_devices():
   assert out["shard_shapes"] == [[40, 2, 3, 4]], out          # each device: its 2 images only
   assert out["x_T_shard_shapes"] == [[2, 3, 4]], out
   assert out["amp_devices"] == 8 and out["amp_guarded"] == [[True] * 3] * 2, out
-  assert out["amp_weights_rel"] <= 1e-8, out     # held the same, per-device factors or not
+  assert out["amp_weights_rel"] <= GUARDED_WEIGHTS_RTOL_F64, out   # held the same either way
   assert "batch" in out["spec"], out
   assert out["gram_rel"] < GRAM_RTOL_F64, out     # same data: device reduction == host sum
   assert out["gram_rel_runs"] < SHARD_ATOL_F32, out  # 8-device vs 1-device teacher runs
