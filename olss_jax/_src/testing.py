@@ -68,6 +68,12 @@ def _mixture_problem(sample_shape, num_noises, seed, std, num_components, num_te
   return den, trajectory_lib.collect_trajectory(den, x_T, ALPHAS, num_teacher_steps)
 
 
+def amplifying_epsilon(rotation, quiet_times, x, t):
+  """``x / 2 + s(t) x N^T`` with ``s = 1e-4`` at ``quiet_times``, 1 elsewhere (x: (B, dim))."""
+  quiet = jnp.any(jnp.asarray(t) == quiet_times)
+  return 0.5 * x + jnp.where(quiet, 1e-4, 1.0) * x @ rotation.T
+
+
 def amplifying_problem(num_steps: int = 3, num_noises: int = 32, dim: int = 8, seed: int = 0,
                        *, num_teacher_steps: int = 100):
   """A linear model on which the closed-loop least squares must amplify (float64: call under
@@ -81,7 +87,8 @@ def amplifying_problem(num_steps: int = 3, num_noises: int = 32, dim: int = 8, s
   (`closed_loop_fit`'s amplification guard is what holds them).
 
   Returns:
-    (denoise_fn, traj, path): the model, its ``num_teacher_steps``-step DDIM `Trajectory` on
+    (denoise_fn, traj, path): the model (a `jax.tree_util.Partial`: N and the quiet times
+    are traced leaves, not constants baked into a jit), its ``num_teacher_steps``-step DDIM `Trajectory` on
     ``num_noises`` float64 noises (dim,), and the (num_steps,) path of its quiet timesteps.
   """
   g = jax.random.normal(jax.random.key(seed), (dim, dim), jnp.float64)
@@ -89,11 +96,7 @@ def amplifying_problem(num_steps: int = 3, num_noises: int = 32, dim: int = 8, s
   path = (np.arange(num_steps) * num_teacher_steps // num_steps).astype(np.int32)
   quiet_times = jnp.asarray(
       np.asarray(teacher_lib.ddim_teacher(ALPHAS, num_teacher_steps).timesteps)[path])
-
-  def den(x, t):
-    quiet = jnp.any(jnp.asarray(t) == quiet_times)
-    return 0.5 * x + jnp.where(quiet, 1e-4, 1.0) * x @ rotation.T
-
+  den = jax.tree_util.Partial(amplifying_epsilon, rotation, quiet_times)
   x_T = jax.random.normal(jax.random.key(seed + 1), (num_noises, dim), jnp.float64)
   return den, trajectory_lib.collect_trajectory(den, x_T, ALPHAS, num_teacher_steps), path
 
