@@ -214,8 +214,13 @@ def find_nonfinite(array) -> tuple[int, ...] | None:
   if isinstance(array, jax.Array):
     if not jnp.issubdtype(array.dtype, jnp.inexact) or array.size == 0:
       return None
-    with jax.ensure_compile_time_eval():  # concrete also inside a caller's jit (a closure)
-      flat = int(_first_nonfinite_jit(array))
+    out = _first_nonfinite_jit(array)
+    if isinstance(out, jax.core.Tracer):  # a concrete closure inside a caller's jit
+      # evaluated now; never the default, since it compiles the array in as a constant
+      # (50 s for 2 GB of outputs at Stable Diffusion's latent size)
+      with jax.ensure_compile_time_eval():
+        out = _first_nonfinite_jit(array)
+    flat = int(out)
     return None if flat < 0 else tuple(int(i) for i in np.unravel_index(flat, array.shape))
   arr = np.asarray(array)
   if not np.issubdtype(arr.dtype, np.inexact) and arr.dtype.name != "bfloat16":
