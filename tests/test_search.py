@@ -12,6 +12,7 @@ import pytest
 
 import least_squares_helpers
 import olss_jax as oj
+from olss_jax._src import search as search_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALPHAS = oj.scaled_linear_alphas_cumprod()
@@ -239,3 +240,38 @@ def test_bad_inputs_name_the_argument(teacher):
     oj.search_path("trajectory", 5)
   with pytest.raises(ValueError, match="path"):
     oj.path_errors(traj, np.array([1, 2]))
+
+
+def test_greedy_walk_bounding_a_forced_tail_keeps_path_feasibility_and_largest_error():
+  """`search.greedy_walk(..., bound_forced_tail=True)` on a closed-form oracle whose errors
+  fall as the prefix grows (the jump squared over the prefix length): every walk has the same
+  path, feasibility and largest step error as the full walk, each skipped step's error is an
+  upper bound of the exact one, and forced tails cost no extensions when bounded."""
+  k, n = 40, 6
+
+  def error(state, target):
+    last, length = state
+    return ((target - last) ** 2 / length).astype(jnp.float64)
+
+  def extend(state, index, count):
+    return (index, state[1] + 1), count + 1
+
+  start = (jnp.asarray(0, jnp.int32), jnp.asarray(1, jnp.int32))
+  saved = 0
+  with jax.enable_x64(True):
+    for bound in (np.inf, 1e4, 400.0, 100.0, 64.0, 50.0, 40.0, 30.0, 20.0, 5.0):
+      walks = {}
+      for tail in (False, True):
+        walk = jax.jit(lambda d, t=tail: search_lib.greedy_walk(
+            error, extend, start, k, n, d, jnp.asarray(0, jnp.int32), bound_forced_tail=t))
+        walks[tail] = walk(jnp.asarray(bound, jnp.float64))
+      (full, full_count), (short, short_count) = walks[False], walks[True]
+      assert bool(full.feasible) == bool(short.feasible), bound
+      if not bool(full.feasible):
+        continue
+      np.testing.assert_array_equal(short.path, full.path)
+      assert float(jnp.max(short.step_errors)) == float(jnp.max(full.step_errors)), bound
+      assert np.all(np.asarray(short.step_errors) >= np.asarray(full.step_errors)), bound
+      assert int(short_count) <= int(full_count)
+      saved += int(full_count) - int(short_count)
+  assert saved > 0

@@ -225,7 +225,8 @@ def _search(traj, denoise_fn, tf_path, num_steps: int, num_bisection_steps, pref
     start, cache = oracle.extend(oracle.root(), jnp.asarray(0, jnp.int32), cache)
 
     def walk(bound, cache):
-      return search.greedy_walk(oracle.error, oracle.extend, start, oracle.k, n, bound, cache)
+      return search.greedy_walk(oracle.error, oracle.extend, start, oracle.k, n, bound, cache,
+                                bound_forced_tail=True)
 
     best, bound, walks, cache = search.bisect_bound(walk, num_bisection_steps, cache)
     uniform = jnp.asarray(search.uniform_path(oracle.k, n))
@@ -233,7 +234,9 @@ def _search(traj, denoise_fn, tf_path, num_steps: int, num_bisection_steps, pref
     # path, judged by the same closed-loop criterion in one loop (one traced model call): on
     # the sharp 16-dim mixture the paper's walk beat both the closed-loop walk and the uniform
     # path by this criterion at 5, 10 and 20 steps.
-    candidates = jnp.stack([tf_path, uniform])
+    # The walk's own errors are exact up to its largest; a forced tail it skipped holds upper
+    # bounds (`greedy_walk`'s ``bound_forced_tail``): its exact errors are measured here too.
+    candidates = jnp.stack([tf_path, uniform, best.path])
 
     def judge(cache, inputs):
       path, active = inputs
@@ -242,11 +245,12 @@ def _search(traj, denoise_fn, tf_path, num_steps: int, num_bisection_steps, pref
       return cache, errs
 
     cache, errs = jax.lax.scan(judge, cache, (candidates, jnp.stack(
-        [jnp.asarray(include_teacher_forced, bool), jnp.asarray(True)])))
+        [jnp.asarray(include_teacher_forced, bool), jnp.asarray(True), best.feasible])))
     tf_errors, uniform_errors = errs[0], errs[1]
+    walk_errors = jnp.where(best.feasible, errs[2], best.step_errors)
     take = jnp.max(tf_errors) < jnp.max(best.step_errors)
     path = jnp.where(take, tf_path, best.path)
-    errors = jnp.where(take, tf_errors, best.step_errors)
+    errors = jnp.where(take, tf_errors, walk_errors)
     source = jnp.where(take, 1, 0).astype(jnp.int32)
     chose = prefer_uniform & (jnp.max(uniform_errors) < jnp.max(errors))
     path = jnp.where(chose, uniform, path)

@@ -71,7 +71,7 @@ def uniform_path(traj, num_steps: int) -> np.ndarray:
 
 
 def greedy_walk(error: Callable, extend: Callable, state, num_teacher_steps: int,
-                num_steps: int, bound, memo=()):
+                num_steps: int, bound, memo=(), *, bound_forced_tail: bool = False):
   """Algorithm 2 with Algorithm 1 inside: the greedy path under an error bound (traceable).
 
   From the current step, binary search (Algorithm 1, assuming the error grows with the jump)
@@ -91,6 +91,15 @@ def greedy_walk(error: Callable, extend: Callable, state, num_teacher_steps: int
     bound: the error bound D.
     memo: a pytree threaded through every extension and returned (a cache shared between
       walks; ``()`` for none).
+    bound_forced_tail: (static) once a jump lands on its cap, the rest of the walk is forced
+      (one teacher step per remaining call). The error of jumping to a state can only fall as
+      the path grows (the basis of a longer prefix spans the shorter one's), so the errors of
+      the forced steps measured from the current prefix bound them from above; when those
+      bounds are no larger than the largest step error of the walk so far, the walk ends
+      there, feasible, with the same path, feasibility and largest step error as the full
+      walk, without the forced steps' extensions (the closed-loop search's model calls and
+      passes over the teacher outputs). The skipped steps' ``step_errors`` are then those
+      upper bounds.
 
   Returns:
     (walk, memo): a `Walk` and the final memo.
@@ -100,7 +109,7 @@ def greedy_walk(error: Callable, extend: Callable, state, num_teacher_steps: int
     bound = linalg.f64(bound)
 
     def one_step(i, carry):
-      state, memo, path, errs, current, feasible = carry
+      state, memo, path, errs, current, feasible, done = carry
 
       def run(args):
         state, memo, path, errs, current = args
@@ -124,19 +133,31 @@ def greedy_walk(error: Callable, extend: Callable, state, num_teacher_steps: int
         errs = errs.at[i - 1].set(err_lo)
         grow = moved & ~last
         path = jnp.where(grow, path.at[jnp.minimum(i, n - 1)].set(lo), path)
-        state, memo = jax.lax.cond(grow, lambda sm: extend(sm[0], lo, sm[1]), lambda sm: sm,
-                                   (state, memo))
-        return state, memo, path, errs, lo, ok
+        finish = jnp.asarray(False)
+        if bound_forced_tail:
+          # Steps j = i + 1..n jump to lo + (j - i) (the last to K); bounded from this prefix.
+          later = jnp.arange(1, n + 1, dtype=jnp.int32)
+          live = later <= n - i
+          tail = jax.vmap(lambda m: error(state, m))(jnp.minimum(lo + later, k))
+          tail = jnp.where(live, tail, 0.0)
+          finish = grow & (lo == cap) & (jnp.max(tail) <= jnp.max(errs))
+          slots = jnp.arange(n, dtype=jnp.int32)   # walk position of each later step
+          fill = finish & (slots >= i)
+          errs = jnp.where(fill, jnp.roll(tail, i), errs)      # errs[i + m - 1] = tail[m - 1]
+          path = jnp.where(fill & (slots > i), (lo + slots - i).astype(path.dtype), path)
+        state, memo = jax.lax.cond(grow & ~finish, lambda sm: extend(sm[0], lo, sm[1]),
+                                   lambda sm: sm, (state, memo))
+        return state, memo, path, errs, lo, ok, finish
 
       def skip(args):
         state, memo, path, errs, current = args
-        return state, memo, path, errs, current, jnp.asarray(False)
+        return state, memo, path, errs, current, feasible, done
 
-      return jax.lax.cond(feasible, run, skip, (state, memo, path, errs, current))
+      return jax.lax.cond(feasible & ~done, run, skip, (state, memo, path, errs, current))
 
     init = (state, memo, jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.float64),
-            jnp.asarray(0, jnp.int32), jnp.asarray(True))
-    _, memo, path, errs, _, feasible = jax.lax.fori_loop(1, n + 1, one_step, init)
+            jnp.asarray(0, jnp.int32), jnp.asarray(True), jnp.asarray(False))
+    _, memo, path, errs, _, feasible, _ = jax.lax.fori_loop(1, n + 1, one_step, init)
     return Walk(path, errs, feasible), memo
 
 
