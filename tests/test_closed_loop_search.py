@@ -5,7 +5,6 @@ import pytest
 
 import olss_jax as oj
 from olss_jax import testing
-from olss_jax._src import search as search_lib
 
 # The candidates `ClosedLoopSearchInfo.source_name` names (its documented values).
 SOURCES = ("closed_loop_walk", "teacher_forced_walk", "uniform")
@@ -60,26 +59,3 @@ def test_bad_arguments_are_named():
     oj.closed_loop_search(traj, 0, den)
   with pytest.raises(ValueError, match="num_bisection_steps"):
     oj.closed_loop_search(traj, 3, den, num_bisection_steps=-2)
-
-
-@pytest.mark.parametrize("num_steps", [3, 6])
-def test_search_bounding_forced_tails_changes_only_its_model_calls(monkeypatch, num_steps):
-  """The walks skip forced tails whose errors are bounded (`search.greedy_walk`'s
-  ``bound_forced_tail``): the same path, walks, bound and exact step errors as extending every
-  step, with fewer model calls (one pass over the teacher outputs saved per call)."""
-  den, traj = testing.mixture_problem((2, 2, 2), seed=2)
-  path, info = oj.closed_loop_search(traj, num_steps, den, num_bisection_steps=12)
-  full_walk = search_lib.greedy_walk
-
-  def extend_every_step(*args, **kwargs):
-    return full_walk(*args, **dict(kwargs, bound_forced_tail=False))
-
-  monkeypatch.setattr(search_lib, "greedy_walk", extend_every_step)
-  jax.clear_caches()   # retrace the jitted search with the full walk
-  full_path, full = oj.closed_loop_search(traj, num_steps, den, num_bisection_steps=12)
-  np.testing.assert_array_equal(path, full_path)
-  for field in ("step_errors", "max_error", "bound", "uniform_max_error", "chose_uniform",
-                "num_walks", "source"):
-    np.testing.assert_array_equal(np.asarray(getattr(info, field)),
-                                  np.asarray(getattr(full, field)), err_msg=field)
-  assert int(info.num_model_calls) < int(full.num_model_calls)

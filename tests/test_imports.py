@@ -256,9 +256,26 @@ def _imports_private(path):
   return False
 
 
+# The test files that import ``_src`` and why: mechanisms with no public name (issue 24). A new
+# entry is a decision, not a count.
+PRIVATE_TESTS = {
+    "test_atomic.py": "atomic writes",
+    "test_baselines.py": "each solver's update program, against diffusers",
+    "test_demo.py": "the main job's quick and full comparisons",
+    "test_files.py": "the file format's containers and digests",
+    "test_files_properties.py": "the file format's containers and digests",
+    "test_learned.py": "the end-to-end learner's engine",
+    "test_linalg.py": "the float64 least-squares kernels",
+    "test_regression.py": "the teacher-state regression and the QR/Gram switch",
+    "test_rows.py": "the row blocks of the teacher outputs",
+    "test_search.py": "Algorithms 2-3 as generic walks (greedy_walk's bounded forced tails)",
+    "test_store.py": "the store's atomic chunk files",
+}
+
+
 def test_tests_mirror_the_package_and_use_public_names():
-  """A test file per module of ``_src`` (packages: per package), and at most ten test files
-  importing ``_src``: those of mechanisms with no public name (issue 24)."""
+  """A test file per module of ``_src`` (packages: per package), and only the files of
+  `PRIVATE_TESTS` import ``_src``: those of mechanisms with no public name (issue 24)."""
   files = sorted(f for f in os.listdir(TESTS) if f.startswith("test_") and f.endswith(".py"))
   modules = sorted(f[:-3] for f in os.listdir(os.path.join(PACKAGE, "_src"))
                    if f.endswith(".py") and f != "__init__.py")
@@ -268,4 +285,4 @@ def test_tests_mirror_the_package_and_use_public_names():
                     if os.path.isfile(os.path.join(PACKAGE, "_src", d, "__init__.py")))
   assert all(any(f.startswith(f"test_{p}") for f in files) for p in packages), packages
   private = [f for f in files if _imports_private(os.path.join(TESTS, f))]
-  assert len(private) <= 10, private
+  assert set(private) == set(PRIVATE_TESTS), sorted(set(private) ^ set(PRIVATE_TESTS))

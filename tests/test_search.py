@@ -12,6 +12,7 @@ import pytest
 
 import least_squares_helpers
 import olss_jax as oj
+from olss_jax import testing
 from olss_jax._src import search as search_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -275,3 +276,27 @@ def test_greedy_walk_bounding_a_forced_tail_keeps_path_feasibility_and_largest_e
       assert int(short_count) <= int(full_count)
       saved += int(full_count) - int(short_count)
   assert saved > 0
+
+
+@pytest.mark.parametrize("num_steps", [3, 6])
+def test_closed_loop_search_bounding_forced_tails_changes_only_its_model_calls(monkeypatch,
+                                                                            num_steps):
+  """`oj.closed_loop_search` walks with ``bound_forced_tail``: the same path, walks, bound and
+  exact step errors as extending every step, with fewer model calls (one pass over the teacher
+  outputs saved per call)."""
+  den, traj = testing.mixture_problem((2, 2, 2), seed=2)
+  path, info = oj.closed_loop_search(traj, num_steps, den, num_bisection_steps=12)
+  full_walk = search_lib.greedy_walk
+
+  def extend_every_step(*args, **kwargs):
+    return full_walk(*args, **dict(kwargs, bound_forced_tail=False))
+
+  monkeypatch.setattr(search_lib, "greedy_walk", extend_every_step)
+  jax.clear_caches()   # retrace the jitted search with the full walk
+  full_path, full = oj.closed_loop_search(traj, num_steps, den, num_bisection_steps=12)
+  np.testing.assert_array_equal(path, full_path)
+  for field in ("step_errors", "max_error", "bound", "uniform_max_error", "chose_uniform",
+                "num_walks", "source"):
+    np.testing.assert_array_equal(np.asarray(getattr(info, field)),
+                                  np.asarray(getattr(full, field)), err_msg=field)
+  assert int(info.num_model_calls) < int(full.num_model_calls)
