@@ -3,8 +3,9 @@
 `closed_loop_search` is `search.search_path` (its teacher-forced twin: `search.bisect_bound` /
 `search.greedy_walk`) with the closed-loop fit's change of basis (`closed_loop_fit`): each
 greedy walk measures candidate step errors on the basis of its own predicted trajectory (one
-model call per chosen step, none per candidate; calls are shared between walks through a cache
-of model outputs keyed by the path prefix).
+model call per chosen step, none per candidate and none for a forced tail whose errors the
+prefix already bounds; calls are shared between walks through a cache of model outputs keyed by
+the path prefix).
 
 Pure JAX: the model calls and the search run under one `jax.jit`; the model is traced in the
 caller's precision (float64 only where the caller enabled it, `model_calls`), the algebra in
@@ -276,10 +277,14 @@ def closed_loop_search(traj: trajectory_lib.Trajectory, num_steps: int, denoise_
   prefix's basis. With teacher columns ``A`` and states ``y_m = A c_m`` (Eq. 9) the error of
   any state m is ``(||y_m||^2 - ||(Q^T A) c_m||^2) / N`` for the prefix's orthonormal Q: each
   candidate costs one (K + 1)-vector product, a new basis column one pass ``A^T q`` and one
-  model call (cached by prefix and shared between walks). Candidates, judged by the same
-  criterion (max closed-loop step error): the best closed-loop walk of the bisection, the
-  paper's teacher-forced walk and the uniform path; the returned path never has a larger
-  maximum step error (by this criterion) than the uniform path when
+  model call (cached by prefix and shared between walks). Once a walk's jump lands on its cap
+  the rest is forced, and a longer prefix can only lower an error: when the forced steps'
+  errors measured from the current prefix stay below the walk's largest, the walk ends there
+  (the same path and largest error, no further calls; `search.greedy_walk`'s
+  ``bound_forced_tail``), and the returned path's step errors are measured exactly at the end.
+  Candidates, judged by the same criterion (max closed-loop step error): the best closed-loop
+  walk of the bisection, the paper's teacher-forced walk and the uniform path; the returned
+  path never has a larger maximum step error (by this criterion) than the uniform path when
   ``prefer_uniform_if_better``.
 
   Args:
