@@ -294,6 +294,8 @@ def test_closed_loop_search_bounding_forced_tails_changes_only_its_model_calls(m
   monkeypatch.setattr(search_lib, "greedy_walk", extend_every_step)
   jax.clear_caches()   # retrace the jitted search with the full walk
   full_path, full = oj.closed_loop_search(traj, num_steps, den, num_bisection_steps=12)
+  monkeypatch.undo()
+  jax.clear_caches()   # no later test may meet the full walk's trace
   np.testing.assert_array_equal(path, full_path)
   for field in ("step_errors", "max_error", "bound", "uniform_max_error", "chose_uniform",
                 "num_walks", "source"):
