@@ -161,3 +161,12 @@ def test_closed_loop_fit_noises_equals_the_fit_on_the_subset_and_reports_the_res
   for bad in ([], [0, 0], [16], [[0, 1]], [0.5]):
     with pytest.raises(ValueError, match="fit_noises"):
       oj.closed_loop_fit(traj, path, den, fit_noises=bad)
+
+
+def test_tune_path_fits_exactly_its_budget_with_or_without_alternatives():
+  """``max_evaluations`` counts every distinct path fitted, the walk's start included."""
+  den, traj = testing.mixture_problem((8,), num_noises=16)
+  start = oj.uniform_path(traj, 4)
+  for alternatives in ((), (np.array([0, 10, 20, 30], np.int32),)):
+    _, info = oj.tune_path(traj, start, den, max_evaluations=5, alternatives=alternatives)
+    assert info.num_evaluations == 5 and info.num_model_calls == 4 * 5, alternatives

@@ -174,9 +174,11 @@ def _tune_path(traj, path, denoise_fn, *, holdout=DEFAULT_HOLDOUT,
       raise ValueError(f"alternatives: expected paths of shape {start.shape}, got {alt.shape}")
     if score(alt) < score(origin):
       origin = alt
-  # The walk's start is already scored; the budget counts every distinct path fitted.
+  # The budget counts every distinct path fitted: the walk counts its start, which is already
+  # in the record when alternatives were compared (then not counted twice).
+  before = len(record) - (tuple(int(v) for v in origin) in record)
   result = coordinate_search(score, origin, traj.num_teacher_steps,
-                             max_evaluations=max(1, max_evaluations - len(record) + 1))
+                             max_evaluations=max(1, max_evaluations - before))
   s_fit, s_hold = record[tuple(int(v) for v in start)]
   o_hold = record[tuple(int(v) for v in origin)][1]
   t_fit, t_hold = record[tuple(int(v) for v in result.path)]
