@@ -1,6 +1,7 @@
 """olss_jax.closed_loop_fit: Eq. 12 on the sampler's own states, in pure JAX."""
 import importlib.util
 import pathlib
+import re
 import warnings
 
 import chex
@@ -107,12 +108,101 @@ def test_cv_ridge_refuses_amplifying_weights():
   assert not np.any(benign.guarded)                               # a benign model: untouched
 
 
+RIDGE_GRID = (0.0,) + tuple(10.0 ** p for p in range(-12, 0))   # closed_loop_fit's documented grid
+CV_RTOL_F64 = 1e-6   # float64: a chosen strength's oracle CV error against the oracle's best
+
+
+def _cv_oracle(den, traj, path, info, fit_noises, criterion):
+  """Numpy oracle of the cross-validated ridge: each row's CV error at every grid strength.
+
+  Row i regresses the teacher's state at ``path[i + 1]`` (the final state for the last row)
+  on ``[x_T, eps(states_0, t_0), ..., eps(states_i, t_i)]`` (the fit's own states), with the
+  documented ridge towards the teacher's step; fold f holds fitting noises ``b % 4 == f``.
+  "mse": the held-out folds' summed squared error; "rmse": their summed per-noise RMSE.
+
+  Returns:
+    (n, len(RIDGE_GRID)) CV errors.
+  """
+  n, k = len(path), traj.num_teacher_steps
+  x_T = np.asarray(traj.x_T, np.float64)
+  b = x_T.shape[0]
+  outputs = np.stack([np.asarray(den(info.states[i], traj.timesteps[path[i]]), np.float64)
+                      for i in range(n)])
+  stacked = np.concatenate([x_T[None], np.asarray(traj.model_outputs, np.float64)])
+  teacher = np.einsum("mk,kbd->mbd", np.asarray(traj.state_coefficients(), np.float64),
+                      stacked.reshape(k + 1, b, -1))
+  refs = np.asarray(traj.teacher.path_weights(path), np.float64)
+  fold = np.arange(len(fit_noises)) % 4
+  curves = np.zeros((n, len(RIDGE_GRID)))
+  for i in range(n):
+    cols = np.concatenate([x_T.reshape(b, -1, 1), np.moveaxis(
+        outputs[:i + 1].reshape(i + 1, b, -1), 0, 2)], axis=2)[fit_noises]   # (S, D, i + 2)
+    y = teacher[list(path[1:]) + [k]][i][fit_noises]                          # (S, D)
+    scale = np.mean(cols.reshape(-1, i + 2) ** 2, axis=0)
+    for g, lam in enumerate(RIDGE_GRID):
+      for f in range(4):
+        a, t = cols[fold != f].reshape(-1, i + 2), y[fold != f].reshape(-1)
+        d = np.sqrt(lam * a.shape[0] * scale)
+        w = np.linalg.lstsq(np.concatenate([a, np.diag(d)]),
+                            np.concatenate([t, d * refs[i, :i + 2]]), rcond=None)[0]
+        sq = np.sum((cols[fold == f] @ w - y[fold == f]) ** 2, axis=1)         # per noise
+        curves[i, g] += np.sum(sq) if criterion == "mse" else np.sum(np.sqrt(sq))
+  return curves
+
+
+def test_cv_rmse_picks_the_strength_with_the_lowest_summed_per_noise_rmse():
+  """``regularization="cv-rmse"``: each row's strength minimises the held-out folds' summed
+  per-noise RMSE (a numpy oracle from the raw rows), ``"cv"`` their summed squared error; in
+  memory and on a held-out split; and on these sharp mixtures the two criteria disagree on
+  some rows (the option changes fits)."""
+  chosen = {}
+  with jax.enable_x64(True):
+    for seed, steps in ((0, 4), (3, 5), (5, 5)):
+      den, traj = testing.mixture_problem((8,), num_noises=24, seed=seed, std=0.05)
+      path = oj.uniform_path(traj, steps)
+      for fit_noises in (None, np.arange(20)):
+        for reg, criterion in (("cv", "mse"), ("cv-rmse", "rmse")):
+          sched, info = oj.closed_loop_fit(traj, path, den, regularization=reg,
+                                           fit_noises=fit_noises)
+          assert sched.metadata["regularization"] == reg
+          assert not np.any(info.guarded), (seed, reg)     # the guard leaves the CV's pick
+          idx = np.arange(traj.batch_size) if fit_noises is None else fit_noises
+          curves = _cv_oracle(den, traj, path, info, idx, criterion)
+          picked = [RIDGE_GRID.index(float(lam)) for lam in info.ridge]
+          at_pick = curves[np.arange(steps), picked]
+          np.testing.assert_array_less(at_pick, curves.min(axis=1) * (1 + CV_RTOL_F64) + 1e-300,
+                                       err_msg=f"seed {seed}, {reg}")
+          chosen[seed, fit_noises is None, reg] = np.asarray(info.ridge)
+  assert any(np.any(chosen[key] != chosen[key[:2] + ("cv-rmse",)])
+             for key in chosen if key[2] == "cv"), chosen
+
+
+def test_the_fit_compiles_no_batched_lapack_call():
+  """Every LAPACK call of the compiled fit is on one matrix (rank <= 2 results): jaxlib 0.10's
+  batched CPU kernels wait on XLA's intra-op pool for their batch's chunks, and two of them at
+  once on a 2-thread pool deadlocked (the MNIST fit hung with one batched QR and one batched
+  SVD waiting); the CV's strengths and the noises' factors are `lax.map` loops instead."""
+  den, traj = testing.mixture_problem()
+  path = jnp.asarray(oj.uniform_path(traj, 4))
+  for reg in ("cv", "cv-rmse"):
+    hlo = jax.jit(lambda t, p, reg=reg: oj.closed_loop_fit(t, p, den, regularization=reg)).lower(
+        traj, path).compile().as_text()
+    calls = [line.split("custom-call(")[0] for line in hlo.splitlines()
+             if 'custom_call_target="lapack_' in line]
+    assert len(calls) >= 5, (reg, len(calls))
+    for result in calls:
+      ranks = [len(dims.split(",")) for dims in re.findall(r"\w+\[([\d,]+)\]", result)]
+      assert max(ranks) <= 2, (reg, result)
+
+
 def test_bad_arguments_are_named():
   den, traj = testing.mixture_problem()
   with pytest.raises(ValueError, match="regularization"):
     oj.closed_loop_fit(traj, [0, 50], den, regularization="lots")
   with pytest.raises(ValueError, match="regularization"):
     oj.closed_loop_fit(traj, [0, 50], den, regularization=-1.0)
+  with pytest.raises(ValueError, match="regularization: expected 'cv', 'cv-rmse'"):
+    oj.closed_loop_fit(traj, [0, 50], den, regularization="rmse")
   with pytest.raises(TypeError, match="denoise_fn"):
     oj.closed_loop_fit(traj, [0, 50], "not a model")
   with pytest.raises(ValueError, match="path"):

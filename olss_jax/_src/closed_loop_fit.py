@@ -39,6 +39,9 @@ from olss_jax._src import validation
 # Relative ridge strengths tried by the cross-validation (0: plain least squares).
 RIDGE_GRID = (0.0,) + tuple(10.0 ** p for p in range(-12, 0))
 NUM_FOLDS = 4
+# ``regularization`` values: the cross-validated ridge, judged by the held-out folds' summed
+# squared error ("cv") or by their summed per-noise RMSE ("cv-rmse", the comparison's metric).
+CV_CRITERIA = {"cv": "mse", "cv-rmse": "rmse"}
 # The cross-validation refuses ridge strengths whose weights exceed this multiple of the
 # teacher's own largest step weight (at least 1): an amplifying row that validates well on
 # the fitting noises can blow up on rare new ones (README, "More fitting noises").
@@ -74,15 +77,40 @@ class ClosedLoopFitInfo(NamedTuple):
 
 
 def _grid(regularization) -> tuple[float, ...]:
+  """The ridge strengths ``regularization`` tries (checked; named in the error)."""
   if isinstance(regularization, str):
-    if regularization != "cv":
-      raise ValueError(f"regularization: expected 'cv' or a float >= 0, got {regularization!r}")
+    if regularization not in CV_CRITERIA:
+      raise ValueError(f"regularization: expected 'cv', 'cv-rmse' or a float >= 0, got "
+                       f"{regularization!r}")
     return RIDGE_GRID
   if (isinstance(regularization, (int, float, np.floating, np.integer))
       and not isinstance(regularization, bool) and np.isfinite(regularization)
       and regularization >= 0):
     return (float(regularization),)
-  raise ValueError(f"regularization: expected 'cv' or a float >= 0, got {regularization!r}")
+  raise ValueError(f"regularization: expected 'cv', 'cv-rmse' or a float >= 0, got "
+                   f"{regularization!r}")
+
+
+def _criterion(regularization) -> str:
+  """The cross-validation's criterion for a checked ``regularization`` (`CV_CRITERIA`)."""
+  return CV_CRITERIA.get(regularization, "mse") if isinstance(regularization, str) else "mse"
+
+
+def noise_factors(m, elements: int) -> jax.Array:
+  """(S, c, c) triangular factor of each noise's rows of ``m`` (S * elements, c), noise-major.
+
+  One Householder QR per noise in a `jax.lax.map` loop, not a `vmap`: jaxlib 0.10's batched
+  CPU LAPACK kernels split their batch over XLA's intra-op thread pool and wait for it, and
+  two of them running at once on a 2-thread pool waited on each other forever (measured: the
+  MNIST model's fit hung with both pool threads blocked, one in a batched QR, one in a batched
+  SVD).
+  """
+  c = m.shape[1]
+  per = jax.lax.map(linalg.qr_r, m.reshape(-1, elements, c))
+  if per.shape[1] < c:
+    per = jnp.concatenate([per, jnp.zeros((per.shape[0], c - per.shape[1], c), per.dtype)],
+                          axis=1)
+  return per
 
 
 
@@ -93,7 +121,7 @@ def _fold_rows(num_samples: int, elements: int) -> list[np.ndarray]:
   return [np.flatnonzero(sample_of_row % folds == f) for f in range(folds)]
 
 
-def _row_factors(cols, y, grid, folds):
+def _row_factors(cols, y, grid, folds, elements: int | None = None):
   """The small statistics of one row's regression, from its rows (one device).
 
   With cross-validation the folds are factored first and the factor of all the fitting rows
@@ -104,40 +132,52 @@ def _row_factors(cols, y, grid, folds):
     cols: (N, c) the basis on the fitting rows; y: (N,) the target.
     grid: the ridge grid (static); folds: static row indices of each CV fold (a partition of
       the N rows).
+    elements: the rows of one noise (static), for the per-noise criterion ("cv-rmse"): the
+      rows are noise-major; None for the squared-error criterion.
 
   Returns:
     (r_all (c + 1, c + 1) factor of ``[cols, y]``, colsq (c,) column sums of squares or None
-    (no ridge), r_folds: a factor per fold, or () when no cross-validation runs).
+    (no ridge), r_folds: a factor per fold, or () when no cross-validation runs, noise_r:
+    (S, c + 1, c + 1) each noise's factor for the per-noise criterion, else None).
   """
   c = cols.shape[1]
   m = jnp.concatenate([cols, y[:, None]], axis=1)
   if grid == (0.0,):
-    return linalg.pad_rows(linalg.qr_r(m), c + 1), None, ()
+    return linalg.pad_rows(linalg.qr_r(m), c + 1), None, (), None
   colsq = jnp.sum(cols**2, axis=0)
   if len(folds) < 2 or len(grid) == 1:
-    return linalg.pad_rows(linalg.qr_r(m), c + 1), colsq, ()
+    return linalg.pad_rows(linalg.qr_r(m), c + 1), colsq, (), None
+  noise_r = None if elements is None else noise_factors(m, elements)
   r_folds = tuple(linalg.pad_rows(linalg.qr_r(m[idx]), c + 1) for idx in folds)
   r_all = linalg.pad_rows(linalg.qr_r(jnp.concatenate(r_folds, axis=0)), c + 1)
-  return r_all, colsq, r_folds
+  return r_all, colsq, r_folds, noise_r
 
 
-def _sharded_row_factors(cols, y, fold_of_row, grid, num_folds: int, part):
+def _sharded_row_factors(cols, y, fold_of_row, grid, num_folds: int, part,
+                         elements: int | None = None):
   """`_row_factors` of batch-sharded rows: per-device factors, then TSQR across devices.
 
   Each device factors its own rows of ``[cols, y]`` (one masked Householder QR per fold, or
   for all the fitting rows without cross-validation), the (c + 1, c + 1) factors are
   all-gathered and factored again (``R`` of the stacked factors is ``R`` of the stacked
   rows; all rows' factor is then that of the folds' factors), and the column sums of squares
-  are `psum`-med: only (devices x folds) small triangles cross devices.
+  are `psum`-med: only (devices x folds) small triangles cross devices. For the per-noise
+  criterion each noise's factor is all-gathered too (S small triangles).
 
   Args:
     cols: (N, c) the basis on every row, rows split by ``part``; y: (N,) likewise.
     fold_of_row: (N,) int32: the CV fold of each row, -1 for rows not fitted (held out).
     grid, num_folds: as in `_row_factors` (static); part: ``(mesh, axes)`` (static).
+    elements: as in `_row_factors`.
+
+  Returns:
+    As `_row_factors`, with ``noise_r`` for every noise of the batch and, for the per-noise
+    criterion, the (B,) fold of each noise (-1: not fitted) appended, else None.
   """
   c = cols.shape[1]
   ridge = grid != (0.0,)
   cross = ridge and num_folds >= 2 and len(grid) > 1
+  per_noise = cross and elements is not None
 
   def local(cols, y, fold, axes):
     with jax.enable_x64(True):
@@ -151,32 +191,42 @@ def _sharded_row_factors(cols, y, fold_of_row, grid, num_folds: int, part):
       fit = fold >= 0
       colsq = jax.lax.psum(jnp.sum(jnp.where(fit[:, None], cols, 0.0)**2, axis=0), axes)
       if not cross:
-        return factor(fit), colsq, ()
+        return factor(fit), colsq, (), ()
       r_folds = tuple(factor(fold == f) for f in range(num_folds))
       # the folds partition the fitting rows: their stacked factors give all rows' factor
       r_all = linalg.pad_rows(linalg.qr_r(jnp.concatenate(r_folds, axis=0)), c + 1)
-      return r_all, colsq, r_folds
+      if not per_noise:
+        return r_all, colsq, r_folds, ()
+      noises = (jax.lax.all_gather(noise_factors(m, elements), axes, tiled=True),
+                jax.lax.all_gather(fold[::elements], axes, tiled=True))
+      return r_all, colsq, r_folds, noises
 
-  r_all, colsq, r_folds = sharding_lib.shard_rows(local, part, (0, 0, 0), None)(cols, y,
-                                                                               fold_of_row)
-  return r_all, colsq if ridge else None, r_folds
+  r_all, colsq, r_folds, noises = sharding_lib.shard_rows(local, part, (0, 0, 0), None)(
+      cols, y, fold_of_row)
+  return r_all, colsq if ridge else None, r_folds, (noises if per_noise else None)
 
 
-def _row_solve(r_all, colsq, r_folds, sizes, ref, mask, grid, num_rows: int,
+def _row_solve(r_all, colsq, r_folds, noises, sizes, ref, mask, grid, num_rows: int,
                guard: bool = True):
   """One row's weights from its factors: plain least squares, a fixed ridge, or CV's ridge.
 
   Ridge towards ``ref`` with strength lam picked from ``grid`` by K-fold cross-validation
   over samples (fold f: samples ``b % F == f``), so the validation error measures how a row
   generalises to new noises; each fold is reduced to its R factor once (`_row_factors`),
-  every candidate strength is then a small solve. The smallest strength within a relative
-  1e-9 of the best CV error wins (ties at rounding level keep plain least squares), among
-  the strengths whose weights stay within ``WEIGHT_BOUND * max(1, max_j |ref_j|)`` (the
-  amplification guard; if none does, the strengths with the smallest largest weight).
+  every candidate strength is then a small solve. The CV error of a strength is the held-out
+  folds' summed squared error, ``sum_f ||R_f [w_f; -1]||^2`` with w_f fitted on the other
+  folds, or with ``noises`` their summed per-noise RMSE, ``sum_s sqrt(||R_s [w_f(s); -1]||^2)``
+  over each held-out noise s (its own factor R_s; the per-element scale does not change the
+  choice). The smallest strength within a relative 1e-9 of the best CV error wins (ties at
+  rounding level keep plain least squares), among the strengths whose weights stay within
+  ``WEIGHT_BOUND * max(1, max_j |ref_j|)`` (the amplification guard; if none does, the
+  strengths with the smallest largest weight).
 
   Args:
     r_all: (c + 1, c + 1) factor of ``[cols, y]`` over the fitting rows; colsq: (c,) their
       column sums of squares (None without ridge); r_folds: per-fold factors (() for none);
+      noises: None, or ``(noise_r (S, c + 1, c + 1), fold (S,) int)`` for the per-noise
+      criterion (fold -1: a noise not fitted, ignored);
       sizes: static rows per fold; ref, mask: (c,); grid: static; num_rows: fitting rows.
     guard: apply the amplification guard (static; off only to score candidate paths).
 
@@ -196,18 +246,23 @@ def _row_solve(r_all, colsq, r_folds, sizes, ref, mask, grid, num_rows: int,
     return jnp.where(mask, w, 0.0), lam, deficient, unguarded
 
   def cv_error(lam):
-    total = 0.0
-    for f, r_f in enumerate(r_folds):
+    held = []      # [w_f; -1] fitted without fold f
+    for f in range(len(r_folds)):
       others = jnp.concatenate([r for g, r in enumerate(r_folds) if g != f], axis=0)
       w = linalg.ridge_solve(others[:, :c], others[:, c], lam, scale, ref, num_rows - sizes[f])
-      total = total + jnp.sum((r_f @ jnp.append(w, -1.0)) ** 2)
-    return total
+      held.append(jnp.append(w, -1.0))
+    if noises is None:
+      return sum(jnp.sum((r_f @ v) ** 2) for r_f, v in zip(r_folds, held))
+    noise_r, fold = noises
+    v = jnp.stack(held)[jnp.clip(fold, 0)]                                  # (S, c + 1)
+    sq = jnp.sum(jnp.einsum("sij,sj->si", noise_r, v) ** 2, axis=1)
+    return jnp.sum(jnp.where(fold >= 0, jnp.sqrt(sq), 0.0))
 
   def smallest_best(cv):   # the smallest strength within a relative 1e-9 of the best
     return linalg.first_true(cv <= jnp.min(cv) * (1 + 1e-9) + 1e-300)
 
   grid_arr = jnp.asarray(grid, jnp.float64)
-  cv = jax.vmap(cv_error)(grid_arr)
+  cv = jax.lax.map(cv_error, grid_arr)   # a loop, not vmap: see noise_factors
   stacked = jnp.concatenate(r_folds, axis=0)
   best, held = smallest_best(cv), unguarded
   if guard:   # strengths whose weights leave the teacher's scale are refused
@@ -222,19 +277,24 @@ def _row_solve(r_all, colsq, r_folds, sizes, ref, mask, grid, num_rows: int,
   return jnp.where(mask, w, 0.0), lam, deficient, held
 
 
-def _row_fit(cols, y, ref, mask, grid, folds, num_rows: int, guard: bool = True):
+def _row_fit(cols, y, ref, mask, grid, folds, num_rows: int, guard: bool = True,
+             elements: int | None = None):
   """One row's weights from its rows (`_row_factors`, then `_row_solve`).
+
+  ``elements`` (static): the rows of one noise for the per-noise criterion, else None.
 
   Returns:
     (weights (c,), lam, deficient, guarded).
   """
-  r_all, colsq, r_folds = _row_factors(cols, y, grid, folds)
+  r_all, colsq, r_folds, noise_r = _row_factors(cols, y, grid, folds, elements)
   sizes = [int(idx.shape[0]) for idx in folds]
-  return _row_solve(r_all, colsq, r_folds, sizes, ref, mask, grid, num_rows, guard)
+  noises = None if noise_r is None else (
+      noise_r, jnp.asarray(np.arange(noise_r.shape[0]) % len(folds), jnp.int32))
+  return _row_solve(r_all, colsq, r_folds, noises, sizes, ref, mask, grid, num_rows, guard)
 
 
 def _solve(traj, path, denoise_fn, grid: tuple, x64: bool, fit_noises: tuple | None = None,
-           part=None, ys=None, guard: bool = True):
+           part=None, ys=None, guard: bool = True, criterion: str = "mse"):
   """The closed-loop fit (see `closed_loop_fit`); traceable, statics: grid, x64, fit_noises.
 
   ``part`` (static ``(mesh, axes)``, `sharding.trajectory_partition`): the trajectory is
@@ -243,6 +303,7 @@ def _solve(traj, path, denoise_fn, grid: tuple, x64: bool, fit_noises: tuple | N
   ``ys``: the (n, N) float64 teacher targets when the caller has them (`final_errors_fn`
   keeps them between candidate paths), else computed here (one pass over the outputs).
   ``guard`` (static): the amplification guard (`_row_solve`), off for scoring candidates.
+  ``criterion`` (static): the cross-validation's, "mse" or "rmse" (`_criterion`).
   """
   n = path.shape[0]
   k = traj.num_teacher_steps
@@ -257,6 +318,7 @@ def _solve(traj, path, denoise_fn, grid: tuple, x64: bool, fit_noises: tuple | N
   hold_rows = np.repeat(hold, elements)
   num_fit_rows, num_hold_rows = int(fit_rows.size), int(hold_rows.sum())
   folds = _fold_rows(fit_samples.size, elements)
+  per_noise = elements if criterion == "rmse" else None
   sizes = [int(idx.shape[0]) for idx in folds]
   fold_of_sample = np.full(traj.batch_size, -1, np.int32)
   fold_of_sample[fit_samples] = np.arange(fit_samples.size) % max(len(folds), 1)
@@ -284,15 +346,16 @@ def _solve(traj, path, denoise_fn, grid: tuple, x64: bool, fit_noises: tuple | N
       cols = jnp.where(mask[None, :], basis, 0.0)
       ref = jnp.where(mask, refs[i], 0.0)
       if part is not None:   # per-device factors, reduced across devices (and processes)
-        factors = _sharded_row_factors(cols, ys[i], fold_of_row, grid, len(folds), part)
+        factors = _sharded_row_factors(cols, ys[i], fold_of_row, grid, len(folds), part,
+                                       per_noise)
         w, lam, defic, held = _row_solve(*factors, sizes, ref, mask, grid, num_fit_rows,
                                          guard)
       elif fit_noises is None:
         w, lam, defic, held = _row_fit(cols, ys[i], ref, mask, grid, folds, num_fit_rows,
-                                       guard)
+                                       guard, per_noise)
       else:
         w, lam, defic, held = _row_fit(cols[fit_rows_j], ys[i][fit_rows_j], ref, mask, grid,
-                                       folds, num_fit_rows, guard)
+                                       folds, num_fit_rows, guard, per_noise)
       fitted = cols @ w
       states = states.at[i + 1].set(fitted.reshape(x_T.shape).astype(dtype))
       states = sharding_lib.constrain(states, part, 1)
@@ -316,7 +379,7 @@ def _solve(traj, path, denoise_fn, grid: tuple, x64: bool, fit_noises: tuple | N
                                       hold_errors, guarded)
 
 
-_solve_jit = jax.jit(_solve, static_argnums=(3, 4, 5, 6, 8))
+_solve_jit = jax.jit(_solve, static_argnums=(3, 4, 5, 6, 8, 9))
 
 
 def closed_loop_fit(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
@@ -353,8 +416,15 @@ def closed_loop_fit(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
     path: (n,) int indices into ``traj.timesteps`` (``path[0] == 0``, strictly increasing).
     denoise_fn: ``(x_t (B, ...), t) -> e (B, ...)``, the model the teacher ran (conditioned
       on the fitting noises' labels or prompts).
-    regularization: "cv" (default), or a float: a fixed relative ridge strength (0.0: plain
-      least squares, the unregularised closed-loop fit).
+    regularization: "cv" (default), "cv-rmse", or a float: a fixed relative ridge strength
+      (0.0: plain least squares, the unregularised closed-loop fit). "cv-rmse" picks the
+      strength by the held-out folds' summed per-noise RMSE (each noise's own R factor; the
+      comparison's metric) instead of their summed squared error, which a few noises with
+      large errors (a noise that ends in another mode) can set alone: on a sharp mixture
+      where "cv" chose 0.1 for the last row, lowering that sum by 3% and tripling the row's
+      error on the fitting noises, "cv-rmse" chose 1e-5 and kept least squares' error; on
+      other sharp mixtures it lowered some fits' held-out errors and raised others' (README,
+      "More fitting noises"), and it changed nothing on the digits and MNIST models.
     fit_noises: indices of the noises to fit on (default: all B). The model still runs on
       the whole batch (per-noise conditioning stays aligned) and the others are held out:
       their states follow the weights fitted on these, and `ClosedLoopFitInfo.holdout_errors`
@@ -379,7 +449,8 @@ def _closed_loop_fit(traj, path, denoise_fn, *, regularization=DEFAULT_REGULARIZ
   traced = noise.is_traced(path) or noise.is_traced(traj.x_T)
   solve = _solve if traced else _solve_jit
   weights, info = solve(traj, path, denoise_fn, grid, model_calls.caller_x64(), fit_noises,
-                        sharding_lib.trajectory_partition(traj))
+                        sharding_lib.trajectory_partition(traj), None, True,
+                        _criterion(regularization))
   if noise.is_traced(path):  # under jit a bad path cannot raise: it gives NaN weights
     weights, errors = fit_lib.poison_unless(
         validation.path_is_valid(path, traj.num_teacher_steps), weights, info.step_errors)
@@ -431,6 +502,7 @@ def _final_errors_fn(traj, denoise_fn, *, fit_noises,
                      regularization=DEFAULT_REGULARIZATION) -> Callable:
   """`final_errors_fn` of a checked trajectory (the core that trusts it)."""
   grid = _grid(regularization)
+  criterion = _criterion(regularization)
   fit_noises = validation.check_fit_noises(fit_noises, traj.batch_size)
   denoise_fn = trajectory_lib.as_denoise_pytree(denoise_fn)
   x64 = model_calls.caller_x64()
@@ -457,7 +529,8 @@ def _final_errors_fn(traj, denoise_fn, *, fit_noises,
     path = np.asarray(validation.check_path(path, traj.num_teacher_steps), np.int32)
     ys = targets(path)
     path = jnp.asarray(path)
-    _, info = _solve_jit(traj, path, denoise_fn, grid, x64, fit_noises, part, ys, False)
+    _, info = _solve_jit(traj, path, denoise_fn, grid, x64, fit_noises, part, ys, False,
+                         criterion)
     with jax.enable_x64(True):
       return float(info.step_errors[-1]), float(info.holdout_errors[-1])
 

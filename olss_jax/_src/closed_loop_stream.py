@@ -7,7 +7,8 @@ folds by noise index ``b % 4``) from chunks of noises seen one at a time. Row i 
 over the chunks: each chunk replays rows 0..i-1 with the weights already fitted (i model
 calls), calls the model once more, adds its rows ``[basis, target]`` to its fold's
 (n + 2)^2 triangular factor (TSQR, `linalg.stack_rows`) and is dropped. Memory: one chunk,
-its n + 1 basis columns and 4 small factors. Model calls: n (n + 1) / 2 per noise over all
+its n + 1 basis columns and 4 small factors (with ``regularization="cv-rmse"`` one small
+factor per noise as well). Model calls: n (n + 1) / 2 per noise over all
 rows (15 at n = 5, 55 at n = 10, against the teacher's 1000 per noise).
 """
 from __future__ import annotations
@@ -59,7 +60,8 @@ def _fold_indices(batch: int, elements: int, offset: int) -> list[np.ndarray]:
   return [np.flatnonzero(fold_of_row == f) for f in range(closed_loop_fit.NUM_FOLDS)]
 
 
-def _chunk_factors(denoise_fn, x_T, y, weights, timesteps, row, offset: int, x64: bool):
+def _chunk_factors(denoise_fn, x_T, y, weights, timesteps, row, offset: int, x64: bool,
+                   per_noise: bool = False):
   """One chunk's contribution to row ``row``: per-fold factors of ``[basis, y]`` and colsq.
 
   Replays rows 0..row-1 of ``weights`` (n, n + 1) from x_T (model calls at ``timesteps``),
@@ -67,7 +69,8 @@ def _chunk_factors(denoise_fn, x_T, y, weights, timesteps, row, offset: int, x64
 
   Returns:
     (factors (4, n + 2, n + 2) float64, one per fold (zero for a fold without rows here),
-    colsq (n + 1,) column sums of squares of the masked basis).
+    colsq (n + 1,) column sums of squares of the masked basis, and with ``per_noise`` (static,
+    the "cv-rmse" criterion) each noise's factor (B, n + 2, n + 2), else None).
   """
   n = weights.shape[0]
   with jax.enable_x64(True):
@@ -93,12 +96,14 @@ def _chunk_factors(denoise_fn, x_T, y, weights, timesteps, row, offset: int, x64
     cols = jnp.where((cols_idx <= row + 1)[None, :], basis, 0.0)
     m = jnp.concatenate([cols, y[:, None]], axis=1)
     zero = jnp.zeros((n + 2, n + 2), jnp.float64)
+    elements = num_rows // x_T.shape[0]
     factors = [linalg.pad_rows(linalg.qr_r(m[idx]), n + 2) if idx.size else zero
-               for idx in _fold_indices(x_T.shape[0], num_rows // x_T.shape[0], offset)]
-    return jnp.stack(factors), jnp.sum(cols**2, axis=0)
+               for idx in _fold_indices(x_T.shape[0], elements, offset)]
+    noise_r = closed_loop_fit.noise_factors(m, elements) if per_noise else None
+    return jnp.stack(factors), jnp.sum(cols**2, axis=0), noise_r
 
 
-_chunk_factors_jit = jax.jit(_chunk_factors, static_argnums=(6, 7))
+_chunk_factors_jit = jax.jit(_chunk_factors, static_argnums=(6, 7, 8))
 
 
 @jax.jit
@@ -110,8 +115,12 @@ def _merge(acc, new):
 _targets_jit = jax.jit(lambda traj, index: regression.teacher_states(traj, index))
 
 
-def _solve_row(factors, colsq, ref, mask, grid, fold_sizes, num_rows: int, num_folds: int):
+def _solve_row(factors, colsq, ref, mask, grid, fold_sizes, num_rows: int, num_folds: int,
+               noise_r=None):
   """Row weights from the merged factors (`closed_loop_fit`'s solve), and the row's MSE.
+
+  ``noise_r``: (S, n + 2, n + 2) every noise's factor in stream order (noise b in fold
+  ``b % 4``) for the per-noise criterion, else None.
 
   Returns:
     (weights (n + 1,), lam, deficient, guarded, mse).
@@ -121,8 +130,11 @@ def _solve_row(factors, colsq, ref, mask, grid, fold_sizes, num_rows: int, num_f
     cross = grid != (0.0,) and num_folds >= 2 and len(grid) > 1
     r_folds = tuple(factors[f] for f in range(num_folds)) if cross else ()
     r_all = linalg.pad_rows(linalg.qr_r(factors.reshape(-1, c)), c)
+    noises = None if noise_r is None or not cross else (
+        noise_r, jnp.asarray(np.arange(noise_r.shape[0]) % closed_loop_fit.NUM_FOLDS,
+                             jnp.int32))
     w, lam, deficient, held = closed_loop_fit._row_solve(  # pylint: disable=protected-access
-        r_all, colsq if grid != (0.0,) else None, r_folds, list(fold_sizes),
+        r_all, colsq if grid != (0.0,) else None, r_folds, noises, list(fold_sizes),
         jnp.where(mask, ref, 0.0), mask, grid, num_rows)
     return w, lam, deficient, held, jnp.sum((r_all @ jnp.append(w, -1.0)) ** 2) / num_rows
 
@@ -156,7 +168,8 @@ def closed_loop_fit_chunks(chunks: Callable[[], Iterable[tuple]], path, *,
       chunk compiles per chunk). For example a function that loads or regenerates each
       chunk of a `olss_jax.store` directory.
     path: (n,) int teacher-step indices (``path[0] == 0``, strictly increasing).
-    regularization: as `closed_loop_fit` ("cv", or a float >= 0).
+    regularization: as `closed_loop_fit` ("cv", "cv-rmse", or a float >= 0; "cv-rmse" keeps
+      each noise's small factor, (n + 2)^2 float64 numbers a noise).
 
   Returns:
     (schedule, info): the `Schedule` ((n,) timesteps ``timesteps[path]``, (n, n + 1) float64
@@ -171,6 +184,8 @@ def closed_loop_fit_chunks(chunks: Callable[[], Iterable[tuple]], path, *,
     raise TypeError(f"chunks: expected a function returning an iterable of (trajectory, "
                     f"denoise_fn) pairs, got {type(chunks).__name__}")
   grid = closed_loop_fit._grid(regularization)  # pylint: disable=protected-access
+  per_noise = closed_loop_fit._criterion(  # pylint: disable=protected-access
+      regularization) == "rmse"
   first = next(iter(chunks()), None)   # the teacher and shapes (one chunk read ahead)
   if first is None:
     raise ValueError("chunks: expected at least one (trajectory, denoise_fn) pair, got none")
@@ -195,7 +210,7 @@ def closed_loop_fit_chunks(chunks: Callable[[], Iterable[tuple]], path, *,
     with jax.enable_x64(True):
       factors = jnp.zeros((closed_loop_fit.NUM_FOLDS, n + 2, n + 2), jnp.float64)
       colsq = jnp.zeros((n + 1,), jnp.float64)
-    seen = []
+    seen, noise_r = [], []
     for traj, denoise_fn in chunks():
       if i == 0:
         validation.check_model_data(traj)
@@ -206,23 +221,26 @@ def closed_loop_fit_chunks(chunks: Callable[[], Iterable[tuple]], path, *,
       x_T = jnp.asarray(traj.x_T)
       with jax.enable_x64(True):
         y = _targets_jit(traj, jnp.asarray([targets[i]], jnp.int32))[0]
-        f_chunk, c_chunk = _chunk_factors_jit(
+        f_chunk, c_chunk, r_chunk = _chunk_factors_jit(
             model, x_T, y, weights, timesteps, i, int(sum(seen)) % closed_loop_fit.NUM_FOLDS,
-            x64)
+            x64, per_noise)
         factors, colsq = _merge(factors, f_chunk), colsq + c_chunk
+        if per_noise:
+          noise_r.append(r_chunk)
       seen.append(traj.batch_size)
     if i == 0:
       sizes.extend(seen)
     elif seen != sizes:
       raise ValueError(f"chunks: pass {i + 1} yielded chunks of {seen} noises, the first "
                        f"{sizes}; every call must yield the same chunks in the same order")
-    return factors, colsq
+    with jax.enable_x64(True):
+      return factors, colsq, (jnp.concatenate(noise_r) if per_noise else None)
 
   with jax.enable_x64(True):
     weights = jnp.zeros((n, n + 1), jnp.float64)
   errors, lams, deficient, guarded = np.zeros(n), np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
   for i in range(n):
-    factors, colsq = one_pass(i, weights)
+    factors, colsq, noise_r = one_pass(i, weights)
     total = int(sum(sizes))
     num_rows = total * elements
     num_folds = min(closed_loop_fit.NUM_FOLDS, total)
@@ -230,7 +248,7 @@ def closed_loop_fit_chunks(chunks: Callable[[], Iterable[tuple]], path, *,
                        for f in range(num_folds))
     with jax.enable_x64(True):
       w, lam, defic, held, mse = _solve_row_jit(factors, colsq, refs[i], jnp.arange(n + 1) <= i + 1,
-                                          grid, fold_sizes, num_rows, num_folds)
+                                          grid, fold_sizes, num_rows, num_folds, noise_r)
       weights = weights.at[i].set(w)
     errors[i] = float(mse)
     lams[i], deficient[i], guarded[i] = float(lam), bool(defic), bool(held)
