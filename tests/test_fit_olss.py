@@ -86,6 +86,27 @@ def test_one_vocabulary_for_api_cli_and_comparison():
   assert "gits-ipndm" not in flow and "ipndm" not in flow and "tuned-unipc" in flow
 
 
+def test_regularization_reaches_the_closed_loop_fits_and_their_candidates():
+  """``fit_olss(..., regularization="cv-rmse")``: the closed-loop fit of ``olss-cl`` and
+  ``olss-ft``'s candidates and returned fit use it (the same as the verbs called with it)."""
+  den, traj = testing.mixture_problem()
+  cl = oj.fit_olss(traj, 4, denoise_fn=den, method="olss-cl", regularization="cv-rmse")
+  path, _ = oj.closed_loop_search(traj, 4, den)
+  direct, info = oj.closed_loop_fit(traj, path, den, regularization="cv-rmse")
+  np.testing.assert_array_equal(cl.weights, direct.weights)
+  assert cl.metadata["ridge"] == info.ridge.tolist() and cl.metadata["regularization"] == "cv-rmse"
+  ft = oj.fit_olss(traj, 3, denoise_fn=den, regularization="cv-rmse", max_evaluations=4)
+  tuned, _ = oj.tune_path(traj, oj.closed_loop_search(traj, 3, den)[0], den, max_evaluations=4,
+                          alternatives=[oj.uniform_path(traj, 3)], regularization="cv-rmse")
+  np.testing.assert_array_equal(ft.metadata["path"], tuned)
+  np.testing.assert_array_equal(
+      ft.weights, oj.closed_loop_fit(traj, tuned, den, regularization="cv-rmse")[0].weights)
+  with pytest.raises(ValueError, match="regularization: only for the closed-loop"):
+    oj.fit_olss(traj, 3, method="olss", regularization="cv-rmse")
+  with pytest.raises(ValueError, match="regularization: expected"):
+    oj.fit_olss(traj, 3, denoise_fn=den, method="olss-cl", regularization="rmse")
+
+
 def test_bad_arguments_are_named():
   den, traj = testing.mixture_problem()
   with pytest.raises(ValueError, match="method"):

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from olss_jax._src import closed_loop_fit
 from olss_jax._src import fit_olss as fit_olss_lib
 from olss_jax._src import sampler
 from olss_jax._src import schedule as schedule_lib
@@ -40,10 +41,13 @@ class FitContext:
 MethodFn = Callable[[FitContext, int], schedule_lib.Schedule]
 
 
-def _olss(method: str, max_evaluations: int = fit_olss_lib.DEFAULT_MAX_EVALUATIONS) -> MethodFn:
+def _olss(method: str, max_evaluations: int = fit_olss_lib.DEFAULT_MAX_EVALUATIONS,
+          regularization=closed_loop_fit.DEFAULT_REGULARIZATION) -> MethodFn:
   def fit(ctx: FitContext, n: int) -> schedule_lib.Schedule:
     model = ctx.denoise_fn if method in fit_olss_lib.MODEL_METHODS else None
     kwargs = {"max_evaluations": max_evaluations} if method in fit_olss_lib.TUNED_METHODS else {}
+    if method in fit_olss_lib.CLOSED_LOOP_METHODS:
+      kwargs["regularization"] = regularization
     return fit_olss_lib.fit_olss(ctx.traj, n, denoise_fn=model, method=method, **kwargs)
   return fit
 
@@ -107,7 +111,8 @@ def _peer(name: str, max_evaluations: int) -> MethodFn:
 
 def default_methods(*, baselines: Sequence[str] | None = None, closed_loop: bool = True,
                     peers: Sequence[str] | bool = True, kind: str = "ddim",
-                    max_evaluations: int = fit_olss_lib.DEFAULT_MAX_EVALUATIONS
+                    max_evaluations: int = fit_olss_lib.DEFAULT_MAX_EVALUATIONS,
+                    regularization=closed_loop_fit.DEFAULT_REGULARIZATION
                     ) -> dict[str, MethodFn]:
   """The methods of the comparison table, named as everywhere in olss_jax (`fit_olss.METHODS`).
 
@@ -125,6 +130,7 @@ def default_methods(*, baselines: Sequence[str] | None = None, closed_loop: bool
     peers: True (all of `PEERS` whose solver the kind offers), False, or names.
     kind: the models' teacher kind (`ComparisonModel.kind`).
     max_evaluations: the coordinate searches' budget (the tuned peers and ``olss-ft`` alike).
+    regularization: the closed-loop OLSS fits' ridge (`fit_olss`'s ``regularization``).
 
   Returns:
     An ordered ``{name: (FitContext, n) -> Schedule}``.
@@ -143,7 +149,7 @@ def default_methods(*, baselines: Sequence[str] | None = None, closed_loop: bool
     methods[name] = _peer(name, max_evaluations)
   for method in fit_olss_lib.METHODS:
     if closed_loop or method in fit_olss_lib.PAPER_METHODS:
-      methods[method] = _olss(method, max_evaluations)
+      methods[method] = _olss(method, max_evaluations, regularization)
   return methods
 
 

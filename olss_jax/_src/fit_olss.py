@@ -46,6 +46,7 @@ METHODS = ("olss-p", "olss", "olss-p-cl", "olss-cl", "olss-ft", "olss-e2e")
 PAPER_METHODS = ("olss-p", "olss")
 MODEL_METHODS = ("olss-p-cl", "olss-cl", "olss-ft", "olss-e2e")
 TUNED_METHODS = ("olss-ft",)                 # take ``max_evaluations``
+CLOSED_LOOP_METHODS = ("olss-p-cl", "olss-cl", "olss-ft")   # take ``regularization``
 DEFAULT_MAX_EVALUATIONS = path_tuning.DEFAULT_MAX_EVALUATIONS
 DEFAULT_PAPER_METHOD = "olss"
 DEFAULT_MODEL_METHOD = "olss-ft"
@@ -92,6 +93,7 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
              uniform: bool | None = None,
              max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
              e2e_kwargs: dict[str, Any] | None = None,
+             regularization=closed_loop_fit.DEFAULT_REGULARIZATION,
              progress: Callable[[str], None] | None = None) -> schedule_lib.Schedule:
   """Searches a path and fits its weights in one call: the library's front door to OLSS.
 
@@ -117,6 +119,10 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
       the B fitting noises each; `path_tuning.tune_path`).
     e2e_kwargs: ``"olss-e2e"``: keyword arguments for `e2e.fit_e2e` (``starts``,
       ``holdout`` and `learn_schedule`'s num_iters, learning_rate, loss, criterion, ...).
+    regularization: the closed-loop fits' ridge (`CLOSED_LOOP_METHODS`; ``"olss-ft"``'s
+      candidate paths and its returned fit alike): ``"cv"`` (default), ``"cv-rmse"`` (the
+      strength chosen by the held-out folds' per-noise RMSE) or a fixed float, as for
+      `closed_loop_fit`.
     progress: optional ``callback(message)`` called at each stage (path search, every
       candidate path ``"olss-ft"`` fits, the weights' fit, refinement): the default fit runs
       for seconds to minutes.
@@ -156,6 +162,11 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
   say = progress or (lambda message: None)
   if e2e_kwargs is not None and method != "olss-e2e":
     raise ValueError(f"e2e_kwargs: only for method='olss-e2e', got method={method!r}")
+  closed_loop_fit._grid(regularization)  # pylint: disable=protected-access (checks it)
+  if (method not in CLOSED_LOOP_METHODS
+      and regularization != closed_loop_fit.DEFAULT_REGULARIZATION):
+    raise ValueError(f"regularization: only for the closed-loop methods "
+                     f"{CLOSED_LOOP_METHODS}, got method={method!r}")
   if method == "olss-e2e":   # weights and times trained end to end (`e2e.fit_e2e`)
     if refine:
       raise ValueError("refine: method='olss-e2e' already trains its weights end to end")
@@ -180,6 +191,7 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
     if method == "olss-ft":
       path, tinfo = path_tuning._tune_path(traj, path, denoise_fn,
                                            max_evaluations=max_evaluations,
+                                           regularization=regularization,
                                            alternatives=[search.uniform_path(traj, num_steps)],
                                            progress=progress)
       meta.update(path_search="closed_loop+final_error", tune_start_path=_concrete_list(
@@ -192,7 +204,8 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
   if method in PAPER_METHODS:
     sched, fit_info = fit._fit_weights(traj, path)
   else:
-    sched, fit_info = closed_loop_fit._closed_loop_fit(traj, path, denoise_fn)
+    sched, fit_info = closed_loop_fit._closed_loop_fit(traj, path, denoise_fn,
+                                                       regularization=regularization)
     meta["fit_model_calls"] = int(fit_info.num_model_calls) + meta.get("search_model_calls", 0)
     meta["ridge"] = _concrete_list(fit_info.ridge)
     meta["guarded"] = _concrete_list(fit_info.guarded)   # rows the amplification guard held

@@ -43,11 +43,13 @@ SWEPT = ("olss-cl", "olss-ft", "tuned-dpm_solver_pp", "tuned-unipc", "gits-ipndm
          "gits-dpm_solver_pp", "ld3-dpm_solver_pp")
 
 
-def methods_for(kind: str, *, max_evaluations: int, swept_only: bool = False) -> dict:
+def methods_for(kind: str, *, max_evaluations: int, swept_only: bool = False,
+                regularization: str = "cv") -> dict:
   """The table's methods for a teacher kind (`ComparisonModel.kind`)."""
   solvers = SOLVERS["flow" if kind == "flow" else "vp"]
   methods = oj.compare.default_methods(baselines=solvers, kind=kind,
-                                       max_evaluations=max_evaluations)
+                                       max_evaluations=max_evaluations,
+                                       regularization=regularization)
   if swept_only:
     methods = {k: v for k, v in methods.items() if k in SWEPT}
   return methods
@@ -66,10 +68,12 @@ def mixture_models(seeds, kinds=MIXTURE_KINDS) -> list:
 
 
 def run(small: bool = False, models=None, steps=None, num_eval=None, num_fit=None,
-        num_teacher_steps=None, max_evaluations=None, only=None) -> list[dict]:
+        num_teacher_steps=None, max_evaluations=None, only=None,
+        regularization: str = "cv") -> list[dict]:
   """Prints the tables; returns one row dict per (model, num_fit, method, steps).
 
-  ``models``: names from `MODELS` or `ComparisonModel`s (e.g. `mixture_models`).
+  ``models``: names from `MODELS` or `ComparisonModel`s (e.g. `mixture_models`);
+  ``regularization``: the closed-loop OLSS fits' ridge (`olss_jax.fit_olss`).
   """
   models = models or (("analytic",) if small else DEFAULT_MODELS)
   steps = steps or ((3,) if small else (5, 10, 20))
@@ -83,7 +87,8 @@ def run(small: bool = False, models=None, steps=None, num_eval=None, num_fit=Non
     name = name if isinstance(name, str) else model.name
     for b in num_fits:
       swept_only = len(num_fits) > 1
-      methods = methods_for(model.kind, max_evaluations=budget, swept_only=swept_only)
+      methods = methods_for(model.kind, max_evaluations=budget, swept_only=swept_only,
+                            regularization=regularization)
       if only:
         methods = {k: v for k, v in methods.items() if k in only}
       t0 = time.perf_counter()
@@ -124,13 +129,17 @@ def main():
                       help="add the unseen 3x8x8 mixtures of these seeds (module docstring)")
   parser.add_argument("--mixture-kinds", nargs="+", choices=MIXTURE_KINDS,
                       default=list(MIXTURE_KINDS), help="their kinds (default: vp flow)")
+  parser.add_argument("--regularization", choices=("cv", "cv-rmse"), default="cv",
+                      help="the closed-loop OLSS fits' cross-validated ridge: by squared error "
+                           "(cv, the default) or per-noise RMSE (cv-rmse)")
   args = parser.parse_args()
   models = list(args.models or ())
   if args.mixture_seeds:
     models += mixture_models(args.mixture_seeds, args.mixture_kinds)
   run(small=args.small, models=models or None, steps=args.steps, num_eval=args.num_eval,
       num_fit=args.num_fit, num_teacher_steps=args.teacher_steps,
-      max_evaluations=args.max_evaluations, only=args.methods)
+      max_evaluations=args.max_evaluations, only=args.methods,
+      regularization=args.regularization)
 
 
 if __name__ == "__main__":
