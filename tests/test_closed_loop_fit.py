@@ -228,6 +228,9 @@ def test_closed_loop_table_small_runs(capsys):
   # closed-loop fit is ahead of DDIM (measured 0.77x) and of the paper's fit (0.53x)
   assert by["olss-p-cl"] < 0.85 * by["ddim"], by
   assert by["olss-p-cl"] < 0.6 * by["olss-p"], by
+  # the default's safeguards: paired against the uniform-path fit and the best classical solver
+  assert "the default against what it must not lose to" in out
+  assert "| 3 | olss-p-cl |" in out and "| 3 | best classical (ddim) |" in out
   calls = {r["method"]: r["fit_model_calls"] for r in rows}
   assert calls["ddim"] == 0 and 0 < calls["tuned-unipc"] <= 20 * 3 and calls["olss-p-cl"] == 3
   models = module.mixture_models([31])                   # the unseen mixtures' models

@@ -1,4 +1,5 @@
 """olss_jax.compare: the held-out protocol, and the README's digits claims at reduced size."""
+import chex
 import jax
 import numpy as np
 import pytest
@@ -97,3 +98,22 @@ def test_mean_interval_and_per_sample_rmse():
   np.testing.assert_allclose(oj.compare.per_sample_rmse(a, b), [1.0, 2.0])
   x = jax.random.normal(jax.random.key(0), (3, 2))
   np.testing.assert_allclose(oj.compare.per_sample_rmse(x, x), 0.0)
+
+
+def test_paired_difference_compares_two_rows_noise_by_noise(digits_comparison):
+  rmse, result = digits_comparison
+  for name, n in rmse:                  # every row keeps its per-noise errors, their mean its RMSE
+    chex.assert_shape(result.per_sample[(name, n)], (64,))
+    np.testing.assert_allclose(np.mean(result.per_sample[(name, n)]), rmse[(name, n)],
+                               rtol=1e-12)
+  diff, lo, hi = oj.compare.paired_difference(result, "olss-ft", "ddim", 5)
+  want = oj.compare.mean_interval(result.per_sample[("olss-ft", 5)]
+                                  - result.per_sample[("ddim", 5)])
+  np.testing.assert_allclose((diff, lo, hi), want)
+  np.testing.assert_allclose(diff, rmse[("olss-ft", 5)] - rmse[("ddim", 5)], rtol=1e-9)
+  assert hi < 0                             # the default beats DDIM on these very noises
+  # paired on the same noises, the interval is narrower than either row's own
+  own = oj.compare.mean_interval(result.per_sample[("ddim", 5)])
+  assert hi - lo < own[2] - own[1]
+  with pytest.raises(KeyError, match="no per-noise errors for .*'olss-ft', 20"):
+    oj.compare.paired_difference(result, "olss-ft", "unipc", 20)

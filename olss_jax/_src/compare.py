@@ -165,6 +165,8 @@ class Comparison:
     samples: {(method, steps): (N, ...) final samples} when kept, plus ("teacher", 0).
     eval_conditions: the evaluation conditions (or None).
     info: run facts (seeds, counts, timings).
+    per_sample: {(method, steps): (N,) each held-out noise's RMSE} (always kept; what
+      `paired_difference` compares).
   """
 
   rows: list[dict[str, Any]]
@@ -172,6 +174,7 @@ class Comparison:
   samples: dict[tuple[str, int], np.ndarray]
   eval_conditions: Any
   info: dict[str, Any]
+  per_sample: dict[tuple[str, int], np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def per_sample_rmse(samples, reference) -> np.ndarray:
@@ -186,6 +189,25 @@ def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
   mean = float(values.mean())
   half = 1.96 * float(values.std(ddof=1)) / math.sqrt(values.shape[0]) if values.shape[0] > 1 else 0.0
   return mean, mean - half, mean + half
+
+
+def paired_difference(comparison: Comparison, method: str, other: str,
+                      steps: int) -> tuple[float, float, float]:
+  """Mean and 95% interval of ``method``'s per-noise RMSE minus ``other``'s, same noises.
+
+  The paired comparison of two rows of one `run_comparison` (``rmse_method(x) - rmse_other(x)``
+  over the N held-out noises x, `mean_interval`): far tighter than two rows' own intervals
+  when both miss on the same noises. An interval above 0 says ``method`` is worse beyond the
+  noise of the estimate.
+
+  Raises:
+    KeyError: naming the (method, steps) the comparison does not hold.
+  """
+  try:
+    a, b = comparison.per_sample[(method, steps)], comparison.per_sample[(other, steps)]
+  except KeyError as err:
+    raise KeyError(f"paired_difference: no per-noise errors for {err.args[0]!r}") from None
+  return mean_interval(np.asarray(a, np.float64) - np.asarray(b, np.float64))
 
 
 _sample_jit = jax.jit(sampler.sample)
@@ -246,7 +268,7 @@ def run_comparison(model: ComparisonModel, *, steps: Sequence[int] = (5, 10, 20)
   teacher_eval_s = time.perf_counter() - t0
 
   ctx = FitContext(traj=traj, denoise_fn=f_fit, model=model)
-  rows, schedules, samples = [], {}, {}
+  rows, schedules, samples, per_sample = [], {}, {}, {}
   if keep_samples:
     samples[("teacher", 0)] = reference
   for n in steps:
@@ -258,7 +280,8 @@ def run_comparison(model: ComparisonModel, *, steps: Sequence[int] = (5, 10, 20)
       t0 = time.perf_counter()
       out = np.asarray(jax.block_until_ready(_sample_jit(f_eval, sched, x_eval)))
       sample_s = time.perf_counter() - t0
-      mean, lo, hi = mean_interval(per_sample_rmse(out, reference))
+      per_sample[(name, int(n))] = per_sample_rmse(out, reference)
+      mean, lo, hi = mean_interval(per_sample[(name, int(n))])
       row = {"method": name, "steps": int(n), "rmse": mean, "rmse_lo": lo, "rmse_hi": hi,
              "fit_seconds": fit_s, "sample_seconds": sample_s,
              "fit_model_calls": int(sched.metadata.get("fit_model_calls", 0))}
@@ -275,7 +298,7 @@ def run_comparison(model: ComparisonModel, *, steps: Sequence[int] = (5, 10, 20)
   if model.metrics is not None:
     info["teacher_metrics"] = dict(model.metrics(reference, reference, c_eval))
   return Comparison(rows=rows, schedules=schedules, samples=samples, eval_conditions=c_eval,
-                    info=info)
+                    info=info, per_sample=per_sample)
 
 
 def format_markdown(comparison: Comparison, *, metric: str = "rmse",

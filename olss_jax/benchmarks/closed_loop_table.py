@@ -18,6 +18,12 @@ noises (the held-out error against the fit's data and cost).
   python -m olss_jax.benchmarks.closed_loop_table --models digits --num-fit 8 32 128 --steps 5 10
   python -m olss_jax.benchmarks.closed_loop_table --mixture-seeds 31 32 33 --steps 5 10
 
+When the default fit (`olss_jax.compare.DEFAULT_MODEL_METHOD`) ran, a fourth table checks its
+safeguards: against ``olss-p-cl``, ``olss-cl`` and the best classical solver of the cell (the
+lowest mean RMSE among `SOLVERS`), the paired difference of per-noise RMSE on the same held-out
+noises (`olss_jax.compare.paired_difference`, mean [95% interval]); "worse" marks an interval
+above 0, a loss beyond the noise of the estimate.
+
 ``--mixture-seeds`` adds models no method was developed on: for each seed a sharp 3x8x8
 Gaussian mixture (8 components, std 0.1; `compare.analytic_comparison_model`) as a VP epsilon
 model on Stable Diffusion's schedule and as a rectified flow (``--mixture-kinds``).
@@ -53,6 +59,39 @@ def methods_for(kind: str, *, max_evaluations: int, swept_only: bool = False,
   if swept_only:
     methods = {k: v for k, v in methods.items() if k in SWEPT}
   return methods
+
+
+def safeguard_rows(result, kind: str) -> list[dict]:
+  """The default fit against the methods it must not lose to, paired on the same noises.
+
+  One dict per (steps, reference) present in ``result``: ``steps``, ``reference`` (``olss-p-cl``,
+  ``olss-cl``, or ``best classical (<name>)``), ``diff``, ``lo``, ``hi`` (the default's
+  per-noise RMSE minus the reference's, mean and 95% interval) and ``worse`` (``lo > 0``).
+  """
+  default = oj.compare.DEFAULT_MODEL_METHOD
+  mean = {(r["method"], r["steps"]): r["rmse"] for r in result.rows}
+  out = []
+  for n in sorted({s for m, s in mean if m == default}):
+    refs = [(m, m) for m in ("olss-p-cl", "olss-cl") if (m, n) in mean]
+    solvers = [m for m in SOLVERS["flow" if kind == "flow" else "vp"] if (m, n) in mean]
+    if solvers:
+      best = min(solvers, key=lambda m: mean[(m, n)])
+      refs.append((best, f"best classical ({best})"))
+    for method, label in refs:
+      diff, lo, hi = oj.compare.paired_difference(result, default, method, n)
+      out.append({"steps": n, "reference": label, "diff": diff, "lo": lo, "hi": hi,
+                  "worse": lo > 0})
+  return out
+
+
+def format_safeguards(rows: list[dict]) -> str:
+  """`safeguard_rows` as a markdown table (one line per step count and reference)."""
+  lines = [f"| steps | {oj.compare.DEFAULT_MODEL_METHOD} minus | mean [95% interval] | |",
+           "|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['steps']} | {r['reference']} | {r['diff']:.3g} [{r['lo']:.3g}, "
+                 f"{r['hi']:.3g}] | {'worse' if r['worse'] else ''} |")
+  return "\n".join(lines)
 
 
 def mixture_models(seeds, kinds=MIXTURE_KINDS) -> list:
@@ -106,6 +145,11 @@ def run(small: bool = False, models=None, steps=None, num_eval=None, num_fit=Non
       print(oj.compare.format_markdown(result, metric="fit_model_calls", best=None))
       print("\nfit seconds:\n")
       print(oj.compare.format_markdown(result, metric="fit_seconds", best=None), flush=True)
+      guards = safeguard_rows(result, model.kind)
+      if guards:
+        print(f"\nthe default against what it must not lose to (per-noise RMSE, paired on "
+              f"the same {num_eval} held-out noises):\n")
+        print(format_safeguards(guards), flush=True)
       rows += [dict(r, model=name, num_fit=b) for r in result.rows]
   return rows
 
