@@ -62,18 +62,21 @@ def test_streamed_fit_with_a_fixed_ridge_and_plain_least_squares(problem):
     assert np.all(info.ridge == reg)
 
 
-def test_streamed_fit_with_the_per_noise_criterion_equals_the_in_memory_one(problem):
-  """``regularization="cv-rmse"``: each noise's factor kept across uneven chunks (folds by the
-  stream's noise index) gives the in-memory fit's strengths and weights."""
+@pytest.mark.parametrize("regularization", ["cv-rmse", "cv-robust"])
+def test_streamed_fit_with_the_per_noise_criterion_equals_the_in_memory_one(problem,
+                                                                           regularization):
+  """The per-noise criteria (``"cv-rmse"``, ``"cv-robust"``'s re-weighted noises): each noise's
+  factor kept across uneven chunks (folds by the stream's noise index) gives the in-memory
+  fit's strengths and weights."""
   den, traj = problem
   path = oj.uniform_path(traj, 5)
-  ref, ref_info = oj.closed_loop_fit(traj, path, den, regularization="cv-rmse")
+  ref, ref_info = oj.closed_loop_fit(traj, path, den, regularization=regularization)
   sched, info = oj.stats.closed_loop_fit_chunks(_chunked(traj, den, UNEVEN), path,
-                                                regularization="cv-rmse")
+                                                regularization=regularization)
   np.testing.assert_array_equal(info.ridge, ref_info.ridge)
   chex.assert_trees_all_close(sched.weights, ref.weights, atol=WEIGHTS_ATOL_F64)
   np.testing.assert_allclose(info.step_errors, ref_info.step_errors, rtol=ERRORS_RTOL_F64)
-  assert sched.metadata["regularization"] == "cv-rmse"
+  assert sched.metadata["regularization"] == regularization
 
 
 def test_bad_streams_are_refused_by_name(problem):

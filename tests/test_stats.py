@@ -230,13 +230,15 @@ _SHARDED_SCRIPT = textwrap.dedent("""
       aden, atraj, apath = olss_jax.testing.amplifying_problem()
       a_many, i_many = olss_jax.closed_loop_fit(atraj, apath, aden)
       a_one, i_one = olss_jax.closed_loop_fit(host(atraj), apath, aden)
-    # the per-noise cross-validation on the sharded route (each noise's factor gathered)
+    # the per-noise cross-validations on the sharded route (each noise's factor gathered)
     fits = {}
-    for name, fit_noises in (("all", None), ("split", np.arange(12))):
+    for name, fit_noises, reg in (("all", None, "cv-rmse"), ("split", np.arange(12), "cv-rmse"),
+                                  ("robust", None, "cv-robust"),
+                                  ("robust-split", np.arange(12), "cv-robust")):
       r_many, ri_many = olss_jax.closed_loop_fit(many, path_one, denoise,
-                                                 regularization="cv-rmse", fit_noises=fit_noises)
+                                                 regularization=reg, fit_noises=fit_noises)
       r_host, ri_host = olss_jax.closed_loop_fit(host(many), path_one, denoise,
-                                                 regularization="cv-rmse", fit_noises=fit_noises)
+                                                 regularization=reg, fit_noises=fit_noises)
       fits[name] = [np.asarray(ri_many.ridge).tolist(), np.asarray(ri_host.ridge).tolist(),
                     float(np.max(np.abs(r_many.weights - r_host.weights))
                           / np.max(np.abs(r_host.weights)))]

@@ -40,8 +40,16 @@ from olss_jax._src import validation
 RIDGE_GRID = (0.0,) + tuple(10.0 ** p for p in range(-12, 0))
 NUM_FOLDS = 4
 # ``regularization`` values: the cross-validated ridge, judged by the held-out folds' summed
-# squared error ("cv") or by their summed per-noise RMSE ("cv-rmse", the comparison's metric).
-CV_CRITERIA = {"cv": "mse", "cv-rmse": "rmse"}
+# squared error ("cv") or by their summed per-noise RMSE ("cv-rmse", the comparison's metric),
+# or "cv"'s fit re-weighted by Huber's rule on each noise's residual ("cv-robust").
+CV_CRITERIA = {"cv": "mse", "cv-rmse": "rmse", "cv-robust": "robust"}
+# "cv-robust": a noise is down-weighted when its residual norm exceeds both ROBUST_THRESHOLD
+# times the fitting noises' median and ROBUST_FLOOR times their median target norm (a 10%
+# relative error: where every noise is fitted closely nothing changes); ROBUST_ITERATIONS
+# re-weighting passes.
+ROBUST_THRESHOLD = 3.0
+ROBUST_FLOOR = 0.1
+ROBUST_ITERATIONS = 3
 # The cross-validation refuses ridge strengths whose weights exceed this multiple of the
 # teacher's own largest step weight (at least 1): an amplifying row that validates well on
 # the fitting noises can blow up on rare new ones (README, "More fitting noises").
@@ -80,14 +88,14 @@ def _grid(regularization) -> tuple[float, ...]:
   """The ridge strengths ``regularization`` tries (checked; named in the error)."""
   if isinstance(regularization, str):
     if regularization not in CV_CRITERIA:
-      raise ValueError(f"regularization: expected 'cv', 'cv-rmse' or a float >= 0, got "
-                       f"{regularization!r}")
+      raise ValueError(f"regularization: expected 'cv', 'cv-rmse', 'cv-robust' or a float "
+                       f">= 0, got {regularization!r}")
     return RIDGE_GRID
   if (isinstance(regularization, (int, float, np.floating, np.integer))
       and not isinstance(regularization, bool) and np.isfinite(regularization)
       and regularization >= 0):
     return (float(regularization),)
-  raise ValueError(f"regularization: expected 'cv', 'cv-rmse' or a float >= 0, got "
+  raise ValueError(f"regularization: expected 'cv', 'cv-rmse', 'cv-robust' or a float >= 0, got "
                    f"{regularization!r}")
 
 
@@ -207,7 +215,7 @@ def _sharded_row_factors(cols, y, fold_of_row, grid, num_folds: int, part,
 
 
 def _row_solve(r_all, colsq, r_folds, noises, sizes, ref, mask, grid, num_rows: int,
-               guard: bool = True):
+               guard: bool = True, robust: bool = False):
   """One row's weights from its factors: plain least squares, a fixed ridge, or CV's ridge.
 
   Ridge towards ``ref`` with strength lam picked from ``grid`` by K-fold cross-validation
@@ -222,6 +230,14 @@ def _row_solve(r_all, colsq, r_folds, noises, sizes, ref, mask, grid, num_rows: 
   ``WEIGHT_BOUND * max(1, max_j |ref_j|)`` (the amplification guard; if none does, the
   strengths with the smallest largest weight).
 
+  With ``robust`` (and ``noises``), that fit is then re-weighted ``ROBUST_ITERATIONS`` times
+  (iteratively re-weighted least squares of Huber's loss on the per-noise residual norms):
+  each noise's residual ``r_s = ||R_s [w; -1]||``, the bound ``k = max(ROBUST_THRESHOLD *
+  median(r), ROBUST_FLOOR * median_s ||y_s||)``, noise weights ``a_s = min(1, k / r_s)``
+  (mean 1 over the fitting noises), each fold's factor that of its noises' ``sqrt(a_s) R_s``,
+  and the strength picked again by the held-out folds' summed Huber loss (``r^2`` up to ``k``,
+  ``2 k r - k^2`` beyond), the ridge's row count the weighted one.
+
   Args:
     r_all: (c + 1, c + 1) factor of ``[cols, y]`` over the fitting rows; colsq: (c,) their
       column sums of squares (None without ridge); r_folds: per-fold factors (() for none);
@@ -229,6 +245,7 @@ def _row_solve(r_all, colsq, r_folds, noises, sizes, ref, mask, grid, num_rows: 
       criterion (fold -1: a noise not fitted, ignored);
       sizes: static rows per fold; ref, mask: (c,); grid: static; num_rows: fitting rows.
     guard: apply the amplification guard (static; off only to score candidate paths).
+    robust: the Huber re-weighting above (static; needs ``noises``).
 
   Returns:
     (weights (c,), lam, deficient, guarded: the guard refused the cross-validation's pick).
@@ -245,40 +262,86 @@ def _row_solve(r_all, colsq, r_folds, noises, sizes, ref, mask, grid, num_rows: 
     w = linalg.ridge_solve(r_all[:, :c], r_all[:, c], lam, scale, ref, num_rows)
     return jnp.where(mask, w, 0.0), lam, deficient, unguarded
 
-  def cv_error(lam):
-    held = []      # [w_f; -1] fitted without fold f
-    for f in range(len(r_folds)):
-      others = jnp.concatenate([r for g, r in enumerate(r_folds) if g != f], axis=0)
-      w = linalg.ridge_solve(others[:, :c], others[:, c], lam, scale, ref, num_rows - sizes[f])
-      held.append(jnp.append(w, -1.0))
-    if noises is None:
-      return sum(jnp.sum((r_f @ v) ** 2) for r_f, v in zip(r_folds, held))
-    noise_r, fold = noises
-    v = jnp.stack(held)[jnp.clip(fold, 0)]                                  # (S, c + 1)
-    sq = jnp.sum(jnp.einsum("sij,sj->si", noise_r, v) ** 2, axis=1)
-    return jnp.sum(jnp.where(fold >= 0, jnp.sqrt(sq), 0.0))
+  def pick(r_folds, sizes, bound=None):   # CV's strength on these folds, guarded; the weights
+    def cv_error(lam):
+      held = []      # [w_f; -1] fitted without fold f
+      for f in range(len(r_folds)):
+        others = jnp.concatenate([r for g, r in enumerate(r_folds) if g != f], axis=0)
+        w = linalg.ridge_solve(others[:, :c], others[:, c], lam, scale, ref,
+                               num_rows - sizes[f])
+        held.append(jnp.append(w, -1.0))
+      if noises is None or (robust and bound is None):
+        return sum(jnp.sum((r_f @ v) ** 2) for r_f, v in zip(r_folds, held))
+      noise_r, fold = noises
+      v = jnp.stack(held)[jnp.clip(fold, 0)]                                  # (S, c + 1)
+      res = jnp.sqrt(jnp.sum(jnp.einsum("sij,sj->si", noise_r, v) ** 2, axis=1))
+      if bound is not None:   # Huber: squares up to the bound, linear beyond
+        res = jnp.where(res <= bound, res**2, 2 * bound * res - bound**2)
+      return jnp.sum(jnp.where(fold >= 0, res, 0.0))
 
-  def smallest_best(cv):   # the smallest strength within a relative 1e-9 of the best
-    return linalg.first_true(cv <= jnp.min(cv) * (1 + 1e-9) + 1e-300)
+    def smallest_best(cv):   # the smallest strength within a relative 1e-9 of the best
+      return linalg.first_true(cv <= jnp.min(cv) * (1 + 1e-9) + 1e-300)
 
-  grid_arr = jnp.asarray(grid, jnp.float64)
-  cv = jax.lax.map(cv_error, grid_arr)   # a loop, not vmap: see noise_factors
-  stacked = jnp.concatenate(r_folds, axis=0)
-  best, held = smallest_best(cv), unguarded
-  if guard:   # strengths whose weights leave the teacher's scale are refused
-    largest = linalg.ridge_path_max(stacked[:, :c], stacked[:, c], grid_arr, scale, ref,
-                                    num_rows, mask)
-    allowed = largest <= WEIGHT_BOUND * jnp.maximum(1.0, jnp.max(jnp.abs(ref)))
-    held = ~allowed[best]
-    allowed = jnp.where(jnp.any(allowed), allowed, largest <= jnp.min(largest))
-    best = smallest_best(jnp.where(allowed, cv, jnp.inf))
-  lam = grid_arr[best]
-  w = linalg.ridge_solve(stacked[:, :c], stacked[:, c], lam, scale, ref, num_rows)
-  return jnp.where(mask, w, 0.0), lam, deficient, held
+    grid_arr = jnp.asarray(grid, jnp.float64)
+    cv = jax.lax.map(cv_error, grid_arr)   # a loop, not vmap: see noise_factors
+    stacked = jnp.concatenate(r_folds, axis=0)
+    best, held = smallest_best(cv), unguarded
+    if guard:   # strengths whose weights leave the teacher's scale are refused
+      largest = linalg.ridge_path_max(stacked[:, :c], stacked[:, c], grid_arr, scale, ref,
+                                      num_rows, mask)
+      allowed = largest <= WEIGHT_BOUND * jnp.maximum(1.0, jnp.max(jnp.abs(ref)))
+      held = ~allowed[best]
+      allowed = jnp.where(jnp.any(allowed), allowed, largest <= jnp.min(largest))
+      best = smallest_best(jnp.where(allowed, cv, jnp.inf))
+    lam = grid_arr[best]
+    w = linalg.ridge_solve(stacked[:, :c], stacked[:, c], lam, scale, ref, num_rows)
+    return jnp.where(mask, w, 0.0), lam, held
+
+  w, lam, held = pick(r_folds, sizes)
+  if robust and noises is not None:
+    for _ in range(ROBUST_ITERATIONS):
+      r_w, sizes_w, bound = _downweighted_folds(noises, w, len(r_folds), num_rows)
+      w, lam, held = pick(r_w, sizes_w, bound)
+  return w, lam, deficient, held
+
+
+def _downweighted_folds(noises, w, num_folds: int, num_rows: int):
+  """Per-fold factors with each noise weighted by Huber's rule on its residual under ``w``.
+
+  One IRLS step of Huber's loss on the per-noise residual norms (`_row_solve`): the bound
+  ``k``, weights ``a_s = min(1, k / r_s)`` rescaled to mean 1 over the fitting noises
+  (``noises``' fold >= 0; the others 0), fold f's factor that of its noises' stacked
+  ``sqrt(a_s) R_s``.
+
+  Args:
+    noises: ``(noise_r (S, c + 1, c + 1), fold (S,) int)``; w: (c,) the current weights;
+    num_folds: static; num_rows: the fitting rows (``elements`` per noise).
+
+  Returns:
+    (r_folds: a (c + 1, c + 1) factor per fold, sizes: the folds' weighted row counts, k).
+  """
+  noise_r, fold = noises
+  fitted = fold >= 0
+  res = jnp.sqrt(jnp.sum(jnp.einsum("sij,j->si", noise_r, jnp.append(w, -1.0)) ** 2, axis=1))
+  med = jnp.nanmedian(jnp.where(fitted, res, jnp.nan))
+  size = jnp.nanmedian(jnp.where(fitted, jnp.sqrt(jnp.sum(noise_r[:, :, -1] ** 2, axis=1)),
+                                 jnp.nan))
+  bound = jnp.maximum(ROBUST_THRESHOLD * med, ROBUST_FLOOR * size)
+  a = jnp.minimum(1.0, bound / jnp.maximum(res, 1e-300))
+  a = jnp.where(fitted, a, 0.0)
+  a = a * jnp.sum(fitted) / jnp.maximum(jnp.sum(a), 1e-300)
+  elements = num_rows / jnp.sum(fitted)
+  scaled = noise_r * jnp.sqrt(a)[:, None, None]
+  c1 = noise_r.shape[-1]
+  r_folds = tuple(
+      linalg.pad_rows(linalg.qr_r(jnp.where((fold == f)[:, None, None], scaled, 0.0)
+                                  .reshape(-1, c1)), c1) for f in range(num_folds))
+  sizes = [elements * jnp.sum(jnp.where(fold == f, a, 0.0)) for f in range(num_folds)]
+  return r_folds, sizes, bound
 
 
 def _row_fit(cols, y, ref, mask, grid, folds, num_rows: int, guard: bool = True,
-             elements: int | None = None):
+             elements: int | None = None, robust: bool = False):
   """One row's weights from its rows (`_row_factors`, then `_row_solve`).
 
   ``elements`` (static): the rows of one noise for the per-noise criterion, else None.
@@ -290,7 +353,8 @@ def _row_fit(cols, y, ref, mask, grid, folds, num_rows: int, guard: bool = True,
   sizes = [int(idx.shape[0]) for idx in folds]
   noises = None if noise_r is None else (
       noise_r, jnp.asarray(np.arange(noise_r.shape[0]) % len(folds), jnp.int32))
-  return _row_solve(r_all, colsq, r_folds, noises, sizes, ref, mask, grid, num_rows, guard)
+  return _row_solve(r_all, colsq, r_folds, noises, sizes, ref, mask, grid, num_rows, guard,
+                    robust)
 
 
 def _solve(traj, path, denoise_fn, grid: tuple, x64: bool, fit_noises: tuple | None = None,
@@ -318,7 +382,8 @@ def _solve(traj, path, denoise_fn, grid: tuple, x64: bool, fit_noises: tuple | N
   hold_rows = np.repeat(hold, elements)
   num_fit_rows, num_hold_rows = int(fit_rows.size), int(hold_rows.sum())
   folds = _fold_rows(fit_samples.size, elements)
-  per_noise = elements if criterion == "rmse" else None
+  per_noise = elements if criterion in ("rmse", "robust") else None
+  robust = criterion == "robust"
   sizes = [int(idx.shape[0]) for idx in folds]
   fold_of_sample = np.full(traj.batch_size, -1, np.int32)
   fold_of_sample[fit_samples] = np.arange(fit_samples.size) % max(len(folds), 1)
@@ -349,13 +414,13 @@ def _solve(traj, path, denoise_fn, grid: tuple, x64: bool, fit_noises: tuple | N
         factors = _sharded_row_factors(cols, ys[i], fold_of_row, grid, len(folds), part,
                                        per_noise)
         w, lam, defic, held = _row_solve(*factors, sizes, ref, mask, grid, num_fit_rows,
-                                         guard)
+                                         guard, robust)
       elif fit_noises is None:
         w, lam, defic, held = _row_fit(cols, ys[i], ref, mask, grid, folds, num_fit_rows,
-                                       guard, per_noise)
+                                       guard, per_noise, robust)
       else:
         w, lam, defic, held = _row_fit(cols[fit_rows_j], ys[i][fit_rows_j], ref, mask, grid,
-                                       folds, num_fit_rows, guard, per_noise)
+                                       folds, num_fit_rows, guard, per_noise, robust)
       fitted = cols @ w
       states = states.at[i + 1].set(fitted.reshape(x_T.shape).astype(dtype))
       states = sharding_lib.constrain(states, part, 1)
@@ -416,8 +481,9 @@ def closed_loop_fit(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
     path: (n,) int indices into ``traj.timesteps`` (``path[0] == 0``, strictly increasing).
     denoise_fn: ``(x_t (B, ...), t) -> e (B, ...)``, the model the teacher ran (conditioned
       on the fitting noises' labels or prompts).
-    regularization: "cv" (default), "cv-rmse", or a float: a fixed relative ridge strength
-      (0.0: plain least squares, the unregularised closed-loop fit). "cv-rmse" picks the
+    regularization: "cv" (default), "cv-rmse", "cv-robust", or a float: a fixed relative
+      ridge strength (0.0: plain least squares, the unregularised closed-loop fit). "cv-rmse"
+      picks the
       strength by the held-out folds' summed per-noise RMSE (each noise's own R factor; the
       comparison's metric) instead of their summed squared error, which a few noises with
       large errors (a noise that ends in another mode) can set alone: on a sharp mixture
@@ -425,6 +491,11 @@ def closed_loop_fit(traj: trajectory_lib.Trajectory, path, denoise_fn, *,
       error on the fitting noises, "cv-rmse" chose 1e-5 and kept least squares' error; on
       other sharp mixtures it lowered some fits' held-out errors and raised others' (README,
       "More fitting noises"), and it changed nothing on the digits and MNIST models.
+      "cv-robust" keeps "cv"'s strengths where every noise is fitted closely, and down-weights
+      the noises whose residual exceeds both 3x the median and a tenth of the typical target
+      norm (iteratively re-weighted least squares of Huber's loss over the noises' residual
+      norms, the strength re-picked by the held-out folds' Huber loss; `_row_solve`): a few
+      noises that end in another mixture component no longer pull every other noise's fit.
     fit_noises: indices of the noises to fit on (default: all B). The model still runs on
       the whole batch (per-noise conditioning stays aligned) and the others are held out:
       their states follow the weights fitted on these, and `ClosedLoopFitInfo.holdout_errors`

@@ -7,8 +7,8 @@ folds by noise index ``b % 4``) from chunks of noises seen one at a time. Row i 
 over the chunks: each chunk replays rows 0..i-1 with the weights already fitted (i model
 calls), calls the model once more, adds its rows ``[basis, target]`` to its fold's
 (n + 2)^2 triangular factor (TSQR, `linalg.stack_rows`) and is dropped. Memory: one chunk,
-its n + 1 basis columns and 4 small factors (with ``regularization="cv-rmse"`` one small
-factor per noise as well). Model calls: n (n + 1) / 2 per noise over all
+its n + 1 basis columns and 4 small factors (with ``regularization="cv-rmse"`` or
+``"cv-robust"`` one small factor per noise as well). Model calls: n (n + 1) / 2 per noise over all
 rows (15 at n = 5, 55 at n = 10, against the teacher's 1000 per noise).
 """
 from __future__ import annotations
@@ -116,7 +116,7 @@ _targets_jit = jax.jit(lambda traj, index: regression.teacher_states(traj, index
 
 
 def _solve_row(factors, colsq, ref, mask, grid, fold_sizes, num_rows: int, num_folds: int,
-               noise_r=None):
+               noise_r=None, robust: bool = False):
   """Row weights from the merged factors (`closed_loop_fit`'s solve), and the row's MSE.
 
   ``noise_r``: (S, n + 2, n + 2) every noise's factor in stream order (noise b in fold
@@ -135,11 +135,11 @@ def _solve_row(factors, colsq, ref, mask, grid, fold_sizes, num_rows: int, num_f
                              jnp.int32))
     w, lam, deficient, held = closed_loop_fit._row_solve(  # pylint: disable=protected-access
         r_all, colsq if grid != (0.0,) else None, r_folds, noises, list(fold_sizes),
-        jnp.where(mask, ref, 0.0), mask, grid, num_rows)
+        jnp.where(mask, ref, 0.0), mask, grid, num_rows, robust=robust)
     return w, lam, deficient, held, jnp.sum((r_all @ jnp.append(w, -1.0)) ** 2) / num_rows
 
 
-_solve_row_jit = jax.jit(_solve_row, static_argnums=(4, 5, 6, 7))
+_solve_row_jit = jax.jit(_solve_row, static_argnums=(4, 5, 6, 7, 9))
 
 
 def _same_stream(a, b) -> bool:
@@ -168,8 +168,8 @@ def closed_loop_fit_chunks(chunks: Callable[[], Iterable[tuple]], path, *,
       chunk compiles per chunk). For example a function that loads or regenerates each
       chunk of a `olss_jax.store` directory.
     path: (n,) int teacher-step indices (``path[0] == 0``, strictly increasing).
-    regularization: as `closed_loop_fit` ("cv", "cv-rmse", or a float >= 0; "cv-rmse" keeps
-      each noise's small factor, (n + 2)^2 float64 numbers a noise).
+    regularization: as `closed_loop_fit` ("cv", "cv-rmse", "cv-robust", or a float >= 0; the
+      per-noise criteria keep each noise's small factor, (n + 2)^2 float64 numbers a noise).
 
   Returns:
     (schedule, info): the `Schedule` ((n,) timesteps ``timesteps[path]``, (n, n + 1) float64
@@ -184,8 +184,8 @@ def closed_loop_fit_chunks(chunks: Callable[[], Iterable[tuple]], path, *,
     raise TypeError(f"chunks: expected a function returning an iterable of (trajectory, "
                     f"denoise_fn) pairs, got {type(chunks).__name__}")
   grid = closed_loop_fit._grid(regularization)  # pylint: disable=protected-access
-  per_noise = closed_loop_fit._criterion(  # pylint: disable=protected-access
-      regularization) == "rmse"
+  criterion = closed_loop_fit._criterion(regularization)  # pylint: disable=protected-access
+  per_noise, robust = criterion in ("rmse", "robust"), criterion == "robust"
   first = next(iter(chunks()), None)   # the teacher and shapes (one chunk read ahead)
   if first is None:
     raise ValueError("chunks: expected at least one (trajectory, denoise_fn) pair, got none")
@@ -248,7 +248,7 @@ def closed_loop_fit_chunks(chunks: Callable[[], Iterable[tuple]], path, *,
                        for f in range(num_folds))
     with jax.enable_x64(True):
       w, lam, defic, held, mse = _solve_row_jit(factors, colsq, refs[i], jnp.arange(n + 1) <= i + 1,
-                                          grid, fold_sizes, num_rows, num_folds, noise_r)
+                                          grid, fold_sizes, num_rows, num_folds, noise_r, robust)
       weights = weights.at[i].set(w)
     errors[i] = float(mse)
     lams[i], deficient[i], guarded[i] = float(lam), bool(defic), bool(held)

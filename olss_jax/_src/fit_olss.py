@@ -121,8 +121,8 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
       ``holdout`` and `learn_schedule`'s num_iters, learning_rate, loss, criterion, ...).
     regularization: the closed-loop fits' ridge (`CLOSED_LOOP_METHODS`; ``"olss-ft"``'s
       candidate paths and its returned fit alike): ``"cv"`` (default), ``"cv-rmse"`` (the
-      strength chosen by the held-out folds' per-noise RMSE) or a fixed float, as for
-      `closed_loop_fit`.
+      strength chosen by the held-out folds' per-noise RMSE), ``"cv-robust"`` (the noises far
+      off the fit down-weighted, Huber's rule) or a fixed float, as for `closed_loop_fit`.
     progress: optional ``callback(message)`` called at each stage (path search, every
       candidate path ``"olss-ft"`` fits, the weights' fit, refinement): the default fit runs
       for seconds to minutes.

@@ -173,9 +173,10 @@ def main():
                       help="add the unseen 3x8x8 mixtures of these seeds (module docstring)")
   parser.add_argument("--mixture-kinds", nargs="+", choices=MIXTURE_KINDS,
                       default=list(MIXTURE_KINDS), help="their kinds (default: vp flow)")
-  parser.add_argument("--regularization", choices=("cv", "cv-rmse"), default="cv",
+  parser.add_argument("--regularization", choices=("cv", "cv-rmse", "cv-robust"), default="cv",
                       help="the closed-loop OLSS fits' cross-validated ridge: by squared error "
-                           "(cv, the default) or per-noise RMSE (cv-rmse)")
+                           "(cv, the default), per-noise RMSE (cv-rmse), or with the noises far "
+                           "off the fit down-weighted (cv-robust; olss_jax.closed_loop_fit)")
   args = parser.parse_args()
   models = list(args.models or ())
   if args.mixture_seeds:
