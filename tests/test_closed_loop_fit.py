@@ -112,6 +112,33 @@ RIDGE_GRID = (0.0,) + tuple(10.0 ** p for p in range(-12, 0))   # closed_loop_fi
 CV_RTOL_F64 = 1e-6   # float64: a chosen strength's oracle CV error against the oracle's best
 
 
+def _oracle_rows(den, traj, path, info, fit_noises):
+  """Each closed-loop row's regression from the fit's own states, in numpy (the oracles' data).
+
+  Row i regresses the teacher's state at ``path[i + 1]`` (the final state for the last row)
+  on ``[x_T, eps(states_0, t_0), ..., eps(states_i, t_i)]``.
+
+  Returns:
+    A list of (cols (S, D, i + 2), y (S, D), ref (i + 2,) the teacher's step) per row, over
+    the fitting noises ``fit_noises``.
+  """
+  n, k = len(path), traj.num_teacher_steps
+  x_T = np.asarray(traj.x_T, np.float64)
+  b = x_T.shape[0]
+  outputs = np.stack([np.asarray(den(info.states[i], traj.timesteps[path[i]]), np.float64)
+                      for i in range(n)])
+  stacked = np.concatenate([x_T[None], np.asarray(traj.model_outputs, np.float64)])
+  teacher = np.einsum("mk,kbd->mbd", np.asarray(traj.state_coefficients(), np.float64),
+                      stacked.reshape(k + 1, b, -1))
+  refs = np.asarray(traj.teacher.path_weights(path), np.float64)
+  rows = []
+  for i in range(n):
+    cols = np.concatenate([x_T.reshape(b, -1, 1), np.moveaxis(
+        outputs[:i + 1].reshape(i + 1, b, -1), 0, 2)], axis=2)[fit_noises]
+    rows.append((cols, teacher[list(path[1:]) + [k]][i][fit_noises], refs[i, :i + 2]))
+  return rows
+
+
 def _cv_oracle(den, traj, path, info, fit_noises, criterion):
   """Numpy oracle of the cross-validated ridge: each row's CV error at every grid strength.
 
@@ -123,28 +150,17 @@ def _cv_oracle(den, traj, path, info, fit_noises, criterion):
   Returns:
     (n, len(RIDGE_GRID)) CV errors.
   """
-  n, k = len(path), traj.num_teacher_steps
-  x_T = np.asarray(traj.x_T, np.float64)
-  b = x_T.shape[0]
-  outputs = np.stack([np.asarray(den(info.states[i], traj.timesteps[path[i]]), np.float64)
-                      for i in range(n)])
-  stacked = np.concatenate([x_T[None], np.asarray(traj.model_outputs, np.float64)])
-  teacher = np.einsum("mk,kbd->mbd", np.asarray(traj.state_coefficients(), np.float64),
-                      stacked.reshape(k + 1, b, -1))
-  refs = np.asarray(traj.teacher.path_weights(path), np.float64)
+  n = len(path)
   fold = np.arange(len(fit_noises)) % 4
   curves = np.zeros((n, len(RIDGE_GRID)))
-  for i in range(n):
-    cols = np.concatenate([x_T.reshape(b, -1, 1), np.moveaxis(
-        outputs[:i + 1].reshape(i + 1, b, -1), 0, 2)], axis=2)[fit_noises]   # (S, D, i + 2)
-    y = teacher[list(path[1:]) + [k]][i][fit_noises]                          # (S, D)
+  for i, (cols, y, ref) in enumerate(_oracle_rows(den, traj, path, info, fit_noises)):
     scale = np.mean(cols.reshape(-1, i + 2) ** 2, axis=0)
     for g, lam in enumerate(RIDGE_GRID):
       for f in range(4):
         a, t = cols[fold != f].reshape(-1, i + 2), y[fold != f].reshape(-1)
         d = np.sqrt(lam * a.shape[0] * scale)
         w = np.linalg.lstsq(np.concatenate([a, np.diag(d)]),
-                            np.concatenate([t, d * refs[i, :i + 2]]), rcond=None)[0]
+                            np.concatenate([t, d * ref]), rcond=None)[0]
         sq = np.sum((cols[fold == f] @ w - y[fold == f]) ** 2, axis=1)         # per noise
         curves[i, g] += np.sum(sq) if criterion == "mse" else np.sum(np.sqrt(sq))
   return curves
@@ -196,24 +212,12 @@ def _robust_oracle(den, traj, path, info, fit_noises):
   Returns:
     (n, n + 1) weights.
   """
-  n, k = len(path), traj.num_teacher_steps
-  x_T = np.asarray(traj.x_T, np.float64)
-  b = x_T.shape[0]
-  outputs = np.stack([np.asarray(den(info.states[i], traj.timesteps[path[i]]), np.float64)
-                      for i in range(n)])
-  stacked = np.concatenate([x_T[None], np.asarray(traj.model_outputs, np.float64)])
-  teacher = np.einsum("mk,kbd->mbd", np.asarray(traj.state_coefficients(), np.float64),
-                      stacked.reshape(k + 1, b, -1))
-  refs = np.asarray(traj.teacher.path_weights(path), np.float64)
+  n = len(path)
   fold = np.arange(len(fit_noises)) % 4
   weights = np.zeros((n, n + 1))
-  for i in range(n):
-    cols = np.concatenate([x_T.reshape(b, -1, 1), np.moveaxis(
-        outputs[:i + 1].reshape(i + 1, b, -1), 0, 2)], axis=2)[fit_noises]   # (S, D, i + 2)
-    y = teacher[list(path[1:]) + [k]][i][fit_noises]                          # (S, D)
+  for i, (cols, y, ref) in enumerate(_oracle_rows(den, traj, path, info, fit_noises)):
     elements = y.shape[1]
     scale = np.mean(cols.reshape(-1, i + 2) ** 2, axis=0)
-    ref = refs[i, :i + 2]
 
     def ridge(keep, a, lam, cols=cols, y=y, scale=scale, ref=ref, elements=elements):
       sa = np.sqrt(a[keep])[:, None, None]
