@@ -27,13 +27,21 @@ def test_default_is_the_paper_without_a_model_and_the_tuned_closed_loop_with_one
   tuned, tune_info = oj.tune_path(traj, cl_path, den, alternatives=[oj.uniform_path(traj, 3)])
   np.testing.assert_array_equal(closed.metadata["tune_start_path"], cl_path)
   np.testing.assert_array_equal(closed.metadata["path"], tuned)
-  np.testing.assert_array_equal(closed.weights, oj.closed_loop_fit(traj, tuned, den)[0].weights)
+  # the returned fit uses the criterion whose walk the held-out noises chose
+  assert closed.metadata["regularization"] == tune_info.regularization
+  assert closed.metadata["tune_criteria"] == ["cv", "cv-robust"]
+  np.testing.assert_array_equal(
+      [np.nan if v is None else v for v in closed.metadata["tune_criterion_holdout_error"]],
+      tune_info.criterion_holdout_error)
+  np.testing.assert_array_equal(
+      closed.weights,
+      oj.closed_loop_fit(traj, tuned, den, regularization=tune_info.regularization)[0].weights)
   assert closed.metadata["fit_model_calls"] == (int(cl_info.num_model_calls)
                                                 + tune_info.num_model_calls + 3)
   assert len(closed.metadata["step_errors"]) == 3 and len(closed.metadata["ridge"]) == 3
   assert closed.metadata["guarded"] == [False, False, False]   # a benign model: none held
   capped = oj.fit_olss(traj, 3, denoise_fn=den, max_evaluations=2)
-  assert capped.metadata["tune_evaluations"] <= 2
+  assert capped.metadata["tune_evaluations"] <= 2 * 2     # one walk per criterion
 
 
 # olss-e2e learns float times and records its own facts: tests/test_e2e.py
@@ -105,6 +113,28 @@ def test_regularization_reaches_the_closed_loop_fits_and_their_candidates():
     oj.fit_olss(traj, 3, method="olss", regularization="cv-rmse")
   with pytest.raises(ValueError, match="regularization: expected"):
     oj.fit_olss(traj, 3, denoise_fn=den, method="olss-cl", regularization="rmse")
+  with pytest.raises(ValueError, match="regularization: a sequence of criteria only for"):
+    oj.fit_olss(traj, 3, denoise_fn=den, method="olss-cl", regularization=("cv", "cv-robust"))
+  assert oj.fit_olss(traj, 3, denoise_fn=den, method="olss-cl").metadata["regularization"] == "cv"
+
+
+@pytest.mark.filterwarnings("ignore:closed_loop_fit. the basis of some steps is rank deficient")
+def test_olss_ft_records_a_skipped_criterion_and_its_schedule_saves(tmp_path):
+  # A Gaussian model: "cv-robust" repeats "cv" on every starting path, so its walk is skipped
+  # (recorded as None: the schedule's metadata stays JSON) and the fit is "cv"'s.
+  with jax.enable_x64(True):
+    den, traj = testing.gaussian_problem(num_noises=16)
+    sched = oj.fit_olss(traj, 3, denoise_fn=den, max_evaluations=6)
+    plain = oj.fit_olss(traj, 3, denoise_fn=den, max_evaluations=6, regularization="cv")
+  meta = sched.metadata
+  assert meta["tune_criteria"] == ["cv", "cv-robust"] and meta["regularization"] == "cv"
+  assert meta["tune_criterion_holdout_error"][1] is None
+  starts = {tuple(meta["tune_start_path"]), tuple(oj.uniform_path(traj, 3).tolist())}
+  assert meta["tune_evaluations"] == plain.metadata["tune_evaluations"] + len(starts)
+  np.testing.assert_array_equal(sched.weights, plain.weights)
+  oj.save_schedule(tmp_path / "s.safetensors", sched)
+  loaded = oj.load_schedule(tmp_path / "s.safetensors")
+  assert loaded.metadata["tune_criteria"] == meta["tune_criteria"]
 
 
 def test_bad_arguments_are_named():

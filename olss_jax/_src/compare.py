@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from olss_jax._src import closed_loop_fit
 from olss_jax._src import fit_olss as fit_olss_lib
 from olss_jax._src import sampler
 from olss_jax._src import schedule as schedule_lib
@@ -42,11 +41,11 @@ MethodFn = Callable[[FitContext, int], schedule_lib.Schedule]
 
 
 def _olss(method: str, max_evaluations: int = fit_olss_lib.DEFAULT_MAX_EVALUATIONS,
-          regularization=closed_loop_fit.DEFAULT_REGULARIZATION) -> MethodFn:
+          regularization=None) -> MethodFn:
   def fit(ctx: FitContext, n: int) -> schedule_lib.Schedule:
     model = ctx.denoise_fn if method in fit_olss_lib.MODEL_METHODS else None
     kwargs = {"max_evaluations": max_evaluations} if method in fit_olss_lib.TUNED_METHODS else {}
-    if method in fit_olss_lib.CLOSED_LOOP_METHODS:
+    if method in fit_olss_lib.CLOSED_LOOP_METHODS and regularization is not None:
       kwargs["regularization"] = regularization
     return fit_olss_lib.fit_olss(ctx.traj, n, denoise_fn=model, method=method, **kwargs)
   return fit
@@ -112,8 +111,7 @@ def _peer(name: str, max_evaluations: int) -> MethodFn:
 def default_methods(*, baselines: Sequence[str] | None = None, closed_loop: bool = True,
                     peers: Sequence[str] | bool = True, kind: str = "ddim",
                     max_evaluations: int = fit_olss_lib.DEFAULT_MAX_EVALUATIONS,
-                    regularization=closed_loop_fit.DEFAULT_REGULARIZATION
-                    ) -> dict[str, MethodFn]:
+                    regularization=None) -> dict[str, MethodFn]:
   """The methods of the comparison table, named as everywhere in olss_jax (`fit_olss.METHODS`).
 
   Every baseline the teacher kind offers (`baselines.baseline_names(kind)`, including Align
@@ -130,7 +128,8 @@ def default_methods(*, baselines: Sequence[str] | None = None, closed_loop: bool
     peers: True (all of `PEERS` whose solver the kind offers), False, or names.
     kind: the models' teacher kind (`ComparisonModel.kind`).
     max_evaluations: the coordinate searches' budget (the tuned peers and ``olss-ft`` alike).
-    regularization: the closed-loop OLSS fits' ridge (`fit_olss`'s ``regularization``).
+    regularization: the closed-loop OLSS fits' ridge (`fit_olss`'s ``regularization``);
+      None: each method's default.
 
   Returns:
     An ordered ``{name: (FitContext, n) -> Schedule}``.

@@ -84,17 +84,19 @@ def _least_squares_start(traj, n, denoise_fn, starts, train_idx, hold_idx, crite
       calls += int(sinfo.num_model_calls)
       meta["search_max_error"] = float(sinfo.max_error)
       searched = path
+    regularization = closed_loop_fit.DEFAULT_REGULARIZATION
     if name == "olss-ft":
-      # the tuning's fit part is this split's (same holdout): its walk never sees the held-out
+      # the tuning's fit part is this split's (same holdout): its walks never see the held-out
       # targets, but its final choice did (so its held-out error is optimistic)
       path, tinfo = path_tuning._tune_path(  # pylint: disable=protected-access
           traj, searched, denoise_fn, holdout=holdout,
           alternatives=[search.uniform_path(traj, n)])
       calls += tinfo.num_model_calls
+      regularization = tinfo.regularization
     elif name == "olss-cl":
       path = searched
     sched, _ = closed_loop_fit._closed_loop_fit(  # pylint: disable=protected-access
-        traj, path, denoise_fn, fit_noises=train_idx)
+        traj, path, denoise_fn, fit_noises=train_idx, regularization=regularization)
     calls += 2 * n                                  # the fit and its held-out evaluation
     err = learned.holdout_criterion(sched, denoise_fn, traj, hold_idx, criterion)
     candidates[name] = (err, sched, np.asarray(path))

@@ -11,8 +11,9 @@ method          path                                                   weights
 ``olss-p-cl``   uniform                                                closed-loop Eq. 12
 ``olss-cl``     Algorithms 1-3 on closed-loop errors                   closed-loop Eq. 12
 ``olss-ft``     ``olss-cl``'s path (or the uniform one, if its final   closed-loop Eq. 12
-                error is lower) tuned for the final error
-                (`path_tuning.tune_path`, validated on held-out fitting noises)
+                error is lower) tuned for the final error, once per    (``"cv"`` or
+                ridge criterion (`path_tuning.tune_path`, the result   ``"cv-robust"``,
+                validated on held-out fitting noises)                  as validated)
 ``olss-e2e``    continuous times trained with the weights on the       all of Eq. 12's span,
                 final error (`e2e.fit_e2e`), from the better of        end to end
                 ``olss-p-cl`` / ``olss-cl`` and from the midpoint
@@ -93,7 +94,7 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
              uniform: bool | None = None,
              max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
              e2e_kwargs: dict[str, Any] | None = None,
-             regularization=closed_loop_fit.DEFAULT_REGULARIZATION,
+             regularization=None,
              progress: Callable[[str], None] | None = None) -> schedule_lib.Schedule:
   """Searches a path and fits its weights in one call: the library's front door to OLSS.
 
@@ -115,14 +116,18 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
     refine: refine the fitted weights end to end.
     refine_kwargs: keyword arguments for `refine` (optimizer, num_iters, holdout, ...).
     uniform: deprecated (0.1): with ``"paper"`` / ``"closed_loop"``, the uniform-path variant.
-    max_evaluations: ``"olss-ft"``: the most candidate paths its search fits (n model calls on
-      the B fitting noises each; `path_tuning.tune_path`).
+    max_evaluations: ``"olss-ft"``: the most candidate paths each of its path tunings fits
+      (one per ridge criterion; n model calls on the B fitting noises each;
+      `path_tuning.tune_path`).
     e2e_kwargs: ``"olss-e2e"``: keyword arguments for `e2e.fit_e2e` (``starts``,
       ``holdout`` and `learn_schedule`'s num_iters, learning_rate, loss, criterion, ...).
-    regularization: the closed-loop fits' ridge (`CLOSED_LOOP_METHODS`; ``"olss-ft"``'s
-      candidate paths and its returned fit alike): ``"cv"`` (default), ``"cv-rmse"`` (the
-      strength chosen by the held-out folds' per-noise RMSE), ``"cv-robust"`` (the noises far
-      off the fit down-weighted, Huber's rule) or a fixed float, as for `closed_loop_fit`.
+    regularization: the closed-loop fits' ridge (`CLOSED_LOOP_METHODS`): ``"cv"`` (the
+      default of ``"olss-p-cl"`` / ``"olss-cl"``), ``"cv-rmse"`` (the strength chosen by the
+      held-out folds' per-noise RMSE), ``"cv-robust"`` (the noises far off the fit
+      down-weighted, Huber's rule) or a fixed float, as for `closed_loop_fit`; for
+      ``"olss-ft"`` also a sequence of them, one path tuning each, the held-out fitting noises
+      choosing the path and the criterion its returned fit uses (default ``("cv",
+      "cv-robust")``, `path_tuning.tune_path`). None: the method's default.
     progress: optional ``callback(message)`` called at each stage (path search, every
       candidate path ``"olss-ft"`` fits, the weights' fit, refinement): the default fit runs
       for seconds to minutes.
@@ -162,11 +167,17 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
   say = progress or (lambda message: None)
   if e2e_kwargs is not None and method != "olss-e2e":
     raise ValueError(f"e2e_kwargs: only for method='olss-e2e', got method={method!r}")
-  closed_loop_fit._grid(regularization)  # pylint: disable=protected-access (checks it)
-  if (method not in CLOSED_LOOP_METHODS
-      and regularization != closed_loop_fit.DEFAULT_REGULARIZATION):
+  if regularization is not None and method not in CLOSED_LOOP_METHODS:
     raise ValueError(f"regularization: only for the closed-loop methods "
                      f"{CLOSED_LOOP_METHODS}, got method={method!r}")
+  if regularization is None:
+    regularization = (path_tuning.DEFAULT_CRITERIA if method in TUNED_METHODS
+                      else closed_loop_fit.DEFAULT_REGULARIZATION)
+  regs = path_tuning.criteria(regularization)
+  if len(regs) > 1 and method not in TUNED_METHODS:
+    raise ValueError(f"regularization: a sequence of criteria only for {TUNED_METHODS} (one "
+                     f"path tuning each), got {regularization!r} for method={method!r}")
+  regularization = regs if method in TUNED_METHODS else regs[0]
   if method == "olss-e2e":   # weights and times trained end to end (`e2e.fit_e2e`)
     if refine:
       raise ValueError("refine: method='olss-e2e' already trains its weights end to end")
@@ -197,7 +208,12 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
       meta.update(path_search="closed_loop+final_error", tune_start_path=_concrete_list(
           tinfo.start_path), tune_kept_start=tinfo.kept_start,
           tune_evaluations=tinfo.num_evaluations,
-          tune_holdout_error=_concrete_list(tinfo.holdout_error))
+          tune_holdout_error=_concrete_list(tinfo.holdout_error),
+          tune_criteria=list(regularization),
+          tune_criterion_holdout_error=[None if np.isnan(v) else float(v)   # None: skipped
+                                        for v in tinfo.criterion_holdout_error],
+          tune_divergent=_concrete_list(tinfo.divergent))
+      regularization = tinfo.regularization
       meta["search_model_calls"] += tinfo.num_model_calls
   say("fit weights: " + ("teacher-forced least squares" if method in PAPER_METHODS
                           else "closed-loop least squares"))
@@ -206,6 +222,7 @@ def fit_olss(traj, num_steps: int, *, denoise_fn=None, method: str | None = None
   else:
     sched, fit_info = closed_loop_fit._closed_loop_fit(traj, path, denoise_fn,
                                                        regularization=regularization)
+    meta["regularization"] = regularization
     meta["fit_model_calls"] = int(fit_info.num_model_calls) + meta.get("search_model_calls", 0)
     meta["ridge"] = _concrete_list(fit_info.ridge)
     meta["guarded"] = _concrete_list(fit_info.guarded)   # rows the amplification guard held

@@ -50,7 +50,7 @@ SWEPT = ("olss-cl", "olss-ft", "tuned-dpm_solver_pp", "tuned-unipc", "gits-ipndm
 
 
 def methods_for(kind: str, *, max_evaluations: int, swept_only: bool = False,
-                regularization: str = "cv") -> dict:
+                regularization: str | None = None) -> dict:
   """The table's methods for a teacher kind (`ComparisonModel.kind`)."""
   solvers = SOLVERS["flow" if kind == "flow" else "vp"]
   methods = oj.compare.default_methods(baselines=solvers, kind=kind,
@@ -108,11 +108,12 @@ def mixture_models(seeds, kinds=MIXTURE_KINDS) -> list:
 
 def run(small: bool = False, models=None, steps=None, num_eval=None, num_fit=None,
         num_teacher_steps=None, max_evaluations=None, only=None,
-        regularization: str = "cv") -> list[dict]:
+        regularization: str | None = None) -> list[dict]:
   """Prints the tables; returns one row dict per (model, num_fit, method, steps).
 
   ``models``: names from `MODELS` or `ComparisonModel`s (e.g. `mixture_models`);
-  ``regularization``: the closed-loop OLSS fits' ridge (`olss_jax.fit_olss`).
+  ``regularization``: the closed-loop OLSS fits' ridge (`olss_jax.fit_olss`; None: each
+  method's default).
   """
   models = models or (("analytic",) if small else DEFAULT_MODELS)
   steps = steps or ((3,) if small else (5, 10, 20))
@@ -173,10 +174,11 @@ def main():
                       help="add the unseen 3x8x8 mixtures of these seeds (module docstring)")
   parser.add_argument("--mixture-kinds", nargs="+", choices=MIXTURE_KINDS,
                       default=list(MIXTURE_KINDS), help="their kinds (default: vp flow)")
-  parser.add_argument("--regularization", choices=("cv", "cv-rmse", "cv-robust"), default="cv",
-                      help="the closed-loop OLSS fits' cross-validated ridge: by squared error "
-                           "(cv, the default), per-noise RMSE (cv-rmse), or with the noises far "
-                           "off the fit down-weighted (cv-robust; olss_jax.closed_loop_fit)")
+  parser.add_argument("--regularization", choices=("cv", "cv-rmse", "cv-robust"),
+                      help="every closed-loop OLSS fit's cross-validated ridge: by squared "
+                           "error (cv), per-noise RMSE (cv-rmse), or with the noises far off "
+                           "the fit down-weighted (cv-robust; olss_jax.closed_loop_fit); by "
+                           "default each method's own (olss-ft validates cv against cv-robust)")
   args = parser.parse_args()
   models = list(args.models or ())
   if args.mixture_seeds:
