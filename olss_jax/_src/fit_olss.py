@@ -13,7 +13,8 @@ method          path                                                   weights
 ``olss-ft``     ``olss-cl``'s path (or the uniform one, if its final   closed-loop Eq. 12
                 error is lower) tuned for the final error, once per    (``"cv"`` or
                 ridge criterion (`path_tuning.tune_path`, the result   ``"cv-robust"``,
-                validated on held-out fitting noises)                  as validated)
+                validated on held-out fitting noises, then probed for  as validated)
+                divergence on fresh noises)
 ``olss-e2e``    continuous times trained with the weights on the       all of Eq. 12's span,
                 final error (`e2e.fit_e2e`), from the better of        end to end
                 ``olss-p-cl`` / ``olss-cl`` and from the midpoint
