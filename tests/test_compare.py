@@ -117,3 +117,34 @@ def test_paired_difference_compares_two_rows_noise_by_noise(digits_comparison):
   assert hi - lo < own[2] - own[1]
   with pytest.raises(KeyError, match="no per-noise errors for .*'olss-ft', 20"):
     oj.compare.paired_difference(result, "olss-ft", "unipc", 20)
+
+
+def test_a_cheaper_fitting_teacher_is_measured_against_the_full_one():
+  """``fit_teacher_steps``: the fitting noises get a K'-step teacher, the held-out ones are
+  still scored against the K-step one, and the cheap teacher's own distance is recorded."""
+  model = oj.compare.embedded_model("analytic")
+  seen = {}
+
+  def paper_fit(ctx, n):
+    seen["teacher_steps"] = ctx.traj.num_teacher_steps
+    return oj.fit_olss(ctx.traj, n, method="olss-p")
+
+  kwargs = {"steps": (3,), "num_fit": 8, "num_eval": 8, "num_teacher_steps": 60,
+            "methods": {"olss-p": paper_fit}, "keep_samples": False}
+  cheap = oj.compare.run_comparison(model, fit_teacher_steps=20, **kwargs)
+  assert seen["teacher_steps"] == 20
+  assert cheap.info["num_teacher_steps"] == 60 and cheap.info["fit_teacher_steps"] == 20
+  # the recorded distance is the 20-step teacher's, recomputed here on the held-out noises
+  x_eval = oj.compare.draw_noises(model, cheap.info["eval_seed"], 8)
+  f_eval = model.denoiser(model.draw_conditions(cheap.info["eval_seed"], 8))
+  finals = [oj.collect_trajectory(f_eval, x_eval, model.make_teacher(k)).states[-1]
+            for k in (20, 60)]
+  want = oj.compare.mean_interval(oj.compare.per_sample_rmse(*map(np.asarray, finals)))
+  np.testing.assert_allclose(cheap.info["fit_teacher_rmse"], want, rtol=1e-5)
+  assert want[0] > 0
+  full = oj.compare.run_comparison(model, **kwargs)
+  assert seen["teacher_steps"] == 60 and full.info["fit_teacher_rmse"] is None
+  assert full.rows[0]["rmse"] != cheap.rows[0]["rmse"]   # the fit saw another teacher
+  for bad in (0, 2.5):
+    with pytest.raises(ValueError, match="fit_teacher_steps"):
+      oj.compare.run_comparison(model, fit_teacher_steps=bad, **kwargs)
