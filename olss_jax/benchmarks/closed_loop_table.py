@@ -46,7 +46,7 @@ SOLVERS = {"flow": ("euler", "dpm_solver_pp", "unipc"),
            "vp": ("ddim", "dpm_solver_pp", "unipc", "ays_dpm_solver_pp")}
 # What `--num-fit` sweeps: the default fit and the peers that learn from the fitting noises.
 SWEPT = ("olss-cl", "olss-ft", "tuned-dpm_solver_pp", "tuned-unipc", "gits-ipndm",
-         "gits-dpm_solver_pp", "ld3-dpm_solver_pp")
+         "gits-dpm_solver_pp", "ld3-dpm_solver_pp", "olss-e2e", "bns", "ds-solver")
 
 
 def methods_for(kind: str, *, max_evaluations: int, swept_only: bool = False,
