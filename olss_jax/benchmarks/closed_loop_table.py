@@ -150,7 +150,8 @@ def run(small: bool = False, models=None, steps=None, num_eval=None, num_fit=Non
             f"{time.perf_counter() - t0:.0f} s\n")
       print("RMSE to the teacher (mean [95% interval]; lowest in bold):\n")
       print(oj.compare.format_markdown(result))
-      print(f"\nfit model calls on the {b} fitting noises beyond the teacher's {k}:\n")
+      print(f"\nfit model calls on the {b} fitting noises beyond the teacher's "
+            f"{info['fit_teacher_steps']}:\n")
       print(oj.compare.format_markdown(result, metric="fit_model_calls", best=None))
       print("\nfit seconds:\n")
       print(oj.compare.format_markdown(result, metric="fit_seconds", best=None), flush=True)
