@@ -112,6 +112,15 @@ def _free_port() -> int:
     return int(s.getsockname()[1])
 
 
+def _own_cache(env: dict, name: str) -> dict:
+  """The suite's compilation cache folder, one subfolder per process running side by side
+  (conftest: JAX writes entries in place, so concurrent processes must not share a folder)."""
+  if "JAX_COMPILATION_CACHE_DIR" not in env:
+    return env
+  return dict(env, JAX_COMPILATION_CACHE_DIR=os.path.join(env["JAX_COMPILATION_CACHE_DIR"],
+                                                          f"multihost-{name}"))
+
+
 def _run_all(tmp_path, methods, what: str):
   """Two processes joined by `jax.distributed` and one alone, run at the same time."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}   # one CPU device each
@@ -119,8 +128,9 @@ def _run_all(tmp_path, methods, what: str):
   port = str(_free_port())
   runs = [("0", "2"), ("1", "2"), ("0", "1")]
   procs = [subprocess.Popen([sys.executable, "-c", _WORKER, pid, nproc, port, str(tmp_path),
-                             ",".join(methods), what], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for pid, nproc in runs]
+                             ",".join(methods), what], env=_own_cache(env, f"{pid}-of-{nproc}"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for pid, nproc in runs]
   results = []
   try:
     for proc in procs:
