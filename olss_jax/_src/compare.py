@@ -19,6 +19,7 @@ from olss_jax._src import fit_olss as fit_olss_lib
 from olss_jax._src import sampler
 from olss_jax._src import schedule as schedule_lib
 from olss_jax._src import trajectory as trajectory_lib
+from olss_jax._src import validation
 from olss_jax._src.analytic import analytic_comparison_model  # re-exported
 from olss_jax._src.baselines import registry
 from olss_jax._src.model import ComparisonModel  # re-exported: the type lives in the bottom layer
@@ -252,11 +253,8 @@ def run_comparison(model: ComparisonModel, *, steps: Sequence[int] = (5, 10, 20)
                      "never the fitting noises")
   if num_fit < 1 or num_eval < 2:
     raise ValueError(f"num_fit/num_eval: expected >= 1 and >= 2, got {num_fit} and {num_eval}")
-  fit_teacher_steps = num_teacher_steps if fit_teacher_steps is None else fit_teacher_steps
-  if int(fit_teacher_steps) != fit_teacher_steps or fit_teacher_steps < 1:
-    raise ValueError(f"fit_teacher_steps: expected a positive number of teacher steps, got "
-                     f"{fit_teacher_steps!r}")
-  fit_teacher_steps = int(fit_teacher_steps)
+  fit_teacher_steps = (num_teacher_steps if fit_teacher_steps is None
+                       else validation.check_count(fit_teacher_steps, "fit_teacher_steps"))
   methods = default_methods(kind=model.kind) if methods is None else dict(methods)
   say = progress or (lambda msg: None)
   x_fit = draw_noises(model, fit_seed, num_fit)
