@@ -15,6 +15,8 @@ PEERS = ("ays_dpm_solver_pp", "gits-ipndm", "gits-dpm_solver_pp", "tuned-dpm_sol
          "tuned-unipc")
 # The main job's comparison at reduced size: 8 fitting noises, a 200-step teacher, 64 held-out
 # noises, coordinate searches capped at 100 candidates (the README's tables: 32, 1000, 256, 400).
+# The same float32 teacher run again outside the harness (jitted alike): rounding at most.
+F32_RERUN_RTOL = 1e-5
 REDUCED = {"steps": (5, 10), "num_fit": 8, "num_eval": 64, "num_teacher_steps": 200,
            "keep_samples": False}
 
@@ -140,7 +142,7 @@ def test_a_cheaper_fitting_teacher_is_measured_against_the_full_one():
   finals = [oj.collect_trajectory(f_eval, x_eval, model.make_teacher(k)).states[-1]
             for k in (20, 60)]
   want = oj.compare.mean_interval(oj.compare.per_sample_rmse(*map(np.asarray, finals)))
-  np.testing.assert_allclose(cheap.info["fit_teacher_rmse"], want, rtol=1e-5)
+  np.testing.assert_allclose(cheap.info["fit_teacher_rmse"], want, rtol=F32_RERUN_RTOL)
   assert want[0] > 0
   full = oj.compare.run_comparison(model, **kwargs)
   assert seen["teacher_steps"] == 60 and full.info["fit_teacher_rmse"] is None
