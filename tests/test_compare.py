@@ -13,10 +13,10 @@ CLASSICAL = ("ddim", "deis", "dpm_solver", "dpm_solver_pp", "unipc")
 # in the slow test below against the same fixture settings.
 PEERS = ("ays_dpm_solver_pp", "gits-ipndm", "gits-dpm_solver_pp", "tuned-dpm_solver_pp",
          "tuned-unipc")
-# The main job's comparison at reduced size: 8 fitting noises, a 200-step teacher, 64 held-out
-# noises, coordinate searches capped at 100 candidates (the README's tables: 32, 1000, 256, 400).
 # The same float32 teacher run again outside the harness (jitted alike): rounding at most.
 F32_RERUN_RTOL = 1e-5
+# The main job's comparison at reduced size: 8 fitting noises, a 200-step teacher, 64 held-out
+# noises, coordinate searches capped at 100 candidates (the README's tables: 32, 1000, 256, 400).
 REDUCED = {"steps": (5, 10), "num_fit": 8, "num_eval": 64, "num_teacher_steps": 200,
            "keep_samples": False}
 
